@@ -1,0 +1,226 @@
+package signing
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// KeyID names a public key in package.json and assignments: the first 16
+// hex characters of SHA-256 over the raw 32-byte key.
+func KeyID(pub ed25519.PublicKey) string {
+	sum := sha256.Sum256(pub)
+	return hex.EncodeToString(sum[:8])
+}
+
+// GenerateKey returns a new key pair encoded as PKCS#8 (private) and PKIX
+// (public) PEM, the formats openssl pkey reads.
+func GenerateKey() (privPEM, pubPEM []byte, err error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	p8, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return nil, nil, err
+	}
+	pkix, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: p8}),
+		pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pkix}), nil
+}
+
+// ParsePrivateKeyPEM decodes a PKCS#8 PEM Ed25519 private key.
+func ParsePrivateKeyPEM(data []byte) (ed25519.PrivateKey, error) {
+	block, _ := pem.Decode(data)
+	if block == nil || block.Type != "PRIVATE KEY" {
+		return nil, errors.New("not a PEM \"PRIVATE KEY\" block (want PKCS#8)")
+	}
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	priv, ok := key.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("private key is %T, want ed25519", key)
+	}
+	return priv, nil
+}
+
+// ParsePublicKeyPEM decodes a PKIX PEM Ed25519 public key.
+func ParsePublicKeyPEM(data []byte) (ed25519.PublicKey, error) {
+	block, _ := pem.Decode(data)
+	if block == nil || block.Type != "PUBLIC KEY" {
+		return nil, errors.New("not a PEM \"PUBLIC KEY\" block (want PKIX)")
+	}
+	key, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	pub, ok := key.(ed25519.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("public key is %T, want ed25519", key)
+	}
+	return pub, nil
+}
+
+// LoadPrivateKey reads a PKCS#8 PEM private key file.
+func LoadPrivateKey(path string) (ed25519.PrivateKey, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	priv, err := ParsePrivateKeyPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return priv, nil
+}
+
+// LoadPublicKey reads a PKIX PEM public key file.
+func LoadPublicKey(path string) (ed25519.PublicKey, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := ParsePublicKeyPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return pub, nil
+}
+
+// Keyring is the set of trusted publisher keys, indexed by key id. Several
+// keys at once is how keys are rotated: trust the new key, publish with it,
+// then drop the old one.
+type Keyring struct {
+	byID map[string]ed25519.PublicKey
+	ids  []string // sorted
+}
+
+// ErrUnknownKey is returned when a signature names a key id that is not
+// trusted, or when no key at all is trusted.
+var ErrUnknownKey = errors.New("no trusted key")
+
+// NewKeyring builds a key ring from keys.
+func NewKeyring(keys ...ed25519.PublicKey) *Keyring {
+	kr := &Keyring{byID: map[string]ed25519.PublicKey{}}
+	for _, k := range keys {
+		id := KeyID(k)
+		if _, dup := kr.byID[id]; !dup {
+			kr.ids = append(kr.ids, id)
+		}
+		kr.byID[id] = k
+	}
+	sort.Strings(kr.ids)
+	return kr
+}
+
+// LoadKeyring reads PEM public keys from each path: a file, or a directory
+// whose regular files ending in .pub or .pem are read (others are ignored,
+// so a README can sit beside them). A file that does not parse is an error:
+// a trust store that is silently half-loaded fails open in the wrong way.
+func LoadKeyring(paths []string) (*Keyring, error) {
+	var keys []ed25519.PublicKey
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return nil, fmt.Errorf("trust key %s: %w", p, err)
+		}
+		if !fi.IsDir() {
+			k, err := LoadPublicKey(p)
+			if err != nil {
+				return nil, fmt.Errorf("trust key: %w", err)
+			}
+			keys = append(keys, k)
+			continue
+		}
+		entries, err := os.ReadDir(p)
+		if err != nil {
+			return nil, fmt.Errorf("trust key directory %s: %w", p, err)
+		}
+		for _, e := range entries {
+			name := e.Name()
+			if !e.Type().IsRegular() && e.Type()&fs.ModeSymlink == 0 {
+				continue
+			}
+			if !strings.HasSuffix(name, ".pub") && !strings.HasSuffix(name, ".pem") {
+				continue
+			}
+			k, err := LoadPublicKey(filepath.Join(p, name))
+			if err != nil {
+				return nil, fmt.Errorf("trust key: %w", err)
+			}
+			keys = append(keys, k)
+		}
+	}
+	return NewKeyring(keys...), nil
+}
+
+// Len is the number of trusted keys.
+func (kr *Keyring) Len() int {
+	if kr == nil {
+		return 0
+	}
+	return len(kr.ids)
+}
+
+// IDs lists the trusted key ids, sorted.
+func (kr *Keyring) IDs() []string {
+	if kr == nil {
+		return nil
+	}
+	return append([]string(nil), kr.ids...)
+}
+
+// Candidates returns the keys a signature naming keyID must be checked
+// against: exactly that key when keyID is set (so rotation costs no extra
+// pass), every trusted key when it is not. It fails closed when nothing is
+// trusted or keyID is unknown.
+func (kr *Keyring) Candidates(keyID string) ([]ed25519.PublicKey, error) {
+	if kr.Len() == 0 {
+		return nil, fmt.Errorf("%w: signature present but no trust keys are configured", ErrUnknownKey)
+	}
+	if keyID != "" {
+		k, ok := kr.byID[strings.ToLower(keyID)]
+		if !ok {
+			return nil, fmt.Errorf("%w: key_id %q is not among the trusted keys %v", ErrUnknownKey, keyID, kr.ids)
+		}
+		return []ed25519.PublicKey{k}, nil
+	}
+	out := make([]ed25519.PublicKey, 0, len(kr.ids))
+	for _, id := range kr.ids {
+		out = append(out, kr.byID[id])
+	}
+	return out, nil
+}
+
+// VerifyBytes checks sig over a small in-memory message (documents, package
+// metadata) against the candidate keys for keyID.
+func (kr *Keyring) VerifyBytes(keyID string, msg, sig []byte) error {
+	keys, err := kr.Candidates(keyID)
+	if err != nil {
+		return err
+	}
+	if len(sig) != ed25519.SignatureSize {
+		return fmt.Errorf("%w: signature has %d bytes, want %d", ErrBadSignature, len(sig), ed25519.SignatureSize)
+	}
+	for _, k := range keys {
+		if ed25519.Verify(k, msg, sig) {
+			return nil
+		}
+	}
+	return ErrBadSignature
+}

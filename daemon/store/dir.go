@@ -1,0 +1,202 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"syscall"
+)
+
+// Dir is a store in a local directory laid out exactly like a bucket. Every
+// access goes through an os.Root, so neither keys nor symlinks planted in the
+// tree reach outside it.
+type Dir struct {
+	dir  string
+	root *os.Root
+}
+
+var _ Store = (*Dir)(nil)
+
+// NewDir opens the directory store rooted at dir, which must exist.
+func NewDir(dir string) (*Dir, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("file store: %w", err)
+	}
+	return &Dir{dir: dir, root: root}, nil
+}
+
+func (d *Dir) String() string { return "file://" + d.dir }
+
+// etag identifies one version of a file: a rewrite (always a rename of a new
+// file, see Put) changes the inode, an in-place edit the size or mtime.
+func etag(fi os.FileInfo) string {
+	var ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = st.Ino
+	}
+	return fmt.Sprintf("%x-%x-%x", ino, fi.Size(), fi.ModTime().UnixNano())
+}
+
+func (d *Dir) info(key string, fi os.FileInfo) Info {
+	return Info{Key: key, Size: fi.Size(), ETag: etag(fi), ModTime: fi.ModTime()}
+}
+
+func (d *Dir) mapErr(key string, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s: %s: %w", d, key, ErrNotFound)
+	}
+	return fmt.Errorf("%s: %s: %w", d, key, err)
+}
+
+func (d *Dir) Stat(ctx context.Context, key string) (Info, error) {
+	if err := ValidKey(key); err != nil {
+		return Info{}, err
+	}
+	fi, err := d.root.Stat(key)
+	if err != nil {
+		return Info{}, d.mapErr(key, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return Info{}, fmt.Errorf("%s: %s: not a regular file: %w", d, key, ErrNotFound)
+	}
+	return d.info(key, fi), nil
+}
+
+func (d *Dir) Open(ctx context.Context, key string, opts OpenOptions) (io.ReadCloser, Info, error) {
+	if err := ValidKey(key); err != nil {
+		return nil, Info{}, err
+	}
+	// O_NONBLOCK so that a FIFO planted in the tree cannot hang the open;
+	// it is refused below as not a regular file.
+	f, err := d.root.OpenFile(key, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, Info{}, d.mapErr(key, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, Info{}, d.mapErr(key, err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, Info{}, fmt.Errorf("%s: %s: not a regular file: %w", d, key, ErrNotFound)
+	}
+	info := d.info(key, fi)
+	if opts.IfNoneMatch != "" && opts.IfNoneMatch == info.ETag {
+		f.Close()
+		return nil, info, ErrNotModified
+	}
+	if opts.IfMatch != "" && opts.IfMatch != info.ETag {
+		f.Close()
+		return nil, info, fmt.Errorf("%s: %s: %w", d, key, ErrChanged)
+	}
+	if opts.Offset < 0 || opts.Offset > info.Size {
+		f.Close()
+		return nil, info, fmt.Errorf("%s: %s: offset %d outside object of %d bytes", d, key, opts.Offset, info.Size)
+	}
+	if _, err := f.Seek(opts.Offset, io.SeekStart); err != nil {
+		f.Close()
+		return nil, info, d.mapErr(key, err)
+	}
+	return &exactReader{r: f, c: f, left: info.Size - opts.Offset, key: key}, info, nil
+}
+
+func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) (Info, error) {
+	if err := ValidKey(key); err != nil {
+		return Info{}, err
+	}
+	dir := path.Dir(key)
+	if err := d.root.MkdirAll(dir, 0o755); err != nil {
+		return Info{}, d.mapErr(key, err)
+	}
+	var rnd [6]byte
+	rand.Read(rnd[:])
+	tmp := path.Join(dir, ".put-"+hex.EncodeToString(rnd[:]))
+	f, err := d.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return Info{}, d.mapErr(key, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			d.root.Remove(tmp)
+		}
+	}()
+	n, err := io.Copy(f, &ctxReader{ctx: ctx, r: r})
+	if err != nil {
+		return Info{}, d.mapErr(key, err)
+	}
+	if size >= 0 && n != size {
+		return Info{}, fmt.Errorf("%s: %s: wrote %d bytes, want %d", d, key, n, size)
+	}
+	if err := f.Sync(); err != nil {
+		return Info{}, d.mapErr(key, err)
+	}
+	if err := f.Close(); err != nil {
+		return Info{}, d.mapErr(key, err)
+	}
+	if err := d.root.Rename(tmp, key); err != nil {
+		return Info{}, d.mapErr(key, err)
+	}
+	ok = true
+	return d.Stat(ctx, key)
+}
+
+func (d *Dir) Delete(ctx context.Context, key string) error {
+	if err := ValidKey(key); err != nil {
+		return err
+	}
+	if err := d.root.Remove(key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return d.mapErr(key, err)
+	}
+	return nil
+}
+
+// exactReader yields exactly left bytes: a body that ends early is
+// io.ErrUnexpectedEOF, one that runs long is cut at the promised size.
+type exactReader struct {
+	r    io.Reader
+	c    io.Closer
+	left int64
+	key  string
+}
+
+func (e *exactReader) Read(p []byte) (int, error) {
+	if e.left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > e.left {
+		p = p[:e.left]
+	}
+	n, err := e.r.Read(p)
+	e.left -= int64(n)
+	if err == io.EOF && e.left > 0 {
+		return n, fmt.Errorf("%s: body ended %d bytes early: %w", e.key, e.left, io.ErrUnexpectedEOF)
+	}
+	if e.left == 0 && err == nil {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (e *exactReader) Close() error { return e.c.Close() }
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

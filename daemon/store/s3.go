@@ -1,0 +1,231 @@
+package store
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// S3 is a store in an S3-compatible bucket, reached through minio-go.
+// Requests are not retried inside minio-go: delivery retries with its own
+// bounded backoff, and resumes from where a body broke off.
+type S3 struct {
+	cfg  S3Config
+	core minio.Core
+}
+
+var _ Store = (*S3)(nil)
+
+// credentialChain is minio-go's standard chain: environment (AWS_*, then
+// MINIO_*), the AWS and MinIO client credentials files, then IAM.
+func credentialChain() *credentials.Credentials {
+	return credentials.NewChainCredentials([]credentials.Provider{
+		&credentials.EnvAWS{},
+		&credentials.EnvMinio{},
+		&credentials.FileAWSCredentials{},
+		&credentials.FileMinioClient{},
+		&credentials.IAM{},
+	})
+}
+
+// NewS3 returns the store for cfg. It does not connect.
+func NewS3(cfg S3Config) (*S3, error) {
+	tr, err := minio.DefaultTransport(!cfg.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	tr.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	tr.ResponseHeaderTimeout = 30 * time.Second
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("s3 store: ca_file: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("s3 store: ca_file %s holds no PEM certificates", cfg.CAFile)
+		}
+		if tr.TLSClientConfig == nil {
+			tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		tr.TLSClientConfig.RootCAs = pool
+	}
+	client, err := minio.New(cfg.Endpoint, &minio.Options{
+		Creds:      credentialChain(),
+		Secure:     !cfg.Insecure,
+		Region:     cfg.Region,
+		Transport:  tr,
+		MaxRetries: 1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("s3 store: %w", err)
+	}
+	return &S3{cfg: cfg, core: minio.Core{Client: client}}, nil
+}
+
+func (s *S3) String() string {
+	scheme := "https"
+	if s.cfg.Insecure {
+		scheme = "http"
+	}
+	return fmt.Sprintf("s3://%s/%s (%s://%s)", s.cfg.Bucket, strings.TrimSuffix(s.cfg.Prefix, "/"), scheme, s.cfg.Endpoint)
+}
+
+// Bucket and Prefix expose where objects go, for tests and tooling.
+func (s *S3) Bucket() string { return s.cfg.Bucket }
+
+func (s *S3) object(key string) (string, error) {
+	if err := ValidKey(key); err != nil {
+		return "", err
+	}
+	return s.cfg.Prefix + key, nil
+}
+
+func (s *S3) mapErr(key string, err error) error {
+	resp := minio.ToErrorResponse(err)
+	switch {
+	case resp.StatusCode == http.StatusNotModified:
+		return ErrNotModified
+	case resp.StatusCode == http.StatusPreconditionFailed:
+		return fmt.Errorf("%s: %s: %w", s, key, ErrChanged)
+	case resp.Code == minio.NoSuchKey || resp.StatusCode == http.StatusNotFound:
+		return fmt.Errorf("%s: %s: %w", s, key, ErrNotFound)
+	}
+	return fmt.Errorf("%s: %s: %w", s, key, err)
+}
+
+func (s *S3) Stat(ctx context.Context, key string) (Info, error) {
+	obj, err := s.object(key)
+	if err != nil {
+		return Info{}, err
+	}
+	oi, err := s.core.StatObject(ctx, s.cfg.Bucket, obj, minio.StatObjectOptions{})
+	if err != nil {
+		return Info{}, s.mapErr(key, err)
+	}
+	return Info{Key: key, Size: oi.Size, ETag: oi.ETag, ModTime: oi.LastModified}, nil
+}
+
+func (s *S3) Open(ctx context.Context, key string, opts OpenOptions) (io.ReadCloser, Info, error) {
+	obj, err := s.object(key)
+	if err != nil {
+		return nil, Info{}, err
+	}
+	var o minio.GetObjectOptions
+	if opts.IfMatch != "" {
+		o.SetMatchETag(opts.IfMatch)
+	}
+	if opts.IfNoneMatch != "" {
+		o.SetMatchETagExcept(opts.IfNoneMatch)
+	}
+	if opts.Offset < 0 {
+		return nil, Info{}, fmt.Errorf("%s: %s: negative offset", s, key)
+	}
+	if opts.Offset > 0 {
+		o.SetRange(opts.Offset, 0)
+	}
+	body, oi, hdr, err := s.core.GetObject(ctx, s.cfg.Bucket, obj, o)
+	if err != nil {
+		return nil, Info{}, s.mapErr(key, err)
+	}
+	info := Info{Key: key, Size: oi.Size, ETag: oi.ETag, ModTime: oi.LastModified}
+	if opts.Offset > 0 {
+		// A server that ignores Range answers 200 with the whole object;
+		// appending that to a partial file would corrupt it silently.
+		total, err := contentRangeTotal(hdr.Get("Content-Range"), opts.Offset)
+		if err != nil {
+			body.Close()
+			return nil, info, fmt.Errorf("%s: %s: ranged read: %w", s, key, err)
+		}
+		info.Size = total
+	}
+	if opts.IfMatch != "" && info.ETag != opts.IfMatch {
+		body.Close()
+		return nil, info, fmt.Errorf("%s: %s: %w", s, key, ErrChanged)
+	}
+	return &exactReader{r: body, c: body, left: info.Size - opts.Offset, key: key}, info, nil
+}
+
+// contentRangeTotal checks "bytes START-END/TOTAL" against the requested
+// start and returns TOTAL.
+func contentRangeTotal(h string, start int64) (int64, error) {
+	rest, ok := strings.CutPrefix(h, "bytes ")
+	if !ok {
+		return 0, fmt.Errorf("no Content-Range in the answer (server ignored Range)")
+	}
+	span, totalStr, ok := strings.Cut(rest, "/")
+	if !ok {
+		return 0, fmt.Errorf("malformed Content-Range %q", h)
+	}
+	first, last, ok := strings.Cut(span, "-")
+	if !ok {
+		return 0, fmt.Errorf("malformed Content-Range %q", h)
+	}
+	f, err1 := strconv.ParseInt(first, 10, 64)
+	l, err2 := strconv.ParseInt(last, 10, 64)
+	total, err3 := strconv.ParseInt(totalStr, 10, 64)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return 0, fmt.Errorf("malformed Content-Range %q", h)
+	}
+	if f != start || l != total-1 {
+		return 0, fmt.Errorf("Content-Range %q does not answer bytes=%d-", h, start)
+	}
+	return total, nil
+}
+
+func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) (Info, error) {
+	obj, err := s.object(key)
+	if err != nil {
+		return Info{}, err
+	}
+	ui, err := s.core.Client.PutObject(ctx, s.cfg.Bucket, obj, r, size, minio.PutObjectOptions{ContentType: "application/octet-stream"})
+	if err != nil {
+		return Info{}, s.mapErr(key, err)
+	}
+	return Info{Key: key, Size: ui.Size, ETag: ui.ETag, ModTime: ui.LastModified}, nil
+}
+
+func (s *S3) Delete(ctx context.Context, key string) error {
+	obj, err := s.object(key)
+	if err != nil {
+		return err
+	}
+	if err := s.core.RemoveObject(ctx, s.cfg.Bucket, obj, minio.RemoveObjectOptions{}); err != nil {
+		if errors.Is(s.mapErr(key, err), ErrNotFound) {
+			return nil
+		}
+		return s.mapErr(key, err)
+	}
+	return nil
+}
+
+// EnsureBucket creates the bucket when it does not exist (publishers,
+// tests); the agent never creates buckets.
+func (s *S3) EnsureBucket(ctx context.Context) error {
+	ok, err := s.core.BucketExists(ctx, s.cfg.Bucket)
+	if err != nil {
+		return fmt.Errorf("%s: %w", s, err)
+	}
+	if ok {
+		return nil
+	}
+	if err := s.core.MakeBucket(ctx, s.cfg.Bucket, minio.MakeBucketOptions{Region: s.cfg.Region}); err != nil {
+		return fmt.Errorf("%s: make bucket: %w", s, err)
+	}
+	return nil
+}

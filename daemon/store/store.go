@@ -1,0 +1,223 @@
+// Package store is addond's view of object storage: a small interface that
+// opens objects for streaming (with size, ETag, ranged and conditional
+// reads) and writes them, with two backends — S3-compatible storage through
+// minio-go, and a plain directory laid out like a bucket for air-gapped
+// sites and the demo.
+//
+// Object keys come from assignment documents, which are hostile input: every
+// key is checked by ValidKey before it reaches a backend, and the directory
+// backend additionally resolves keys through os.Root so that no key and no
+// symlink inside the tree can name a file outside it.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Sentinel errors callers act on. Backends wrap them.
+var (
+	// ErrNotFound: the object does not exist.
+	ErrNotFound = errors.New("object not found")
+	// ErrNotModified: the object's ETag equals OpenOptions.IfNoneMatch.
+	ErrNotModified = errors.New("object not modified")
+	// ErrChanged: the object's ETag differs from OpenOptions.IfMatch, so a
+	// resumed download must start again from zero.
+	ErrChanged = errors.New("object changed (ETag mismatch)")
+	// ErrInvalidKey: the key is not a safe relative object name.
+	ErrInvalidKey = errors.New("invalid object key")
+)
+
+// Info describes an object.
+type Info struct {
+	Key     string
+	Size    int64 // the whole object's size, also for ranged reads
+	ETag    string
+	ModTime time.Time
+}
+
+// OpenOptions make a read conditional or ranged.
+type OpenOptions struct {
+	// Offset starts the read at this byte (a Range request).
+	Offset int64
+	// IfMatch, when set, makes the read fail with ErrChanged unless the
+	// object's ETag is exactly this one. Resumed downloads always set it.
+	IfMatch string
+	// IfNoneMatch, when set, makes the read fail with ErrNotModified when
+	// the object's ETag is this one. Polls of the assignment document set it.
+	IfNoneMatch string
+}
+
+// Store is a bucket of objects.
+type Store interface {
+	// Stat returns an object's size and ETag without reading it.
+	Stat(ctx context.Context, key string) (Info, error)
+	// Open streams an object from opts.Offset to its end. The reader
+	// yields exactly Info.Size-opts.Offset bytes or fails.
+	Open(ctx context.Context, key string, opts OpenOptions) (io.ReadCloser, Info, error)
+	// Put writes an object of the given size from r; readers never see a
+	// partial object.
+	Put(ctx context.Context, key string, r io.Reader, size int64) (Info, error)
+	// Delete removes an object; a missing object is not an error.
+	Delete(ctx context.Context, key string) error
+	// String names the store for logs and errors, without secrets.
+	String() string
+}
+
+// Open parses a store URL (DESIGN.md, "Contract: store URLs") and returns
+// the store:
+//
+//	s3://BUCKET[/PREFIX]?endpoint=HOST:PORT[&region=R][&insecure=true][&ca_file=PATH]
+//	file:///ABS/DIR
+func Open(rawURL string) (Store, error) {
+	u, err := ParseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	switch u.Scheme {
+	case "file":
+		return NewDir(u.Path)
+	default:
+		return NewS3(u.S3)
+	}
+}
+
+// URL is a parsed store URL.
+type URL struct {
+	Scheme string // "s3" or "file"
+	Path   string // file: the absolute directory
+	S3     S3Config
+}
+
+// S3Config is everything needed to reach a bucket.
+type S3Config struct {
+	Endpoint string // host:port
+	Bucket   string
+	Prefix   string // "" or "a/b/" (always ends in /)
+	Region   string
+	Insecure bool   // plain HTTP
+	CAFile   string // extra roots for TLS
+}
+
+// ParseURL validates a store URL without connecting.
+func ParseURL(raw string) (URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return URL{}, fmt.Errorf("store URL: %w", err)
+	}
+	switch u.Scheme {
+	case "file":
+		if u.Host != "" && u.Host != "localhost" {
+			return URL{}, fmt.Errorf("store URL %q: file URLs name a local directory (file:///ABS/DIR)", raw)
+		}
+		if u.RawQuery != "" || u.Fragment != "" {
+			return URL{}, fmt.Errorf("store URL %q: file URLs take no query", raw)
+		}
+		if !strings.HasPrefix(u.Path, "/") || strings.Contains(u.Path, "\x00") {
+			return URL{}, fmt.Errorf("store URL %q: the directory must be absolute", raw)
+		}
+		return URL{Scheme: "file", Path: u.Path}, nil
+	case "s3":
+		c := S3Config{Bucket: u.Host}
+		if c.Bucket == "" {
+			return URL{}, fmt.Errorf("store URL %q: missing bucket (s3://BUCKET[/PREFIX]?endpoint=HOST:PORT)", raw)
+		}
+		if u.User != nil {
+			return URL{}, fmt.Errorf("store URL %q: credentials do not belong in the URL; use the environment or a credentials file", raw)
+		}
+		if p := strings.Trim(u.Path, "/"); p != "" {
+			if err := ValidKey(p); err != nil {
+				return URL{}, fmt.Errorf("store URL %q: prefix: %w", raw, err)
+			}
+			c.Prefix = p + "/"
+		}
+		q := u.Query()
+		for k, v := range q {
+			if len(v) != 1 {
+				return URL{}, fmt.Errorf("store URL %q: %s given %d times", raw, k, len(v))
+			}
+			switch k {
+			case "endpoint":
+				c.Endpoint = v[0]
+			case "region":
+				c.Region = v[0]
+			case "insecure":
+				switch v[0] {
+				case "true", "1":
+					c.Insecure = true
+				case "false", "0":
+				default:
+					return URL{}, fmt.Errorf("store URL %q: insecure=%q, want true or false", raw, v[0])
+				}
+			case "ca_file":
+				c.CAFile = v[0]
+			default:
+				return URL{}, fmt.Errorf("store URL %q: unknown parameter %q", raw, k)
+			}
+		}
+		if c.Endpoint == "" {
+			return URL{}, fmt.Errorf("store URL %q: missing endpoint=HOST:PORT", raw)
+		}
+		if strings.ContainsAny(c.Endpoint, "/?#@ ") {
+			return URL{}, fmt.Errorf("store URL %q: endpoint %q must be HOST:PORT", raw, c.Endpoint)
+		}
+		return URL{Scheme: "s3", S3: c}, nil
+	case "":
+		return URL{}, fmt.Errorf("store URL %q: missing scheme (s3:// or file://)", raw)
+	default:
+		return URL{}, fmt.Errorf("store URL %q: unsupported scheme %q (s3:// or file://)", raw, u.Scheme)
+	}
+}
+
+// ValidKey reports whether key is a safe relative object name: at most 1024
+// bytes, '/'-separated segments that are neither empty, "." nor "..", no
+// backslash, no control characters. Keys that pass cannot climb out of a
+// directory store and mean the same thing to every S3 implementation.
+func ValidKey(key string) error {
+	if key == "" {
+		return fmt.Errorf("%w: empty", ErrInvalidKey)
+	}
+	if len(key) > 1024 {
+		return fmt.Errorf("%w: %d bytes long", ErrInvalidKey, len(key))
+	}
+	for _, r := range key {
+		if r < 0x20 || r == 0x7f || r == '\\' {
+			return fmt.Errorf("%w: %q contains a control character or backslash", ErrInvalidKey, key)
+		}
+	}
+	for _, seg := range strings.Split(key, "/") {
+		switch seg {
+		case "":
+			return fmt.Errorf("%w: %q has an empty segment (leading, trailing or doubled /)", ErrInvalidKey, key)
+		case ".", "..":
+			return fmt.Errorf("%w: %q has a %q segment", ErrInvalidKey, key, seg)
+		}
+	}
+	return nil
+}
+
+// ReadSmall reads a whole small object (documents, signatures), refusing
+// objects larger than limit before reading them.
+func ReadSmall(ctx context.Context, s Store, key string, limit int64, opts OpenOptions) ([]byte, Info, error) {
+	rc, info, err := s.Open(ctx, key, opts)
+	if err != nil {
+		return nil, info, err
+	}
+	defer rc.Close()
+	if info.Size > limit {
+		return nil, info, fmt.Errorf("%s: object is %d bytes, more than the %d allowed", key, info.Size, limit)
+	}
+	data, err := io.ReadAll(io.LimitReader(rc, limit+1))
+	if err != nil {
+		return nil, info, fmt.Errorf("%s: %w", key, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, info, fmt.Errorf("%s: object is larger than the %d bytes allowed", key, limit)
+	}
+	return data, info, nil
+}

@@ -1,0 +1,246 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/addond/addond/vmtest/miniotest"
+)
+
+func TestMain(m *testing.M) { os.Exit(miniotest.Run(m)) }
+
+// testStore is the conformance suite both backends pass.
+func testStore(t *testing.T, s Store) {
+	ctx := context.Background()
+	body := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB
+	info, err := s.Put(ctx, "artifacts/hello/1.0.0/linux-amd64/hello", bytes.NewReader(body), int64(len(body)))
+	if err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+	if info.Size != int64(len(body)) || info.ETag == "" {
+		t.Fatalf("Put info = %+v, want size %d and an ETag", info, len(body))
+	}
+
+	t.Run("stat", func(t *testing.T) {
+		got, err := s.Stat(ctx, "artifacts/hello/1.0.0/linux-amd64/hello")
+		if err != nil || got.Size != info.Size || got.ETag != info.ETag {
+			t.Fatalf("Stat = %+v, %v; want %+v", got, err, info)
+		}
+	})
+	t.Run("open whole", func(t *testing.T) {
+		rc, got, err := s.Open(ctx, "artifacts/hello/1.0.0/linux-amd64/hello", OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		data, err := io.ReadAll(rc)
+		if err != nil || !bytes.Equal(data, body) || got.ETag != info.ETag {
+			t.Fatalf("Open read %d bytes, %v, etag %q; want %d bytes, etag %q", len(data), err, got.ETag, len(body), info.ETag)
+		}
+	})
+	t.Run("open ranged with matching etag", func(t *testing.T) {
+		rc, got, err := s.Open(ctx, "artifacts/hello/1.0.0/linux-amd64/hello", OpenOptions{Offset: 1000, IfMatch: info.ETag})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		data, err := io.ReadAll(rc)
+		if err != nil || !bytes.Equal(data, body[1000:]) || got.Size != int64(len(body)) {
+			t.Fatalf("ranged Open read %d bytes, %v, size %d; want %d bytes, size %d", len(data), err, got.Size, len(body)-1000, len(body))
+		}
+	})
+	t.Run("if-match on a changed object", func(t *testing.T) {
+		_, _, err := s.Open(ctx, "artifacts/hello/1.0.0/linux-amd64/hello", OpenOptions{Offset: 10, IfMatch: "0123456789abcdef0123456789abcdef"})
+		if !errors.Is(err, ErrChanged) {
+			t.Fatalf("Open with stale If-Match = %v, want ErrChanged", err)
+		}
+	})
+	t.Run("if-none-match", func(t *testing.T) {
+		_, _, err := s.Open(ctx, "artifacts/hello/1.0.0/linux-amd64/hello", OpenOptions{IfNoneMatch: info.ETag})
+		if !errors.Is(err, ErrNotModified) {
+			t.Fatalf("Open with current If-None-Match = %v, want ErrNotModified", err)
+		}
+		rc, _, err := s.Open(ctx, "artifacts/hello/1.0.0/linux-amd64/hello", OpenOptions{IfNoneMatch: "other"})
+		if err != nil {
+			t.Fatalf("Open with other If-None-Match = %v, want the body", err)
+		}
+		rc.Close()
+	})
+	t.Run("replace changes etag", func(t *testing.T) {
+		other := []byte("a different body")
+		ni, err := s.Put(ctx, "packages/x/1/package.json", bytes.NewReader(other), int64(len(other)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ni2, err := s.Put(ctx, "packages/x/1/package.json", bytes.NewReader(append(other, '!')), int64(len(other)+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ni.ETag == ni2.ETag {
+			t.Fatalf("ETag unchanged after replacing the object: %q", ni.ETag)
+		}
+		data, _, err := ReadSmall(ctx, s, "packages/x/1/package.json", 100, OpenOptions{})
+		if err != nil || string(data) != "a different body!" {
+			t.Fatalf("ReadSmall = %q, %v", data, err)
+		}
+		if _, _, err := ReadSmall(ctx, s, "packages/x/1/package.json", 5, OpenOptions{}); err == nil {
+			t.Fatal("ReadSmall over the limit succeeded")
+		}
+	})
+	t.Run("not found", func(t *testing.T) {
+		if _, err := s.Stat(ctx, "artifacts/missing"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Stat(missing) = %v, want ErrNotFound", err)
+		}
+		if _, _, err := s.Open(ctx, "artifacts/missing", OpenOptions{}); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Open(missing) = %v, want ErrNotFound", err)
+		}
+	})
+	t.Run("invalid keys", func(t *testing.T) {
+		for _, k := range []string{"", "../etc/passwd", "a/../../b", "/abs", "a//b", "a\\b", "./a", "a/", "a\x00b"} {
+			if _, _, err := s.Open(ctx, k, OpenOptions{}); !errors.Is(err, ErrInvalidKey) {
+				t.Errorf("Open(%q) = %v, want ErrInvalidKey", k, err)
+			}
+			if _, err := s.Put(ctx, k, strings.NewReader("x"), 1); !errors.Is(err, ErrInvalidKey) {
+				t.Errorf("Put(%q) = %v, want ErrInvalidKey", k, err)
+			}
+		}
+	})
+	t.Run("delete", func(t *testing.T) {
+		if err := s.Delete(ctx, "packages/x/1/package.json"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Stat(ctx, "packages/x/1/package.json"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Stat after Delete = %v, want ErrNotFound", err)
+		}
+		if err := s.Delete(ctx, "packages/x/1/package.json"); err != nil {
+			t.Fatalf("Delete of a missing object = %v, want nil", err)
+		}
+	})
+}
+
+func TestDirStore(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open("file://" + dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testStore(t, s)
+}
+
+func TestS3Store(t *testing.T) {
+	srv := miniotest.Require(t)
+	s, err := Open(srv.NewBucket(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testStore(t, s)
+}
+
+func TestS3StoreUnreachable(t *testing.T) {
+	miniotest.Require(t) // credentials in the environment
+	s, err := Open("s3://b?endpoint=127.0.0.1:1&insecure=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Stat(context.Background(), "x"); err == nil {
+		t.Fatal("Stat on a closed port succeeded")
+	}
+}
+
+func TestDirStoreRefusesEscapes(t *testing.T) {
+	outside := t.TempDir()
+	os.WriteFile(filepath.Join(outside, "secret"), []byte("secret"), 0o644)
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "artifacts"), 0o755)
+	os.Symlink(filepath.Join(outside, "secret"), filepath.Join(dir, "artifacts", "link"))
+	os.Symlink(outside, filepath.Join(dir, "artifacts", "dirlink"))
+	syscall.Mkfifo(filepath.Join(dir, "artifacts", "fifo"), 0o644)
+	s, _ := NewDir(dir)
+	for _, k := range []string{"artifacts/link", "artifacts/dirlink/secret", "artifacts/fifo"} {
+		if rc, _, err := s.Open(context.Background(), k, OpenOptions{}); err == nil {
+			rc.Close()
+			t.Errorf("Open(%q) succeeded, want refusal", k)
+		}
+	}
+	if _, err := s.Put(context.Background(), "artifacts/dirlink/planted", strings.NewReader("x"), 1); err == nil {
+		t.Error("Put through a symlinked directory succeeded")
+	}
+	if _, err := os.Stat(filepath.Join(outside, "planted")); err == nil {
+		t.Error("Put wrote outside the store")
+	}
+}
+
+func TestParseURL(t *testing.T) {
+	good := []struct {
+		in   string
+		want URL
+	}{
+		{"file:///srv/addons", URL{Scheme: "file", Path: "/srv/addons"}},
+		{"s3://addons?endpoint=127.0.0.1:9000&insecure=true", URL{Scheme: "s3", S3: S3Config{Bucket: "addons", Endpoint: "127.0.0.1:9000", Insecure: true}}},
+		{"s3://addons/fleet/a?endpoint=s3.example:443&region=eu-west-1&ca_file=/etc/ca.pem", URL{Scheme: "s3", S3: S3Config{Bucket: "addons", Prefix: "fleet/a/", Endpoint: "s3.example:443", Region: "eu-west-1", CAFile: "/etc/ca.pem"}}},
+	}
+	for _, tc := range good {
+		got, err := ParseURL(tc.in)
+		if err != nil || got != tc.want {
+			t.Errorf("ParseURL(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
+		}
+	}
+	for _, bad := range []string{
+		"", "addons", "http://x", "file://relative/dir", "file:///srv?x=1", "s3://?endpoint=a:1",
+		"s3://b", "s3://b?endpoint=a:1&bogus=1", "s3://b?endpoint=a:1&insecure=maybe",
+		"s3://key:secret@b?endpoint=a:1", "s3://b/../x?endpoint=a:1", "s3://b?endpoint=a/b",
+		"s3://b?endpoint=a:1&endpoint=b:2",
+	} {
+		if _, err := ParseURL(bad); err == nil {
+			t.Errorf("ParseURL(%q) succeeded, want error", bad)
+		}
+	}
+}
+
+func FuzzParseURL(f *testing.F) {
+	for _, s := range []string{"file:///srv/addons", "s3://addons/p?endpoint=127.0.0.1:9000&insecure=true", "s3://b?endpoint=a:1&region=r&ca_file=/x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		u, err := ParseURL(s)
+		if err != nil {
+			return
+		}
+		switch u.Scheme {
+		case "file":
+			if !strings.HasPrefix(u.Path, "/") {
+				t.Fatalf("ParseURL(%q) accepted a relative directory %q", s, u.Path)
+			}
+		case "s3":
+			if u.S3.Bucket == "" || u.S3.Endpoint == "" {
+				t.Fatalf("ParseURL(%q) accepted %+v", s, u.S3)
+			}
+			if u.S3.Prefix != "" && ValidKey(strings.TrimSuffix(u.S3.Prefix, "/")) != nil {
+				t.Fatalf("ParseURL(%q) accepted prefix %q", s, u.S3.Prefix)
+			}
+		default:
+			t.Fatalf("ParseURL(%q) returned scheme %q", s, u.Scheme)
+		}
+	})
+}
+
+func FuzzValidKey(f *testing.F) {
+	for _, s := range []string{"artifacts/a/1/linux-amd64/a", "../x", "a/./b", "a\\b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, key string) {
+		if ValidKey(key) != nil {
+			return
+		}
+		if filepath.IsAbs(key) || !filepath.IsLocal(key) || filepath.Clean(key) != key {
+			t.Fatalf("ValidKey(%q) accepted a key that is not a clean local path", key)
+		}
+	})
+}
