@@ -1,0 +1,207 @@
+package main
+
+import (
+	"crypto/ed25519"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/daemon/publish"
+	"github.com/addond/addond/daemon/signing"
+	"github.com/addond/addond/daemon/store"
+)
+
+// progressMin is the upload size from which a terminal gets a progress bar.
+const progressMin = 8 << 20
+
+func newPublish() *cobra.Command {
+	var (
+		storeURL, keyPath, id, version, supervision, binaryName string
+		caps                                                    []string
+	)
+	c := &cobra.Command{
+		Use:   "publish --store URL --key KEY --id ID --version VER [flags] OS/ARCH=PATH...",
+		Short: "Sign and upload an add-on's artifacts and write its signed package.json",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			priv, err := signing.LoadPrivateKey(keyPath)
+			if err != nil {
+				return err
+			}
+			st, err := store.Open(storeURL)
+			if err != nil {
+				return err
+			}
+			var files []publish.File
+			for _, a := range args {
+				f, err := publish.ParseFileArg(a)
+				if err != nil {
+					return err
+				}
+				files = append(files, f)
+			}
+			opts := publish.PublishOptions{
+				Store: st, Key: priv, AddonID: id, Version: version, Supervision: supervision,
+				OSCapabilities: caps, BinaryName: binaryName, Files: files,
+			}
+			if term.IsTerminal(int(os.Stderr.Fd())) {
+				opts.Progress = func(name string, size int64) io.Writer {
+					if size < progressMin {
+						return io.Discard
+					}
+					return progressbar.DefaultBytes(size, "uploading "+name)
+				}
+			}
+			pkg, err := publish.Publish(cmd.Context(), opts)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "published %s@%s (key_id %s)\n", pkg.AddonID, pkg.Version, signing.KeyID(priv.Public().(ed25519.PublicKey)))
+			plats := make([]string, 0, len(pkg.Artifacts))
+			for p := range pkg.Artifacts {
+				plats = append(plats, p)
+			}
+			sort.Strings(plats)
+			for _, p := range plats {
+				a := pkg.Artifacts[p]
+				fmt.Fprintf(out, "  %-12s %s sha256 %s (%d bytes)\n", p, a.ObjectKey, a.SHA256, a.Size)
+			}
+			fmt.Fprintf(out, "  %s (+ .sig)\n", assignment.PackageKey(pkg.AddonID, pkg.Version))
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&storeURL, "store", "", "store URL (s3://… or file:///…)")
+	f.StringVar(&keyPath, "key", "", "PKCS#8 PEM signing key")
+	f.StringVar(&id, "id", "", "add-on id")
+	f.StringVar(&version, "version", "", "version")
+	f.StringVar(&supervision, "supervision", "", "supervision model (agent_sidecar, systemd_service, systemd_timer, ephemeral_helper, config_toggle)")
+	f.StringArrayVar(&caps, "os-capability", nil, "file capability the add-on needs (repeatable), e.g. cap_net_raw")
+	f.StringVar(&binaryName, "binary-name", "", "staged file name (default: each PATH's file name)")
+	for _, n := range []string{"store", "key", "id", "version"} {
+		c.MarkFlagRequired(n)
+	}
+	return c
+}
+
+func newAssign() *cobra.Command {
+	var (
+		storeURL, agent, keyPath, platform                     string
+		trust                                                  []string
+		addons, supervision, schedule, args, configs, timeouts []string
+		disable, allowDowngrade                                []string
+	)
+	c := &cobra.Command{
+		Use:   "assign --store URL --agent AGENT [--key KEY] --addon ID@VERSION... [flags]",
+		Short: "Write an agent's (signed) assignment document from published packages",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := store.Open(storeURL)
+			if err != nil {
+				return err
+			}
+			o := publish.AssignOptions{
+				Store: st, AgentID: agent, Addons: addons,
+				Warn: func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), "addonctl: warning:", s) },
+			}
+			if keyPath != "" {
+				if o.Key, err = signing.LoadPrivateKey(keyPath); err != nil {
+					return err
+				}
+			}
+			if len(trust) > 0 {
+				if o.Trust, err = signing.LoadKeyring(trust); err != nil {
+					return err
+				}
+			}
+			if platform != "" {
+				p, err := assignment.ParsePlatform(platform)
+				if err != nil {
+					return err
+				}
+				o.Platform = &p
+			}
+			if o.Supervision, err = perAddon("--supervision", supervision); err != nil {
+				return err
+			}
+			if o.Schedule, err = perAddon("--schedule", schedule); err != nil {
+				return err
+			}
+			if o.ConfigFiles, err = perAddon("--config", configs); err != nil {
+				return err
+			}
+			if o.Timeout, err = perAddon("--timeout", timeouts); err != nil {
+				return err
+			}
+			o.Args = map[string][]string{}
+			for _, a := range args {
+				id, arg, ok := strings.Cut(a, "=")
+				if !ok {
+					return fmt.Errorf("--arg %q: want ID=ARG", a)
+				}
+				o.Args[id] = append(o.Args[id], arg)
+			}
+			o.Disable, o.AllowDowngrade = set(disable), set(allowDowngrade)
+			doc, err := publish.Assign(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			signed := "unsigned"
+			if o.Key != nil {
+				signed = "signed"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s serial %d config_version %s (%s, %d add-ons)\n",
+				publish.AssignmentsKey(agent), doc.Serial, doc.ConfigVersion[:16], signed, len(doc.Addons))
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&storeURL, "store", "", "store URL")
+	f.StringVar(&agent, "agent", "", "agent id")
+	f.StringVar(&keyPath, "key", "", "PKCS#8 PEM key that signs the document (and verifies packages)")
+	f.StringArrayVar(&trust, "trust", nil, "public key file or directory that verifies package.json signatures (default: --key's public key)")
+	f.StringVar(&platform, "platform", "", "also emit the single artifact reference for OS/ARCH")
+	f.StringArrayVar(&addons, "addon", nil, "ID@VERSION (repeatable)")
+	f.StringArrayVar(&supervision, "supervision", nil, "ID=MODEL")
+	f.StringArrayVar(&schedule, "schedule", nil, "ID=CALENDAR (systemd OnCalendar)")
+	f.StringArrayVar(&args, "arg", nil, "ID=ARG (repeatable, order kept)")
+	f.StringArrayVar(&configs, "config", nil, "ID=FILE.json")
+	f.StringArrayVar(&timeouts, "timeout", nil, "ID=DURATION")
+	f.StringArrayVar(&disable, "disable", nil, "ID (assigned but disabled)")
+	f.StringArrayVar(&allowDowngrade, "allow-downgrade", nil, "ID")
+	for _, n := range []string{"store", "agent", "addon"} {
+		c.MarkFlagRequired(n)
+	}
+	return c
+}
+
+func perAddon(flag string, vals []string) (map[string]string, error) {
+	m := map[string]string{}
+	for _, v := range vals {
+		id, val, ok := strings.Cut(v, "=")
+		if !ok || id == "" {
+			return nil, fmt.Errorf("%s %q: want ID=VALUE", flag, v)
+		}
+		if _, dup := m[id]; dup {
+			return nil, fmt.Errorf("%s given twice for %s", flag, id)
+		}
+		m[id] = val
+	}
+	return m, nil
+}
+
+func set(ids []string) map[string]bool {
+	m := map[string]bool{}
+	for _, id := range ids {
+		m[id] = true
+	}
+	return m
+}

@@ -1,0 +1,110 @@
+// Command addond is the add-on delivery and supervision daemon.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/addond/addond/daemon"
+	"github.com/addond/addond/daemon/config"
+)
+
+// errNotConverged makes `addond stage` exit 1 after its errors were printed.
+var errNotConverged = errors.New("not converged")
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := newRoot().ExecuteContext(ctx)
+	stop()
+	switch {
+	case err == nil:
+	case errors.Is(err, errNotConverged):
+		os.Exit(1)
+	default:
+		fmt.Fprintln(os.Stderr, "addond:", err)
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "addond",
+		Short:         "Deliver, verify and supervise native add-ons",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	var cfgPath string
+	stage := &cobra.Command{
+		Use:   "stage",
+		Short: "Fetch, verify and stage every enabled pushed artifact once, then exit",
+		Long: `stage runs one delivery reconcile: it refreshes the assignment document,
+applies local overrides, and fetches, verifies and stages every enabled pushed
+artifact, making each one current. It exits 0 when everything converged and 1
+otherwise; every error names the add-on and the reason.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runStage(cmd.Context(), cfgPath)
+		},
+	}
+	stage.Flags().StringVar(&cfgPath, "config", config.DefaultPath, "config file")
+	version := &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintln(cmd.OutOrStdout(), "addond", daemon.Version)
+		},
+	}
+	root.AddCommand(stage, version)
+	return root
+}
+
+func runStage(ctx context.Context, cfgPath string) error {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()}))
+	agent, err := daemon.Open(cfg, daemon.Options{Log: log})
+	if err != nil {
+		return err
+	}
+	defer agent.Close()
+	rep, err := agent.Stage(ctx)
+	if err != nil {
+		return err
+	}
+	for _, a := range rep.Addons {
+		switch {
+		case a.Err == nil:
+			fmt.Printf("%-24s %-12s %s\n", a.AddonID, a.Version, a.State)
+		case a.FromLKG:
+			fmt.Printf("%-24s %-12s failed, keeping last-known-good %s\n", a.AddonID, a.Version, a.ActiveVersion)
+		default:
+			fmt.Printf("%-24s %-12s failed\n", a.AddonID, a.Version)
+		}
+	}
+	errs := rep.Errors()
+	for _, e := range errs {
+		fmt.Fprintln(os.Stderr, "addond:", e)
+	}
+	if !rep.Converged() {
+		return errNotConverged
+	}
+	return nil
+}
+
+func logLevel() slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(os.Getenv("ADDOND_LOG_LEVEL"))); err != nil {
+		return slog.LevelWarn
+	}
+	return l
+}

@@ -1,0 +1,353 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/daemon/config"
+	"github.com/addond/addond/daemon/delivery"
+	"github.com/addond/addond/daemon/signing"
+	"github.com/addond/addond/daemon/source"
+	"github.com/addond/addond/daemon/state"
+	"github.com/addond/addond/daemon/store"
+)
+
+// Options carry host access that tests replace.
+type Options struct {
+	Log      *slog.Logger
+	Platform assignment.Platform // zero: the host's
+	// Sleep waits between download retries (nil: real time).
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+// Agent is one addond instance bound to its runtime root.
+type Agent struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	platform assignment.Platform
+	keys     *signing.Keyring
+	store    store.Store
+	src      source.Source
+	del      *delivery.Deliverer
+	lock     *os.File
+}
+
+// Open prepares the runtime root and takes its lock: two addond processes
+// never work on one tree.
+func Open(cfg *config.Config, o Options) (*Agent, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Platform == (assignment.Platform{}) {
+		o.Platform = assignment.Host()
+	}
+	a := &Agent{cfg: cfg, log: o.Log, platform: o.Platform}
+	for _, dir := range []string{cfg.RuntimeRoot, filepath.Join(cfg.RuntimeRoot, "addons")} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("runtime root: %w", err)
+		}
+	}
+	lock, err := os.OpenFile(filepath.Join(cfg.RuntimeRoot, ".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("runtime root: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("runtime root %s is in use by another addond: %w", cfg.RuntimeRoot, err)
+	}
+	a.lock = lock
+
+	a.keys, err = signing.LoadKeyring(cfg.Trust.PublicKeys)
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	if cfg.Store != "" {
+		if a.store, err = store.Open(cfg.Store); err != nil {
+			a.Close()
+			return nil, err
+		}
+	}
+	switch {
+	case cfg.Assignments.StoreKey != "":
+		a.src = &source.Store{Store: a.store, Key: cfg.Assignments.StoreKey}
+	case cfg.Assignments.File != "":
+		a.src = &source.File{Path: cfg.Assignments.File}
+	}
+	a.del = delivery.New(delivery.Options{
+		Root:              cfg.RuntimeRoot,
+		Store:             a.store,
+		Keys:              a.keys,
+		RequireSignatures: cfg.Trust.Required(),
+		MaxConcurrent:     cfg.MaxConcurrentDownloads,
+		Retries:           cfg.DownloadRetries,
+		MinFree:           cfg.MinFreeBytes,
+		Log:               o.Log,
+		Sleep:             o.Sleep,
+	})
+	return a, nil
+}
+
+// Close releases the runtime root.
+func (a *Agent) Close() error {
+	if a.lock != nil {
+		return a.lock.Close()
+	}
+	return nil
+}
+
+// Report is the outcome of one delivery reconcile.
+type Report struct {
+	Serial uint64
+	// DocumentErr is why the assignment document could not be refreshed;
+	// the cached one (FromCache) was used, or none.
+	DocumentErr  error
+	FromCache    bool
+	OverridesErr error // a malformed overrides file was ignored
+	Addons       []AddonReport
+}
+
+// AddonReport is one add-on's outcome.
+type AddonReport struct {
+	AddonID       string
+	Version       string // desired
+	ActiveVersion string // what current points to now
+	State         string // staged, disabled, skipped, failed
+	FromLKG       bool   // delivery failed; the last-known-good version stays
+	Downloaded    bool
+	Err           error
+}
+
+// Converged reports whether every enabled pushed artifact is staged and
+// current, from a fresh document.
+func (r *Report) Converged() bool {
+	if r.DocumentErr != nil {
+		return false
+	}
+	for _, a := range r.Addons {
+		if a.Err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// Errors lists every problem, each naming the add-on (or the document).
+func (r *Report) Errors() []error {
+	var errs []error
+	if r.DocumentErr != nil {
+		errs = append(errs, r.DocumentErr)
+	}
+	if r.OverridesErr != nil {
+		errs = append(errs, fmt.Errorf("%w (ignored; the pushed set is used)", r.OverridesErr))
+	}
+	for _, a := range r.Addons {
+		if a.Err != nil {
+			errs = append(errs, a.Err)
+		}
+	}
+	return errs
+}
+
+// Stage runs one delivery reconcile: refresh the document, apply
+// overrides, and fetch, verify, stage and activate every enabled pushed
+// artifact.
+func (a *Agent) Stage(ctx context.Context) (*Report, error) {
+	ast, err := state.LoadAgent(a.cfg.RuntimeRoot)
+	if err != nil {
+		return nil, err
+	}
+	rep := &Report{}
+	doc, authoritative, err := a.document(ctx, ast, rep)
+	if err != nil {
+		return nil, err
+	}
+	addons := doc.Addons
+	if ov, err := a.overrides(); err != nil {
+		rep.OverridesErr = err
+		a.log.Warn("ignoring local overrides", "error", err)
+	} else if addons, _, err = ov.Apply(addons); err != nil {
+		rep.OverridesErr = err
+		addons = doc.Addons
+	}
+	rep.Serial = doc.Serial
+
+	assigned := map[string]bool{}
+	results := make([]AddonReport, len(addons))
+	keepPartials := map[string]bool{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i, ad := range addons {
+		assigned[ad.AddonID] = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := a.stageOne(ctx, ad)
+			if r.Err != nil && r.State == "failed" {
+				mu.Lock()
+				keepPartials[r.AddonID+"@"+r.Version] = true
+				mu.Unlock()
+			}
+			results[i] = r
+		}()
+	}
+	wg.Wait()
+	rep.Addons = results
+	sort.Slice(rep.Addons, func(i, j int) bool { return rep.Addons[i].AddonID < rep.Addons[j].AddonID })
+
+	// Prune add-ons no longer assigned — only with a document in hand:
+	// without one, every add-on keeps its last-known-good.
+	ids, err := a.del.AddonIDs()
+	if err != nil {
+		return rep, err
+	}
+	for _, id := range ids {
+		if !authoritative {
+			break
+		}
+		if !assigned[id] {
+			a.log.Info("removing add-on no longer assigned", "addon_id", id)
+			if err := a.del.RemoveAddon(id); err != nil {
+				return rep, err
+			}
+		}
+	}
+	return rep, a.del.CleanTmp(keepPartials)
+}
+
+// document refreshes the assignment document, falling back to the last
+// accepted one when the source fails or the new document is refused. It
+// reports whether the result is authoritative: an accepted document (fresh
+// or cached), or none configured — as opposed to nothing known.
+func (a *Agent) document(ctx context.Context, ast *state.Agent, rep *Report) (*assignment.Document, bool, error) {
+	if a.src == nil {
+		return &assignment.Document{AgentID: a.cfg.AgentID}, true, nil
+	}
+	policy := source.Policy{AgentID: a.cfg.AgentID, Keys: a.keys, RequireSignatures: a.cfg.Trust.Required(), LastSerial: ast.LastSerial}
+	f, err := a.src.Fetch(ctx, ast.DocumentToken)
+	if err == nil {
+		doc, aerr := source.Accept(f, policy)
+		if aerr == nil {
+			cv, _ := assignment.ComputeConfigVersion(*doc)
+			if err := state.SaveDocument(a.cfg.RuntimeRoot, f.Raw, f.Sig); err != nil {
+				return nil, false, err
+			}
+			*ast = state.Agent{LastSerial: max(doc.Serial, ast.LastSerial), ConfigVersion: cv, DocumentToken: f.Token, AppliedAt: time.Now().UTC()}
+			if err := state.SaveAgent(a.cfg.RuntimeRoot, ast); err != nil {
+				return nil, false, err
+			}
+			return doc, true, nil
+		}
+		err = aerr
+	}
+	if !errors.Is(err, source.ErrUnchanged) {
+		rep.DocumentErr = err
+		a.log.Warn("assignment document not refreshed; using the last accepted one", "error", err)
+	}
+	raw, sig, ok, cerr := state.LoadDocument(a.cfg.RuntimeRoot)
+	if cerr != nil {
+		return nil, false, cerr
+	}
+	if !ok {
+		if rep.DocumentErr == nil {
+			rep.DocumentErr = errors.New("assignment document unchanged but no cached copy")
+		}
+		return &assignment.Document{AgentID: a.cfg.AgentID}, false, nil
+	}
+	_, remote := a.src.(*source.Store)
+	doc, err := source.Accept(&source.Fetched{Raw: raw, Sig: sig, Origin: "cached " + a.cfg.RuntimeRoot + "/state/assignments.json", Remote: remote}, policy)
+	if err != nil {
+		rep.DocumentErr = errors.Join(rep.DocumentErr, err)
+		return &assignment.Document{AgentID: a.cfg.AgentID}, false, nil
+	}
+	rep.FromCache = rep.DocumentErr != nil
+	return doc, true, nil
+}
+
+// overrides reads the local overrides file; a missing file is none.
+func (a *Agent) overrides() (*assignment.Overrides, error) {
+	if a.cfg.LocalOverrides == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(a.cfg.LocalOverrides)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("local overrides %s: %w", a.cfg.LocalOverrides, err)
+	}
+	ov, err := assignment.ParseOverrides(data)
+	if err != nil {
+		return nil, fmt.Errorf("local overrides %s: %w", a.cfg.LocalOverrides, err)
+	}
+	return ov, nil
+}
+
+// stageOne delivers one add-on and, on success, makes it current and its
+// spec the last-known-good.
+func (a *Agent) stageOne(ctx context.Context, ad assignment.Addon) AddonReport {
+	r := AddonReport{AddonID: ad.AddonID, Version: ad.Version}
+	if assignment.ValidAddonID(ad.AddonID) == nil {
+		r.ActiveVersion, _ = a.del.Current(ad.AddonID)
+	}
+	spec, err := assignment.Resolve(ad, a.platform)
+	if err == nil && spec.Enabled && spec.NeedsPackage() {
+		var pkg *assignment.Package
+		if pkg, _, _, err = a.del.FetchPackage(ctx, spec.AddonID, spec.Version); err == nil {
+			spec, err = spec.WithPackage(pkg, a.platform)
+		}
+	}
+	if err != nil {
+		return a.failed(r, err)
+	}
+	r.Version = spec.Version
+	switch {
+	case !spec.Enabled:
+		r.State = "disabled"
+		return r
+	case spec.Delivery != assignment.DeliveryPushedArtifact:
+		r.State = "skipped"
+		return r
+	}
+	staged, err := a.del.Stage(ctx, spec)
+	if err != nil {
+		return a.failed(r, err)
+	}
+	if _, err := a.del.Activate(spec.AddonID, spec.Version); err != nil {
+		return a.failed(r, &delivery.Error{AddonID: spec.AddonID, Version: spec.Version, Op: "activate", Err: err, Environment: true})
+	}
+	st, err := state.LoadAddon(a.cfg.RuntimeRoot, spec.AddonID)
+	if err == nil {
+		st.LKG = &spec
+		err = state.SaveAddon(a.cfg.RuntimeRoot, spec.AddonID, st)
+	}
+	if err != nil {
+		return a.failed(r, err)
+	}
+	if _, err := a.del.GC(spec.AddonID); err != nil {
+		a.log.Warn("garbage collection failed", "addon_id", spec.AddonID, "error", err)
+	}
+	r.State, r.ActiveVersion, r.Downloaded = "staged", spec.Version, staged.Downloaded
+	a.log.Info("staged", "addon_id", spec.AddonID, "version", spec.Version, "downloaded", staged.Downloaded, "bytes", staged.Bytes)
+	return r
+}
+
+func (a *Agent) failed(r AddonReport, err error) AddonReport {
+	r.State, r.Err = "failed", err
+	if assignment.ValidAddonID(r.AddonID) == nil {
+		if st, serr := state.LoadAddon(a.cfg.RuntimeRoot, r.AddonID); serr == nil && st.LKG != nil && r.ActiveVersion != "" {
+			r.FromLKG = true
+		}
+	}
+	a.log.Info("delivery failed", "addon_id", r.AddonID, "version", r.Version, "active_version", r.ActiveVersion, "from_lkg", r.FromLKG, "error", err)
+	return r
+}

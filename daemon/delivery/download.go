@@ -1,0 +1,237 @@
+package delivery
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/daemon/signing"
+	"github.com/addond/addond/daemon/store"
+)
+
+// partMeta sits beside a partial download and binds it to one version of
+// one object: a resume is only attempted for the same key, digest and ETag.
+type partMeta struct {
+	ObjectKey string `json:"object_key"`
+	SHA256    string `json:"sha256"`
+	ETag      string `json:"etag"`
+	Size      int64  `json:"size"`
+}
+
+// errRestart asks download to begin again from byte zero.
+var errRestart = errors.New("restart from zero")
+
+// download runs the streaming pass into tmp/<id>@<version>.part and
+// returns its path once the bytes verified. At most one restart from zero
+// happens (the object changed, or a resumed partial did not verify).
+func (d *Deliverer) download(ctx context.Context, spec assignment.Spec, newHashes func() (hash.Hash, []*signing.Verifier)) (string, int64, error) {
+	if err := os.MkdirAll(d.tmpDir(), 0o700); err != nil {
+		return "", 0, &Error{AddonID: spec.AddonID, Version: spec.Version, Op: "fetch", Err: err, Environment: true}
+	}
+	part := filepath.Join(d.tmpDir(), partName(spec.AddonID, spec.Version))
+	for restarts := 0; ; restarts++ {
+		size, err := d.downloadOnce(ctx, spec, part, newHashes, restarts > 0)
+		if errors.Is(err, errRestart) && restarts < 2 {
+			d.opts.Log.Info("download starts again from zero", "addon_id", spec.AddonID, "version", spec.Version, "reason", err)
+			continue
+		}
+		if err != nil {
+			var de *Error
+			if !errors.As(err, &de) {
+				err = &Error{AddonID: spec.AddonID, Version: spec.Version, Op: "fetch", Err: err, Environment: true}
+			}
+			return "", 0, err
+		}
+		return part, size, nil
+	}
+}
+
+func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part string, newHashes func() (hash.Hash, []*signing.Verifier), fresh bool) (int64, error) {
+	art := spec.Artifact
+	fail := func(op string, env bool, err error) (int64, error) {
+		return 0, &Error{AddonID: spec.AddonID, Version: spec.Version, Op: op, Err: err, Environment: env}
+	}
+	info, err := d.stat(ctx, art.ObjectKey)
+	if err != nil {
+		return fail("fetch", !errors.Is(err, store.ErrNotFound), err)
+	}
+	if art.Size > 0 && info.Size != art.Size {
+		return fail("verify", false, fmt.Errorf("object %s is %d bytes, the assignment says %d", art.ObjectKey, info.Size, art.Size))
+	}
+
+	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fail("fetch", true, err)
+	}
+	keep := false
+	defer func() {
+		f.Close()
+		if !keep {
+			os.Remove(part)
+			os.Remove(part + ".json")
+		}
+	}()
+
+	// Resume only what provably belongs to this very object.
+	var off int64
+	meta := partMeta{ObjectKey: art.ObjectKey, SHA256: art.SHA256, ETag: info.ETag, Size: info.Size}
+	if old, ok := readMeta(part); ok && !fresh && old == meta {
+		if fi, err := f.Stat(); err == nil && fi.Size() <= info.Size {
+			off = fi.Size()
+		}
+	}
+	if off == 0 {
+		if err := f.Truncate(0); err != nil {
+			return fail("fetch", true, err)
+		}
+		if err := writeMeta(part, meta); err != nil {
+			return fail("fetch", true, err)
+		}
+	}
+	resumed := off > 0
+
+	if err := d.checkSpace(info.Size - off); err != nil {
+		return fail("fetch", true, err)
+	}
+
+	h, vs := newHashes()
+	p := newPipeline(f, withVerifiers(h, vs)...)
+	closed := false
+	defer func() {
+		if !closed {
+			p.close()
+		}
+	}()
+	if off > 0 {
+		// Hash what is already on disk; the final digest covers it all.
+		if n, err := p.feed(io.NewSectionReader(f, 0, off), 0, true); err != nil || n != off {
+			off = 0
+			return fail("fetch", true, fmt.Errorf("reading the partial download: %v", err))
+		}
+		d.opts.Log.Info("resuming download", "addon_id", spec.AddonID, "version", spec.Version, "offset", off, "size", info.Size)
+	}
+
+	for attempt := 0; off < info.Size; attempt++ {
+		rc, _, err := d.opts.Store.Open(ctx, art.ObjectKey, store.OpenOptions{Offset: off, IfMatch: info.ETag})
+		if errors.Is(err, store.ErrChanged) {
+			return 0, fmt.Errorf("%w: %v", errRestart, err)
+		}
+		if err == nil {
+			var r io.Reader = ctxReader{ctx, rc}
+			if faultsEnabled {
+				r = &faultReader{r: r, off: off, at: info.Size / 2}
+			}
+			off, err = p.feed(r, off, false)
+			rc.Close()
+			if err == nil && off < info.Size {
+				err = fmt.Errorf("body ended at byte %d of %d", off, info.Size)
+			}
+		}
+		if err == nil {
+			break
+		}
+		if werr := p.wait(); werr != nil {
+			if isDiskFull(werr) {
+				return fail("fetch", true, fmt.Errorf("disk full writing %s: %w", part, werr))
+			}
+			return fail("fetch", true, werr)
+		}
+		if ctx.Err() != nil {
+			return fail("fetch", true, ctx.Err())
+		}
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalidKey) || attempt >= d.opts.Retries {
+			return fail("fetch", !errors.Is(err, store.ErrNotFound), err)
+		}
+		wait := backoff(attempt)
+		d.opts.Log.Warn("download interrupted, retrying", "addon_id", spec.AddonID, "version", spec.Version,
+			"offset", off, "size", info.Size, "attempt", attempt+1, "retry_in", wait.String(), "error", err)
+		if err := d.opts.Sleep(ctx, wait); err != nil {
+			return fail("fetch", true, err)
+		}
+	}
+	closed = true
+	if err := p.close(); err != nil {
+		if isDiskFull(err) {
+			return fail("fetch", true, fmt.Errorf("disk full writing %s: %w", part, err))
+		}
+		return fail("fetch", true, err)
+	}
+	if err := check(art, h.Sum(nil), vs); err != nil {
+		if resumed {
+			// The bytes kept from an earlier run may be what is wrong.
+			return 0, fmt.Errorf("%w: resumed download did not verify: %v", errRestart, err)
+		}
+		return fail("verify", false, fmt.Errorf("object %s: %w", art.ObjectKey, err))
+	}
+	if err := f.Sync(); err != nil {
+		return fail("fetch", true, err)
+	}
+	keep = true
+	return info.Size, nil
+}
+
+// stat retries transient failures like the body reads do.
+func (d *Deliverer) stat(ctx context.Context, key string) (store.Info, error) {
+	for attempt := 0; ; attempt++ {
+		info, err := d.opts.Store.Stat(ctx, key)
+		if err == nil || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalidKey) || attempt >= d.opts.Retries || ctx.Err() != nil {
+			return info, err
+		}
+		if err := d.opts.Sleep(ctx, backoff(attempt)); err != nil {
+			return info, err
+		}
+	}
+}
+
+// checkSpace refuses a download the file system cannot hold with the
+// configured reserve left over, before a byte is written.
+func (d *Deliverer) checkSpace(need int64) error {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(d.tmpDir(), &fs); err != nil {
+		return err
+	}
+	avail := int64(fs.Bavail) * fs.Bsize
+	if avail < need+d.opts.MinFree {
+		return fmt.Errorf("not enough free space in %s: need %d bytes (%d for the artifact + %d reserve), %d available",
+			d.tmpDir(), need+d.opts.MinFree, need, d.opts.MinFree, avail)
+	}
+	return nil
+}
+
+func readMeta(part string) (partMeta, bool) {
+	var m partMeta
+	data, err := os.ReadFile(part + ".json")
+	if err != nil || json.Unmarshal(data, &m) != nil {
+		return partMeta{}, false
+	}
+	return m, true
+}
+
+func writeMeta(part string, m partMeta) error {
+	data, _ := json.Marshal(m)
+	return os.WriteFile(part+".json", data, 0o600)
+}
+
+// faultReader hits the "download-partial" fault point once half the
+// object has been read (test builds only).
+type faultReader struct {
+	r       io.Reader
+	off, at int64
+}
+
+func (f *faultReader) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	f.off += int64(n)
+	if f.off >= f.at && f.at > 0 {
+		faultPoint("download-partial")
+	}
+	return n, err
+}

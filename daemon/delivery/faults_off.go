@@ -1,0 +1,7 @@
+//go:build !faultinject
+
+package delivery
+
+const faultsEnabled = false
+
+func faultPoint(string) {}

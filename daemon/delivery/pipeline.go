@@ -1,0 +1,159 @@
+package delivery
+
+import (
+	"hash"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// pipeline is the one streaming pass: bytes read from the store are handed,
+// without copying, to one goroutine per consumer — the SHA-256 hasher, the
+// Ed25519 verifier (SHA-512) for each candidate key, and the file writer —
+// so hashing and writing overlap the network read and each other. Buffers
+// come from a small fixed pool, so memory stays flat whatever the size of
+// the artifact.
+type pipeline struct {
+	pool      chan []byte
+	consumers []chan *chunk
+	pending   sync.WaitGroup // chunks not yet released by every consumer
+	workers   sync.WaitGroup
+	err       atomic.Pointer[error] // first write error
+}
+
+const (
+	chunkSize  = 512 << 10
+	chunkCount = 8 // 4 MiB in flight at most
+	// writebackEvery starts the kernel's writeback of what was written so
+	// far, so that the final fsync has little left to wait for.
+	writebackEvery = 32 << 20
+)
+
+type chunk struct {
+	b    []byte
+	off  int64
+	refs atomic.Int32
+	p    *pipeline
+	skip bool // already on disk (resuming): hash, do not write
+}
+
+func (c *chunk) release() {
+	if c.refs.Add(-1) == 0 {
+		c.p.pool <- c.b[:cap(c.b)]
+		c.p.pending.Done()
+	}
+}
+
+// newPipeline starts one goroutine per hash and one for f (nil: no file).
+func newPipeline(f *os.File, hashes ...hash.Hash) *pipeline {
+	p := &pipeline{pool: make(chan []byte, chunkCount)}
+	for i := 0; i < chunkCount; i++ {
+		p.pool <- make([]byte, chunkSize)
+	}
+	for _, h := range hashes {
+		ch := make(chan *chunk, chunkCount)
+		p.consumers = append(p.consumers, ch)
+		p.workers.Add(1)
+		go func() {
+			defer p.workers.Done()
+			for c := range ch {
+				h.Write(c.b)
+				c.release()
+			}
+		}()
+	}
+	if f != nil {
+		ch := make(chan *chunk, chunkCount)
+		p.consumers = append(p.consumers, ch)
+		p.workers.Add(1)
+		go func() {
+			defer p.workers.Done()
+			var synced int64
+			for c := range ch {
+				if !c.skip && p.err.Load() == nil {
+					if _, err := f.WriteAt(c.b, c.off); err != nil {
+						p.err.CompareAndSwap(nil, &err)
+					} else if end := c.off + int64(len(c.b)); end-synced >= writebackEvery {
+						// Asynchronous: only starts writeback.
+						unix.SyncFileRange(int(f.Fd()), synced, end-synced, unix.SYNC_FILE_RANGE_WRITE)
+						synced = end
+					}
+				}
+				c.release()
+			}
+		}()
+	}
+	return p
+}
+
+// feed copies r into the pipeline starting at file offset off, until r is
+// exhausted or fails. It returns the offset reached: every byte before it
+// has been handed to every consumer, even when err is not nil.
+func (p *pipeline) feed(r io.Reader, off int64, skipWrite bool) (int64, error) {
+	for {
+		if err := p.writeErr(); err != nil {
+			return off, err
+		}
+		buf := <-p.pool
+		n, err := fill(r, buf)
+		if n > 0 {
+			c := &chunk{b: buf[:n], off: off, p: p, skip: skipWrite}
+			c.refs.Store(int32(len(p.consumers)))
+			p.pending.Add(1)
+			for _, ch := range p.consumers {
+				ch <- c
+			}
+			off += int64(n)
+		} else {
+			p.pool <- buf
+		}
+		if err == io.EOF {
+			return off, nil
+		}
+		if err != nil {
+			return off, err
+		}
+	}
+}
+
+// fill reads into buf until it is full or r fails. Unlike io.ReadFull it
+// passes every error through as is, so a body cut short
+// (io.ErrUnexpectedEOF from net/http) is never mistaken for a clean end.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// wait blocks until every chunk handed in so far has been consumed and
+// returns the first write error.
+func (p *pipeline) wait() error {
+	p.pending.Wait()
+	return p.writeErr()
+}
+
+func (p *pipeline) writeErr() error {
+	if e := p.err.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// close stops the consumers after the last chunk.
+func (p *pipeline) close() error {
+	err := p.wait()
+	for _, ch := range p.consumers {
+		close(ch)
+	}
+	p.workers.Wait()
+	return err
+}

@@ -1,0 +1,213 @@
+package publish
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/daemon/signing"
+	"github.com/addond/addond/daemon/store"
+)
+
+// AssignOptions describe an agent's assignment document. Per-add-on maps
+// are keyed by add-on id.
+type AssignOptions struct {
+	Store          store.Store
+	AgentID        string
+	Key            ed25519.PrivateKey   // signs the document; nil: unsigned
+	Trust          *signing.Keyring     // verifies package.json; default: Key's public key
+	Platform       *assignment.Platform // also emit the single artifact reference for it
+	Addons         []string             // ID@VERSION
+	Supervision    map[string]string
+	Schedule       map[string]string
+	Args           map[string][]string
+	ConfigFiles    map[string]string
+	Timeout        map[string]string
+	Disable        map[string]bool
+	AllowDowngrade map[string]bool
+	// Warn receives non-fatal notes (packages whose signatures could not
+	// be checked).
+	Warn func(string)
+}
+
+// AssignmentsKey is where an agent's document lives.
+func AssignmentsKey(agent string) string { return "agents/" + agent + "/assignments.json" }
+
+// Assign builds, signs and writes agents/<agent>/assignments.json with a
+// serial one above the previous document's.
+func Assign(ctx context.Context, o AssignOptions) (*assignment.Document, error) {
+	if err := store.ValidKey(AssignmentsKey(o.AgentID)); err != nil || strings.Contains(o.AgentID, "/") || o.AgentID == "" {
+		return nil, fmt.Errorf("agent id %q is not a safe name", o.AgentID)
+	}
+	trust := o.Trust
+	if trust.Len() == 0 && o.Key != nil {
+		trust = signing.NewKeyring(o.Key.Public().(ed25519.PublicKey))
+	}
+	known := map[string]bool{}
+	doc := assignment.Document{AgentID: o.AgentID, Addons: []assignment.Addon{}}
+	for _, ref := range o.Addons {
+		id, version, ok := strings.Cut(ref, "@")
+		if !ok {
+			return nil, fmt.Errorf("--addon %q: want ID@VERSION", ref)
+		}
+		if known[id] {
+			return nil, fmt.Errorf("--addon %s given twice", id)
+		}
+		known[id] = true
+		a, err := addonFromPackage(ctx, o, trust, id, version)
+		if err != nil {
+			return nil, err
+		}
+		doc.Addons = append(doc.Addons, a)
+	}
+	for _, m := range []map[string]bool{o.Disable, o.AllowDowngrade} {
+		for id := range m {
+			if !known[id] {
+				return nil, fmt.Errorf("flag names add-on %q, which is not among --addon", id)
+			}
+		}
+	}
+	for _, m := range []map[string]string{o.Supervision, o.Schedule, o.ConfigFiles, o.Timeout} {
+		for id := range m {
+			if !known[id] {
+				return nil, fmt.Errorf("flag names add-on %q, which is not among --addon", id)
+			}
+		}
+	}
+	for id := range o.Args {
+		if !known[id] {
+			return nil, fmt.Errorf("--arg names add-on %q, which is not among --addon", id)
+		}
+	}
+
+	key := AssignmentsKey(o.AgentID)
+	prev, _, err := store.ReadSmall(ctx, o.Store, key, assignment.MaxDocumentSize, store.OpenOptions{})
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("previous document: %w", err)
+	default:
+		p, err := assignment.Parse(prev)
+		if err != nil {
+			return nil, fmt.Errorf("previous document %s does not parse (%v); its serial is unknown, fix or delete it", key, err)
+		}
+		doc.Serial = p.Serial
+	}
+	doc.Serial++
+	doc.ConfigVersion, err = assignment.ComputeConfigVersion(doc)
+	if err != nil {
+		return nil, err
+	}
+	body, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := putSigned(ctx, o.Store, key, append(body, '\n'), o.Key); err != nil {
+		return nil, err
+	}
+	return &doc, nil
+}
+
+func addonFromPackage(ctx context.Context, o AssignOptions, trust *signing.Keyring, id, version string) (assignment.Addon, error) {
+	if err := assignment.ValidAddonID(id); err != nil {
+		return assignment.Addon{}, err
+	}
+	if err := assignment.ValidVersion(version); err != nil {
+		return assignment.Addon{}, err
+	}
+	pkey := assignment.PackageKey(id, version)
+	raw, _, err := store.ReadSmall(ctx, o.Store, pkey, assignment.MaxPackageSize, store.OpenOptions{})
+	if err != nil {
+		return assignment.Addon{}, fmt.Errorf("addon %s@%s: %w", id, version, err)
+	}
+	sigFile, _, err := store.ReadSmall(ctx, o.Store, pkey+".sig", 1024, store.OpenOptions{})
+	if err != nil {
+		return assignment.Addon{}, fmt.Errorf("addon %s@%s: package signature: %w", id, version, err)
+	}
+	sig, err := signing.ParseSigFile(sigFile)
+	if err != nil {
+		return assignment.Addon{}, fmt.Errorf("addon %s@%s: %s.sig: %w", id, version, pkey, err)
+	}
+	if trust.Len() > 0 {
+		if err := trust.VerifyBytes("", raw, sig); err != nil {
+			return assignment.Addon{}, fmt.Errorf("addon %s@%s: %s: %w", id, version, pkey, err)
+		}
+	} else if o.Warn != nil {
+		o.Warn(fmt.Sprintf("addon %s@%s: package signature not verified (give --key or --trust)", id, version))
+	}
+	pkg, err := assignment.ParsePackage(raw)
+	if err != nil {
+		return assignment.Addon{}, fmt.Errorf("addon %s@%s: %w", id, version, err)
+	}
+	if pkg.AddonID != id || pkg.Version != version {
+		return assignment.Addon{}, fmt.Errorf("addon %s@%s: %s describes %s@%s", id, version, pkey, pkg.AddonID, pkg.Version)
+	}
+	enabled := !o.Disable[id]
+	a := assignment.Addon{
+		AddonID: id, Version: version, Enabled: &enabled,
+		Delivery:       assignment.DeliveryPushedArtifact,
+		Supervision:    pkg.Supervision,
+		Args:           o.Args[id],
+		OSCapabilities: pkg.OSCapabilities,
+		Schedule:       o.Schedule[id],
+		Timeout:        o.Timeout[id],
+		AllowDowngrade: o.AllowDowngrade[id],
+		Artifacts:      map[string]assignment.Artifact{},
+	}
+	if s, ok := o.Supervision[id]; ok {
+		a.Supervision = s
+	}
+	if a.Supervision == "" {
+		a.Supervision = assignment.SupervisionAgentSidecar
+	}
+	if path, ok := o.ConfigFiles[id]; ok {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return assignment.Addon{}, fmt.Errorf("addon %s: --config: %w", id, err)
+		}
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(data, &obj); err != nil {
+			return assignment.Addon{}, fmt.Errorf("addon %s: --config %s is not a JSON object: %w", id, path, err)
+		}
+		var buf bytes.Buffer
+		json.Compact(&buf, data)
+		a.ConfigJSON = buf.Bytes()
+	}
+	// Emit a reference only when both object key and sha256 are known:
+	// the agent is never told to fetch what it cannot verify.
+	for _, plat := range sortedKeys(pkg.Artifacts) {
+		art := pkg.Artifacts[plat]
+		if art.ObjectKey == "" || art.SHA256 == "" {
+			continue
+		}
+		a.Artifacts[plat] = art
+		if a.BinaryPath == "" {
+			a.BinaryPath = art.BinaryName
+		}
+	}
+	if o.Platform != nil {
+		art, ok := a.Artifacts[o.Platform.String()]
+		if !ok {
+			return assignment.Addon{}, fmt.Errorf("addon %s@%s has no verifiable artifact for %s", id, version, o.Platform)
+		}
+		a.ArtifactObjectKey, a.ArtifactSHA256, a.ArtifactSignature, a.ArtifactKeyID, a.ArtifactSize = art.ObjectKey, art.SHA256, art.Signature, art.KeyID, art.Size
+		a.TargetOS, a.TargetArch, a.BinaryPath = o.Platform.OS, o.Platform.Arch, art.BinaryName
+	}
+	if len(a.Artifacts) == 0 {
+		return assignment.Addon{}, fmt.Errorf("addon %s@%s: package lists no artifact with both object key and sha256", id, version)
+	}
+	// The document must resolve as the agent will resolve it.
+	for plat := range a.Artifacts {
+		p, _ := assignment.ParsePlatform(plat)
+		if _, err := assignment.Resolve(a, p); err != nil {
+			return assignment.Addon{}, err
+		}
+	}
+	return a, nil
+}

@@ -1,0 +1,197 @@
+// Package publish is the publisher's side of addond (addonctl publish and
+// assign): it signs and uploads artifacts, writes signed package metadata,
+// and builds signed assignment documents from verified packages.
+package publish
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/daemon/signing"
+	"github.com/addond/addond/daemon/store"
+)
+
+// File is one platform's build to publish.
+type File struct {
+	Platform assignment.Platform
+	Path     string
+}
+
+// ParseFileArg parses "OS/ARCH=PATH".
+func ParseFileArg(s string) (File, error) {
+	plat, path, ok := strings.Cut(s, "=")
+	if !ok || path == "" {
+		return File{}, fmt.Errorf("artifact %q: want OS/ARCH=PATH", s)
+	}
+	p, err := assignment.ParsePlatform(plat)
+	if err != nil {
+		return File{}, err
+	}
+	return File{Platform: p, Path: path}, nil
+}
+
+// PublishOptions describe one version of an add-on.
+type PublishOptions struct {
+	Store          store.Store
+	Key            ed25519.PrivateKey
+	AddonID        string
+	Version        string
+	Supervision    string
+	OSCapabilities []string
+	BinaryName     string // default: each file's base name
+	Files          []File
+	// Progress, when set, wraps each upload's byte stream (a progress bar).
+	Progress func(name string, size int64) io.Writer
+}
+
+var capRe = regexp.MustCompile(`^cap_[a-z_]{2,32}$`)
+
+// NormalizeCapability lowercases a capability name and adds the cap_
+// prefix ("NET_RAW" → "cap_net_raw").
+func NormalizeCapability(c string) (string, error) {
+	c = strings.ToLower(strings.TrimSpace(c))
+	if !strings.HasPrefix(c, "cap_") {
+		c = "cap_" + c
+	}
+	if !capRe.MatchString(c) {
+		return "", fmt.Errorf("capability %q is not a capability name", c)
+	}
+	return c, nil
+}
+
+// Publish signs and uploads every file and writes
+// packages/<id>/<version>/package.json and its .sig.
+func Publish(ctx context.Context, o PublishOptions) (*assignment.Package, error) {
+	if err := assignment.ValidAddonID(o.AddonID); err != nil {
+		return nil, err
+	}
+	if err := assignment.ValidVersion(o.Version); err != nil {
+		return nil, err
+	}
+	if len(o.Files) == 0 {
+		return nil, errors.New("no artifacts given (OS/ARCH=PATH)")
+	}
+	pkg := &assignment.Package{AddonID: o.AddonID, Version: o.Version, Supervision: o.Supervision, Artifacts: map[string]assignment.Artifact{}}
+	if pkg.Supervision != "" {
+		if _, err := assignment.Resolve(assignment.Addon{AddonID: o.AddonID, Version: o.Version, Supervision: o.Supervision, Delivery: assignment.DeliveryOSPackage}, assignment.Host()); err != nil {
+			return nil, err
+		}
+	}
+	for _, c := range o.OSCapabilities {
+		n, err := NormalizeCapability(c)
+		if err != nil {
+			return nil, err
+		}
+		pkg.OSCapabilities = append(pkg.OSCapabilities, n)
+	}
+	keyID := signing.KeyID(o.Key.Public().(ed25519.PublicKey))
+	for _, f := range o.Files {
+		name := o.BinaryName
+		if name == "" {
+			name = filepath.Base(f.Path)
+		}
+		if err := assignment.ValidBinaryName(name); err != nil {
+			return nil, err
+		}
+		if _, dup := pkg.Artifacts[f.Platform.String()]; dup {
+			return nil, fmt.Errorf("platform %s given twice", f.Platform)
+		}
+		key := assignment.ArtifactKey(o.AddonID, o.Version, f.Platform, name)
+		art, err := uploadSigned(ctx, o, f.Path, key)
+		if err != nil {
+			return nil, fmt.Errorf("publish %s %s: %w", f.Platform, f.Path, err)
+		}
+		art.KeyID, art.BinaryName = keyID, name
+		pkg.Artifacts[f.Platform.String()] = art
+	}
+	body, err := json.MarshalIndent(pkg, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	body = append(body, '\n')
+	if err := putSigned(ctx, o.Store, assignment.PackageKey(o.AddonID, o.Version), body, o.Key); err != nil {
+		return nil, err
+	}
+	return pkg, nil
+}
+
+// uploadSigned signs a file with pure Ed25519 and uploads it on the way:
+// pass 1 reads it for the nonce (and a SHA-256), pass 2 streams it to the
+// store through the challenge hash and a second SHA-256. Should the file
+// change between the passes, the digests differ: the upload is deleted and
+// no signature leaves this function (signing two messages with one nonce
+// would leak the key).
+func uploadSigned(ctx context.Context, o PublishOptions, path, key string) (assignment.Artifact, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return assignment.Artifact{}, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return assignment.Artifact{}, err
+	}
+	if !fi.Mode().IsRegular() {
+		return assignment.Artifact{}, fmt.Errorf("%s is not a regular file", path)
+	}
+	size := fi.Size()
+	sum1, sum2 := sha256.New(), sha256.New()
+	sig, err := signing.SignStream(o.Key, func(pass int, w io.Writer) error {
+		r := io.NewSectionReader(f, 0, size)
+		if pass == 1 {
+			_, err := io.Copy(io.MultiWriter(w, sum1), r)
+			return err
+		}
+		sink := io.MultiWriter(w, sum2)
+		if o.Progress != nil {
+			sink = io.MultiWriter(sink, o.Progress(filepath.Base(path), size))
+		}
+		_, err := o.Store.Put(ctx, key, io.TeeReader(r, sink), size)
+		return err
+	})
+	if err != nil {
+		return assignment.Artifact{}, err
+	}
+	if !bytes.Equal(sum1.Sum(nil), sum2.Sum(nil)) {
+		o.Store.Delete(ctx, key)
+		return assignment.Artifact{}, errors.New("file changed while it was being published; upload removed, nothing signed")
+	}
+	return assignment.Artifact{ObjectKey: key, SHA256: hex.EncodeToString(sum2.Sum(nil)), Size: size, Signature: hex.EncodeToString(sig)}, nil
+}
+
+// putSigned writes body and, with a key, body's .sig; without a key it
+// removes a stale .sig that would no longer match.
+func putSigned(ctx context.Context, s store.Store, key string, body []byte, priv ed25519.PrivateKey) error {
+	if _, err := s.Put(ctx, key, bytes.NewReader(body), int64(len(body))); err != nil {
+		return err
+	}
+	if priv == nil {
+		return s.Delete(ctx, key+".sig")
+	}
+	sig := []byte(hex.EncodeToString(ed25519.Sign(priv, body)) + "\n")
+	_, err := s.Put(ctx, key+".sig", bytes.NewReader(sig), int64(len(sig)))
+	return err
+}
+
+// sortedKeys returns m's keys in order.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
