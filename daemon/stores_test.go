@@ -1,0 +1,91 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"syscall"
+
+	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/daemon/publish"
+	"github.com/addond/addond/daemon/store"
+)
+
+// countingStore records the offset of every Open of a real store.
+type countingStore struct {
+	store.Store
+	mu      sync.Mutex
+	offsets []int64
+}
+
+func (c *countingStore) Open(ctx context.Context, key string, o store.OpenOptions) (io.ReadCloser, store.Info, error) {
+	c.mu.Lock()
+	c.offsets = append(c.offsets, o.Offset)
+	c.mu.Unlock()
+	return c.Store.Open(ctx, key, o)
+}
+
+// breakingStore cuts the first body after breakAfter bytes with a
+// connection reset, then calls onBreak.
+type breakingStore struct {
+	store.Store
+	breakAfter int64
+	onBreak    func()
+	broke      bool
+	sawChanged bool
+}
+
+func (b *breakingStore) Open(ctx context.Context, key string, o store.OpenOptions) (io.ReadCloser, store.Info, error) {
+	rc, info, err := b.Store.Open(ctx, key, o)
+	if errors.Is(err, store.ErrChanged) {
+		b.sawChanged = true
+	}
+	if err != nil || b.broke {
+		return rc, info, err
+	}
+	b.broke = true
+	return &cutReader{ReadCloser: rc, left: b.breakAfter, onBreak: b.onBreak}, info, nil
+}
+
+type cutReader struct {
+	io.ReadCloser
+	left    int64
+	onBreak func()
+}
+
+func (c *cutReader) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		if c.onBreak != nil {
+			c.onBreak()
+			c.onBreak = nil
+		}
+		return 0, fmt.Errorf("read tcp: %w", syscall.ECONNRESET)
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.ReadCloser.Read(p)
+	c.left -= int64(n)
+	return n, err
+}
+
+// publishAssignDisabled assigns refs with every add-on disabled.
+func publishAssignDisabled(f *fixture, refs ...string) (*assignment.Document, error) {
+	disable := map[string]bool{}
+	for _, r := range refs {
+		id, _, _ := cutAt(r)
+		disable[id] = true
+	}
+	return publish.Assign(context.Background(), publish.AssignOptions{Store: f.st, AgentID: "edge-01", Key: f.priv, Addons: refs, Disable: disable})
+}
+
+func cutAt(ref string) (string, string, bool) {
+	for i := range ref {
+		if ref[i] == '@' {
+			return ref[:i], ref[i+1:], true
+		}
+	}
+	return ref, "", false
+}
