@@ -104,6 +104,13 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 
 	h, vs := newHashes()
 	p := newPipeline(f, withVerifiers(h, vs)...)
+	if faultsEnabled {
+		p.written = func(end int64) {
+			if end >= info.Size/2 {
+				faultPoint("download-partial")
+			}
+		}
+	}
 	closed := false
 	defer func() {
 		if !closed {
@@ -125,11 +132,7 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 			return 0, fmt.Errorf("%w: %v", errRestart, err)
 		}
 		if err == nil {
-			var r io.Reader = ctxReader{ctx, rc}
-			if faultsEnabled {
-				r = &faultReader{r: r, off: off, at: info.Size / 2}
-			}
-			off, err = p.feed(r, off, false)
+			off, err = p.feed(ctxReader{ctx, rc}, off, false)
 			rc.Close()
 			if err == nil && off < info.Size {
 				err = fmt.Errorf("body ended at byte %d of %d", off, info.Size)
@@ -218,20 +221,4 @@ func readMeta(part string) (partMeta, bool) {
 func writeMeta(part string, m partMeta) error {
 	data, _ := json.Marshal(m)
 	return os.WriteFile(part+".json", data, 0o600)
-}
-
-// faultReader hits the "download-partial" fault point once half the
-// object has been read (test builds only).
-type faultReader struct {
-	r       io.Reader
-	off, at int64
-}
-
-func (f *faultReader) Read(p []byte) (int, error) {
-	n, err := f.r.Read(p)
-	f.off += int64(n)
-	if f.off >= f.at && f.at > 0 {
-		faultPoint("download-partial")
-	}
-	return n, err
 }

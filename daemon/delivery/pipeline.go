@@ -22,6 +22,9 @@ type pipeline struct {
 	pending   sync.WaitGroup // chunks not yet released by every consumer
 	workers   sync.WaitGroup
 	err       atomic.Pointer[error] // first write error
+	// written, when set, is called by the writer after each chunk
+	// reaches the file (fault injection in test builds).
+	written func(end int64)
 }
 
 const (
@@ -74,12 +77,18 @@ func newPipeline(f *os.File, hashes ...hash.Hash) *pipeline {
 			var synced int64
 			for c := range ch {
 				if !c.skip && p.err.Load() == nil {
+					end := c.off + int64(len(c.b))
 					if _, err := f.WriteAt(c.b, c.off); err != nil {
 						p.err.CompareAndSwap(nil, &err)
-					} else if end := c.off + int64(len(c.b)); end-synced >= writebackEvery {
-						// Asynchronous: only starts writeback.
-						unix.SyncFileRange(int(f.Fd()), synced, end-synced, unix.SYNC_FILE_RANGE_WRITE)
-						synced = end
+					} else {
+						if p.written != nil {
+							p.written(end)
+						}
+						if end-synced >= writebackEvery {
+							// Asynchronous: only starts writeback.
+							unix.SyncFileRange(int(f.Fd()), synced, end-synced, unix.SYNC_FILE_RANGE_WRITE)
+							synced = end
+						}
 					}
 				}
 				c.release()

@@ -1,0 +1,347 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+)
+
+// bench is one stagebench run: a MinIO server, the published artifacts and
+// the methods measured against them.
+type bench struct {
+	opts        options
+	tmp         string // everything stagebench writes lives here
+	addondBin   string
+	addonctlBin string
+	childDir    string // floor, gogetter and inmemory, built for this run
+	srv         *minioServer
+	s3          *minio.Client
+	env         []string // the environment of every child process
+	store       string   // s3:// URL of the bucket
+	signingKey  string
+	publicKey   string
+}
+
+// method is one way of fetching and verifying an artifact.
+type method struct {
+	slug string // directory and log name
+	name string // as printed
+	art  *artifact
+	// args is the command line of one run whose output directory is dir
+	// (empty when the run starts).
+	args func(dir string) []string
+	// output is the file a successful run leaves in dir.
+	output func(dir string) string
+	// check, if set, is a further check of a run's results.
+	check   func(dir string) error
+	samples []sample
+}
+
+// sample is one measured run.
+type sample struct {
+	wall time.Duration
+	cpu  time.Duration // user + system
+	rss  int64         // peak RSS, KiB
+}
+
+func runBench(ctx context.Context, o options) (res *result, err error) {
+	b := &bench{opts: o}
+	if err := b.findBinaries(); err != nil {
+		return nil, err
+	}
+	if b.tmp, err = os.MkdirTemp("", "stagebench-"); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if o.keep {
+			logf("kept %s", b.tmp)
+			return
+		}
+		if rerr := os.RemoveAll(b.tmp); rerr != nil && err == nil {
+			err = rerr
+		}
+	}()
+
+	logf("building the comparison programs")
+	if err := b.buildChildren(ctx); err != nil {
+		return nil, err
+	}
+	logf("starting MinIO")
+	b.srv, err = startMinIO(ctx, os.Getenv("ADDOND_MINIO_BIN"), filepath.Join(b.tmp, "minio"))
+	if err != nil {
+		return nil, err
+	}
+	defer b.srv.stop()
+	b.env = append(os.Environ(), b.srv.env()...)
+	b.store = b.srv.storeURL(bucket)
+	if b.s3, err = b.srv.client(); err != nil {
+		return nil, err
+	}
+	if err := b.s3.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil {
+		return nil, fmt.Errorf("make bucket: %w", err)
+	}
+
+	keys := filepath.Join(b.tmp, "keys")
+	if err := b.addonctl(ctx, "keygen", "--out", keys); err != nil {
+		return nil, err
+	}
+	b.signingKey, b.publicKey = filepath.Join(keys, "signing.key"), filepath.Join(keys, "signing.pub")
+	logf("publishing a %s artifact and a %s one", o.size, o.smallSize)
+	big, err := b.publishArtifact(ctx, "big", "bench", int64(o.size))
+	if err != nil {
+		return nil, err
+	}
+	small, err := b.publishArtifact(ctx, "small", "bench-small", int64(o.smallSize))
+	if err != nil {
+		return nil, err
+	}
+
+	methods, err := b.methods(big, small)
+	if err != nil {
+		return nil, err
+	}
+	total := o.warmup + o.rounds
+	for round := 0; round < total; round++ {
+		measured := round >= o.warmup
+		label := fmt.Sprintf("round %d/%d", round-o.warmup+1, o.rounds)
+		if !measured {
+			label = fmt.Sprintf("warm-up %d/%d", round+1, o.warmup)
+		}
+		// Rotate the order so that no method always runs first or always
+		// follows the same one.
+		for i := range methods {
+			m := methods[(i+round)%len(methods)]
+			s, err := b.runOnce(ctx, m)
+			if err != nil {
+				return nil, fmt.Errorf("%s, %s: %w", label, m.name, err)
+			}
+			logf("%-13s %-28s %7.3f s  CPU %6.3f s  RSS %7.1f MiB", label, m.name, s.wall.Seconds(), s.cpu.Seconds(), mib(s.rss))
+			if measured {
+				m.samples = append(m.samples, s)
+			}
+		}
+	}
+	return newResult(o, methods), nil
+}
+
+// findBinaries resolves -addond and the addonctl beside it.
+func (b *bench) findBinaries() error {
+	var err error
+	if b.addondBin, err = filepath.Abs(b.opts.addond); err != nil {
+		return err
+	}
+	b.addonctlBin = filepath.Join(filepath.Dir(b.addondBin), "addonctl")
+	for _, p := range []string{b.addondBin, b.addonctlBin} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("%w (run `make build`)", err)
+		}
+		if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+			return fmt.Errorf("%s is not an executable file", p)
+		}
+	}
+	return nil
+}
+
+// buildChildren builds floor, gogetter and inmemory the way the Makefile
+// builds addond (CGO_ENABLED=0, -trimpath), so that no run pays for a
+// compile.
+func (b *bench) buildChildren(ctx context.Context) error {
+	b.childDir = filepath.Join(b.tmp, "bin")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		if goBin, err = exec.LookPath(filepath.Join(os.Getenv("GOROOT"), "bin", "go")); err != nil {
+			return errors.New("the go command is not in PATH")
+		}
+	}
+	const pkg = "github.com/addond/addond/bench/cmd/"
+	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-o", b.childDir+"/",
+		pkg+"floor", pkg+"gogetter", pkg+"inmemory")
+	cmd.Dir = moduleDir()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build (run stagebench from bench/, or `make bench`): %v\n%s", err, out)
+	}
+	return nil
+}
+
+// moduleDir is the bench module's directory when stagebench runs from its
+// source (go run), else "" (the current directory).
+func moduleDir() string {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok || !filepath.IsAbs(file) {
+		return ""
+	}
+	dir := filepath.Join(filepath.Dir(file), "..", "..")
+	if _, err := os.Stat(filepath.Join(dir, "go.mod")); err != nil {
+		return ""
+	}
+	return dir
+}
+
+// methods returns the five measured methods: addond stage, floor,
+// nomad-way and origin-way on the big artifact, and addond stage on the
+// small one.
+func (b *bench) methods(big, small *artifact) ([]*method, error) {
+	stage := func(slug, name string, a *artifact) (*method, error) {
+		// The runtime root is the run's (fresh, empty) output directory.
+		dir := b.outDir(slug)
+		cfg := filepath.Join(b.tmp, "config-"+slug+".json")
+		if err := b.writeConfig(cfg, a, dir); err != nil {
+			return nil, err
+		}
+		current := filepath.Join(dir, "addons", a.addonID, "current")
+		return &method{
+			slug: slug, name: name, art: a,
+			args:   func(string) []string { return []string{b.addondBin, "stage", "--config", cfg} },
+			output: func(string) string { return filepath.Join(current, a.binary) },
+			check: func(string) error {
+				target, err := os.Readlink(current)
+				if err != nil {
+					return err
+				}
+				if want := "versions/" + a.version; target != want {
+					return fmt.Errorf("current points to %q, want %q", target, want)
+				}
+				return nil
+			},
+		}, nil
+	}
+	child := func(slug, name, prog string, verify bool) *method {
+		return &method{
+			slug: slug, name: name, art: big,
+			args: func(dir string) []string {
+				args := []string{filepath.Join(b.childDir, prog),
+					"-endpoint", b.srv.endpoint, "-bucket", bucket, "-key", big.objectKey,
+					"-out", filepath.Join(dir, big.binary)}
+				if verify {
+					args = append(args, "-sha256", big.sha256, "-sig", big.signature, "-pub", b.publicKey)
+				}
+				return args
+			},
+			output: func(dir string) string { return filepath.Join(dir, big.binary) },
+		}
+	}
+	addond, err := stage("addond", "addond stage", big)
+	if err != nil {
+		return nil, err
+	}
+	addondSmall, err := stage("addond-small", "addond stage ("+byteSize(small.size).String()+")", small)
+	if err != nil {
+		return nil, err
+	}
+	return []*method{
+		addond,
+		child("floor", "floor", "floor", false),
+		child("nomad", "nomad-way", "gogetter", true),
+		child("origin", "origin-way", "inmemory", true),
+		addondSmall,
+	}, nil
+}
+
+func (b *bench) outDir(slug string) string { return filepath.Join(b.tmp, "out", slug) }
+
+// runOnce runs m once in an empty output directory and measures it. After
+// the timing it checks the output against the published digest, then
+// deletes it.
+func (b *bench) runOnce(ctx context.Context, m *method) (sample, error) {
+	dir := b.outDir(m.slug)
+	if err := os.RemoveAll(dir); err != nil {
+		return sample{}, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return sample{}, err
+	}
+	defer os.RemoveAll(dir)
+	// Start every run with nothing dirty in the page cache, so that no run
+	// pays for an earlier one's writeback.
+	syscall.Sync()
+
+	log, err := os.Create(filepath.Join(b.tmp, m.slug+".log"))
+	if err != nil {
+		return sample{}, err
+	}
+	defer log.Close()
+	args := m.args(dir)
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Env = b.env
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	start := time.Now()
+	err = cmd.Run()
+	wall := time.Since(start)
+	if err != nil {
+		return sample{}, fmt.Errorf("%s: %v\n%s", filepath.Base(args[0]), err, tail(log.Name()))
+	}
+	ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	if !ok {
+		return sample{}, errors.New("no rusage for the child")
+	}
+	s := sample{
+		wall: wall,
+		cpu:  time.Duration(syscall.TimevalToNsec(ru.Utime) + syscall.TimevalToNsec(ru.Stime)),
+		rss:  ru.Maxrss,
+	}
+
+	if err := checkFile(m.output(dir), m.art); err != nil {
+		return sample{}, fmt.Errorf("VERIFY FAILED: %w", err)
+	}
+	if m.check != nil {
+		if err := m.check(dir); err != nil {
+			return sample{}, fmt.Errorf("VERIFY FAILED: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// checkFile fails unless path is a regular file with a's size and SHA-256.
+func checkFile(path string, a *artifact) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() != a.size {
+		return fmt.Errorf("%s: %v, %d bytes; want a regular file of %d bytes", path, fi.Mode(), fi.Size(), a.size)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != a.sha256 {
+		return fmt.Errorf("%s: sha256 %s, want %s", path, got, a.sha256)
+	}
+	return nil
+}
+
+// tail returns the last lines of a log file, for error messages.
+func tail(path string) string {
+	data, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) > 20 {
+		lines = lines[len(lines)-20:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "stagebench: "+format+"\n", args...)
+}
+
+func mib(kib int64) float64 { return float64(kib) / 1024 }
