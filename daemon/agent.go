@@ -251,7 +251,7 @@ func (a *Agent) document(ctx context.Context, ast *state.Agent, rep *Report) (*a
 	}
 	if !errors.Is(err, source.ErrUnchanged) {
 		rep.DocumentErr = err
-		a.log.Warn("assignment document not refreshed; using the last accepted one", "error", err)
+		a.log.Info("assignment document not refreshed; using the last accepted one", "error", err)
 	}
 	raw, sig, ok, cerr := state.LoadDocument(a.cfg.RuntimeRoot)
 	if cerr != nil {

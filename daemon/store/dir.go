@@ -10,26 +10,35 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"syscall"
 )
 
 // Dir is a store in a local directory laid out exactly like a bucket. Every
 // access goes through an os.Root, so neither keys nor symlinks planted in the
-// tree reach outside it.
+// tree reach outside it. The root is opened per operation: a directory that
+// is missing (an unmounted medium) is an unreachable store, like a server
+// that is down, and one that comes back is used again.
 type Dir struct {
-	dir  string
-	root *os.Root
+	dir string
 }
 
 var _ Store = (*Dir)(nil)
 
-// NewDir opens the directory store rooted at dir, which must exist.
+// NewDir returns the directory store rooted at dir.
 func NewDir(dir string) (*Dir, error) {
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return nil, fmt.Errorf("file store: %w", err)
+	if !filepath.IsAbs(dir) {
+		return nil, fmt.Errorf("file store: %q is not an absolute directory", dir)
 	}
-	return &Dir{dir: dir, root: root}, nil
+	return &Dir{dir: filepath.Clean(dir)}, nil
+}
+
+func (d *Dir) open() (*os.Root, error) {
+	root, err := os.OpenRoot(d.dir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: store unreachable: %w", d, err)
+	}
+	return root, nil
 }
 
 func (d *Dir) String() string { return "file://" + d.dir }
@@ -59,7 +68,12 @@ func (d *Dir) Stat(ctx context.Context, key string) (Info, error) {
 	if err := ValidKey(key); err != nil {
 		return Info{}, err
 	}
-	fi, err := d.root.Stat(key)
+	root, err := d.open()
+	if err != nil {
+		return Info{}, err
+	}
+	defer root.Close()
+	fi, err := root.Stat(key)
 	if err != nil {
 		return Info{}, d.mapErr(key, err)
 	}
@@ -75,7 +89,12 @@ func (d *Dir) Open(ctx context.Context, key string, opts OpenOptions) (io.ReadCl
 	}
 	// O_NONBLOCK so that a FIFO planted in the tree cannot hang the open;
 	// it is refused below as not a regular file.
-	f, err := d.root.OpenFile(key, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	root, err := d.open()
+	if err != nil {
+		return nil, Info{}, err
+	}
+	defer root.Close()
+	f, err := root.OpenFile(key, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, Info{}, d.mapErr(key, err)
 	}
@@ -112,14 +131,19 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) (Inf
 	if err := ValidKey(key); err != nil {
 		return Info{}, err
 	}
+	root, err := d.open()
+	if err != nil {
+		return Info{}, err
+	}
+	defer root.Close()
 	dir := path.Dir(key)
-	if err := d.root.MkdirAll(dir, 0o755); err != nil {
+	if err := root.MkdirAll(dir, 0o755); err != nil {
 		return Info{}, d.mapErr(key, err)
 	}
 	var rnd [6]byte
 	rand.Read(rnd[:])
 	tmp := path.Join(dir, ".put-"+hex.EncodeToString(rnd[:]))
-	f, err := d.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return Info{}, d.mapErr(key, err)
 	}
@@ -127,7 +151,7 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) (Inf
 	defer func() {
 		if !ok {
 			f.Close()
-			d.root.Remove(tmp)
+			root.Remove(tmp)
 		}
 	}()
 	n, err := io.Copy(f, &ctxReader{ctx: ctx, r: r})
@@ -143,7 +167,7 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) (Inf
 	if err := f.Close(); err != nil {
 		return Info{}, d.mapErr(key, err)
 	}
-	if err := d.root.Rename(tmp, key); err != nil {
+	if err := root.Rename(tmp, key); err != nil {
 		return Info{}, d.mapErr(key, err)
 	}
 	ok = true
@@ -154,7 +178,12 @@ func (d *Dir) Delete(ctx context.Context, key string) error {
 	if err := ValidKey(key); err != nil {
 		return err
 	}
-	if err := d.root.Remove(key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	root, err := d.open()
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	if err := root.Remove(key); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return d.mapErr(key, err)
 	}
 	return nil
