@@ -481,6 +481,30 @@ func TestResumeAndETagChange(t *testing.T) {
 				t.Fatalf("stale ETag: reads at %v, errors %v; want one read from 0", counting.offsets, rep.Errors())
 			}
 		})
+		t.Run("interrupted run keeps its partial", func(t *testing.T) {
+			os.RemoveAll(filepath.Join(f.root, "addons/hello"))
+			os.Remove(part)
+			os.Remove(part + ".json")
+			s := &breakingStore{Store: f.st, breakAfter: 1 << 20}
+			a := f.open()
+			a.del = delivery.New(delivery.Options{Root: f.root, Store: s, Keys: a.keys, RequireSignatures: true, MinFree: 1, Retries: 0})
+			rep, _ := a.Stage(context.Background())
+			a.Close()
+			if r := reportFor(t, rep, "hello"); r.Err == nil || !strings.Contains(r.Err.Error(), "kept to resume") {
+				t.Fatalf("interrupted download: %v", r.Err)
+			}
+			if fi, err := os.Stat(part); err != nil || fi.Size() != 1<<20 {
+				t.Fatalf("partial after an interrupted run: %v, want 1 MiB kept", err)
+			}
+			counting := &countingStore{Store: f.st}
+			a = f.open()
+			a.del = delivery.New(delivery.Options{Root: f.root, Store: counting, Keys: a.keys, RequireSignatures: true, MinFree: 1})
+			rep, _ = a.Stage(context.Background())
+			a.Close()
+			if !rep.Converged() || counting.offsets[0] != 1<<20 || !bytes.Equal(f.binary("hello"), content) {
+				t.Fatalf("next run: reads at %v, errors %v; want a resume from 1 MiB", counting.offsets, rep.Errors())
+			}
+		})
 		t.Run("object replaced between ranges", func(t *testing.T) {
 			os.RemoveAll(filepath.Join(f.root, "addons/hello"))
 			os.Remove(part)

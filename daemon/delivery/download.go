@@ -147,16 +147,25 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 			}
 			return fail("fetch", true, werr)
 		}
+		// Everything before off is on disk now: an interrupted download
+		// keeps its partial file, and the next attempt — in this run or
+		// after a restart — resumes from there.
 		if ctx.Err() != nil {
+			keep = true
 			return fail("fetch", true, ctx.Err())
 		}
-		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalidKey) || attempt >= d.opts.Retries {
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalidKey) {
 			return fail("fetch", !errors.Is(err, store.ErrNotFound), err)
+		}
+		if attempt >= d.opts.Retries {
+			keep = true
+			return fail("fetch", true, fmt.Errorf("%w (after %d attempts; %d of %d bytes kept to resume)", err, attempt+1, off, info.Size))
 		}
 		wait := backoff(attempt)
 		d.opts.Log.Warn("download interrupted, retrying", "addon_id", spec.AddonID, "version", spec.Version,
 			"offset", off, "size", info.Size, "attempt", attempt+1, "retry_in", wait.String(), "error", err)
 		if err := d.opts.Sleep(ctx, wait); err != nil {
+			keep = true
 			return fail("fetch", true, err)
 		}
 	}
