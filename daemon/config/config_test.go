@@ -57,7 +57,8 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		`{"agent_id":"../x"}`:                                      `agent_id`,
 		`{"max_concurrent_downloads":0.5}`:                         `max_concurrent_downloads`,
 		`{"store":"file:///x","assignments":{"store_key":"../a"}}`: `assignments.store_key`,
-		`{`: `invalid JSON`,
+		`{`:   `invalid JSON`,
+		`{}}`: `invalid JSON`,
 	}
 	for in, want := range cases {
 		_, err := Parse([]byte(in))

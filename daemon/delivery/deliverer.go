@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -325,19 +324,6 @@ func (d *Deliverer) CleanTmp(keep map[string]bool) error {
 		}
 	}
 	return nil
-}
-
-// copyCtx is io.Reader that stops when ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 func isNotFound(err error) bool { return errors.Is(err, store.ErrNotFound) }

@@ -132,7 +132,7 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 			return 0, fmt.Errorf("%w: %v", errRestart, err)
 		}
 		if err == nil {
-			off, err = p.feed(ctxReader{ctx, rc}, off, false)
+			off, err = p.feed(store.ContextReader(ctx, rc), off, false)
 			rc.Close()
 			if err == nil && off < info.Size {
 				err = fmt.Errorf("body ended at byte %d of %d", off, info.Size)

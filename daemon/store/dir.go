@@ -154,7 +154,7 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) (Inf
 			root.Remove(tmp)
 		}
 	}()
-	n, err := io.Copy(f, &ctxReader{ctx: ctx, r: r})
+	n, err := io.Copy(f, ContextReader(ctx, r))
 	if err != nil {
 		return Info{}, d.mapErr(key, err)
 	}
@@ -217,6 +217,10 @@ func (e *exactReader) Read(p []byte) (int, error) {
 }
 
 func (e *exactReader) Close() error { return e.c.Close() }
+
+// ContextReader returns a reader that fails with ctx's error once ctx is
+// done, so that a long copy stops promptly on shutdown.
+func ContextReader(ctx context.Context, r io.Reader) io.Reader { return &ctxReader{ctx: ctx, r: r} }
 
 type ctxReader struct {
 	ctx context.Context
