@@ -270,7 +270,7 @@ func (d *Deliverer) verifyLocal(path string, art *assignment.Artifact, newHashes
 	}
 	defer f.Close()
 	h, vs := newHashes()
-	p := newPipeline(nil, withVerifiers(h, vs)...)
+	p := newPipeline(nil, 0, withVerifiers(h, vs)...)
 	n, err := p.feed(f, 0, true)
 	p.close()
 	return n, err == nil && check(art, h.Sum(nil), vs) == nil

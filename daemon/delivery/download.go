@@ -103,7 +103,7 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 	}
 
 	h, vs := newHashes()
-	p := newPipeline(f, withVerifiers(h, vs)...)
+	p := newPipeline(f, info.Size-off, withVerifiers(h, vs)...)
 	if faultsEnabled {
 		p.written = func(end int64) {
 			if end >= info.Size/2 {

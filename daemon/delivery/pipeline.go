@@ -13,9 +13,15 @@ import (
 // pipeline is the one streaming pass: bytes read from the store are handed,
 // without copying, to one goroutine per consumer — the SHA-256 hasher, the
 // Ed25519 verifier (SHA-512) for each candidate key, and the file writer —
-// so hashing and writing overlap the network read and each other. Buffers
-// come from a small fixed pool, so memory stays flat whatever the size of
-// the artifact.
+// so hashing and writing overlap the network read and each other.
+//
+// On a small machine SHA-512 is the critical path (about 0.75 GB/s on one
+// core), so the pipeline is built to keep it busy: enough buffers in flight
+// that a reader or writer descheduled for a few time slices does not starve
+// it, and the kernel's writeback started from a goroutine of its own, so
+// that a congested disk queue never stalls the hashes. Buffers come from a
+// fixed pool sized by the artifact (at most maxInFlight), so memory stays
+// flat whatever the size of the artifact.
 type pipeline struct {
 	pool      chan []byte
 	consumers []chan *chunk
@@ -28,11 +34,11 @@ type pipeline struct {
 }
 
 const (
-	chunkSize  = 512 << 10
-	chunkCount = 8 // 4 MiB in flight at most
+	chunkSize   = 1 << 20
+	maxInFlight = 12 << 20
 	// writebackEvery starts the kernel's writeback of what was written so
 	// far, so that the final fsync has little left to wait for.
-	writebackEvery = 32 << 20
+	writebackEvery = 16 << 20
 )
 
 type chunk struct {
@@ -50,14 +56,20 @@ func (c *chunk) release() {
 	}
 }
 
-// newPipeline starts one goroutine per hash and one for f (nil: no file).
-func newPipeline(f *os.File, hashes ...hash.Hash) *pipeline {
-	p := &pipeline{pool: make(chan []byte, chunkCount)}
-	for i := 0; i < chunkCount; i++ {
+// newPipeline starts one goroutine per hash and, with a file, one writer
+// and one writeback goroutine. size (the bytes expected; 0 if unknown)
+// bounds the buffer pool.
+func newPipeline(f *os.File, size int64, hashes ...hash.Hash) *pipeline {
+	n := maxInFlight / chunkSize
+	if size > 0 {
+		n = int(min(int64(n), max(2, (size+chunkSize-1)/chunkSize)))
+	}
+	p := &pipeline{pool: make(chan []byte, n)}
+	for i := 0; i < n; i++ {
 		p.pool <- make([]byte, chunkSize)
 	}
 	for _, h := range hashes {
-		ch := make(chan *chunk, chunkCount)
+		ch := make(chan *chunk, n)
 		p.consumers = append(p.consumers, ch)
 		p.workers.Add(1)
 		go func() {
@@ -69,33 +81,62 @@ func newPipeline(f *os.File, hashes ...hash.Hash) *pipeline {
 		}()
 	}
 	if f != nil {
-		ch := make(chan *chunk, chunkCount)
+		ch := make(chan *chunk, n)
 		p.consumers = append(p.consumers, ch)
-		p.workers.Add(1)
+		flush := make(chan int64, 1)
+		p.workers.Add(2)
 		go func() {
 			defer p.workers.Done()
-			var synced int64
-			for c := range ch {
-				if !c.skip && p.err.Load() == nil {
-					end := c.off + int64(len(c.b))
-					if _, err := f.WriteAt(c.b, c.off); err != nil {
-						p.err.CompareAndSwap(nil, &err)
-					} else {
-						if p.written != nil {
-							p.written(end)
-						}
-						if end-synced >= writebackEvery {
-							// Asynchronous: only starts writeback.
-							unix.SyncFileRange(int(f.Fd()), synced, end-synced, unix.SYNC_FILE_RANGE_WRITE)
-							synced = end
-						}
-					}
-				}
-				c.release()
-			}
+			p.write(f, ch, flush)
+		}()
+		go func() {
+			defer p.workers.Done()
+			writeback(f, flush)
 		}()
 	}
 	return p
+}
+
+// write is the writer goroutine: chunks in, positioned writes out; every
+// writebackEvery bytes it tells the writeback goroutine how far the file
+// is written, without ever waiting for it.
+func (p *pipeline) write(f *os.File, ch <-chan *chunk, flush chan int64) {
+	defer close(flush)
+	var last int64
+	for c := range ch {
+		if !c.skip && p.err.Load() == nil {
+			end := c.off + int64(len(c.b))
+			if _, err := f.WriteAt(c.b, c.off); err != nil {
+				p.err.CompareAndSwap(nil, &err)
+			} else {
+				if p.written != nil {
+					p.written(end)
+				}
+				if end-last >= writebackEvery {
+					select {
+					case <-flush: // replace a request not yet taken
+					default:
+					}
+					flush <- end
+					last = end
+				}
+			}
+		}
+		c.release()
+	}
+}
+
+// writeback starts asynchronous writeback (SYNC_FILE_RANGE_WRITE) up to
+// each offset it is told about. It may block on a congested disk queue;
+// nothing waits for it.
+func writeback(f *os.File, flush <-chan int64) {
+	var done int64
+	for end := range flush {
+		if end > done {
+			unix.SyncFileRange(int(f.Fd()), done, end-done, unix.SYNC_FILE_RANGE_WRITE)
+			done = end
+		}
+	}
 }
 
 // feed copies r into the pipeline starting at file offset off, until r is

@@ -17,7 +17,7 @@ func TestPipelineHashesAndWrites(t *testing.T) {
 	f, _ := os.Create(filepath.Join(t.TempDir(), "out"))
 	defer f.Close()
 	h1, h2 := sha256.New(), sha512.New()
-	p := newPipeline(f, h1, h2)
+	p := newPipeline(f, int64(len(data)), h1, h2)
 	n, err := p.feed(iotest.HalfReader(bytes.NewReader(data)), 0, false)
 	if err != nil || n != int64(len(data)) {
 		t.Fatalf("feed = %d, %v", n, err)
@@ -37,7 +37,7 @@ func TestPipelineHashesAndWrites(t *testing.T) {
 
 func TestPipelineKeepsErrors(t *testing.T) {
 	// A body cut short is an error, never a clean end.
-	p := newPipeline(nil, sha256.New())
+	p := newPipeline(nil, 0, sha256.New())
 	defer p.close()
 	r := io.MultiReader(bytes.NewReader(make([]byte, 1000)), iotest.ErrReader(io.ErrUnexpectedEOF))
 	n, err := p.feed(r, 0, false)
@@ -60,7 +60,7 @@ func TestPipelineDiskFull(t *testing.T) {
 	defer syscall.Unmount(dir, syscall.MNT_DETACH)
 	f, _ := os.Create(filepath.Join(dir, "out"))
 	defer f.Close()
-	p := newPipeline(f, sha256.New())
+	p := newPipeline(f, 0, sha256.New())
 	_, err := p.feed(bytes.NewReader(make([]byte, 4<<20)), 0, false)
 	if err == nil {
 		err = p.wait()

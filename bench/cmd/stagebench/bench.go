@@ -25,7 +25,7 @@ type bench struct {
 	tmp         string // everything stagebench writes lives here
 	addondBin   string
 	addonctlBin string
-	childDir    string // floor, gogetter and inmemory, built for this run
+	childDir    string // launch, floor, gogetter and inmemory, built for this run
 	srv         *minioServer
 	s3          *minio.Client
 	env         []string // the environment of every child process
@@ -112,6 +112,10 @@ func runBench(ctx context.Context, o options) (res *result, err error) {
 	if err != nil {
 		return nil, err
 	}
+	floor, err := b.rssFloor(ctx)
+	if err != nil {
+		return nil, err
+	}
 	total := o.warmup + o.rounds
 	for round := 0; round < total; round++ {
 		measured := round >= o.warmup
@@ -119,8 +123,8 @@ func runBench(ctx context.Context, o options) (res *result, err error) {
 		if !measured {
 			label = fmt.Sprintf("warm-up %d/%d", round+1, o.warmup)
 		}
-		// Rotate the order so that no method always runs first or always
-		// follows the same one.
+		// Rotate the order, so that over the rounds every method runs in
+		// every position within a round.
 		for i := range methods {
 			m := methods[(i+round)%len(methods)]
 			s, err := b.runOnce(ctx, m)
@@ -133,7 +137,7 @@ func runBench(ctx context.Context, o options) (res *result, err error) {
 			}
 		}
 	}
-	return newResult(o, methods), nil
+	return newResult(o, methods, floor), nil
 }
 
 // findBinaries resolves -addond and the addonctl beside it.
@@ -155,7 +159,7 @@ func (b *bench) findBinaries() error {
 	return nil
 }
 
-// buildChildren builds floor, gogetter and inmemory the way the Makefile
+// buildChildren builds launch, floor, gogetter and inmemory the way the Makefile
 // builds addond (CGO_ENABLED=0, -trimpath), so that no run pays for a
 // compile.
 func (b *bench) buildChildren(ctx context.Context) error {
@@ -168,7 +172,7 @@ func (b *bench) buildChildren(ctx context.Context) error {
 	}
 	const pkg = "github.com/addond/addond/bench/cmd/"
 	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-o", b.childDir+"/",
-		pkg+"floor", pkg+"gogetter", pkg+"inmemory")
+		pkg+"launch", pkg+"floor", pkg+"gogetter", pkg+"inmemory")
 	cmd.Dir = moduleDir()
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -268,6 +272,13 @@ func (b *bench) runOnce(ctx context.Context, m *method) (sample, error) {
 	// Start every run with nothing dirty in the page cache, so that no run
 	// pays for an earlier one's writeback.
 	syscall.Sync()
+	if b.opts.warmMemory {
+		// The largest footprint is origin-way's: the artifact in the page
+		// cache plus io.ReadAll's last buffer and the one it grew from.
+		if err := warmMemory(3*m.art.size + 256<<20); err != nil {
+			return sample{}, fmt.Errorf("warming memory: %w", err)
+		}
+	}
 
 	log, err := os.Create(filepath.Join(b.tmp, m.slug+".log"))
 	if err != nil {
@@ -275,24 +286,9 @@ func (b *bench) runOnce(ctx context.Context, m *method) (sample, error) {
 	}
 	defer log.Close()
 	args := m.args(dir)
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.Env = b.env
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	start := time.Now()
-	err = cmd.Run()
-	wall := time.Since(start)
+	s, err := b.launch(ctx, args, log)
 	if err != nil {
 		return sample{}, fmt.Errorf("%s: %v\n%s", filepath.Base(args[0]), err, tail(log.Name()))
-	}
-	ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	if !ok {
-		return sample{}, errors.New("no rusage for the child")
-	}
-	s := sample{
-		wall: wall,
-		cpu:  time.Duration(syscall.TimevalToNsec(ru.Utime) + syscall.TimevalToNsec(ru.Stime)),
-		rss:  ru.Maxrss,
 	}
 
 	if err := checkFile(m.output(dir), m.art); err != nil {
@@ -304,6 +300,52 @@ func (b *bench) runOnce(ctx context.Context, m *method) (sample, error) {
 		}
 	}
 	return s, nil
+}
+
+// launch runs args under the launch program (see cmd/launch for why) with
+// output going to log (nil: discarded), and returns its measurements.
+func (b *bench) launch(ctx context.Context, args []string, log io.Writer) (sample, error) {
+	rusage := filepath.Join(b.tmp, "rusage")
+	os.Remove(rusage)
+	cmd := exec.CommandContext(ctx, filepath.Join(b.childDir, "launch"), append([]string{"-out", rusage}, args...)...)
+	cmd.Env = b.env
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	runErr := cmd.Run()
+	if ctx.Err() != nil {
+		return sample{}, ctx.Err()
+	}
+	data, err := os.ReadFile(rusage)
+	if err != nil {
+		return sample{}, errors.Join(runErr, err)
+	}
+	var wall, rss, user, sys int64
+	var code int
+	if _, err := fmt.Sscan(string(data), &wall, &rss, &user, &sys, &code); err != nil {
+		return sample{}, fmt.Errorf("launch wrote %q: %v", data, err)
+	}
+	if code != 0 || runErr != nil {
+		return sample{}, fmt.Errorf("exit code %d", code)
+	}
+	return sample{wall: time.Duration(wall), cpu: time.Duration(user + sys), rss: rss}, nil
+}
+
+// rssFloor is the least peak RSS a program run under launch can show: that
+// of /bin/true, which is launch's own footprint when it starts the program.
+func (b *bench) rssFloor(ctx context.Context) (int64, error) {
+	trueBin, err := exec.LookPath("true")
+	if err != nil {
+		return 0, err
+	}
+	var floor int64
+	for range 3 {
+		s, err := b.launch(ctx, []string{trueBin}, nil)
+		if err != nil {
+			return 0, fmt.Errorf("launch true: %w", err)
+		}
+		floor = max(floor, s.rss)
+	}
+	return floor, nil
 }
 
 // checkFile fails unless path is a regular file with a's size and SHA-256.

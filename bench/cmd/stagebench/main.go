@@ -10,11 +10,14 @@
 //   - origin-way: the whole object read into memory, SHA-256 and
 //     crypto/ed25519.Verify over it, then written and fsynced.
 //
-// Every method is its own process; its wall time and peak RSS (the child's
-// rusage) are measured. The methods alternate within each round (the order
-// rotates from round to round), and every run's output is checked against
-// the published SHA-256 after the timing, then deleted before the next run.
-// addond stage also runs on a 1 MiB artifact, for the RSS comparison.
+// Every method is its own process, started through cmd/launch, which
+// records its wall time, CPU time and peak RSS (the process's rusage). The
+// methods alternate within each round (the order rotates from round to
+// round). Before each run stagebench syncs and, unless -warm-memory=false,
+// warms memory (see memory.go); after it, outside the timing, it checks the
+// run's output against the published SHA-256 and deletes it. addond stage
+// also runs on a 1 MiB artifact, for the RSS comparison. See
+// docs/BENCHMARKS.md for the results.
 //
 // Run it as `make bench` (BENCHFLAGS=... passes flags), or from bench/:
 //
@@ -32,13 +35,14 @@ import (
 
 // options are stagebench's flags.
 type options struct {
-	addond    string
-	size      byteSize
-	smallSize byteSize
-	rounds    int
-	warmup    int
-	keep      bool
-	markdown  bool
+	addond     string
+	size       byteSize
+	smallSize  byteSize
+	rounds     int
+	warmup     int
+	keep       bool
+	markdown   bool
+	warmMemory bool
 }
 
 func main() {
@@ -54,6 +58,7 @@ func run() int {
 	flag.IntVar(&o.warmup, "warmup", 1, "unmeasured warm-up rounds before the measured ones")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir (MinIO data, keys, logs) instead of removing it")
 	flag.BoolVar(&o.markdown, "markdown", false, "print the results as Markdown (for docs/BENCHMARKS.md)")
+	flag.BoolVar(&o.warmMemory, "warm-memory", true, "before each run, touch and free 3×size of memory (see memory.go)")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: stagebench [flags]  (needs ADDOND_MINIO_BIN)\n")
 		flag.PrintDefaults()
@@ -71,6 +76,10 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	res, err := runBench(ctx, o)
+	if ctx.Err() != nil {
+		fmt.Fprintln(os.Stderr, "stagebench: interrupted (MinIO stopped, temp dir removed unless -keep)")
+		return 1
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "stagebench:", err)
 		return 1

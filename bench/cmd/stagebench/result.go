@@ -11,15 +11,17 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 )
 
 // result is what stagebench prints.
 type result struct {
-	opts    options
-	machine string
-	date    string
-	rows    []row
-	targets []target
+	opts     options
+	rssFloor int64 // KiB; see bench.rssFloor
+	machine  string
+	date     string
+	rows     []row
+	targets  []target
 }
 
 // row summarizes one method's measured runs.
@@ -39,8 +41,8 @@ type target struct {
 	pass     bool
 }
 
-func newResult(o options, methods []*method) *result {
-	r := &result{opts: o, machine: machine(), date: time.Now().UTC().Format("2006-01-02 15:04 UTC")}
+func newResult(o options, methods []*method, rssFloor int64) *result {
+	r := &result{opts: o, rssFloor: rssFloor, machine: machine(), date: time.Now().UTC().Format("2006-01-02 15:04 UTC")}
 	by := map[string]row{}
 	for _, m := range methods {
 		w := make([]time.Duration, len(m.samples))
@@ -59,7 +61,7 @@ func newResult(o options, methods []*method) *result {
 		v := by["addond"].median.Seconds() / by[other].median.Seconds()
 		r.targets = append(r.targets, target{
 			name:     "addond stage / " + name + " (median wall time)",
-			measured: fmt.Sprintf("%.2f", v),
+			measured: fmt.Sprintf("%.3f", v),
 			goal:     fmt.Sprintf("≤ %.2f", goal),
 			pass:     v <= goal,
 		})
@@ -90,6 +92,13 @@ func median(d []time.Duration) time.Duration {
 	return (s[n/2-1] + s[n/2]) / 2
 }
 
+func plural(n int, word string) string {
+	if n == 1 {
+		return word
+	}
+	return word + "s"
+}
+
 func passFail(ok bool) string {
 	if ok {
 		return "PASS"
@@ -98,21 +107,32 @@ func passFail(ok bool) string {
 }
 
 func (r *result) header() string {
-	return fmt.Sprintf("%s artifact, %d measured rounds (after %d warm-up), methods alternated in each round",
-		r.opts.size, r.opts.rounds, r.opts.warmup)
+	h := fmt.Sprintf("%s artifact, %d measured %s (after %d warm-up), methods alternated in each round",
+		r.opts.size, r.opts.rounds, plural(r.opts.rounds, "round"), r.opts.warmup)
+	if r.opts.warmMemory {
+		h += ", memory warmed before each run"
+	}
+	return h
+}
+
+func (r *result) rssNote() string {
+	return fmt.Sprintf("Wall and CPU time are per process; CPU is user + system. Peak RSS is the highest ru_maxrss over the runs; "+
+		"no reading can be below the launcher's own footprint, measured as %.1f MiB (/bin/true).", mib(r.rssFloor))
 }
 
 func (r *result) writeText(w io.Writer) {
 	fmt.Fprintf(w, "stagebench: %s\n", r.header())
 	fmt.Fprintf(w, "machine: %s; %s\n\n", r.machine, r.date)
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "method\tmedian s\tmin s\tmax s\tCPU s (median)\tpeak RSS MiB\t")
+	width := 0
 	for _, rw := range r.rows {
-		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.1f\t\n", rw.name, rw.median.Seconds(), rw.min.Seconds(), rw.max.Seconds(), rw.cpu.Seconds(), mib(rw.rss))
+		width = max(width, utf8.RuneCountInString(rw.name))
 	}
-	tw.Flush()
-	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "%-*s  %9s  %7s  %7s  %14s  %12s\n", width, "method", "median s", "min s", "max s", "CPU s (median)", "peak RSS MiB")
+	for _, rw := range r.rows {
+		fmt.Fprintf(w, "%-*s  %9.3f  %7.3f  %7.3f  %14.3f  %12.1f\n", width, rw.name, rw.median.Seconds(), rw.min.Seconds(), rw.max.Seconds(), rw.cpu.Seconds(), mib(rw.rss))
+	}
+	fmt.Fprintf(w, "\n%s\n\n", r.rssNote())
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "target\tmeasured\tgoal\tresult")
 	for _, t := range r.targets {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.name, t.measured, t.goal, passFail(t.pass))
@@ -127,7 +147,7 @@ func (r *result) writeMarkdown(w io.Writer) {
 	for _, rw := range r.rows {
 		fmt.Fprintf(w, "| %s | %.3f | %.3f | %.3f | %.3f | %.1f |\n", rw.name, rw.median.Seconds(), rw.min.Seconds(), rw.max.Seconds(), rw.cpu.Seconds(), mib(rw.rss))
 	}
-	fmt.Fprintln(w)
+	fmt.Fprintf(w, "\n%s\n\n", r.rssNote())
 	fmt.Fprintln(w, "| target | measured | goal | result |")
 	fmt.Fprintln(w, "| --- | ---: | ---: | :---: |")
 	for _, t := range r.targets {
