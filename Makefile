@@ -1,6 +1,7 @@
 # addond — see README.md. Every target works on a fresh Debian 12 machine
 # with Go; `make test` installs or builds what its tests need.
 
+SHELL    := /bin/bash
 GO       ?= go
 VERSION  ?= 0.1.0-dev+$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X github.com/addond/addond/daemon.Version=$(VERSION)
