@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/addond/addond/vmtest/miniotest"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 	"io"
 	"os"
 	"os/exec"
@@ -26,7 +28,7 @@ type bench struct {
 	addondBin   string
 	addonctlBin string
 	childDir    string // launch, floor, gogetter and inmemory, built for this run
-	srv         *minioServer
+	srv         *miniotest.Server
 	s3          *minio.Client
 	env         []string // the environment of every child process
 	store       string   // s3:// URL of the bucket
@@ -79,14 +81,18 @@ func runBench(ctx context.Context, o options) (res *result, err error) {
 		return nil, err
 	}
 	logf("starting MinIO")
-	b.srv, err = startMinIO(ctx, os.Getenv("ADDOND_MINIO_BIN"), filepath.Join(b.tmp, "minio"))
-	if err != nil {
+	// The same MinIO runner the tests use ($ADDOND_MINIO_BIN).
+	if b.srv, err = miniotest.Start(); err != nil {
 		return nil, err
 	}
-	defer b.srv.stop()
-	b.env = append(os.Environ(), b.srv.env()...)
-	b.store = b.srv.storeURL(bucket)
-	if b.s3, err = b.srv.client(); err != nil {
+	defer b.srv.Stop()
+	b.env = append(os.Environ(), b.srv.Env()...)
+	b.store = b.srv.URL(bucket)
+	b.s3, err = minio.New(b.srv.Endpoint, &minio.Options{
+		Creds:  credentials.NewStaticV4(b.srv.AccessKey, b.srv.SecretKey, ""),
+		Region: "us-east-1",
+	})
+	if err != nil {
 		return nil, err
 	}
 	if err := b.s3.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil {
@@ -228,7 +234,7 @@ func (b *bench) methods(big, small *artifact) ([]*method, error) {
 			slug: slug, name: name, art: big,
 			args: func(dir string) []string {
 				args := []string{filepath.Join(b.childDir, prog),
-					"-endpoint", b.srv.endpoint, "-bucket", bucket, "-key", big.objectKey,
+					"-endpoint", b.srv.Endpoint, "-bucket", bucket, "-key", big.objectKey,
 					"-out", filepath.Join(dir, big.binary)}
 				if verify {
 					args = append(args, "-sha256", big.sha256, "-sig", big.signature, "-pub", b.publicKey)
