@@ -15,9 +15,9 @@ MINIO_BIN     := $(TEST_CACHE)/minio-$(MINIO_VERSION)/minio
 STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 BINARIES := addond addonctl
-EXAMPLES := probe ticker
+EXAMPLES := hello pingsweep probe ticker
 
-.PHONY: all build demo test unit deps minio bench lint fuzz clean
+.PHONY: all build demo test unit deps minio bench lint fuzz proto clean
 
 all: build
 
@@ -65,6 +65,18 @@ fuzz:
 			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 		done; \
 	done
+
+# Regenerate sdk/proto with the pinned generators (protoc from Debian's
+# protobuf-compiler).
+PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.0
+PROTO_BIN          := $(TEST_CACHE)/protogen
+proto:
+	@command -v protoc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler; }
+	GOBIN=$(PROTO_BIN) $(GO) install $(PROTOC_GEN_GO)
+	GOBIN=$(PROTO_BIN) $(GO) install $(PROTOC_GEN_GO_GRPC)
+	PATH=$(PROTO_BIN):$$PATH protoc --go_out=. --go_opt=module=github.com/addond/addond \
+		--go-grpc_out=. --go-grpc_opt=module=github.com/addond/addond sdk/proto/addon.proto
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi

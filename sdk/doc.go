@@ -1,7 +1,22 @@
-// Package sdk is what add-on authors build against. It never imports the
-// agent: an add-on links the SDK and its own code, nothing of addond.
+// Package sdk is what add-on authors build against: implement Addon and
+// call Serve, and the program is an addond sidecar — about twenty lines:
 //
-// The example add-ons under examples/ are test fixtures and the demo:
-// probe (an ephemeral helper) and ticker (a timer job) are plain programs;
-// the go-plugin sidecars hello and pingsweep arrive with the gRPC contract.
+//	type hello struct{}
+//
+//	func (hello) Info(context.Context) (sdk.Info, error) { return sdk.Info{ID: "hello", Version: "1.0.0"}, nil }
+//	func (hello) Configure(_ context.Context, config []byte) error { return nil }
+//	func (hello) Health(context.Context) (sdk.Health, error) { return sdk.Health{Status: sdk.Healthy}, nil }
+//
+//	func main() { sdk.Serve(hello{}) }
+//
+// Under addond the program speaks go-plugin's gRPC protocol (AutoMTLS over a
+// unix socket, a magic-cookie handshake, grpc.health.v1). Started any other
+// way — by hand, or as a systemd unit — Serve runs it standalone: it reads
+// its configuration from the file named by $ADDOND_CONFIG, calls Configure
+// once, and runs until SIGTERM or SIGINT.
+//
+// The package never imports the agent: an add-on links the SDK, the
+// generated protocol (sdk/proto) and its own code, nothing of addond. The
+// host side of the protocol (Client) lives here too, so that both ends of
+// the contract are one package.
 package sdk

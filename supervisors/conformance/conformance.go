@@ -1,0 +1,294 @@
+// Package conformance is the one test suite every supervisors backend
+// passes: run it from the backend's tests with a Harness that builds the
+// backend with fast timings.
+package conformance
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/addond/addond/supervisors"
+)
+
+// Harness builds the backend under test.
+type Harness struct {
+	// New returns a backend reporting to notify, with timings fast enough
+	// for tests: health every ~100ms, backoff from ~50ms, a circuit
+	// breaker that opens after 3 restarts.
+	New func(t *testing.T, notify supervisors.Notify) supervisors.Supervisor
+	// Hello is the path of the built hello example add-on.
+	Hello string
+}
+
+// BuildExamples builds the example add-ons into a temporary directory and
+// returns their paths by name. root is the module root relative to the
+// test's package directory.
+func BuildExamples(t testing.TB, root string, names ...string) map[string]string {
+	t.Helper()
+	dir := t.TempDir()
+	out := map[string]string{}
+	for _, n := range names {
+		bin := filepath.Join(dir, n)
+		cmd := exec.Command("go", "build", "-o", bin, "./sdk/examples/"+n)
+		cmd.Dir = root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", n, err, b)
+		}
+		out[n] = bin
+	}
+	return out
+}
+
+// recorder collects events.
+type recorder struct {
+	mu     sync.Mutex
+	events []supervisors.Event
+	signal chan struct{}
+}
+
+func newRecorder() *recorder { return &recorder{signal: make(chan struct{}, 1)} }
+
+func (r *recorder) notify(e supervisors.Event) {
+	r.mu.Lock()
+	r.events = append(r.events, e)
+	r.mu.Unlock()
+	select {
+	case r.signal <- struct{}{}:
+	default:
+	}
+}
+
+// waitFor returns the first event of id satisfying ok, failing the test
+// after timeout.
+func (r *recorder) waitFor(t *testing.T, id string, timeout time.Duration, what string, ok func(supervisors.Event) bool) supervisors.Event {
+	t.Helper()
+	return r.waitFrom(t, 0, id, timeout, what, ok)
+}
+
+// waitFrom is waitFor over the events from index mark on.
+func (r *recorder) waitFrom(t *testing.T, mark int, id string, timeout time.Duration, what string, ok func(supervisors.Event) bool) supervisors.Event {
+	t.Helper()
+	deadline := time.After(timeout)
+	seen := mark
+	for {
+		r.mu.Lock()
+		for ; seen < len(r.events); seen++ {
+			if e := r.events[seen]; e.AddonID == id && ok(e) {
+				r.mu.Unlock()
+				return e
+			}
+		}
+		r.mu.Unlock()
+		select {
+		case <-r.signal:
+		case <-deadline:
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			var b strings.Builder
+			for _, e := range r.events {
+				if e.AddonID == id {
+					fmt.Fprintf(&b, "  %s %s health=%s pid=%d restarts=%d reason=%q\n", e.Version, e.State, e.Health, e.PID, e.Restarts, e.Reason)
+				}
+			}
+			t.Fatalf("%s: no event %s within %v; events:\n%s", id, what, timeout, b.String())
+			return supervisors.Event{}
+		}
+	}
+}
+
+// mark is the index of the next event.
+func (r *recorder) mark() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.events)
+}
+
+func alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
+
+func healthy(e supervisors.Event) bool {
+	return e.State == supervisors.StateRunning && e.Health == supervisors.HealthHealthy && e.PID > 0
+}
+
+const wait = 15 * time.Second
+
+// Run runs the suite.
+func Run(t *testing.T, h Harness) {
+	spec := func(id, version, config string) supervisors.Spec {
+		return supervisors.Spec{AddonID: id, Version: version, Binary: h.Hello, ConfigJSON: []byte(config)}
+	}
+	setup := func(t *testing.T) (supervisors.Supervisor, *recorder) {
+		rec := newRecorder()
+		s := h.New(t, rec.notify)
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			s.Close(ctx)
+		})
+		return s, rec
+	}
+	ctx := context.Background()
+
+	t.Run("start, healthy, stop", func(t *testing.T) {
+		s, rec := setup(t)
+		if err := s.Start(ctx, spec("hello", "1.0.0", `{}`)); err != nil {
+			t.Fatal(err)
+		}
+		e := rec.waitFor(t, "hello", wait, "running and healthy", healthy)
+		if e.Version != "1.0.0" || !alive(e.PID) {
+			t.Fatalf("event %+v: want version 1.0.0 and a live process", e)
+		}
+		if st, ok := s.Status("hello"); !ok || st.PID != e.PID {
+			t.Fatalf("Status = %+v, %v", st, ok)
+		}
+		if err := s.Stop(ctx, "hello"); err != nil {
+			t.Fatal(err)
+		}
+		rec.waitFor(t, "hello", wait, "stopped", func(e supervisors.Event) bool { return e.State == supervisors.StateStopped })
+		if alive(e.PID) {
+			t.Fatalf("process %d still alive after Stop", e.PID)
+		}
+		if _, ok := s.Status("hello"); ok {
+			t.Fatal("Status still knows a stopped add-on")
+		}
+	})
+
+	t.Run("configuration change applies in place", func(t *testing.T) {
+		s, rec := setup(t)
+		s.Start(ctx, spec("hello", "1.0.0", `{}`))
+		first := rec.waitFor(t, "hello", wait, "healthy", healthy)
+		m := rec.mark()
+		if err := s.Update(ctx, spec("hello", "1.0.0", `{"health":"degraded"}`)); err != nil {
+			t.Fatal(err)
+		}
+		e := rec.waitFrom(t, m, "hello", wait, "degraded", func(e supervisors.Event) bool { return e.State == supervisors.StateDegraded })
+		if e.PID != first.PID || e.Restarts != 0 {
+			t.Fatalf("configuration change restarted the add-on: pid %d → %d, restarts %d", first.PID, e.PID, e.Restarts)
+		}
+	})
+
+	t.Run("version change restarts", func(t *testing.T) {
+		s, rec := setup(t)
+		s.Start(ctx, spec("hello", "1.0.0", `{}`))
+		first := rec.waitFor(t, "hello", wait, "healthy", healthy)
+		m := rec.mark()
+		if err := s.Update(ctx, spec("hello", "1.1.0", `{}`)); err != nil {
+			t.Fatal(err)
+		}
+		e := rec.waitFrom(t, m, "hello", wait, "healthy 1.1.0", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.1.0" })
+		if e.PID == first.PID {
+			t.Fatal("version change kept the old process")
+		}
+		time.Sleep(100 * time.Millisecond)
+		if alive(first.PID) {
+			t.Fatalf("old process %d still alive", first.PID)
+		}
+	})
+
+	t.Run("unhealthy report", func(t *testing.T) {
+		s, rec := setup(t)
+		s.Start(ctx, spec("hello", "1.0.0", `{"health":"unhealthy"}`))
+		e := rec.waitFor(t, "hello", wait, "unhealthy", func(e supervisors.Event) bool {
+			return e.State == supervisors.StateUnhealthy && e.Health == supervisors.HealthUnhealthy
+		})
+		if !strings.Contains(e.Reason, "configured to be unhealthy") {
+			t.Fatalf("reason %q, want the add-on's own", e.Reason)
+		}
+	})
+
+	t.Run("configure rejected", func(t *testing.T) {
+		s, rec := setup(t)
+		s.Start(ctx, spec("hello", "1.0.0", `{"configure_error":"no such target"}`))
+		e := rec.waitFor(t, "hello", wait, "unhealthy", func(e supervisors.Event) bool { return e.State == supervisors.StateUnhealthy })
+		if !strings.Contains(e.Reason, "no such target") {
+			t.Fatalf("reason %q, want the add-on's refusal", e.Reason)
+		}
+	})
+
+	t.Run("crash restarts with backoff, then the circuit opens", func(t *testing.T) {
+		s, rec := setup(t)
+		s.Start(ctx, spec("hello", "1.0.0", `{"crash_after":"50ms","exit_code":3}`))
+		e := rec.waitFor(t, "hello", wait, "restarting", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
+		if e.Reason == "" {
+			t.Fatal("restarting without a reason")
+		}
+		rec.waitFor(t, "hello", wait, "circuit_open", func(e supervisors.Event) bool {
+			return e.State == supervisors.StateCircuitOpen && strings.Contains(e.Reason, "restarts within")
+		})
+		// An update (a fix) closes the circuit at once.
+		m := rec.mark()
+		s.Update(ctx, spec("hello", "1.0.1", `{}`))
+		rec.waitFrom(t, m, "hello", wait, "healthy after the fix", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.0.1" })
+	})
+
+	t.Run("hung health checks restart", func(t *testing.T) {
+		s, rec := setup(t)
+		s.Start(ctx, spec("hello", "1.0.0", `{"hang_health":true}`))
+		e := rec.waitFor(t, "hello", wait, "restarting", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
+		if !strings.Contains(e.Reason, "health") {
+			t.Fatalf("reason %q, want the failed health checks", e.Reason)
+		}
+	})
+
+	t.Run("bad binaries are reported, others unaffected", func(t *testing.T) {
+		s, rec := setup(t)
+		dir := t.TempDir()
+		script := func(name, body string, mode os.FileMode) string {
+			p := filepath.Join(dir, name)
+			os.WriteFile(p, []byte(body), mode)
+			return p
+		}
+		bad := map[string]string{
+			"missing": filepath.Join(dir, "missing"),
+			"noexec":  script("noexec", "#!/bin/sh\nexit 0\n", 0o644),
+			"exits":   script("exits", "#!/bin/sh\nexit 3\n", 0o755),
+			"garbage": script("garbage", "#!/bin/sh\necho 'this is not a handshake'\nsleep 30\n", 0o755),
+			"hangs":   script("hangs", "#!/bin/sh\nsleep 30\n", 0o755),
+		}
+		s.Start(ctx, spec("good", "1.0.0", `{}`))
+		for id, bin := range bad {
+			sp := spec(id, "1.0.0", `{}`)
+			sp.Binary = bin
+			if err := s.Start(ctx, sp); err == nil || !strings.Contains(err.Error(), id) {
+				t.Errorf("Start(%s) = %v, want an error naming the add-on", id, err)
+			}
+		}
+		for id := range bad {
+			e := rec.waitFor(t, id, wait, "a failure with a reason", func(e supervisors.Event) bool {
+				return (e.State == supervisors.StateRestarting || e.State == supervisors.StateCircuitOpen || e.State == supervisors.StateFailed) && e.Reason != ""
+			})
+			t.Logf("%s: %s: %s", id, e.State, e.Reason)
+		}
+		e := rec.waitFor(t, "good", wait, "healthy", healthy)
+		if st, _ := s.Status("good"); st.PID != e.PID || !alive(e.PID) {
+			t.Fatalf("the good add-on was disturbed: %+v", st)
+		}
+	})
+
+	t.Run("close stops everything", func(t *testing.T) {
+		s, rec := setup(t)
+		var pids []int
+		for _, id := range []string{"a", "b", "c"} {
+			s.Start(ctx, spec(id, "1.0.0", `{}`))
+			pids = append(pids, rec.waitFor(t, id, wait, "healthy", healthy).PID)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := s.Close(cctx); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		for _, pid := range pids {
+			if alive(pid) {
+				t.Fatalf("process %d left behind by Close", pid)
+			}
+		}
+	})
+}

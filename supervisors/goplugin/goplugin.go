@@ -1,0 +1,502 @@
+// Package goplugin supervises agent_sidecar add-ons: go-plugin processes
+// speaking addond's gRPC contract (sdk.Handshake, AutoMTLS over a unix
+// socket). It starts the staged binary, configures it, checks its health
+// every HealthInterval, restarts it with exponential backoff when it dies
+// or stops answering, and opens a circuit breaker when it crash-loops.
+//
+// How the process is started is go-plugin's runner.Runner seam
+// (Options.RunnerFunc): by default a child process of addond (systemd
+// manager "none"); the systemd layer passes a runner that starts the
+// sidecar as a transient unit instead.
+package goplugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"github.com/hashicorp/go-plugin/runner"
+
+	"github.com/addond/addond/sdk"
+	"github.com/addond/addond/supervisors"
+)
+
+// Options tune a Backend. Zero values take the defaults of the origin
+// design (in brackets).
+type Options struct {
+	Log    *slog.Logger
+	Notify supervisors.Notify
+	// RunnerFunc starts the sidecar process (nil: a child of addond).
+	RunnerFunc func(l hclog.Logger, cmd *exec.Cmd, tmpDir string) (runner.Runner, error)
+
+	HealthInterval   time.Duration // [5s]
+	HealthTimeout    time.Duration // [5s]
+	HealthFailures   int           // failed checks in a row that count as hung [3]
+	ConfigureTimeout time.Duration // [10s]
+	StartTimeout     time.Duration // handshake [10s]
+	BackoffMin       time.Duration // [1s]
+	BackoffMax       time.Duration // [1m]
+	BreakerRestarts  int           // more restarts than this in BreakerWindow open the circuit [5]
+	BreakerWindow    time.Duration // [1m]
+	BreakerCooldown  time.Duration // [1m]
+	ExitPoll         time.Duration // how often process exit is checked [250ms]
+}
+
+func (o *Options) defaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&o.HealthInterval, 5*time.Second)
+	def(&o.HealthTimeout, 5*time.Second)
+	def(&o.ConfigureTimeout, 10*time.Second)
+	def(&o.StartTimeout, 10*time.Second)
+	def(&o.BackoffMin, time.Second)
+	def(&o.BackoffMax, time.Minute)
+	def(&o.BreakerWindow, time.Minute)
+	def(&o.BreakerCooldown, time.Minute)
+	def(&o.ExitPoll, 250*time.Millisecond)
+	if o.HealthFailures <= 0 {
+		o.HealthFailures = 3
+	}
+	if o.BreakerRestarts <= 0 {
+		o.BreakerRestarts = 5
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Notify == nil {
+		o.Notify = func(supervisors.Event) {}
+	}
+}
+
+// Backend is the go-plugin Supervisor.
+type Backend struct {
+	opts   Options
+	mu     sync.Mutex
+	addons map[string]*instance
+}
+
+var _ supervisors.Supervisor = (*Backend)(nil)
+
+// New returns a Backend.
+func New(o Options) *Backend {
+	o.defaults()
+	return &Backend{opts: o, addons: map[string]*instance{}}
+}
+
+// instance is one supervised add-on: a goroutine that owns its process.
+type instance struct {
+	b       *Backend
+	id      string
+	log     *slog.Logger
+	updates chan update
+	stop    chan struct{}
+	done    chan struct{}
+
+	mu   sync.Mutex
+	last supervisors.Event
+}
+
+type update struct {
+	spec  supervisors.Spec
+	reply chan error
+}
+
+func (b *Backend) Start(ctx context.Context, spec supervisors.Spec) error {
+	b.mu.Lock()
+	if _, ok := b.addons[spec.AddonID]; ok {
+		b.mu.Unlock()
+		return fmt.Errorf("addon %q is already supervised", spec.AddonID)
+	}
+	inst := &instance{
+		b: b, id: spec.AddonID,
+		log:     b.opts.Log.With("addon_id", spec.AddonID),
+		updates: make(chan update),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	b.addons[spec.AddonID] = inst
+	b.mu.Unlock()
+
+	first := make(chan error, 1)
+	go inst.run(spec, first)
+	select {
+	case err := <-first:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *Backend) instance(id string) (*instance, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	inst, ok := b.addons[id]
+	if !ok {
+		return nil, fmt.Errorf("addon %q: %w", id, supervisors.ErrUnknownAddon)
+	}
+	return inst, nil
+}
+
+func (b *Backend) Update(ctx context.Context, spec supervisors.Spec) error {
+	inst, err := b.instance(spec.AddonID)
+	if err != nil {
+		return err
+	}
+	u := update{spec: spec, reply: make(chan error, 1)}
+	select {
+	case inst.updates <- u:
+	case <-inst.done:
+		return fmt.Errorf("addon %q: %w", spec.AddonID, supervisors.ErrUnknownAddon)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-u.reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *Backend) Stop(ctx context.Context, id string) error {
+	inst, err := b.instance(id)
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	delete(b.addons, id)
+	b.mu.Unlock()
+	close(inst.stop)
+	select {
+	case <-inst.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *Backend) Status(id string) (supervisors.Event, bool) {
+	inst, err := b.instance(id)
+	if err != nil {
+		return supervisors.Event{}, false
+	}
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	return inst.last, true
+}
+
+// Close stops every sidecar (they are addond's children) and waits, within
+// ctx, for all of them.
+func (b *Backend) Close(ctx context.Context) error {
+	b.mu.Lock()
+	ids := make([]string, 0, len(b.addons))
+	for id := range b.addons {
+		ids = append(ids, id)
+	}
+	b.mu.Unlock()
+	var wg sync.WaitGroup
+	errs := make([]error, len(ids))
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = b.Stop(ctx, id)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// emit records and reports an event when anything in it changed.
+func (i *instance) emit(e supervisors.Event) {
+	e.AddonID = i.id
+	i.mu.Lock()
+	prev := i.last
+	e.Time = prev.Time
+	changed := e != prev
+	if changed {
+		e.Time = time.Now()
+		i.last = e
+	}
+	i.mu.Unlock()
+	if changed {
+		i.log.Info("add-on state", "version", e.Version, "state", e.State, "health", e.Health, "reason", e.Reason, "pid", e.PID, "restarts", e.Restarts)
+		i.b.opts.Notify(e)
+	}
+}
+
+// outcome is why a running sidecar's supervision ended.
+type outcome int
+
+const (
+	outStopped outcome = iota // Stop was called
+	outRestart                // a new spec needs a restart
+	outFailed                 // exited, or stopped answering health checks
+)
+
+// run owns the add-on's process for its whole supervised life.
+func (i *instance) run(spec supervisors.Spec, first chan<- error) {
+	defer close(i.done)
+	o := &i.b.opts
+	var (
+		restarts  int
+		failures  int         // consecutive failed runs, for the backoff
+		recent    []time.Time // restarts inside the breaker window
+		firstSent bool
+	)
+	reportFirst := func(err error) {
+		if !firstSent {
+			first <- err
+			firstSent = true
+		}
+	}
+	defer reportFirst(nil)
+
+	for {
+		i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStarting, Health: supervisors.HealthUnknown, Restarts: restarts})
+		startedAt := time.Now()
+		p, err := i.launch(spec)
+		var out outcome
+		var reason string
+		if err != nil {
+			reason = err.Error()
+			out = outFailed
+			reportFirst(fmt.Errorf("addon %q: %w", i.id, err))
+		} else {
+			reportFirst(nil)
+			out, reason = i.supervise(p, &spec, restarts)
+			p.kill()
+		}
+		switch out {
+		case outStopped:
+			i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStopped, Health: supervisors.HealthUnknown, Restarts: restarts})
+			return
+		case outRestart:
+			restarts++
+			failures = 0
+			continue
+		}
+
+		// A failure: back off, or open the circuit when it crash-loops.
+		restarts++
+		if time.Since(startedAt) >= o.BackoffMax {
+			failures = 0 // it ran well for a while: start the backoff afresh
+		}
+		failures++
+		now := time.Now()
+		recent = append(recent, now)
+		for len(recent) > 0 && now.Sub(recent[0]) > o.BreakerWindow {
+			recent = recent[1:]
+		}
+		state, wait := supervisors.StateRestarting, i.backoff(failures)
+		if len(recent) > o.BreakerRestarts {
+			state, wait = supervisors.StateCircuitOpen, o.BreakerCooldown
+			reason = fmt.Sprintf("%s (%d restarts within %s; retrying in %s)", reason, len(recent), o.BreakerWindow, o.BreakerCooldown)
+			recent = nil
+		}
+		i.emit(supervisors.Event{Version: spec.Version, State: state, Health: supervisors.HealthUnhealthy, Reason: reason, Restarts: restarts})
+		i.log.Warn("add-on failed", "version", spec.Version, "reason", reason, "retry_in", wait.String())
+		t := time.NewTimer(wait)
+		select {
+		case <-i.stop:
+			t.Stop()
+			i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStopped, Health: supervisors.HealthUnknown, Reason: reason, Restarts: restarts})
+			return
+		case u := <-i.updates:
+			t.Stop()
+			spec = u.spec
+			u.reply <- nil
+			failures, recent = 0, nil
+		case <-t.C:
+		}
+	}
+}
+
+// backoff is exponential from BackoffMin to BackoffMax with ±25 % jitter.
+func (i *instance) backoff(failures int) time.Duration {
+	o := &i.b.opts
+	d := o.BackoffMin << min(failures-1, 20)
+	d = min(d, o.BackoffMax)
+	jitter := d / 4
+	return d - jitter + rand.N(2*jitter+1)
+}
+
+// proc is one running sidecar.
+type proc struct {
+	client *plugin.Client
+	addon  *sdk.Client
+	pid    int
+	cmd    *exec.Cmd
+}
+
+// killGrace is how long a sidecar gets to shut down gracefully.
+const killGrace = 3 * time.Second
+
+// kill stops the sidecar: go-plugin's graceful shutdown first, then, for
+// a child process, SIGKILL to its whole process group, so that nothing it
+// forked outlives it (and a grandchild holding its stdout cannot stall the
+// wait for it).
+func (p *proc) kill() { stopClient(p.client, p.cmd, killGrace) }
+
+// stopClient waits up to grace for go-plugin's shutdown (0 for a sidecar
+// that never completed its handshake: there is nothing to talk to).
+func stopClient(client *plugin.Client, cmd *exec.Cmd, grace time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		client.Kill()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(grace):
+	}
+	if cmd.Process != nil && cmd.SysProcAttr != nil && cmd.SysProcAttr.Setpgid {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	<-done
+}
+
+// launch starts the binary, completes the handshake and dispenses the
+// add-on service.
+func (i *instance) launch(spec supervisors.Spec) (*proc, error) {
+	o := &i.b.opts
+	cmd := exec.Command(spec.Binary, spec.Args...)
+	if o.RunnerFunc == nil {
+		// A child process: its own process group (killed as a whole),
+		// and killed should addond itself die.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	}
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		Plugins:          plugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{}},
+		Cmd:              cmd,
+		RunnerFunc:       o.RunnerFunc,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		AutoMTLS:         true,
+		StartTimeout:     o.StartTimeout,
+		SkipHostEnv:      true,
+		Logger:           newHCLogger(i.log),
+	})
+	rpc, err := client.Client()
+	if err != nil {
+		stopClient(client, cmd, 0)
+		return nil, fmt.Errorf("start %s: %w", spec.Binary, err)
+	}
+	raw, err := rpc.Dispense(sdk.PluginName)
+	if err != nil {
+		stopClient(client, cmd, 0)
+		return nil, fmt.Errorf("dispense: %w", err)
+	}
+	addon, ok := raw.(*sdk.Client)
+	if !ok {
+		stopClient(client, cmd, 0)
+		return nil, fmt.Errorf("dispense: got %T", raw)
+	}
+	pid, _ := strconv.Atoi(client.ID())
+	return &proc{client: client, addon: addon, pid: pid, cmd: cmd}, nil
+}
+
+// supervise configures a started sidecar and watches it until it must
+// stop or restart. spec is updated in place by configuration-only updates.
+func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (outcome, string) {
+	o := &i.b.opts
+	ev := supervisors.Event{Version: spec.Version, State: supervisors.StateStarting, Health: supervisors.HealthUnknown, Restarts: restarts, PID: p.pid}
+	var configErr string
+	configure := func(config []byte) {
+		ctx, cancel := context.WithTimeout(context.Background(), o.ConfigureTimeout)
+		defer cancel()
+		if len(config) == 0 {
+			config = []byte("{}")
+		}
+		if _, err := p.addon.Configure(ctx, config); err != nil {
+			configErr = "configure: " + err.Error()
+		} else {
+			configErr = ""
+		}
+	}
+	failures := 0
+	check := func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), o.HealthTimeout)
+		h, err := p.addon.Health(ctx)
+		cancel()
+		if err != nil {
+			failures++
+			ev.Reason = fmt.Sprintf("health check failed (%d in a row): %v", failures, err)
+			if failures >= o.HealthFailures {
+				return false
+			}
+			i.emit(ev)
+			return true
+		}
+		failures = 0
+		ev.Reason = h.Reason
+		switch h.Status {
+		case sdk.Healthy:
+			ev.State, ev.Health = supervisors.StateRunning, supervisors.HealthHealthy
+		case sdk.Degraded:
+			ev.State, ev.Health = supervisors.StateDegraded, supervisors.HealthDegraded
+		case sdk.Unhealthy:
+			ev.State, ev.Health = supervisors.StateUnhealthy, supervisors.HealthUnhealthy
+		default:
+			ev.State, ev.Health = supervisors.StateRunning, supervisors.HealthUnknown
+		}
+		if configErr != "" {
+			ev.State, ev.Health, ev.Reason = supervisors.StateUnhealthy, supervisors.HealthUnhealthy, configErr
+		}
+		i.emit(ev)
+		return true
+	}
+
+	configure(spec.ConfigJSON)
+	if !check() {
+		return outFailed, ev.Reason
+	}
+	health := time.NewTicker(o.HealthInterval)
+	defer health.Stop()
+	exit := time.NewTicker(o.ExitPoll)
+	defer exit.Stop()
+	for {
+		select {
+		case <-i.stop:
+			return outStopped, ""
+		case u := <-i.updates:
+			if u.spec.NeedsRestart(*spec) {
+				*spec = u.spec
+				u.reply <- nil
+				return outRestart, ""
+			}
+			if u.spec.ConfigChanged(*spec) {
+				configure(u.spec.ConfigJSON)
+			}
+			*spec = u.spec
+			var err error
+			if configErr != "" {
+				err = fmt.Errorf("addon %q: %s", i.id, configErr)
+			}
+			u.reply <- err
+			if !check() {
+				return outFailed, ev.Reason
+			}
+		case <-exit.C:
+			if p.client.Exited() {
+				return outFailed, "process exited"
+			}
+		case <-health.C:
+			if !check() {
+				return outFailed, fmt.Sprintf("not answering health checks: %s", ev.Reason)
+			}
+		}
+	}
+}

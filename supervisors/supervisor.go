@@ -1,0 +1,128 @@
+// Package supervisors defines how addond runs add-ons: one Supervisor
+// interface, one backend package per supervision model, and one
+// conformance suite (supervisors/conformance) that every backend passes.
+//
+// A backend is given a Spec — an add-on that delivery has already fetched,
+// verified and staged — and keeps it running (or scheduled) according to
+// its model, reporting every change of state and health as an Event. It
+// knows nothing of assignments, rollbacks or the store: the reconciler in
+// daemon/ decides what should run and reacts to the events; backends never
+// import it.
+package supervisors
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"slices"
+	"time"
+)
+
+// State is an add-on's lifecycle state as a backend sees it. The names are
+// the ones DESIGN.md's status contract uses.
+type State string
+
+const (
+	StateStarting    State = "starting"
+	StateRunning     State = "running"
+	StateDegraded    State = "degraded"
+	StateUnhealthy   State = "unhealthy"
+	StateRestarting  State = "restarting"
+	StateCircuitOpen State = "circuit_open"
+	StateStopped     State = "stopped"
+	StateFailed      State = "failed"
+	StateUnsupported State = "unsupported"
+)
+
+// Health is an add-on's health as it reports it.
+type Health string
+
+const (
+	HealthUnknown   Health = "unknown"
+	HealthHealthy   Health = "healthy"
+	HealthDegraded  Health = "degraded"
+	HealthUnhealthy Health = "unhealthy"
+)
+
+// Resources are limits for unit-based add-ons.
+type Resources struct {
+	CPUMaxPercent   int
+	MemoryMaxBytes  int64
+	MemoryHighBytes int64
+	TasksMax        int64
+}
+
+// Spec is one add-on to run: verified and staged by delivery.
+type Spec struct {
+	AddonID string
+	Version string
+	// Binary is the absolute path of the executable: the staged version's
+	// binary (or its capped, root-owned copy).
+	Binary     string
+	Args       []string
+	ConfigJSON []byte
+	Schedule   string        // systemd_timer: OnCalendar
+	Timeout    time.Duration // ephemeral_helper: per run
+	Resources  *Resources
+}
+
+// NeedsRestart reports whether moving from old to s needs the add-on
+// restarted: a new version, binary or arguments. A change of ConfigJSON
+// alone is applied in place.
+func (s Spec) NeedsRestart(old Spec) bool {
+	return s.Version != old.Version || s.Binary != old.Binary || !slices.Equal(s.Args, old.Args) ||
+		s.Schedule != old.Schedule || s.Timeout != old.Timeout || !sameResources(s.Resources, old.Resources)
+}
+
+// ConfigChanged reports whether s carries a different configuration.
+func (s Spec) ConfigChanged(old Spec) bool {
+	return !bytes.Equal(s.ConfigJSON, old.ConfigJSON)
+}
+
+func sameResources(a, b *Resources) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// Event is a change of an add-on's state or health.
+type Event struct {
+	AddonID  string
+	Version  string
+	State    State
+	Health   Health
+	Reason   string // why, when not running and healthy
+	Restarts int    // restarts since Start
+	PID      int    // 0 when not running
+	Time     time.Time
+}
+
+// Notify receives events. Backends call it from their own goroutines, in
+// order per add-on, and must not be blocked for long by it.
+type Notify func(Event)
+
+// ErrUnknownAddon is returned for an add-on the backend does not run.
+var ErrUnknownAddon = errors.New("add-on is not supervised here")
+
+// ErrUnsupported is returned by backends that cannot run on this host
+// (e.g. systemd backends with systemd.manager "none").
+var ErrUnsupported = errors.New("supervision model not supported here")
+
+// Supervisor runs add-ons of one supervision model.
+type Supervisor interface {
+	// Start begins supervising spec. It returns once the first start has
+	// been attempted; a start that fails is reported (as an error and as
+	// an Event) and retried with backoff unless it can never succeed.
+	Start(ctx context.Context, spec Spec) error
+	// Update moves a supervised add-on to spec: a configuration change
+	// alone is applied in place (no restart); anything else restarts it.
+	Update(ctx context.Context, spec Spec) error
+	// Stop stops the add-on and forgets it.
+	Stop(ctx context.Context, addonID string) error
+	// Status is the add-on's latest event.
+	Status(addonID string) (Event, bool)
+	// Close stops every add-on this backend runs as its children. Backends
+	// whose add-ons outlive addond (systemd units) leave them running.
+	Close(ctx context.Context) error
+}
