@@ -1,7 +1,9 @@
 package goplugin
 
 import (
+	"context"
 	"log/slog"
+	"os"
 	"testing"
 	"time"
 
@@ -32,4 +34,38 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(p))
 	return len(p), nil
+}
+
+// pingsweep opens a raw ICMP socket: as root (make test) it must come up
+// healthy, sweeping 127.0.0.1.
+func TestPingsweepRawSocket(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("ADDOND_TEST_STRICT") == "1" {
+			t.Fatal("needs root (a raw ICMP socket)")
+		}
+		t.Skip("needs root (a raw ICMP socket)")
+	}
+	bins := conformance.BuildExamples(t, "../..", "pingsweep")
+	events := make(chan supervisors.Event, 64)
+	b := New(Options{Notify: func(e supervisors.Event) { events <- e }, HealthInterval: 100 * time.Millisecond})
+	defer b.Close(context.Background())
+	err := b.Start(context.Background(), supervisors.Spec{AddonID: "pingsweep", Version: "1.0.0", Binary: bins["pingsweep"],
+		ConfigJSON: []byte(`{"targets":["127.0.0.1"],"interval":"200ms"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(15 * time.Second)
+	for {
+		select {
+		case e := <-events:
+			if e.State == supervisors.StateRunning && e.Health == supervisors.HealthHealthy {
+				return
+			}
+			if e.State == supervisors.StateUnhealthy {
+				t.Fatalf("pingsweep unhealthy as root: %s", e.Reason)
+			}
+		case <-deadline:
+			t.Fatal("pingsweep never became healthy")
+		}
+	}
 }
