@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,6 +40,7 @@ type Agent struct {
 	src      source.Source
 	del      *delivery.Deliverer
 	lock     *os.File
+	runner   atomic.Pointer[runner] // while Run runs
 }
 
 // Open prepares the runtime root and takes its lock: two addond processes
@@ -162,24 +164,11 @@ func (r *Report) Errors() []error {
 // overrides, and fetch, verify, stage and activate every enabled pushed
 // artifact.
 func (a *Agent) Stage(ctx context.Context) (*Report, error) {
-	ast, err := state.LoadAgent(a.cfg.RuntimeRoot)
-	if err != nil {
-		return nil, err
-	}
 	rep := &Report{}
-	doc, authoritative, err := a.document(ctx, ast, rep)
+	addons, authoritative, err := a.desired(ctx, rep)
 	if err != nil {
 		return nil, err
 	}
-	addons := doc.Addons
-	if ov, err := a.overrides(); err != nil {
-		rep.OverridesErr = err
-		a.log.Warn("ignoring local overrides", "error", err)
-	} else if addons, _, err = ov.Apply(addons); err != nil {
-		rep.OverridesErr = err
-		addons = doc.Addons
-	}
-	rep.Serial = doc.Serial
 
 	assigned := map[string]bool{}
 	results := make([]AddonReport, len(addons))
@@ -292,13 +281,10 @@ func (a *Agent) overrides() (*assignment.Overrides, error) {
 	return ov, nil
 }
 
-// stageOne delivers one add-on and, on success, makes it current and its
-// spec the last-known-good.
-func (a *Agent) stageOne(ctx context.Context, ad assignment.Addon) AddonReport {
-	r := AddonReport{AddonID: ad.AddonID, Version: ad.Version}
-	if assignment.ValidAddonID(ad.AddonID) == nil {
-		r.ActiveVersion, _ = a.del.Current(ad.AddonID)
-	}
+// resolve validates one entry for this host and, for a pushed artifact the
+// assignment names no build of (an operator's version pin), completes it
+// from the version's signed package.json.
+func (a *Agent) resolve(ctx context.Context, ad assignment.Addon) (assignment.Spec, error) {
 	spec, err := assignment.Resolve(ad, a.platform)
 	if err == nil && spec.Enabled && spec.NeedsPackage() {
 		var pkg *assignment.Package
@@ -306,6 +292,42 @@ func (a *Agent) stageOne(ctx context.Context, ad assignment.Addon) AddonReport {
 			spec, err = spec.WithPackage(pkg, a.platform)
 		}
 	}
+	return spec, err
+}
+
+// desired refreshes the document, applies the overrides and returns the
+// add-on entries to resolve, with what the report should say about the
+// document. authoritative is false when no document at all is known.
+func (a *Agent) desired(ctx context.Context, rep *Report) ([]assignment.Addon, bool, error) {
+	ast, err := state.LoadAgent(a.cfg.RuntimeRoot)
+	if err != nil {
+		return nil, false, err
+	}
+	doc, authoritative, err := a.document(ctx, ast, rep)
+	if err != nil {
+		return nil, false, err
+	}
+	rep.Serial = doc.Serial
+	addons := doc.Addons
+	if ov, err := a.overrides(); err != nil {
+		rep.OverridesErr = err
+		a.log.Warn("ignoring local overrides", "error", err)
+	} else if patched, _, err := ov.Apply(addons); err != nil {
+		rep.OverridesErr = err
+	} else {
+		addons = patched
+	}
+	return addons, authoritative, nil
+}
+
+// stageOne delivers one add-on and, on success, makes it current and its
+// spec the last-known-good.
+func (a *Agent) stageOne(ctx context.Context, ad assignment.Addon) AddonReport {
+	r := AddonReport{AddonID: ad.AddonID, Version: ad.Version}
+	if assignment.ValidAddonID(ad.AddonID) == nil {
+		r.ActiveVersion, _ = a.del.Current(ad.AddonID)
+	}
+	spec, err := a.resolve(ctx, ad)
 	if err != nil {
 		return a.failed(r, err)
 	}

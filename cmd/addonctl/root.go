@@ -12,8 +12,13 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddGroup(
+		&cobra.Group{ID: "operator", Title: "Operator commands:"},
 		&cobra.Group{ID: "publisher", Title: "Publisher commands:"},
 	)
+	for _, c := range []*cobra.Command{newStatus(), newReconcile(), newRetry()} {
+		c.GroupID = "operator"
+		root.AddCommand(c)
+	}
 	for _, c := range []*cobra.Command{newKeygen(), newSign(), newVerify(), newPublish(), newAssign()} {
 		c.GroupID = "publisher"
 		root.AddCommand(c)

@@ -12,8 +12,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+
 	"github.com/addond/addond/daemon"
+	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/config"
+	"github.com/addond/addond/supervisors"
+	"github.com/addond/addond/supervisors/goplugin"
 )
 
 // errNotConverged makes `addond stage` exit 1 after its errors were printed.
@@ -62,8 +67,63 @@ otherwise; every error names the add-on and the reason.`,
 			fmt.Fprintln(cmd.OutOrStdout(), "addond", daemon.Version)
 		},
 	}
-	root.AddCommand(stage, version)
+	var runCfg string
+	run := &cobra.Command{
+		Use:   "run",
+		Short: "Run the daemon: deliver, supervise, promote and roll back add-ons",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDaemon(cmd.Context(), runCfg)
+		},
+	}
+	run.Flags().StringVar(&runCfg, "config", config.DefaultPath, "config file")
+	root.AddCommand(run, stage, version)
 	return root
+}
+
+func runDaemon(ctx context.Context, cfgPath string) error {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return err
+	}
+	level := logLevel()
+	if os.Getenv("ADDOND_LOG_LEVEL") == "" {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	agent, err := daemon.Open(cfg, daemon.Options{Log: log})
+	if err != nil {
+		return err
+	}
+	defer agent.Close()
+
+	sidecars := goplugin.New(goplugin.Options{Log: log, Notify: agent.Notify})
+	if cfg.Systemd.Manager != "none" {
+		log.Warn("the systemd backends are not available yet: sidecars run as children of addond, other supervision models are reported unsupported", "manager", cfg.Systemd.Manager)
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	watchdog, _ := sddaemon.SdWatchdogEnabled(false)
+	return agent.Run(ctx, daemon.RunOptions{
+		Supervisors: map[string]supervisors.Supervisor{assignment.SupervisionAgentSidecar: sidecars},
+		Notify: func(state string) {
+			if _, err := sddaemon.SdNotify(false, state); err != nil {
+				log.Warn("sd_notify", "error", err)
+			}
+		},
+		Watchdog: watchdog,
+		Reload:   reload,
+	})
 }
 
 func runStage(ctx context.Context, cfgPath string) error {

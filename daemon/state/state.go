@@ -87,6 +87,16 @@ type Addon struct {
 	Failed   map[string]Failure       `json:"failed,omitempty"`
 	// HighestVersion is the highest version ever activated (anti-rollback).
 	HighestVersion string `json:"highest_version,omitempty"`
+	// Probation is the version on probation, if any: after a crash during
+	// probation the next start rolls it back.
+	Probation *Probation `json:"probation,omitempty"`
+}
+
+// Probation is a newly activated version that has not yet proved healthy.
+type Probation struct {
+	Version  string    `json:"version"`
+	Previous string    `json:"previous,omitempty"`
+	Deadline time.Time `json:"deadline"`
 }
 
 // AddonPath is where add-on id's state lives.

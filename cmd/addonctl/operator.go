@@ -1,0 +1,139 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/addond/addond/daemon"
+	"github.com/addond/addond/daemon/config"
+)
+
+// socketFlags find the status socket: --socket, else status_socket in
+// --config, else the default.
+type socketFlags struct {
+	socket, config string
+}
+
+func (s *socketFlags) add(c *cobra.Command) {
+	c.Flags().StringVar(&s.socket, "socket", "", "status socket (default: status_socket of --config, else /run/addond/addond.sock)")
+	c.Flags().StringVar(&s.config, "config", config.DefaultPath, "addond config, to find the status socket")
+}
+
+func (s *socketFlags) client() (*daemon.Client, error) {
+	if s.socket != "" {
+		return daemon.NewClient(s.socket), nil
+	}
+	cfg, err := config.Load(s.config)
+	switch {
+	case err == nil:
+		return daemon.NewClient(cfg.StatusSocket), nil
+	case errors.Is(err, fs.ErrNotExist):
+		return daemon.NewClient("/run/addond/addond.sock"), nil
+	default:
+		return nil, err
+	}
+}
+
+func newStatus() *cobra.Command {
+	var sf socketFlags
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "status [--json]",
+		Short: "Show every add-on: state, health, desired and active version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := sf.client()
+			if err != nil {
+				return err
+			}
+			st, err := cl.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			ready := "ready"
+			if !st.Ready {
+				ready = "starting"
+			}
+			fmt.Fprintf(out, "agent %s (addond %s), %s, serial %d\n", st.AgentID, st.Version, ready, st.Serial)
+			if st.DocumentError != "" {
+				fmt.Fprintf(out, "assignments: %s\n", st.DocumentError)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ADDON\tSTATE\tHEALTH\tDESIRED\tACTIVE\tSINCE\tLAST ERROR")
+			for _, a := range st.Addons {
+				active := a.ActiveVersion
+				if a.FromLKG {
+					active += " (last-known-good)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.AddonID, a.State, a.Health, dash(a.Version), dash(active),
+					a.Since.Local().Format(time.DateTime), truncate(a.LastError, 80))
+			}
+			return tw.Flush()
+		},
+	}
+	sf.add(c)
+	c.Flags().BoolVar(&asJSON, "json", false, "print /v1/status as JSON")
+	return c
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "…"
+}
+
+func newReconcile() *cobra.Command {
+	var sf socketFlags
+	c := &cobra.Command{
+		Use:   "reconcile",
+		Short: "Ask addond to reconcile now",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := sf.client()
+			if err != nil {
+				return err
+			}
+			return cl.Reconcile(cmd.Context())
+		},
+	}
+	sf.add(c)
+	return c
+}
+
+func newRetry() *cobra.Command {
+	var sf socketFlags
+	c := &cobra.Command{
+		Use:   "retry ID",
+		Short: "Forget an add-on's failed versions and try the assigned one again",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := sf.client()
+			if err != nil {
+				return err
+			}
+			return cl.Retry(cmd.Context(), args[0])
+		},
+	}
+	sf.add(c)
+	return c
+}

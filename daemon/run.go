@@ -1,0 +1,670 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/daemon/source"
+	"github.com/addond/addond/daemon/state"
+	"github.com/addond/addond/supervisors"
+)
+
+// RunOptions carry what `addond run` needs besides the config.
+type RunOptions struct {
+	// Supervisors by supervision model; a model without one is reported
+	// unsupported.
+	Supervisors map[string]supervisors.Supervisor
+	// Notify sends an sd_notify state ("READY=1", "STATUS=…"); nil: none.
+	Notify func(state string)
+	// Watchdog is the sd_notify watchdog interval (0: none); WATCHDOG=1 is
+	// sent at half of it from the loop, so a stuck loop is noticed.
+	Watchdog time.Duration
+	// Reload, when it yields, re-reads overrides and the document at once
+	// (SIGHUP).
+	Reload <-chan struct{}
+	// Ready is closed once READY=1 was sent (tests).
+	Ready chan<- struct{}
+}
+
+// addonRun is the loop's view of one add-on. Only the loop goroutine
+// touches it.
+type addonRun struct {
+	id        string
+	desired   *assignment.Spec // nil: not (validly) assigned
+	running   *assignment.Spec // what the supervisor runs
+	model     string
+	state     string
+	health    string
+	lastErr   string
+	since     time.Time
+	fromLKG   bool
+	staging   string // version being staged
+	previous  string // the version before the current one
+	probation *state.Probation
+	restarts  int
+	pid       int
+}
+
+func (r *addonRun) set(st, reason string) {
+	if r.state != st {
+		r.since = time.Now().UTC()
+	}
+	r.state, r.lastErr = st, reason
+}
+
+// loop messages
+type (
+	desiredMsg struct {
+		entries       []desiredEntry
+		authoritative bool
+		report        *Report
+	}
+	desiredEntry struct {
+		id   string
+		spec assignment.Spec
+		err  error
+	}
+	stagedMsg struct {
+		spec assignment.Spec
+		err  error
+	}
+	request struct {
+		kind  string // "reconcile", "retry"
+		id    string
+		reply chan error
+	}
+)
+
+// runner is the state of one `addond run`.
+type runner struct {
+	a      *Agent
+	opts   RunOptions
+	log    *slog.Logger
+	addons map[string]*addonRun
+	events chan supervisors.Event
+	msgs   chan any
+	reqs   chan request
+
+	fetching, again bool
+	lastReport      *Report
+	ready           bool
+
+	mu     sync.Mutex
+	status Status // snapshot for the status API
+}
+
+// Run is the daemon: it starts the last-known-good add-ons, sends READY,
+// and then reconciles on every poll (with jitter), SIGHUP and request,
+// supervising add-ons, promoting a new version once it proves healthy and
+// rolling it back otherwise. It returns when ctx is done, after stopping
+// the add-ons that are its children.
+func (a *Agent) Run(ctx context.Context, o RunOptions) error {
+	if o.Notify == nil {
+		o.Notify = func(string) {}
+	}
+	r := &runner{
+		a: a, opts: o, log: a.log,
+		addons: map[string]*addonRun{},
+		events: make(chan supervisors.Event, 256),
+		msgs:   make(chan any, 64),
+		reqs:   make(chan request),
+	}
+	a.runner.Store(r)
+	defer a.runner.Store(nil)
+
+	r.startLastKnownGood(ctx)
+	srv, err := r.serveStatus()
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	r.ready = true
+	r.publish()
+	o.Notify("READY=1\nSTATUS=" + r.summary())
+	if o.Ready != nil {
+		close(o.Ready)
+	}
+
+	poll := time.NewTimer(0) // the first reconcile at once
+	defer poll.Stop()
+	tick := time.NewTicker(time.Second) // probation deadlines
+	defer tick.Stop()
+	var watchdog <-chan time.Time
+	if o.Watchdog > 0 {
+		t := time.NewTicker(o.Watchdog / 2)
+		defer t.Stop()
+		watchdog = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			o.Notify("STOPPING=1")
+			return r.shutdown()
+		case <-poll.C:
+			r.reconcile(ctx)
+			poll.Reset(source.Jitter(a.cfg.PollInterval.D()))
+		case <-o.Reload:
+			o.Notify("RELOADING=1\n" + sddaemon.SdNotifyMonotonicUsec())
+			r.reconcile(ctx)
+			o.Notify("READY=1\nSTATUS=" + r.summary())
+		case req := <-r.reqs:
+			req.reply <- r.handle(ctx, req)
+		case e := <-r.events:
+			r.event(ctx, e)
+		case m := <-r.msgs:
+			switch m := m.(type) {
+			case desiredMsg:
+				r.fetching = false
+				r.apply(ctx, m)
+				if r.again {
+					r.again = false
+					r.reconcile(ctx)
+				}
+			case stagedMsg:
+				r.staged(ctx, m)
+			}
+		case <-tick.C:
+			r.checkProbation(ctx)
+		case <-watchdog:
+			o.Notify("WATCHDOG=1")
+		}
+		r.publish()
+	}
+}
+
+// startLastKnownGood starts every add-on whose last-known-good version is
+// current, from local state alone: no store, no document.
+func (r *runner) startLastKnownGood(ctx context.Context) {
+	ids, err := r.a.del.AddonIDs()
+	if err != nil {
+		r.log.Error("listing add-ons", "error", err)
+		return
+	}
+	for _, id := range ids {
+		st, err := state.LoadAddon(r.a.cfg.RuntimeRoot, id)
+		if err != nil || st.LKG == nil || !st.LKG.Enabled {
+			continue
+		}
+		cur, err := r.a.del.Current(id)
+		if err != nil || cur != st.LKG.Version {
+			continue
+		}
+		ar := r.get(id)
+		ar.fromLKG, ar.previous = true, st.Previous
+		spec := *st.LKG
+		r.start(ctx, ar, spec)
+	}
+}
+
+func (r *runner) get(id string) *addonRun {
+	ar, ok := r.addons[id]
+	if !ok {
+		ar = &addonRun{id: id, state: "pending", health: "unknown", since: time.Now().UTC()}
+		r.addons[id] = ar
+	}
+	return ar
+}
+
+// supSpec is what a backend runs for spec.
+func (r *runner) supSpec(spec assignment.Spec) supervisors.Spec {
+	s := supervisors.Spec{
+		AddonID: spec.AddonID, Version: spec.Version,
+		Binary:     r.a.del.BinaryPath(spec.AddonID, spec.Version, spec.BinaryName),
+		Args:       spec.Args,
+		ConfigJSON: spec.ConfigJSON,
+		Schedule:   spec.Schedule,
+	}
+	if spec.Timeout != "" {
+		s.Timeout, _ = time.ParseDuration(spec.Timeout)
+	}
+	if res := spec.Resources; res != nil {
+		s.Resources = &supervisors.Resources{CPUMaxPercent: res.CPUMaxPercent, MemoryMaxBytes: res.MemoryMaxBytes, MemoryHighBytes: res.MemoryHighBytes, TasksMax: res.TasksMax}
+	}
+	return s
+}
+
+func (r *runner) notify(e supervisors.Event) {
+	select {
+	case r.events <- e:
+	default:
+		// The loop is behind by hundreds of events: drop this one; the
+		// backend's Status keeps the latest, and the next event carries
+		// the current state anyway.
+		r.log.Warn("dropping a supervisor event: loop busy", "addon_id", e.AddonID)
+	}
+}
+
+// start runs spec under its supervision model, or updates it in place
+// when it already runs there.
+func (r *runner) start(ctx context.Context, ar *addonRun, spec assignment.Spec) error {
+	sup, ok := r.opts.Supervisors[spec.Supervision]
+	if !ok {
+		ar.set("unsupported", fmt.Sprintf("supervision %q is not available on this host", spec.Supervision))
+		return supervisors.ErrUnsupported
+	}
+	var err error
+	if ar.running != nil && ar.model == spec.Supervision {
+		err = sup.Update(ctx, r.supSpec(spec))
+	} else {
+		if ar.running != nil {
+			r.stop(ctx, ar)
+		}
+		err = sup.Start(ctx, r.supSpec(spec))
+	}
+	ar.running, ar.model = &spec, spec.Supervision
+	if ar.state == "pending" || ar.state == "staged" || ar.state == "downloading" {
+		ar.set("starting", "")
+	}
+	if err != nil {
+		ar.lastErr = err.Error()
+	}
+	return err
+}
+
+func (r *runner) stop(ctx context.Context, ar *addonRun) {
+	if ar.running == nil {
+		return
+	}
+	if sup, ok := r.opts.Supervisors[ar.model]; ok {
+		if err := sup.Stop(ctx, ar.id); err != nil && !errors.Is(err, supervisors.ErrUnknownAddon) {
+			r.log.Warn("stopping add-on", "addon_id", ar.id, "error", err)
+		}
+	}
+	ar.running, ar.pid, ar.probation = nil, 0, nil
+}
+
+// reconcile starts a refresh of the desired set in the background; the
+// loop stays free for events and requests while the store answers.
+func (r *runner) reconcile(ctx context.Context) {
+	if r.fetching {
+		r.again = true
+		return
+	}
+	r.fetching = true
+	go func() {
+		rep := &Report{}
+		addons, authoritative, err := r.a.desired(ctx, rep)
+		if err != nil {
+			rep.DocumentErr = err
+		}
+		m := desiredMsg{authoritative: authoritative && err == nil, report: rep}
+		for _, ad := range addons {
+			spec, err := r.a.resolve(ctx, ad)
+			m.entries = append(m.entries, desiredEntry{id: ad.AddonID, spec: spec, err: err})
+		}
+		r.msgs <- m
+	}()
+}
+
+// apply moves every add-on toward the desired set. Add-ons whose desired
+// spec did not change are not touched.
+func (r *runner) apply(ctx context.Context, m desiredMsg) {
+	r.lastReport = m.report
+	assigned := map[string]bool{}
+	for _, e := range m.entries {
+		if assignment.ValidAddonID(e.id) != nil {
+			r.log.Error("refusing add-on", "addon_id", e.id, "error", e.err)
+			continue
+		}
+		assigned[e.id] = true
+		ar := r.get(e.id)
+		if e.err != nil {
+			ar.desired = nil
+			if ar.running != nil {
+				ar.fromLKG = true
+				ar.lastErr = e.err.Error()
+			} else {
+				ar.set("failed", e.err.Error())
+			}
+			continue
+		}
+		spec := e.spec
+		ar.desired = &spec
+		r.converge(ctx, ar)
+	}
+	if !m.authoritative {
+		return
+	}
+	for id, ar := range r.addons {
+		if !assigned[id] {
+			r.log.Info("add-on no longer assigned", "addon_id", id)
+			r.stop(ctx, ar)
+			if err := r.a.del.RemoveAddon(id); err != nil {
+				r.log.Warn("removing add-on", "addon_id", id, "error", err)
+			}
+			delete(r.addons, id)
+		}
+	}
+}
+
+// converge takes one add-on one step toward its desired spec.
+func (r *runner) converge(ctx context.Context, ar *addonRun) {
+	d := ar.desired
+	switch {
+	case !d.Enabled:
+		r.stop(ctx, ar)
+		ar.set("disabled", "")
+		ar.health = "unknown"
+		return
+	case d.Delivery != assignment.DeliveryPushedArtifact:
+		ar.set("unsupported", fmt.Sprintf("delivery %q is not available on this host", d.Delivery))
+		return
+	}
+	if _, ok := r.opts.Supervisors[d.Supervision]; !ok {
+		r.stop(ctx, ar)
+		ar.set("unsupported", fmt.Sprintf("supervision %q is not available on this host", d.Supervision))
+		return
+	}
+	st, err := state.LoadAddon(r.a.cfg.RuntimeRoot, ar.id)
+	if err != nil {
+		ar.lastErr = err.Error()
+		return
+	}
+	if f, failed := st.Failed[d.Version]; failed && f.SHA256 == d.Artifact.SHA256 {
+		// Not retried until the assignment changes or `addonctl retry`.
+		if ar.running != nil && ar.running.Version != d.Version {
+			ar.set("rolled_back", f.Reason)
+		} else if ar.running == nil {
+			ar.set("failed", f.Reason)
+		}
+		return
+	}
+	if ar.running != nil && ar.running.Version == d.Version && ar.running.Artifact != nil && ar.running.Artifact.SHA256 == d.Artifact.SHA256 {
+		ar.fromLKG = false
+		if ar.running.Digest() != d.Digest() {
+			if err := r.start(ctx, ar, *d); err != nil {
+				ar.lastErr = err.Error()
+			}
+		}
+		return
+	}
+	if ar.staging == d.Version {
+		return
+	}
+	ar.staging = d.Version
+	if ar.running == nil {
+		ar.set("downloading", "")
+	}
+	spec := *d
+	go func() {
+		_, err := r.a.del.Stage(ctx, spec)
+		r.msgs <- stagedMsg{spec: spec, err: err}
+	}()
+}
+
+// staged activates a freshly staged version on probation.
+func (r *runner) staged(ctx context.Context, m stagedMsg) {
+	ar, ok := r.addons[m.spec.AddonID]
+	if !ok {
+		return
+	}
+	ar.staging = ""
+	if ar.desired == nil || ar.desired.Digest() != m.spec.Digest() {
+		if ar.desired != nil {
+			r.converge(ctx, ar) // the assignment moved on meanwhile
+		}
+		return
+	}
+	if m.err != nil {
+		if ar.running != nil {
+			ar.fromLKG = true
+			ar.lastErr = m.err.Error()
+		} else {
+			ar.set("failed", m.err.Error())
+		}
+		r.log.Warn("delivery failed", "addon_id", ar.id, "version", m.spec.Version, "error", m.err)
+		return
+	}
+	previous := ""
+	if ar.running != nil {
+		previous = ar.running.Version
+	}
+	if prev, err := r.a.del.Activate(ar.id, m.spec.Version); err != nil {
+		ar.lastErr = err.Error()
+		return
+	} else if prev != "" {
+		ar.previous = prev
+	}
+	st, err := state.LoadAddon(r.a.cfg.RuntimeRoot, ar.id)
+	if err != nil {
+		ar.lastErr = err.Error()
+		return
+	}
+	ar.probation = &state.Probation{Version: m.spec.Version, Previous: previous, Deadline: time.Now().Add(r.a.cfg.Probation.D())}
+	st.Probation = ar.probation
+	if err := state.SaveAddon(r.a.cfg.RuntimeRoot, ar.id, st); err != nil {
+		ar.lastErr = err.Error()
+	}
+	ar.fromLKG = false
+	ar.set("starting", "")
+	ar.restarts = 0
+	if err := r.start(ctx, ar, m.spec); err != nil && !errors.Is(err, supervisors.ErrUnsupported) {
+		r.log.Warn("starting new version", "addon_id", ar.id, "version", m.spec.Version, "error", err)
+	}
+}
+
+// event folds a supervisor event into the add-on's state and decides
+// promotion or rollback of a version on probation.
+func (r *runner) event(ctx context.Context, e supervisors.Event) {
+	ar, ok := r.addons[e.AddonID]
+	if !ok || ar.running == nil || e.Version != ar.running.Version {
+		return // stale: from a version no longer running
+	}
+	ar.health, ar.restarts, ar.pid = string(e.Health), e.Restarts, e.PID
+	if ar.state != "rolled_back" || e.State != supervisors.StateRunning {
+		ar.set(string(e.State), e.Reason)
+	}
+	if ar.state == "rolled_back" && e.State == supervisors.StateRunning {
+		ar.health = string(e.Health)
+	}
+	healthy := e.State == supervisors.StateRunning && e.Health == supervisors.HealthHealthy
+	p := ar.probation
+	if p == nil || p.Version != e.Version {
+		if healthy {
+			r.promote(ar, false)
+		}
+		return
+	}
+	switch {
+	case healthy:
+		r.promote(ar, true)
+	case e.State == supervisors.StateCircuitOpen,
+		e.State == supervisors.StateRestarting && e.Restarts >= 3:
+		r.rollback(ctx, ar, fmt.Sprintf("crash-looped on probation: %s", e.Reason))
+	case e.State == supervisors.StateUnhealthy && strings.HasPrefix(e.Reason, "configure:"):
+		r.rollback(ctx, ar, fmt.Sprintf("failed Configure on probation: %s", strings.TrimPrefix(e.Reason, "configure: ")))
+	}
+}
+
+// promote makes the running spec the last-known-good.
+func (r *runner) promote(ar *addonRun, probation bool) {
+	st, err := state.LoadAddon(r.a.cfg.RuntimeRoot, ar.id)
+	if err != nil {
+		return
+	}
+	if !probation && st.LKG != nil && st.LKG.Digest() == ar.running.Digest() {
+		return
+	}
+	spec := *ar.running
+	st.LKG = &spec
+	st.Probation = nil
+	if err := state.SaveAddon(r.a.cfg.RuntimeRoot, ar.id, st); err != nil {
+		r.log.Warn("saving last-known-good", "addon_id", ar.id, "error", err)
+		return
+	}
+	if probation {
+		r.log.Info("promoted", "addon_id", ar.id, "version", spec.Version)
+		ar.probation = nil
+		r.a.del.GC(ar.id)
+	}
+}
+
+// checkProbation rolls back versions that did not become healthy in time.
+func (r *runner) checkProbation(ctx context.Context) {
+	now := time.Now()
+	for _, ar := range r.addons {
+		if p := ar.probation; p != nil && now.After(p.Deadline) {
+			reason := fmt.Sprintf("not healthy within the %s probation", r.a.cfg.Probation.D())
+			if ar.lastErr != "" {
+				reason += ": " + ar.lastErr
+			}
+			r.rollback(ctx, ar, reason)
+		}
+	}
+}
+
+// rollback marks the version on probation failed and returns to the
+// previous version, verbatim from its last-known-good spec.
+func (r *runner) rollback(ctx context.Context, ar *addonRun, reason string) {
+	p := ar.probation
+	if p == nil {
+		return
+	}
+	ar.probation = nil
+	st, err := state.LoadAddon(r.a.cfg.RuntimeRoot, ar.id)
+	if err != nil {
+		ar.lastErr = err.Error()
+		return
+	}
+	failed := state.Failure{Reason: reason, At: time.Now().UTC()}
+	if ar.running != nil && ar.running.Artifact != nil {
+		failed.SHA256 = ar.running.Artifact.SHA256
+	}
+	st.Failed[p.Version] = failed
+	st.Probation = nil
+	if err := state.SaveAddon(r.a.cfg.RuntimeRoot, ar.id, st); err != nil {
+		r.log.Error("saving failed version", "addon_id", ar.id, "error", err)
+	}
+	r.log.Warn("rolling back", "addon_id", ar.id, "version", p.Version, "to", p.Previous, "reason", reason)
+	lkg := st.LKG
+	if p.Previous == "" || lkg == nil || lkg.Version != p.Previous {
+		r.stop(ctx, ar)
+		ar.set("failed", reason)
+		return
+	}
+	if _, err := r.a.del.Activate(ar.id, p.Previous); err != nil {
+		r.stop(ctx, ar)
+		ar.set("failed", fmt.Sprintf("%s; rollback to %s failed: %v", reason, p.Previous, err))
+		return
+	}
+	r.start(ctx, ar, *lkg)
+	ar.set("rolled_back", reason)
+}
+
+// handle serves a request from the status API.
+func (r *runner) handle(ctx context.Context, req request) error {
+	switch req.kind {
+	case "reconcile":
+		r.reconcile(ctx)
+		return nil
+	case "retry":
+		if assignment.ValidAddonID(req.id) != nil {
+			return fmt.Errorf("%w: %q", errUnknownAddon, req.id)
+		}
+		if _, ok := r.addons[req.id]; !ok {
+			return fmt.Errorf("%w: %q", errUnknownAddon, req.id)
+		}
+		st, err := state.LoadAddon(r.a.cfg.RuntimeRoot, req.id)
+		if err != nil {
+			return err
+		}
+		st.Failed = nil
+		if err := state.SaveAddon(r.a.cfg.RuntimeRoot, req.id, st); err != nil {
+			return err
+		}
+		r.reconcile(ctx)
+		return nil
+	}
+	return fmt.Errorf("unknown request %q", req.kind)
+}
+
+var errUnknownAddon = errors.New("unknown add-on")
+
+// shutdown stops the add-ons that are addond's children (units outlive
+// it) within a bounded time.
+func (r *runner) shutdown() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	var errs []error
+	for _, sup := range r.opts.Supervisors {
+		errs = append(errs, sup.Close(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// summary is the one-line STATUS=.
+func (r *runner) summary() string {
+	running, total := 0, 0
+	for _, ar := range r.addons {
+		if ar.desired != nil && !ar.desired.Enabled {
+			continue
+		}
+		total++
+		if ar.state == "running" || ar.state == "rolled_back" && ar.health == "healthy" {
+			running++
+		}
+	}
+	if total == 0 {
+		return "no add-ons assigned"
+	}
+	store := "store reachable"
+	serial := ""
+	if rep := r.lastReport; rep != nil {
+		if rep.DocumentErr != nil {
+			store = "store unreachable"
+		}
+		serial = fmt.Sprintf(", serial %d", rep.Serial)
+	} else {
+		store = "store not yet contacted"
+	}
+	return fmt.Sprintf("%d/%d add-ons running, %s%s", running, total, store, serial)
+}
+
+// publish refreshes the status snapshot the API serves.
+func (r *runner) publish() {
+	st := Status{AgentID: r.a.cfg.AgentID, Version: Version, Ready: r.ready, Addons: []AddonStatus{}}
+	if r.lastReport != nil {
+		st.Serial = r.lastReport.Serial
+		if r.lastReport.DocumentErr != nil {
+			st.DocumentError = r.lastReport.DocumentErr.Error()
+		}
+	}
+	for _, ar := range r.addons {
+		as := AddonStatus{
+			AddonID: ar.id, State: ar.state, Health: ar.health, FromLKG: ar.fromLKG,
+			LastError: ar.lastErr, Since: ar.since, Restarts: ar.restarts, PID: ar.pid,
+		}
+		if ar.desired != nil {
+			as.Version, as.Supervision = ar.desired.Version, ar.desired.Supervision
+		}
+		if ar.running != nil {
+			as.ActiveVersion = ar.running.Version
+			if as.Supervision == "" {
+				as.Supervision = ar.running.Supervision
+			}
+		}
+		as.PreviousVersion = ar.previous
+		st.Addons = append(st.Addons, as)
+	}
+	sort.Slice(st.Addons, func(i, j int) bool { return st.Addons[i].AddonID < st.Addons[j].AddonID })
+	r.mu.Lock()
+	r.status = st
+	r.mu.Unlock()
+}
+
+// Notify is the supervisors.Notify that feeds a running Agent's loop;
+// events before Run starts or after it ends are dropped.
+func (a *Agent) Notify(e supervisors.Event) {
+	if r := a.runner.Load(); r != nil {
+		r.notify(e)
+	}
+}

@@ -1,0 +1,216 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/addond/addond/daemon/assignment"
+)
+
+// Status is GET /v1/status (DESIGN.md, "Contract: status").
+type Status struct {
+	AgentID       string        `json:"agent_id"`
+	Version       string        `json:"version"`
+	Ready         bool          `json:"ready"`
+	Serial        uint64        `json:"serial"`
+	DocumentError string        `json:"document_error,omitempty"`
+	Addons        []AddonStatus `json:"addons"`
+}
+
+// AddonStatus is one add-on in Status.
+type AddonStatus struct {
+	AddonID         string    `json:"addon_id"`
+	Version         string    `json:"version"`
+	ActiveVersion   string    `json:"active_version"`
+	PreviousVersion string    `json:"previous_version"`
+	Supervision     string    `json:"supervision"`
+	State           string    `json:"state"`
+	Health          string    `json:"health"`
+	FromLKG         bool      `json:"from_lkg"`
+	LastError       string    `json:"last_error"`
+	Since           time.Time `json:"since"`
+	Restarts        int       `json:"restarts"`
+	PID             int       `json:"pid,omitempty"`
+}
+
+// StatusGroup owns the status socket: its members (operators) may read.
+const StatusGroup = "addond-status"
+
+// parseRequest routes a status API request: reads are GET /v1/status;
+// changes are POST /v1/reconcile and POST /v1/retry/<addon_id>.
+func parseRequest(method, path string) (req request, change bool, code int, err error) {
+	switch {
+	case path == "/v1/status":
+		if method != http.MethodGet {
+			return request{}, false, http.StatusMethodNotAllowed, fmt.Errorf("%s %s: use GET", method, path)
+		}
+		return request{kind: "status"}, false, 0, nil
+	case path == "/v1/reconcile":
+		if method != http.MethodPost {
+			return request{}, false, http.StatusMethodNotAllowed, fmt.Errorf("%s %s: use POST", method, path)
+		}
+		return request{kind: "reconcile"}, true, 0, nil
+	case strings.HasPrefix(path, "/v1/retry/"):
+		if method != http.MethodPost {
+			return request{}, false, http.StatusMethodNotAllowed, fmt.Errorf("%s %s: use POST", method, path)
+		}
+		id := strings.TrimPrefix(path, "/v1/retry/")
+		if err := assignment.ValidAddonID(id); err != nil {
+			return request{}, false, http.StatusBadRequest, err
+		}
+		return request{kind: "retry", id: id}, true, 0, nil
+	}
+	return request{}, false, http.StatusNotFound, fmt.Errorf("no such endpoint %q", path)
+}
+
+type peerKey struct{}
+
+// peer is the process at the other end of a status socket connection.
+type peer struct {
+	uid, pid int
+}
+
+// serveStatus listens on the status socket: mode 0660, group addond-status
+// when that group exists.
+func (r *runner) serveStatus() (*http.Server, error) {
+	path := r.a.cfg.StatusSocket
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("status socket: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		os.Remove(path) // a stale socket from an earlier run
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("status socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("status socket: %w", err)
+	}
+	if g, err := user.LookupGroup(StatusGroup); err == nil {
+		if gid, err := strconv.Atoi(g.Gid); err == nil {
+			os.Chown(path, -1, gid)
+		}
+	}
+	srv := &http.Server{
+		Handler:           r.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if uc, ok := c.(*net.UnixConn); ok {
+				if p, err := peerOf(uc); err == nil {
+					return context.WithValue(ctx, peerKey{}, p)
+				}
+			}
+			return ctx
+		},
+	}
+	go srv.Serve(ln)
+	return srv, nil
+}
+
+func peerOf(c *net.UnixConn) (peer, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return peer{}, err
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	})
+	if cerr != nil {
+		return peer{}, cerr
+	}
+	return peer{uid: int(cred.Uid), pid: int(cred.Pid)}, nil
+}
+
+// authorizeChange allows changes to root and to processes in addond's own
+// cgroup — add-ons run with addond's uid, so the uid alone proves nothing.
+func authorizeChange(p peer, ok bool) error {
+	if !ok {
+		return errors.New("peer credentials unavailable")
+	}
+	if p.uid == 0 {
+		return nil
+	}
+	own, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return fmt.Errorf("own cgroup: %w", err)
+	}
+	theirs, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.pid))
+	if err != nil {
+		return fmt.Errorf("peer pid %d: %w", p.pid, err)
+	}
+	if !bytes.Equal(own, theirs) {
+		return fmt.Errorf("pid %d (uid %d) is neither root nor in addond's cgroup", p.pid, p.uid)
+	}
+	return nil
+}
+
+func (r *runner) routes() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, hr *http.Request) {
+		req, change, code, err := parseRequest(hr.Method, hr.URL.Path)
+		if err != nil {
+			writeError(w, code, err)
+			return
+		}
+		if change {
+			p, ok := hr.Context().Value(peerKey{}).(peer)
+			if err := authorizeChange(p, ok); err != nil {
+				writeError(w, http.StatusForbidden, err)
+				return
+			}
+		}
+		if req.kind == "status" {
+			r.mu.Lock()
+			st := r.status
+			r.mu.Unlock()
+			writeJSON(w, http.StatusOK, st)
+			return
+		}
+		req.reply = make(chan error, 1)
+		select {
+		case r.reqs <- req:
+		case <-hr.Context().Done():
+			return
+		case <-time.After(10 * time.Second):
+			writeError(w, http.StatusServiceUnavailable, errors.New("addond is busy"))
+			return
+		}
+		if err := <-req.reply; err != nil {
+			code := http.StatusInternalServerError
+			if errors.Is(err, errUnknownAddon) {
+				code = http.StatusNotFound
+			}
+			writeError(w, code, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"result": "ok"})
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, map[string]string{"error": err.Error()})
+}
