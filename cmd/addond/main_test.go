@@ -28,6 +28,7 @@ func TestMain(m *testing.M) {
 	for _, b := range [][]string{
 		{"build", "-tags", "faultinject", "-o", filepath.Join(dir, "addond"), "."},
 		{"build", "-o", filepath.Join(dir, "addonctl"), "../addonctl"},
+		{"build", "-o", filepath.Join(dir, "hello"), "../../sdk/examples/hello"},
 	} {
 		if out, err := exec.Command("go", b...).CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "go %v: %v\n%s", b, err, out)

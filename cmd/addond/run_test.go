@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/addond/addond/daemon"
+)
+
+// notifySocket is a real sd_notify socket (unixgram) that records what
+// addond sends.
+type notifySocket struct {
+	path string
+	msgs chan string
+}
+
+func newNotifySocket(t *testing.T) *notifySocket {
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	n := &notifySocket{path: path, msgs: make(chan string, 256)}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			n.msgs <- string(buf[:k])
+		}
+	}()
+	return n
+}
+
+func (n *notifySocket) waitFor(t *testing.T, want string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case m := <-n.msgs:
+			if strings.Contains(m, want) {
+				return m
+			}
+		case <-deadline:
+			t.Fatalf("no sd_notify message with %q within %v", want, timeout)
+		}
+	}
+}
+
+// daemonProc is a running `addond run`.
+type daemonProc struct {
+	cmd    *exec.Cmd
+	log    *os.File
+	socket string
+	client *daemon.Client
+}
+
+func (e *env) startDaemon(t *testing.T, notify *notifySocket) *daemonProc {
+	t.Helper()
+	sock := filepath.Join(e.dir, "addond.sock")
+	e.writeConfig(map[string]any{
+		"status_socket": sock, "systemd": map[string]string{"manager": "none"},
+		"poll_interval": "1s", "probation": "3s",
+	})
+	logf, _ := os.Create(filepath.Join(e.dir, "run.log"))
+	cmd := exec.Command(filepath.Join(bin, "addond"), "run", "--config", e.config)
+	cmd.Env = append(append(os.Environ(), e.extraEnv...), "NOTIFY_SOCKET="+notify.path, "ADDOND_LOG_LEVEL=debug")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemonProc{cmd: cmd, log: logf, socket: sock, client: daemon.NewClient(sock)}
+	t.Cleanup(func() {
+		d.stop(t)
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("addond log:\n%s", b)
+		}
+	})
+	return d
+}
+
+func (d *daemonProc) stop(t *testing.T) {
+	if d.cmd.ProcessState != nil {
+		return
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- d.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("addond run after SIGTERM: %v, want a clean exit", err)
+		}
+	case <-time.After(20 * time.Second):
+		d.cmd.Process.Kill()
+		t.Error("addond run did not stop within 20s of SIGTERM")
+	}
+}
+
+// waitAddon polls /v1/status until id satisfies ok.
+func (d *daemonProc) waitAddon(t *testing.T, id string, timeout time.Duration, what string, ok func(daemon.AddonStatus) bool) daemon.AddonStatus {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last daemon.AddonStatus
+	for time.Now().Before(deadline) {
+		if st, err := d.client.Status(context.Background()); err == nil {
+			for _, a := range st.Addons {
+				if a.AddonID == id {
+					last = a
+					if ok(a) {
+						return a
+					}
+				}
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: not %s within %v; last status %+v", id, what, timeout, last)
+	return last
+}
+
+func runningHealthy(version string) func(daemon.AddonStatus) bool {
+	return func(a daemon.AddonStatus) bool {
+		return a.State == "running" && a.Health == "healthy" && a.ActiveVersion == version
+	}
+}
+
+func alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
+
+func (e *env) publishFile(id, version, path string) {
+	e.t.Helper()
+	e.run("addonctl", "publish", "--store", e.storeURL, "--key", filepath.Join(e.dir, "keys", "signing.key"),
+		"--id", id, "--version", version, "linux/amd64="+path)
+}
+
+func (e *env) assignWithConfig(ref, id, config string) {
+	e.t.Helper()
+	cfg := filepath.Join(e.t.TempDir(), "config.json")
+	os.WriteFile(cfg, []byte(config), 0o644)
+	e.run("addonctl", "assign", "--store", e.storeURL, "--agent", "edge-01", "--key", filepath.Join(e.dir, "keys", "signing.key"),
+		"--addon", ref, "--config", id+"="+cfg)
+}
+
+// TestRunRollback: healthy 1.0.0 → unhealthy 1.1.0 → back on 1.0.0, state
+// rolled_back, 1.1.0 not retried (also across a restart of addond) until
+// the assignment changes.
+func TestRunRollback(t *testing.T) {
+	e := newEnv(t, "file")
+	hello := filepath.Join(bin, "hello")
+	e.publishFile("hello", "1.0.0", hello)
+	e.publishFile("hello", "1.1.0", hello)
+	e.publishFile("hello", "1.2.0", hello)
+	e.assignWithConfig("hello@1.0.0", "hello", `{}`)
+
+	notify := newNotifySocket(t)
+	d := e.startDaemon(t, notify)
+	notify.waitFor(t, "READY=1", 10*time.Second)
+	first := d.waitAddon(t, "hello", 15*time.Second, "running 1.0.0", runningHealthy("1.0.0"))
+
+	e.assignWithConfig("hello@1.1.0", "hello", `{"health":"unhealthy"}`)
+	if err := d.client.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	rb := d.waitAddon(t, "hello", 20*time.Second, "rolled back", func(a daemon.AddonStatus) bool {
+		return a.State == "rolled_back" && a.ActiveVersion == "1.0.0" && a.Health == "healthy"
+	})
+	if rb.Version != "1.1.0" || !strings.Contains(rb.LastError, "probation") || rb.PID == first.PID {
+		t.Fatalf("after rollback: %+v", rb)
+	}
+	if target, _ := os.Readlink(filepath.Join(e.root, "addons/hello/current")); target != "versions/1.0.0" {
+		t.Fatalf("current -> %s after rollback, want versions/1.0.0", target)
+	}
+	var st struct {
+		Failed map[string]struct{ Reason string } `json:"failed"`
+	}
+	b, _ := os.ReadFile(filepath.Join(e.root, "addons/hello/state.json"))
+	json.Unmarshal(b, &st)
+	if st.Failed["1.1.0"].Reason == "" {
+		t.Fatalf("1.1.0 not persisted as failed: %s", b)
+	}
+	// Reconciles do not retry it.
+	d.client.Reconcile(context.Background())
+	time.Sleep(2 * time.Second)
+	if a := d.waitAddon(t, "hello", time.Second, "still rolled back", func(a daemon.AddonStatus) bool { return true }); a.State != "rolled_back" || a.PID != rb.PID {
+		t.Fatalf("1.1.0 was retried: %+v", a)
+	}
+
+	// Across a restart of addond: its sidecars are children and stop with
+	// it; the new addond starts 1.0.0 and still reports rolled_back.
+	d.stop(t)
+	notify.waitFor(t, "STOPPING=1", time.Second)
+	if alive(rb.PID) {
+		t.Fatalf("sidecar %d outlived addond (manager none: sidecars are children)", rb.PID)
+	}
+	d = e.startDaemon(t, notify)
+	notify.waitFor(t, "READY=1", 10*time.Second)
+	d.waitAddon(t, "hello", 15*time.Second, "rolled back after a restart", func(a daemon.AddonStatus) bool {
+		return a.State == "rolled_back" && a.ActiveVersion == "1.0.0" && a.Version == "1.1.0"
+	})
+
+	// A new assignment is tried.
+	e.assignWithConfig("hello@1.2.0", "hello", `{}`)
+	d.client.Reconcile(context.Background())
+	d.waitAddon(t, "hello", 20*time.Second, "running 1.2.0", runningHealthy("1.2.0"))
+}
+
+// TestRunStoreDownAtStart: READY is sent and last-known-good add-ons run
+// without the store.
+func TestRunStoreDownAtStart(t *testing.T) {
+	e := newEnv(t, "file")
+	e.publishFile("hello", "1.0.0", filepath.Join(bin, "hello"))
+	e.assignWithConfig("hello@1.0.0", "hello", `{}`)
+	e.run("addond", "stage", "--config", e.config)
+	os.Rename(filepath.Join(e.dir, "store"), filepath.Join(e.dir, "store.away"))
+
+	notify := newNotifySocket(t)
+	start := time.Now()
+	d := e.startDaemon(t, notify)
+	notify.waitFor(t, "READY=1", 10*time.Second)
+	t.Logf("READY=1 after %v with the store down", time.Since(start))
+	d.waitAddon(t, "hello", 15*time.Second, "running from last-known-good", runningHealthy("1.0.0"))
+	st, err := d.client.Status(context.Background())
+	if err != nil || !strings.Contains(st.DocumentError, "unreachable") {
+		t.Fatalf("status does not name the store outage: %+v, %v", st, err)
+	}
+}
+
+// TestStatusAPIRefusesBadRequests: 4xx with a message, never a crash.
+func TestStatusAPIRefusesBadRequests(t *testing.T) {
+	e := newEnv(t, "file")
+	notify := newNotifySocket(t)
+	d := e.startDaemon(t, notify)
+	notify.waitFor(t, "READY=1", 10*time.Second)
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return net.Dial("unix", d.socket)
+	}}}
+	for _, tc := range []struct {
+		method, path string
+		code         int
+	}{
+		{"GET", "/v1/nope", 404},
+		{"POST", "/v1/status", 405},
+		{"GET", "/v1/reconcile", 405},
+		{"POST", "/v1/retry/..%2F..%2Fetc", 400},
+		{"POST", "/v1/retry/", 400},
+		{"POST", "/v1/retry/unknown", 404},
+		{"GET", "/v1/status", 200},
+	} {
+		req, _ := http.NewRequest(tc.method, "http://addond"+tc.path, strings.NewReader("{not json"))
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", tc.method, tc.path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code {
+			t.Errorf("%s %s = %d %s, want %d", tc.method, tc.path, resp.StatusCode, body, tc.code)
+		}
+		if tc.code != 200 && !strings.Contains(string(body), `"error"`) {
+			t.Errorf("%s %s: no error message in %s", tc.method, tc.path, body)
+		}
+	}
+	// Still alive and serving.
+	if _, err := d.client.Status(context.Background()); err != nil {
+		t.Fatalf("status after bad requests: %v", err)
+	}
+}
