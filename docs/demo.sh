@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # `make demo`: the main job on the embedded default — a file:// store in a
-# temporary directory, no server. A publisher signs and publishes an add-on,
-# assigns it to an agent, and `addond stage` fetches, verifies and stages
-# it; then a new version, a tampered artifact and a store outage show what
-# the agent does with each.
+# temporary directory, no server, no root, no systemd. Act 1: a publisher
+# signs and publishes an add-on, assigns it to an agent, and `addond stage`
+# fetches, verifies and stages it; a new version, a tampered artifact, a
+# local pin and a store outage show what the agent does with each. Act 2:
+# `addond run` supervises the hello sidecar, a deliberately unhealthy new
+# version is pushed and rolled back, and everything stops. DEMO_KEEP=1
+# leaves addond running at the end instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$PWD/bin
@@ -74,5 +77,66 @@ mv "$DEMO/store" "$DEMO/store.away"
 if "$BIN/addond" stage --config "$DEMO/addond.json"; then echo "UNEXPECTED: converged without a store"; exit 1; fi
 echo "(exit 1: not converged, last-known-good kept)"
 run "$DEMO/runtime/addons/probe/current/probe" still running 1.0.0 from last-known-good
+
+mv "$DEMO/store.away" "$DEMO/store"
+
+say "act 2: addond run supervises the hello sidecar"
+run "$BIN/addonctl" publish --store "$STORE" --key "$DEMO/keys/signing.key" --id hello --version 1.0.0 "$PLATFORM=$BIN/examples/hello"
+run "$BIN/addonctl" publish --store "$STORE" --key "$DEMO/keys/signing.key" --id hello --version 1.1.0 "$PLATFORM=$BIN/examples/hello"
+run "$BIN/addonctl" assign --store "$STORE" --agent demo-01 --key "$DEMO/keys/signing.key" --addon hello@1.0.0
+cat >"$DEMO/run.json" <<JSON
+{
+  "agent_id": "demo-01",
+  "runtime_root": "$DEMO/runtime",
+  "store": "$STORE",
+  "assignments": {"store_key": "agents/demo-01/assignments.json"},
+  "trust": {"public_keys": ["$DEMO/keys/signing.pub"]},
+  "status_socket": "$DEMO/addond.sock",
+  "systemd": {"manager": "none"},
+  "poll_interval": "2s",
+  "probation": "6s",
+  "min_free_bytes": 1048576
+}
+JSON
+printf '$ addond run --config %s &   (log: %s)\n' "$DEMO/run.json" "$DEMO/addond.log"
+"$BIN/addond" run --config "$DEMO/run.json" >"$DEMO/addond.log" 2>&1 &
+ADDOND_PID=$!
+trap 'kill $ADDOND_PID 2>/dev/null || true; wait $ADDOND_PID 2>/dev/null || true; rm -rf "$DEMO"' EXIT
+status() { "$BIN/addonctl" status --socket "$DEMO/addond.sock"; }
+wait_for() { # wait_for PATTERN: until addonctl status matches
+	for _ in $(seq 1 150); do
+		if status 2>/dev/null | grep -Eq "$1"; then return 0; fi
+		sleep 0.2
+	done
+	echo "timed out waiting for: $1"; status; cat "$DEMO/addond.log"; exit 1
+}
+wait_for '^hello +running +healthy +1\.0\.0'
+run status
+
+say "publisher: hello 1.1.0 with a configuration that makes it unhealthy"
+echo '{"health": "unhealthy"}' >"$DEMO/unhealthy.json"
+run "$BIN/addonctl" assign --store "$STORE" --agent demo-01 --key "$DEMO/keys/signing.key" --addon hello@1.1.0 --config hello="$DEMO/unhealthy.json"
+run "$BIN/addonctl" reconcile --socket "$DEMO/addond.sock"
+wait_for '^hello +unhealthy'
+run status
+echo "(1.1.0 is on probation for 6s; it does not become healthy ...)"
+wait_for '^hello +rolled_back +healthy +1\.1\.0 +1\.0\.0'
+run status
+echo "(... so current is back on 1.0.0 with its own configuration, and 1.1.0 is not retried until the assignment changes or 'addonctl retry hello')"
+run readlink "$DEMO/runtime/addons/hello/current"
+
+if [ "${DEMO_KEEP:-}" = 1 ]; then
+	trap - EXIT
+	say "DEMO_KEEP=1: addond keeps running (pid $ADDOND_PID)"
+	echo "  $BIN/addonctl status --socket $DEMO/addond.sock"
+	echo "  kill $ADDOND_PID; rm -rf $DEMO    # when done"
+	exit 0
+fi
+
+say "stopping addond: its sidecars stop with it"
+kill "$ADDOND_PID"
+wait "$ADDOND_PID"
+if pgrep -f "$DEMO/runtime" >/dev/null; then echo "UNEXPECTED: an add-on outlived addond"; exit 1; fi
+echo "(addond exited cleanly; no add-on process left)"
 
 say "demo done"
