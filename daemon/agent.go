@@ -347,12 +347,10 @@ func (a *Agent) stageOne(ctx context.Context, ad assignment.Addon) AddonReport {
 	if _, err := a.del.Activate(spec.AddonID, spec.Version); err != nil {
 		return a.failed(r, &delivery.Error{AddonID: spec.AddonID, Version: spec.Version, Op: "activate", Err: err, Environment: true})
 	}
-	st, err := state.LoadAddon(a.cfg.RuntimeRoot, spec.AddonID)
-	if err == nil {
+	if err := a.del.UpdateState(spec.AddonID, func(st *state.Addon) error {
 		st.LKG = &spec
-		err = state.SaveAddon(a.cfg.RuntimeRoot, spec.AddonID, st)
-	}
-	if err != nil {
+		return nil
+	}); err != nil {
 		return a.failed(r, err)
 	}
 	if _, err := a.del.GC(spec.AddonID); err != nil {
@@ -366,7 +364,7 @@ func (a *Agent) stageOne(ctx context.Context, ad assignment.Addon) AddonReport {
 func (a *Agent) failed(r AddonReport, err error) AddonReport {
 	r.State, r.Err = "failed", err
 	if assignment.ValidAddonID(r.AddonID) == nil {
-		if st, serr := state.LoadAddon(a.cfg.RuntimeRoot, r.AddonID); serr == nil && st.LKG != nil && r.ActiveVersion != "" {
+		if st, serr := a.del.State(r.AddonID); serr == nil && st.LKG != nil && r.ActiveVersion != "" {
 			r.FromLKG = true
 		}
 	}

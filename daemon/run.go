@@ -190,7 +190,7 @@ func (r *runner) startLastKnownGood(ctx context.Context) {
 		return
 	}
 	for _, id := range ids {
-		st, err := state.LoadAddon(r.a.cfg.RuntimeRoot, id)
+		st, err := r.a.del.State(id)
 		if err != nil || st.LKG == nil || !st.LKG.Enabled {
 			continue
 		}
@@ -364,7 +364,7 @@ func (r *runner) converge(ctx context.Context, ar *addonRun) {
 		ar.set("unsupported", fmt.Sprintf("supervision %q is not available on this host", d.Supervision))
 		return
 	}
-	st, err := state.LoadAddon(r.a.cfg.RuntimeRoot, ar.id)
+	st, err := r.a.del.State(ar.id)
 	if err != nil {
 		ar.lastErr = err.Error()
 		return
@@ -434,14 +434,12 @@ func (r *runner) staged(ctx context.Context, m stagedMsg) {
 	} else if prev != "" {
 		ar.previous = prev
 	}
-	st, err := state.LoadAddon(r.a.cfg.RuntimeRoot, ar.id)
-	if err != nil {
-		ar.lastErr = err.Error()
-		return
-	}
-	ar.probation = &state.Probation{Version: m.spec.Version, Previous: previous, Deadline: time.Now().Add(r.a.cfg.Probation.D())}
-	st.Probation = ar.probation
-	if err := state.SaveAddon(r.a.cfg.RuntimeRoot, ar.id, st); err != nil {
+	p := &state.Probation{Version: m.spec.Version, Previous: previous, Deadline: time.Now().Add(r.a.cfg.Probation.D())}
+	ar.probation = p
+	if err := r.a.del.UpdateState(ar.id, func(st *state.Addon) error {
+		st.Probation = p
+		return nil
+	}); err != nil {
 		ar.lastErr = err.Error()
 	}
 	ar.fromLKG = false
@@ -487,17 +485,19 @@ func (r *runner) event(ctx context.Context, e supervisors.Event) {
 
 // promote makes the running spec the last-known-good.
 func (r *runner) promote(ar *addonRun, probation bool) {
-	st, err := state.LoadAddon(r.a.cfg.RuntimeRoot, ar.id)
-	if err != nil {
-		return
-	}
-	if !probation && st.LKG != nil && st.LKG.Digest() == ar.running.Digest() {
-		return
-	}
 	spec := *ar.running
-	st.LKG = &spec
-	st.Probation = nil
-	if err := state.SaveAddon(r.a.cfg.RuntimeRoot, ar.id, st); err != nil {
+	errSame := errors.New("unchanged")
+	err := r.a.del.UpdateState(ar.id, func(st *state.Addon) error {
+		if !probation && st.LKG != nil && st.LKG.Digest() == spec.Digest() {
+			return errSame
+		}
+		st.LKG, st.Probation = &spec, nil
+		return nil
+	})
+	if errors.Is(err, errSame) {
+		return
+	}
+	if err != nil {
 		r.log.Warn("saving last-known-good", "addon_id", ar.id, "error", err)
 		return
 	}
@@ -530,22 +530,20 @@ func (r *runner) rollback(ctx context.Context, ar *addonRun, reason string) {
 		return
 	}
 	ar.probation = nil
-	st, err := state.LoadAddon(r.a.cfg.RuntimeRoot, ar.id)
-	if err != nil {
-		ar.lastErr = err.Error()
-		return
-	}
 	failed := state.Failure{Reason: reason, At: time.Now().UTC()}
 	if ar.running != nil && ar.running.Artifact != nil {
 		failed.SHA256 = ar.running.Artifact.SHA256
 	}
-	st.Failed[p.Version] = failed
-	st.Probation = nil
-	if err := state.SaveAddon(r.a.cfg.RuntimeRoot, ar.id, st); err != nil {
+	var lkg *assignment.Spec
+	if err := r.a.del.UpdateState(ar.id, func(st *state.Addon) error {
+		st.Failed[p.Version] = failed
+		st.Probation = nil
+		lkg = st.LKG
+		return nil
+	}); err != nil {
 		r.log.Error("saving failed version", "addon_id", ar.id, "error", err)
 	}
 	r.log.Warn("rolling back", "addon_id", ar.id, "version", p.Version, "to", p.Previous, "reason", reason)
-	lkg := st.LKG
 	if p.Previous == "" || lkg == nil || lkg.Version != p.Previous {
 		r.stop(ctx, ar)
 		ar.set("failed", reason)
@@ -573,12 +571,10 @@ func (r *runner) handle(ctx context.Context, req request) error {
 		if _, ok := r.addons[req.id]; !ok {
 			return fmt.Errorf("%w: %q", errUnknownAddon, req.id)
 		}
-		st, err := state.LoadAddon(r.a.cfg.RuntimeRoot, req.id)
-		if err != nil {
-			return err
-		}
-		st.Failed = nil
-		if err := state.SaveAddon(r.a.cfg.RuntimeRoot, req.id, st); err != nil {
+		if err := r.a.del.UpdateState(req.id, func(st *state.Addon) error {
+			st.Failed = nil
+			return nil
+		}); err != nil {
 			return err
 		}
 		r.reconcile(ctx)

@@ -42,6 +42,7 @@ func (d *Deliverer) Activate(id, version string) (string, error) {
 	if err := assignment.ValidVersion(version); err != nil {
 		return "", err
 	}
+	defer d.lock(id)()
 	st, err := state.LoadAddon(d.opts.Root, id)
 	if err != nil {
 		return "", err
@@ -90,6 +91,7 @@ func (d *Deliverer) GC(id string, keep ...string) ([]string, error) {
 	if err := assignment.ValidAddonID(id); err != nil {
 		return nil, err
 	}
+	defer d.lock(id)()
 	st, err := state.LoadAddon(d.opts.Root, id)
 	if err != nil {
 		return nil, err
@@ -141,6 +143,7 @@ func (d *Deliverer) RemoveAddon(id string) error {
 	if err := assignment.ValidAddonID(id); err != nil {
 		return err
 	}
+	defer d.lock(id)()
 	return os.RemoveAll(d.addonDir(id))
 }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -37,8 +38,45 @@ type Options struct {
 
 // Deliverer fetches, verifies and stages artifacts.
 type Deliverer struct {
-	opts Options
-	sem  chan struct{}
+	opts  Options
+	sem   chan struct{}
+	locks sync.Map // add-on id → *sync.Mutex guarding its state.json
+}
+
+func (d *Deliverer) lock(id string) func() {
+	m, _ := d.locks.LoadOrStore(id, &sync.Mutex{})
+	mu := m.(*sync.Mutex)
+	mu.Lock()
+	return mu.Unlock
+}
+
+// State reads add-on id's persisted state.
+func (d *Deliverer) State(id string) (*state.Addon, error) {
+	if err := assignment.ValidAddonID(id); err != nil {
+		return nil, err
+	}
+	defer d.lock(id)()
+	return state.LoadAddon(d.opts.Root, id)
+}
+
+// UpdateState applies fn to add-on id's persisted state and saves it.
+// Every read-modify-write of addons/<id>/state.json goes through here (or
+// holds the same lock), so staging in the background and supervision in
+// the loop never lose each other's updates. fn returning an error saves
+// nothing.
+func (d *Deliverer) UpdateState(id string, fn func(*state.Addon) error) error {
+	if err := assignment.ValidAddonID(id); err != nil {
+		return err
+	}
+	defer d.lock(id)()
+	st, err := state.LoadAddon(d.opts.Root, id)
+	if err != nil {
+		return err
+	}
+	if err := fn(st); err != nil {
+		return err
+	}
+	return state.SaveAddon(d.opts.Root, id, st)
 }
 
 // New returns a Deliverer. It creates nothing on disk until used.
@@ -135,7 +173,7 @@ func (d *Deliverer) Stage(ctx context.Context, spec assignment.Spec) (Staged, er
 	if err != nil {
 		return fail("verify", false, err)
 	}
-	st, err := state.LoadAddon(d.opts.Root, spec.AddonID)
+	st, err := d.State(spec.AddonID)
 	if err != nil {
 		return fail("stage", true, err)
 	}
@@ -151,7 +189,6 @@ func (d *Deliverer) Stage(ctx context.Context, spec assignment.Spec) (Staged, er
 			return Staged{Version: spec.Version, Path: bin, Bytes: rec.Size}, nil
 		}
 		d.opts.Log.Warn("staged version vanished, staging again", "addon_id", spec.AddonID, "version", spec.Version)
-		delete(st.Staged, spec.Version)
 	}
 
 	// A file at the final path without a record: a crash between the
@@ -159,7 +196,7 @@ func (d *Deliverer) Stage(ctx context.Context, spec assignment.Spec) (Staged, er
 	if fi, err := os.Lstat(bin); err == nil {
 		if fi.Mode().IsRegular() {
 			if size, ok := d.verifyLocal(bin, art, newHashes); ok {
-				return d.record(st, spec, bin, size, false)
+				return d.record(spec, bin, size, false)
 			}
 		}
 		os.RemoveAll(bin)
@@ -183,12 +220,15 @@ func (d *Deliverer) Stage(ctx context.Context, spec assignment.Spec) (Staged, er
 		return fail("stage", true, err)
 	}
 	faultPoint("after-rename")
-	return d.record(st, spec, bin, size, true)
+	return d.record(spec, bin, size, true)
 }
 
-func (d *Deliverer) record(st *state.Addon, spec assignment.Spec, bin string, size int64, downloaded bool) (Staged, error) {
-	st.Staged[spec.Version] = state.StagedVersion{SHA256: spec.Artifact.SHA256, Binary: spec.BinaryName, Size: size, StagedAt: time.Now().UTC()}
-	if err := state.SaveAddon(d.opts.Root, spec.AddonID, st); err != nil {
+func (d *Deliverer) record(spec assignment.Spec, bin string, size int64, downloaded bool) (Staged, error) {
+	rec := state.StagedVersion{SHA256: spec.Artifact.SHA256, Binary: spec.BinaryName, Size: size, StagedAt: time.Now().UTC()}
+	if err := d.UpdateState(spec.AddonID, func(st *state.Addon) error {
+		st.Staged[spec.Version] = rec
+		return nil
+	}); err != nil {
 		return Staged{}, &Error{AddonID: spec.AddonID, Version: spec.Version, Op: "stage", Err: err, Environment: true}
 	}
 	return Staged{Version: spec.Version, Path: bin, Downloaded: downloaded, Bytes: size}, nil
