@@ -15,7 +15,7 @@ func newRoot() *cobra.Command {
 		&cobra.Group{ID: "operator", Title: "Operator commands:"},
 		&cobra.Group{ID: "publisher", Title: "Publisher commands:"},
 	)
-	for _, c := range []*cobra.Command{newStatus(), newReconcile(), newRetry()} {
+	for _, c := range []*cobra.Command{newStatus(), newReconcile(), newRetry(), newOverride()} {
 		c.GroupID = "operator"
 		root.AddCommand(c)
 	}

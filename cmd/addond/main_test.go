@@ -50,6 +50,7 @@ type env struct {
 	root     string
 	config   string
 	extraEnv []string
+	extra    map[string]any // config keys every writeConfig adds
 }
 
 func newEnv(t *testing.T, kind string) *env {
@@ -79,8 +80,10 @@ func (e *env) writeConfig(extra map[string]any) {
 		"trust":          map[string]any{"public_keys": []string{filepath.Join(e.dir, "keys", "signing.pub")}, "require_signatures": true},
 		"min_free_bytes": 1 << 20,
 	}
-	for k, v := range extra {
-		cfg[k] = v
+	for _, m := range []map[string]any{e.extra, extra} {
+		for k, v := range m {
+			cfg[k] = v
+		}
 	}
 	b, _ := json.Marshal(cfg)
 	os.WriteFile(e.config, b, 0o644)

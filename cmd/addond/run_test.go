@@ -279,3 +279,42 @@ func TestStatusAPIRefusesBadRequests(t *testing.T) {
 		t.Fatalf("status after bad requests: %v", err)
 	}
 }
+
+func TestOverrideCommands(t *testing.T) {
+	e := newEnv(t, "file")
+	ov := filepath.Join(e.dir, "addons.local.json")
+	e.extra = map[string]any{"local_overrides": ov}
+	e.publishFile("hello", "1.0.0", filepath.Join(bin, "hello"))
+	e.assignWithConfig("hello@1.0.0", "hello", `{}`)
+	notify := newNotifySocket(t)
+	d := e.startDaemon(t, notify)
+	notify.waitFor(t, "READY=1", 10*time.Second)
+	d.waitAddon(t, "hello", 15*time.Second, "running", runningHealthy("1.0.0"))
+
+	e.run("addonctl", "override", "set", "hello", "--enabled=false", "--config", e.config)
+	d.waitAddon(t, "hello", 15*time.Second, "disabled", func(a daemon.AddonStatus) bool { return a.State == "disabled" })
+	if out := e.run("addonctl", "override", "show", "--config", e.config); !strings.Contains(out, `"enabled": false`) {
+		t.Fatalf("override show:\n%s", out)
+	}
+	cfg := filepath.Join(e.dir, "degraded.json")
+	os.WriteFile(cfg, []byte(`{"health":"degraded"}`), 0o644)
+	e.run("addonctl", "override", "set", "hello", "--enabled=true", "--config-json", cfg, "--config", e.config)
+	d.waitAddon(t, "hello", 15*time.Second, "degraded", func(a daemon.AddonStatus) bool { return a.State == "degraded" })
+	e.run("addonctl", "override", "clear", "hello", "--config", e.config)
+	d.waitAddon(t, "hello", 15*time.Second, "running again", runningHealthy("1.0.0"))
+
+	// Refusals write nothing.
+	before, _ := os.ReadFile(ov)
+	for _, args := range [][]string{
+		{"override", "set", "../x", "--enabled=false"},
+		{"override", "set", "hello", "--version", ".."},
+		{"override", "set", "hello"},
+	} {
+		if r := e.exec(nil, "addonctl", append(args, "--config", e.config)...); r.code == 0 {
+			t.Errorf("addonctl %v succeeded", args)
+		}
+	}
+	if after, _ := os.ReadFile(ov); string(after) != string(before) {
+		t.Fatalf("a refused override changed the file:\n%s", after)
+	}
+}
