@@ -100,6 +100,10 @@ type runner struct {
 
 	mu     sync.Mutex
 	status Status // snapshot for the status API
+
+	metrics        *metrics
+	reconcileStart time.Time
+	lastSummary    string
 }
 
 // Run is the daemon: it starts the last-known-good add-ons, sends READY,
@@ -113,10 +117,11 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 	}
 	r := &runner{
 		a: a, opts: o, log: a.log,
-		addons: map[string]*addonRun{},
-		events: make(chan supervisors.Event, 256),
-		msgs:   make(chan any, 64),
-		reqs:   make(chan request),
+		addons:  map[string]*addonRun{},
+		events:  make(chan supervisors.Event, 256),
+		msgs:    make(chan any, 64),
+		reqs:    make(chan request),
+		metrics: newMetrics(),
 	}
 	a.runner.Store(r)
 	defer a.runner.Store(nil)
@@ -127,6 +132,13 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 		return err
 	}
 	defer srv.Close()
+	if addr := a.cfg.MetricsAddress; addr != "" {
+		ms, err := r.metrics.serve(addr)
+		if err != nil {
+			return fmt.Errorf("metrics_address %s: %w", addr, err)
+		}
+		defer ms.Close()
+	}
 	r.ready = true
 	r.publish()
 	o.Notify("READY=1\nSTATUS=" + r.summary())
@@ -165,6 +177,7 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 			case desiredMsg:
 				r.fetching = false
 				r.apply(ctx, m)
+				r.metrics.reconcile.Observe(time.Since(r.reconcileStart).Seconds())
 				if r.again {
 					r.again = false
 					r.reconcile(ctx)
@@ -290,6 +303,7 @@ func (r *runner) reconcile(ctx context.Context) {
 		return
 	}
 	r.fetching = true
+	r.reconcileStart = time.Now()
 	go func() {
 		rep := &Report{}
 		addons, authoritative, err := r.a.desired(ctx, rep)
@@ -396,7 +410,10 @@ func (r *runner) converge(ctx context.Context, ar *addonRun) {
 	}
 	spec := *d
 	go func() {
-		_, err := r.a.del.Stage(ctx, spec)
+		staged, err := r.a.del.Stage(ctx, spec)
+		if staged.Downloaded {
+			r.metrics.deliveryBytes.Add(float64(staged.Bytes))
+		}
 		r.msgs <- stagedMsg{spec: spec, err: err}
 	}()
 }
@@ -415,6 +432,7 @@ func (r *runner) staged(ctx context.Context, m stagedMsg) {
 		return
 	}
 	if m.err != nil {
+		r.metrics.failure(m.err)
 		if ar.running != nil {
 			ar.fromLKG = true
 			ar.lastErr = m.err.Error()
@@ -543,6 +561,7 @@ func (r *runner) rollback(ctx context.Context, ar *addonRun, reason string) {
 	}); err != nil {
 		r.log.Error("saving failed version", "addon_id", ar.id, "error", err)
 	}
+	r.metrics.rollbacks.WithLabelValues(ar.id).Inc()
 	r.log.Warn("rolling back", "addon_id", ar.id, "version", p.Version, "to", p.Previous, "reason", reason)
 	if p.Previous == "" || lkg == nil || lkg.Version != p.Previous {
 		r.stop(ctx, ar)
@@ -655,6 +674,11 @@ func (r *runner) publish() {
 	r.mu.Lock()
 	r.status = st
 	r.mu.Unlock()
+	r.metrics.observe(st)
+	if sum := r.summary(); r.ready && sum != r.lastSummary {
+		r.lastSummary = sum
+		r.opts.Notify("STATUS=" + sum)
+	}
 }
 
 // Notify is the supervisors.Notify that feeds a running Agent's loop;

@@ -165,6 +165,10 @@ func TestRunRollback(t *testing.T) {
 	e.publishFile("hello", "1.1.0", hello)
 	e.publishFile("hello", "1.2.0", hello)
 	e.assignWithConfig("hello@1.0.0", "hello", `{}`)
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	metricsAddr := l.Addr().String()
+	l.Close()
+	e.extra = map[string]any{"metrics_address": metricsAddr}
 
 	notify := newNotifySocket(t)
 	d := e.startDaemon(t, notify)
@@ -192,6 +196,25 @@ func TestRunRollback(t *testing.T) {
 	if st.Failed["1.1.0"].Reason == "" {
 		t.Fatalf("1.1.0 not persisted as failed: %s", b)
 	}
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`addond_rollbacks_total{addon_id="hello"} 1`,
+		`addond_addon_state{addon_id="hello",state="rolled_back"} 1`,
+		`addond_delivery_bytes_total `,
+		`addond_reconcile_duration_seconds_count `,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	// STATUS= follows the add-ons.
+	notify.waitFor(t, "STATUS=", time.Second)
+
 	// Reconciles do not retry it.
 	d.client.Reconcile(context.Background())
 	time.Sleep(2 * time.Second)

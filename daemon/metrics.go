@@ -1,0 +1,89 @@
+package daemon
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/addond/addond/daemon/delivery"
+)
+
+// metrics are addond's Prometheus metrics, on their own registry.
+type metrics struct {
+	reg              *prometheus.Registry
+	state            *prometheus.GaugeVec
+	restarts         *prometheus.GaugeVec
+	rollbacks        *prometheus.CounterVec
+	deliveryBytes    prometheus.Counter
+	deliveryFailures *prometheus.CounterVec
+	reconcile        prometheus.Histogram
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "addond_addon_state", Help: "1 for each add-on's current state.",
+		}, []string{"addon_id", "state"}),
+		restarts: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "addond_addon_restarts", Help: "Restarts of the running version of each add-on.",
+		}, []string{"addon_id"}),
+		rollbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "addond_rollbacks_total", Help: "Versions rolled back after failing probation.",
+		}, []string{"addon_id"}),
+		deliveryBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "addond_delivery_bytes_total", Help: "Artifact bytes downloaded and verified.",
+		}),
+		deliveryFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "addond_delivery_failures_total", Help: "Failed deliveries by reason (the step that failed; environment failures separately).",
+		}, []string{"reason"}),
+		reconcile: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "addond_reconcile_duration_seconds", Help: "Time from the start of a reconcile to the desired set being applied.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}),
+	}
+	m.reg.MustRegister(m.state, m.restarts, m.rollbacks, m.deliveryBytes, m.deliveryFailures, m.reconcile,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// failure counts a delivery failure under its reason.
+func (m *metrics) failure(err error) {
+	reason := "other"
+	var de *delivery.Error
+	if errors.As(err, &de) {
+		reason = de.Op
+		if de.Environment {
+			reason += "_environment"
+		}
+	}
+	m.deliveryFailures.WithLabelValues(reason).Inc()
+}
+
+// observe sets the state gauges from a status snapshot.
+func (m *metrics) observe(st Status) {
+	m.state.Reset()
+	m.restarts.Reset()
+	for _, a := range st.Addons {
+		m.state.WithLabelValues(a.AddonID, a.State).Set(1)
+		m.restarts.WithLabelValues(a.AddonID).Set(float64(a.Restarts))
+	}
+}
+
+// serve exposes /metrics on addr.
+func (m *metrics) serve(addr string) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	return srv, nil
+}
