@@ -41,6 +41,7 @@ type Agent struct {
 	del      *delivery.Deliverer
 	lock     *os.File
 	runner   atomic.Pointer[runner] // while Run runs
+	opts     Options
 }
 
 // Open prepares the runtime root and takes its lock: two addond processes
@@ -68,35 +69,48 @@ func Open(cfg *config.Config, o Options) (*Agent, error) {
 	}
 	a.lock = lock
 
-	a.keys, err = signing.LoadKeyring(cfg.Trust.PublicKeys)
-	if err != nil {
+	a.opts = o
+	if err := a.configure(cfg); err != nil {
 		a.Close()
 		return nil, err
 	}
+	return a, nil
+}
+
+// configure (re)builds what depends on the config: trust keys, store,
+// assignment source and delivery. The runtime root stays the one Open
+// locked.
+func (a *Agent) configure(cfg *config.Config) error {
+	keys, err := signing.LoadKeyring(cfg.Trust.PublicKeys)
+	if err != nil {
+		return err
+	}
+	var st store.Store
 	if cfg.Store != "" {
-		if a.store, err = store.Open(cfg.Store); err != nil {
-			a.Close()
-			return nil, err
+		if st, err = store.Open(cfg.Store); err != nil {
+			return err
 		}
 	}
+	var src source.Source
 	switch {
 	case cfg.Assignments.StoreKey != "":
-		a.src = &source.Store{Store: a.store, Key: cfg.Assignments.StoreKey}
+		src = &source.Store{Store: st, Key: cfg.Assignments.StoreKey}
 	case cfg.Assignments.File != "":
-		a.src = &source.File{Path: cfg.Assignments.File}
+		src = &source.File{Path: cfg.Assignments.File}
 	}
+	a.cfg, a.keys, a.store, a.src = cfg, keys, st, src
 	a.del = delivery.New(delivery.Options{
 		Root:              cfg.RuntimeRoot,
-		Store:             a.store,
-		Keys:              a.keys,
+		Store:             st,
+		Keys:              keys,
 		RequireSignatures: cfg.Trust.Required(),
 		MaxConcurrent:     cfg.MaxConcurrentDownloads,
 		Retries:           cfg.DownloadRetries,
 		MinFree:           cfg.MinFreeBytes,
-		Log:               o.Log,
-		Sleep:             o.Sleep,
+		Log:               a.log,
+		Sleep:             a.opts.Sleep,
 	})
-	return a, nil
+	return nil
 }
 
 // Close releases the runtime root.

@@ -13,6 +13,7 @@ import (
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/daemon/config"
 	"github.com/addond/addond/daemon/source"
 	"github.com/addond/addond/daemon/state"
 	"github.com/addond/addond/supervisors"
@@ -28,9 +29,12 @@ type RunOptions struct {
 	// Watchdog is the sd_notify watchdog interval (0: none); WATCHDOG=1 is
 	// sent at half of it from the loop, so a stuck loop is noticed.
 	Watchdog time.Duration
-	// Reload, when it yields, re-reads overrides and the document at once
-	// (SIGHUP).
-	Reload <-chan struct{}
+	// Reload (SIGHUP) yields a freshly loaded config, or nil to keep the
+	// current one; either way overrides and the document are re-read at
+	// once. A new config takes effect as soon as no download is in flight;
+	// keys that name the runtime root, sockets, the systemd manager or the
+	// metrics address need a restart and are reported as such.
+	Reload <-chan *config.Config
 	// Ready is closed once READY=1 was sent (tests).
 	Ready chan<- struct{}
 }
@@ -104,6 +108,35 @@ type runner struct {
 	metrics        *metrics
 	reconcileStart time.Time
 	lastSummary    string
+	staging        int            // downloads in flight
+	pendingConfig  *config.Config // a reloaded config waiting for them
+}
+
+// applyConfig switches to a reloaded config once nothing in flight uses
+// the old store or keys.
+func (r *runner) applyConfig() {
+	cfg := r.pendingConfig
+	if cfg == nil || r.fetching || r.staging > 0 {
+		return
+	}
+	r.pendingConfig = nil
+	old := r.a.cfg
+	for key, changed := range map[string]bool{
+		"runtime_root":    cfg.RuntimeRoot != old.RuntimeRoot,
+		"status_socket":   cfg.StatusSocket != old.StatusSocket,
+		"systemd":         cfg.Systemd != old.Systemd,
+		"metrics_address": cfg.MetricsAddress != old.MetricsAddress,
+	} {
+		if changed {
+			r.log.Warn("config reload: this key takes effect at the next restart", "key", key)
+		}
+	}
+	cfg.RuntimeRoot, cfg.StatusSocket, cfg.Systemd, cfg.MetricsAddress = old.RuntimeRoot, old.StatusSocket, old.Systemd, old.MetricsAddress
+	if err := r.a.configure(cfg); err != nil {
+		r.log.Error("config reload failed; keeping the current config", "error", err)
+		return
+	}
+	r.log.Info("config reloaded", "path", cfg.Path)
 }
 
 // Run is the daemon: it starts the last-known-good add-ons, sends READY,
@@ -164,8 +197,12 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 		case <-poll.C:
 			r.reconcile(ctx)
 			poll.Reset(source.Jitter(a.cfg.PollInterval.D()))
-		case <-o.Reload:
+		case cfg := <-o.Reload:
 			o.Notify("RELOADING=1\n" + sddaemon.SdNotifyMonotonicUsec())
+			if cfg != nil {
+				r.pendingConfig = cfg
+				r.applyConfig()
+			}
 			r.reconcile(ctx)
 			o.Notify("READY=1\nSTATUS=" + r.summary())
 		case req := <-r.reqs:
@@ -176,6 +213,7 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 			switch m := m.(type) {
 			case desiredMsg:
 				r.fetching = false
+				r.applyConfig()
 				r.apply(ctx, m)
 				r.metrics.reconcile.Observe(time.Since(r.reconcileStart).Seconds())
 				if r.again {
@@ -405,6 +443,7 @@ func (r *runner) converge(ctx context.Context, ar *addonRun) {
 		return
 	}
 	ar.staging = d.Version
+	r.staging++
 	if ar.running == nil {
 		ar.set("downloading", "")
 	}
@@ -425,6 +464,8 @@ func (r *runner) staged(ctx context.Context, m stagedMsg) {
 		return
 	}
 	ar.staging = ""
+	r.staging--
+	defer r.applyConfig()
 	if ar.desired == nil || ar.desired.Digest() != m.spec.Digest() {
 		if ar.desired != nil {
 			r.converge(ctx, ar) // the assignment moved on meanwhile

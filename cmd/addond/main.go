@@ -104,11 +104,16 @@ func runDaemon(ctx context.Context, cfgPath string) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	reload := make(chan struct{}, 1)
+	reload := make(chan *config.Config, 1)
 	go func() {
 		for range hup {
+			cfg, err := config.Load(cfgPath)
+			if err != nil {
+				log.Error("SIGHUP: config not reloaded", "error", err)
+				cfg = nil // still re-read the document and overrides
+			}
 			select {
-			case reload <- struct{}{}:
+			case reload <- cfg:
 			default:
 			}
 		}

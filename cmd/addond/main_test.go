@@ -80,7 +80,7 @@ func (e *env) writeConfig(extra map[string]any) {
 		"trust":          map[string]any{"public_keys": []string{filepath.Join(e.dir, "keys", "signing.pub")}, "require_signatures": true},
 		"min_free_bytes": 1 << 20,
 	}
-	for _, m := range []map[string]any{e.extra, extra} {
+	for _, m := range []map[string]any{extra, e.extra} {
 		for k, v := range m {
 			cfg[k] = v
 		}

@@ -341,3 +341,34 @@ func TestOverrideCommands(t *testing.T) {
 		t.Fatalf("a refused override changed the file:\n%s", after)
 	}
 }
+
+// TestReloadOnSIGHUP: SIGHUP re-reads the config, the document and the
+// overrides at once, between RELOADING=1 and READY=1.
+func TestReloadOnSIGHUP(t *testing.T) {
+	e := newEnv(t, "file")
+	e.extra = map[string]any{"poll_interval": "1h"} // nothing but SIGHUP
+	e.publishFile("hello", "1.0.0", filepath.Join(bin, "hello"))
+	e.publishFile("hello", "1.1.0", filepath.Join(bin, "hello"))
+	e.assignWithConfig("hello@1.0.0", "hello", `{}`)
+	notify := newNotifySocket(t)
+	d := e.startDaemon(t, notify)
+	notify.waitFor(t, "READY=1", 10*time.Second)
+	d.waitAddon(t, "hello", 15*time.Second, "running 1.0.0", runningHealthy("1.0.0"))
+
+	// The document.
+	e.assignWithConfig("hello@1.1.0", "hello", `{}`)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	notify.waitFor(t, "RELOADING=1", 5*time.Second)
+	notify.waitFor(t, "READY=1", 5*time.Second)
+	d.waitAddon(t, "hello", 15*time.Second, "running 1.1.0", runningHealthy("1.1.0"))
+
+	// The config: an overrides file appears in it.
+	ov := filepath.Join(e.dir, "addons.local.json")
+	os.WriteFile(ov, []byte(`{"addons":[{"addon_id":"hello","enabled":false}]}`), 0o644)
+	e.extra["local_overrides"] = ov
+	e.writeConfig(map[string]any{
+		"status_socket": d.socket, "systemd": map[string]string{"manager": "none"}, "probation": "3s",
+	})
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.waitAddon(t, "hello", 15*time.Second, "disabled by the reloaded config", func(a daemon.AddonStatus) bool { return a.State == "disabled" })
+}
