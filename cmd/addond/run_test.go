@@ -372,3 +372,38 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	d.cmd.Process.Signal(syscall.SIGHUP)
 	d.waitAddon(t, "hello", 15*time.Second, "disabled by the reloaded config", func(a daemon.AddonStatus) bool { return a.State == "disabled" })
 }
+
+// TestReconcileLeavesUnchangedAlone: a reconcile touches only what
+// changed, and a configuration-only change is applied in place.
+func TestReconcileLeavesUnchangedAlone(t *testing.T) {
+	e := newEnv(t, "file")
+	e.publishFile("a", "1.0.0", filepath.Join(bin, "hello"))
+	e.publishFile("b", "1.0.0", filepath.Join(bin, "hello"))
+	assign := func(aConfig string) {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "a.json"), []byte(aConfig), 0o644)
+		e.run("addonctl", "assign", "--store", e.storeURL, "--agent", "edge-01", "--key", filepath.Join(e.dir, "keys", "signing.key"),
+			"--addon", "a@1.0.0", "--addon", "b@1.0.0", "--config", "a="+filepath.Join(dir, "a.json"))
+	}
+	assign(`{}`)
+	notify := newNotifySocket(t)
+	d := e.startDaemon(t, notify)
+	notify.waitFor(t, "READY=1", 10*time.Second)
+	a0 := d.waitAddon(t, "a", 15*time.Second, "running", runningHealthy("1.0.0"))
+	b0 := d.waitAddon(t, "b", 15*time.Second, "running", runningHealthy("1.0.0"))
+
+	assign(`{"health":"degraded"}`)
+	d.client.Reconcile(context.Background())
+	a1 := d.waitAddon(t, "a", 15*time.Second, "degraded", func(s daemon.AddonStatus) bool { return s.State == "degraded" })
+	if a1.PID != a0.PID || a1.Restarts != 0 {
+		t.Fatalf("a configuration-only change restarted a: pid %d → %d, restarts %d", a0.PID, a1.PID, a1.Restarts)
+	}
+	for i := 0; i < 3; i++ {
+		d.client.Reconcile(context.Background())
+	}
+	time.Sleep(1500 * time.Millisecond)
+	b1 := d.waitAddon(t, "b", time.Second, "running", runningHealthy("1.0.0"))
+	if b1.PID != b0.PID || b1.Restarts != 0 || !b1.Since.Equal(b0.Since) {
+		t.Fatalf("an unchanged add-on was touched: %+v → %+v", b0, b1)
+	}
+}
