@@ -54,8 +54,10 @@ test: deps build minio
 unit:
 	$(GO) test ./...
 
+# Both benchmarks, against a real MinIO; see docs/BENCHMARKS.md.
 bench: build minio
 	cd bench && ADDOND_MINIO_BIN=$(MINIO_BIN) $(GO) run ./cmd/stagebench -addond ../bin/addond $(BENCHFLAGS)
+	cd bench && ADDOND_MINIO_BIN=$(MINIO_BIN) $(GO) run ./cmd/runbench -addond ../bin/addond
 
 FUZZTIME ?= 5m
 fuzz:

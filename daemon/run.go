@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -181,8 +182,12 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 
 	poll := time.NewTimer(0) // the first reconcile at once
 	defer poll.Stop()
-	tick := time.NewTicker(time.Second) // probation deadlines
+	// Probation deadlines are checked every second, but only while a
+	// version is on probation: an idle addond does not wake up for them.
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	tick.Stop()
+	ticking := false
 	var watchdog <-chan time.Time
 	if o.Watchdog > 0 {
 		t := time.NewTicker(o.Watchdog / 2)
@@ -225,11 +230,28 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 			}
 		case <-tick.C:
 			r.checkProbation(ctx)
+			if !r.onProbation() {
+				tick.Stop()
+				ticking = false
+			}
 		case <-watchdog:
 			o.Notify("WATCHDOG=1")
 		}
+		if !ticking && r.onProbation() {
+			tick.Reset(time.Second)
+			ticking = true
+		}
 		r.publish()
 	}
+}
+
+func (r *runner) onProbation() bool {
+	for _, ar := range r.addons {
+		if ar.probation != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // startLastKnownGood starts every add-on whose last-known-good version is
@@ -466,6 +488,12 @@ func (r *runner) staged(ctx context.Context, m stagedMsg) {
 	ar.staging = ""
 	r.staging--
 	defer r.applyConfig()
+	if r.staging == 0 {
+		// A burst of downloads is over: hand the pipeline's buffers back
+		// to the system now rather than when the scavenger gets to them,
+		// so that addond's resident memory returns to its idle size.
+		defer debug.FreeOSMemory()
+	}
 	if ar.desired == nil || ar.desired.Digest() != m.spec.Digest() {
 		if ar.desired != nil {
 			r.converge(ctx, ar) // the assignment moved on meanwhile

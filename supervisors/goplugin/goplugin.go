@@ -48,7 +48,7 @@ type Options struct {
 	BreakerRestarts  int           // more restarts than this in BreakerWindow open the circuit [5]
 	BreakerWindow    time.Duration // [1m]
 	BreakerCooldown  time.Duration // [1m]
-	ExitPoll         time.Duration // how often process exit is checked [250ms]
+	ExitPoll         time.Duration // how often process exit is checked [1s]
 }
 
 func (o *Options) defaults() {
@@ -65,7 +65,7 @@ func (o *Options) defaults() {
 	def(&o.BackoffMax, time.Minute)
 	def(&o.BreakerWindow, time.Minute)
 	def(&o.BreakerCooldown, time.Minute)
-	def(&o.ExitPoll, 250*time.Millisecond)
+	def(&o.ExitPoll, time.Second)
 	if o.HealthFailures <= 0 {
 		o.HealthFailures = 3
 	}
