@@ -106,7 +106,7 @@ func run() error {
 			"status_socket":   filepath.Join(b.dir, "addond.sock"),
 			"systemd":         map[string]string{"manager": "none"},
 			"metrics_address": "127.0.0.1:0", "poll_interval": "1h", "probation": "60s",
-			"min_free_bytes":  1 << 20, "max_concurrent_downloads": 4,
+			"min_free_bytes": 1 << 20, "max_concurrent_downloads": 4,
 		}
 		data, _ := json.Marshal(cfg)
 		return os.WriteFile(b.cfgPath, data, 0o644)
