@@ -268,8 +268,26 @@ func (r *runner) startLastKnownGood(ctx context.Context) {
 			continue
 		}
 		cur, err := r.a.del.Current(id)
-		if err != nil || cur != st.LKG.Version {
+		if err != nil {
 			continue
+		}
+		if cur != st.LKG.Version {
+			// addond stopped while a new version was on probation: go
+			// back to the last-known-good now — the store may be down —
+			// and let the next reconcile try the new version again.
+			p := st.Probation
+			if p == nil || p.Version != cur || p.Previous != st.LKG.Version {
+				continue
+			}
+			if _, err := r.a.del.Activate(id, st.LKG.Version); err != nil {
+				r.log.Error("returning to last-known-good after an interrupted probation", "addon_id", id, "error", err)
+				continue
+			}
+			r.a.del.UpdateState(id, func(s *state.Addon) error {
+				s.Probation = nil
+				return nil
+			})
+			r.log.Warn("probation was interrupted by a restart; back on last-known-good", "addon_id", id, "version", p.Version, "last_known_good", st.LKG.Version)
 		}
 		ar := r.get(id)
 		ar.fromLKG, ar.previous = true, st.Previous

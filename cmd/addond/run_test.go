@@ -407,3 +407,46 @@ func TestReconcileLeavesUnchangedAlone(t *testing.T) {
 		t.Fatalf("an unchanged add-on was touched: %+v → %+v", b0, b1)
 	}
 }
+
+// TestProbationInterruptedByACrash: addond killed while a new version is on
+// probation starts the last-known-good version first (before it knows
+// anything of the store), does not mark the new version failed, and puts
+// the new version on probation again.
+func TestProbationInterruptedByACrash(t *testing.T) {
+	e := newEnv(t, "file")
+	hello := filepath.Join(bin, "hello")
+	e.publishFile("hello", "1.0.0", hello)
+	e.publishFile("hello", "1.1.0", hello)
+	e.assignWithConfig("hello@1.0.0", "hello", `{}`)
+	e.extra = map[string]any{"probation": "1h"}
+	notify := newNotifySocket(t)
+	d := e.startDaemon(t, notify)
+	notify.waitFor(t, "READY=1", 10*time.Second)
+	d.waitAddon(t, "hello", 15*time.Second, "running 1.0.0", runningHealthy("1.0.0"))
+
+	e.assignWithConfig("hello@1.1.0", "hello", `{"health":"degraded"}`)
+	d.client.Reconcile(context.Background())
+	p := d.waitAddon(t, "hello", 15*time.Second, "1.1.0 on probation", func(a daemon.AddonStatus) bool {
+		return a.ActiveVersion == "1.1.0" && a.State == "degraded"
+	})
+	d.cmd.Process.Kill() // SIGKILL: no cleanup
+	d.cmd.Wait()
+	syscall.Kill(p.PID, syscall.SIGKILL) // Pdeathsig does this in production; do not race it here
+	os.Truncate(filepath.Join(e.dir, "run.log"), 0)
+
+	d = e.startDaemon(t, notify)
+	notify.waitFor(t, "READY=1", 10*time.Second)
+	d.waitAddon(t, "hello", 15*time.Second, "1.1.0 on probation again", func(a daemon.AddonStatus) bool {
+		return a.ActiveVersion == "1.1.0" && a.State == "degraded" && a.PreviousVersion == "1.0.0"
+	})
+	log, _ := os.ReadFile(filepath.Join(e.dir, "run.log"))
+	first := strings.Index(string(log), "version=1.0.0 state=running")
+	second := strings.Index(string(log), "version=1.1.0 state=starting")
+	if first < 0 || second < 0 || first > second {
+		t.Fatalf("after the crash addond did not start the last-known-good 1.0.0 first:\n%s", log)
+	}
+	b, _ := os.ReadFile(filepath.Join(e.root, "addons/hello/state.json"))
+	if strings.Contains(string(b), `"failed"`) {
+		t.Fatalf("an interrupted probation marked the version failed:\n%s", b)
+	}
+}
