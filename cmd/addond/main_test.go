@@ -35,6 +35,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
+	os.Chmod(dir, 0o755) // tests run addonctl as an unprivileged user too
 	bin = dir
 	code := miniotest.Run(m)
 	os.RemoveAll(dir)

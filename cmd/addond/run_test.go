@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -252,9 +253,11 @@ func TestRunStoreDownAtStart(t *testing.T) {
 
 	notify := newNotifySocket(t)
 	start := time.Now()
+	e.extraEnv = append(e.extraEnv, "WATCHDOG_USEC=1000000") // WatchdogSec=1
 	d := e.startDaemon(t, notify)
 	notify.waitFor(t, "READY=1", 10*time.Second)
 	t.Logf("READY=1 after %v with the store down", time.Since(start))
+	notify.waitFor(t, "WATCHDOG=1", 2*time.Second)
 	d.waitAddon(t, "hello", 15*time.Second, "running from last-known-good", runningHealthy("1.0.0"))
 	st, err := d.client.Status(context.Background())
 	if err != nil || !strings.Contains(st.DocumentError, "unreachable") {
@@ -448,5 +451,73 @@ func TestProbationInterruptedByACrash(t *testing.T) {
 	b, _ := os.ReadFile(filepath.Join(e.root, "addons/hello/state.json"))
 	if strings.Contains(string(b), `"failed"`) {
 		t.Fatalf("an interrupted probation marked the version failed:\n%s", b)
+	}
+}
+
+// newCgroup makes a cgroup (in the unified hierarchy where there is one)
+// and returns its directory.
+func newCgroup(t *testing.T) string {
+	t.Helper()
+	for _, root := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/sys/fs/cgroup/pids"} {
+		if _, err := os.Stat(filepath.Join(root, "cgroup.procs")); err != nil {
+			continue
+		}
+		dir := filepath.Join(root, fmt.Sprintf("addond-test-%d", os.Getpid()))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			continue
+		}
+		t.Cleanup(func() {
+			for i := 0; i < 50 && os.Remove(dir) != nil; i++ {
+				time.Sleep(100 * time.Millisecond)
+			}
+		})
+		return dir
+	}
+	t.Fatal("no cgroup hierarchy to create a test cgroup in")
+	return ""
+}
+
+// TestStatusAuthorization: add-ons run with addond's uid, so changes are
+// allowed to root and to processes in addond's own cgroup only; reads to
+// anyone who can open the socket.
+func TestStatusAuthorization(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("ADDOND_TEST_STRICT") == "1" {
+			t.Fatal("needs root (to run as another user in another cgroup)")
+		}
+		t.Skip("needs root (to run as another user in another cgroup)")
+	}
+	e := newEnv(t, "file")
+	sockDir, _ := os.MkdirTemp("", "addond-sock-")
+	os.Chmod(sockDir, 0o755)
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	e.extra = map[string]any{"status_socket": filepath.Join(sockDir, "addond.sock")}
+	notify := newNotifySocket(t)
+	e.startDaemon(t, notify)
+	notify.waitFor(t, "READY=1", 10*time.Second)
+	sock := filepath.Join(sockDir, "addond.sock")
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o660 {
+		t.Fatalf("status socket mode %v, %v; want 0660", fi.Mode().Perm(), err)
+	}
+	os.Chmod(sock, 0o666) // let "nobody" connect: what is checked here is the cgroup
+
+	asNobody := func(cgroup string, args ...string) (string, error) {
+		script := `exec setpriv --reuid=65534 --regid=65534 --clear-groups "$@"`
+		if cgroup != "" {
+			script = `echo $$ > "` + filepath.Join(cgroup, "cgroup.procs") + `" && ` + script
+		}
+		cmd := exec.Command("sh", append([]string{"-c", script, "sh", filepath.Join(bin, "addonctl")}, args...)...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := asNobody("", "reconcile", "--socket", sock); err != nil {
+		t.Fatalf("reconcile from addond's own cgroup (another uid): %v\n%s", err, out)
+	}
+	other := newCgroup(t)
+	if out, err := asNobody(other, "reconcile", "--socket", sock); err == nil || !strings.Contains(out, "neither root nor in addond's cgroup") {
+		t.Fatalf("reconcile from another cgroup: %v\n%s; want a refusal", err, out)
+	}
+	if out, err := asNobody(other, "status", "--socket", sock); err != nil {
+		t.Fatalf("status from another cgroup: %v\n%s; reads are allowed", err, out)
 	}
 }
