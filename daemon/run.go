@@ -255,13 +255,21 @@ func (r *runner) onProbation() bool {
 }
 
 // startLastKnownGood starts every add-on whose last-known-good version is
-// current, from local state alone: no store, no document.
+// current, from local state alone: no store, no document. The starts run
+// concurrently, so READY does not wait for them one by one.
 func (r *runner) startLastKnownGood(ctx context.Context) {
 	ids, err := r.a.del.AddonIDs()
 	if err != nil {
 		r.log.Error("listing add-ons", "error", err)
 		return
 	}
+	type start struct {
+		ar   *addonRun
+		sup  supervisors.Supervisor
+		spec assignment.Spec
+		err  error
+	}
+	var starts []*start
 	for _, id := range ids {
 		st, err := r.a.del.State(id)
 		if err != nil || st.LKG == nil || !st.LKG.Enabled {
@@ -292,7 +300,28 @@ func (r *runner) startLastKnownGood(ctx context.Context) {
 		ar := r.get(id)
 		ar.fromLKG, ar.previous = true, st.Previous
 		spec := *st.LKG
-		r.start(ctx, ar, spec)
+		sup, ok := r.opts.Supervisors[spec.Supervision]
+		if !ok {
+			ar.set("unsupported", fmt.Sprintf("supervision %q is not available on this host", spec.Supervision))
+			continue
+		}
+		ar.running, ar.model = &spec, spec.Supervision
+		ar.set("starting", "")
+		starts = append(starts, &start{ar: ar, sup: sup, spec: spec})
+	}
+	var wg sync.WaitGroup
+	for _, s := range starts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.err = s.sup.Start(ctx, r.supSpec(s.spec))
+		}()
+	}
+	wg.Wait()
+	for _, s := range starts {
+		if s.err != nil {
+			s.ar.lastErr = s.err.Error()
+		}
 	}
 }
 
