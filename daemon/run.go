@@ -568,10 +568,16 @@ func (r *runner) staged(ctx context.Context, m stagedMsg) {
 	} else if prev != "" {
 		ar.previous = prev
 	}
-	p := &state.Probation{Version: m.spec.Version, Previous: previous, Deadline: time.Now().Add(r.a.cfg.Probation.D())}
-	ar.probation = p
+	// A version that already proved itself (the last-known-good, e.g.
+	// re-enabled) needs no probation; anything else does.
+	ar.probation = nil
 	if err := r.a.del.UpdateState(ar.id, func(st *state.Addon) error {
-		st.Probation = p
+		if lkg := st.LKG; lkg != nil && lkg.Version == m.spec.Version && lkg.Artifact != nil && lkg.Artifact.SHA256 == m.spec.Artifact.SHA256 {
+			st.Probation = nil
+			return nil
+		}
+		ar.probation = &state.Probation{Version: m.spec.Version, Previous: previous, Deadline: time.Now().Add(r.a.cfg.Probation.D())}
+		st.Probation = ar.probation
 		return nil
 	}); err != nil {
 		ar.lastErr = err.Error()

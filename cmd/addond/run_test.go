@@ -521,3 +521,29 @@ func TestStatusAuthorization(t *testing.T) {
 		t.Fatalf("status from another cgroup: %v\n%s; reads are allowed", err, out)
 	}
 }
+
+// TestReenableNeedsNoProbation: disabling and re-enabling the
+// last-known-good version starts it again without probation, so a slow
+// start cannot get a proven version marked failed.
+func TestReenableNeedsNoProbation(t *testing.T) {
+	e := newEnv(t, "file")
+	ov := filepath.Join(e.dir, "addons.local.json")
+	e.extra = map[string]any{"local_overrides": ov}
+	e.publishFile("hello", "1.0.0", filepath.Join(bin, "hello"))
+	e.assignWithConfig("hello@1.0.0", "hello", `{}`)
+	notify := newNotifySocket(t)
+	d := e.startDaemon(t, notify)
+	notify.waitFor(t, "READY=1", 10*time.Second)
+	d.waitAddon(t, "hello", 15*time.Second, "running", runningHealthy("1.0.0"))
+	e.run("addonctl", "override", "set", "hello", "--enabled=false", "--config", e.config)
+	d.waitAddon(t, "hello", 15*time.Second, "disabled", func(a daemon.AddonStatus) bool { return a.State == "disabled" })
+	logPath := filepath.Join(e.dir, "run.log")
+	mark, _ := os.Stat(logPath)
+	e.run("addonctl", "override", "clear", "hello", "--config", e.config)
+	d.waitAddon(t, "hello", 15*time.Second, "running again", runningHealthy("1.0.0"))
+	time.Sleep(300 * time.Millisecond)
+	log, _ := os.ReadFile(logPath)
+	if tail := string(log[mark.Size():]); strings.Contains(tail, "msg=promoted") {
+		t.Fatalf("the re-enabled last-known-good version went through probation again:\n%s", tail)
+	}
+}
