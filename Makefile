@@ -31,7 +31,7 @@ demo: build
 
 # Host packages the tests use (idempotent; needs root, as CI has).
 deps:
-	@missing=""; for p in openssl util-linux; do \
+	@missing=""; for p in openssl util-linux systemd-container mmdebstrap; do \
 		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
