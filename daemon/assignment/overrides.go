@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
-	"sort"
 	"strings"
 )
 
@@ -91,18 +90,6 @@ func (o *Overrides) Len() int {
 		return 0
 	}
 	return len(o.entries)
-}
-
-// IDs lists the overridden add-on ids, sorted.
-func (o *Overrides) IDs() []string {
-	var ids []string
-	if o != nil {
-		for _, e := range o.entries {
-			ids = append(ids, e.id)
-		}
-	}
-	sort.Strings(ids)
-	return ids
 }
 
 // Apply patches the pushed add-ons and appends local-only ones. It returns

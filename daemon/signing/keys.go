@@ -177,14 +177,6 @@ func (kr *Keyring) Len() int {
 	return len(kr.ids)
 }
 
-// IDs lists the trusted key ids, sorted.
-func (kr *Keyring) IDs() []string {
-	if kr == nil {
-		return nil
-	}
-	return append([]string(nil), kr.ids...)
-}
-
 // Candidates returns the keys a signature naming keyID must be checked
 // against: exactly that key when keyID is set (so rotation costs no extra
 // pass), every trusted key when it is not. It fails closed when nothing is

@@ -86,9 +86,6 @@ func (s *S3) String() string {
 	return fmt.Sprintf("s3://%s/%s (%s://%s)", s.cfg.Bucket, strings.TrimSuffix(s.cfg.Prefix, "/"), scheme, s.cfg.Endpoint)
 }
 
-// Bucket and Prefix expose where objects go, for tests and tooling.
-func (s *S3) Bucket() string { return s.cfg.Bucket }
-
 func (s *S3) object(key string) (string, error) {
 	if err := ValidKey(key); err != nil {
 		return "", err
@@ -210,22 +207,6 @@ func (s *S3) Delete(ctx context.Context, key string) error {
 			return nil
 		}
 		return s.mapErr(key, err)
-	}
-	return nil
-}
-
-// EnsureBucket creates the bucket when it does not exist (publishers,
-// tests); the agent never creates buckets.
-func (s *S3) EnsureBucket(ctx context.Context) error {
-	ok, err := s.core.BucketExists(ctx, s.cfg.Bucket)
-	if err != nil {
-		return fmt.Errorf("%s: %w", s, err)
-	}
-	if ok {
-		return nil
-	}
-	if err := s.core.MakeBucket(ctx, s.cfg.Bucket, minio.MakeBucketOptions{Region: s.cfg.Region}); err != nil {
-		return fmt.Errorf("%s: make bucket: %w", s, err)
 	}
 	return nil
 }
