@@ -1,7 +1,11 @@
 package assignment
 
 import (
+	"context"
 	"fmt"
+
+	"github.com/addond/addond/daemon/signing"
+	"github.com/addond/addond/daemon/store"
 )
 
 // Package is package.json, written and signed by the publisher for one
@@ -48,4 +52,52 @@ func ParsePackage(data []byte) (*Package, error) {
 		}
 	}
 	return &p, nil
+}
+
+// ReadError marks a package that could not be read from the store, as
+// opposed to one that was read and refused.
+type ReadError struct{ Err error }
+
+func (e *ReadError) Error() string { return e.Err.Error() }
+func (e *ReadError) Unwrap() error { return e.Err }
+
+// FetchPackage reads packages/<id>/<version>/package.json and its .sig
+// from st, verifies the signature under keys, parses the package and checks
+// that it describes id@version. keys nil skips the signature check (the
+// publisher's tool, when it was given no key: it says so); an empty key
+// ring fails closed. It returns the package, its exact bytes and the raw
+// signature.
+func FetchPackage(ctx context.Context, st store.Store, keys *signing.Keyring, id, version string) (*Package, []byte, []byte, error) {
+	if err := ValidAddonID(id); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := ValidVersion(version); err != nil {
+		return nil, nil, nil, err
+	}
+	key := PackageKey(id, version)
+	raw, _, err := store.ReadSmall(ctx, st, key, MaxPackageSize, store.OpenOptions{})
+	if err != nil {
+		return nil, nil, nil, &ReadError{err}
+	}
+	sigFile, _, err := store.ReadSmall(ctx, st, key+".sig", 1024, store.OpenOptions{})
+	if err != nil {
+		return nil, nil, nil, &ReadError{fmt.Errorf("package signature: %w", err)}
+	}
+	sig, err := signing.ParseSigFile(sigFile)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s.sig: %w", key, err)
+	}
+	if keys != nil {
+		if err := keys.VerifyBytes("", raw, sig); err != nil {
+			return nil, nil, nil, fmt.Errorf("%s: %w", key, err)
+		}
+	}
+	pkg, err := ParsePackage(raw)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if pkg.AddonID != id || pkg.Version != version {
+		return nil, nil, nil, fmt.Errorf("%s describes %s@%s", key, pkg.AddonID, pkg.Version)
+	}
+	return pkg, raw, sig, nil
 }

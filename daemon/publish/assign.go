@@ -115,38 +115,16 @@ func Assign(ctx context.Context, o AssignOptions) (*assignment.Document, error) 
 }
 
 func addonFromPackage(ctx context.Context, o AssignOptions, trust *signing.Keyring, id, version string) (assignment.Addon, error) {
-	if err := assignment.ValidAddonID(id); err != nil {
-		return assignment.Addon{}, err
-	}
-	if err := assignment.ValidVersion(version); err != nil {
-		return assignment.Addon{}, err
-	}
-	pkey := assignment.PackageKey(id, version)
-	raw, _, err := store.ReadSmall(ctx, o.Store, pkey, assignment.MaxPackageSize, store.OpenOptions{})
-	if err != nil {
-		return assignment.Addon{}, fmt.Errorf("addon %s@%s: %w", id, version, err)
-	}
-	sigFile, _, err := store.ReadSmall(ctx, o.Store, pkey+".sig", 1024, store.OpenOptions{})
-	if err != nil {
-		return assignment.Addon{}, fmt.Errorf("addon %s@%s: package signature: %w", id, version, err)
-	}
-	sig, err := signing.ParseSigFile(sigFile)
-	if err != nil {
-		return assignment.Addon{}, fmt.Errorf("addon %s@%s: %s.sig: %w", id, version, pkey, err)
-	}
-	if trust.Len() > 0 {
-		if err := trust.VerifyBytes("", raw, sig); err != nil {
-			return assignment.Addon{}, fmt.Errorf("addon %s@%s: %s: %w", id, version, pkey, err)
+	verify := trust
+	if trust.Len() == 0 {
+		verify = nil
+		if o.Warn != nil {
+			o.Warn(fmt.Sprintf("addon %s@%s: package signature not verified (give --key or --trust)", id, version))
 		}
-	} else if o.Warn != nil {
-		o.Warn(fmt.Sprintf("addon %s@%s: package signature not verified (give --key or --trust)", id, version))
 	}
-	pkg, err := assignment.ParsePackage(raw)
+	pkg, _, _, err := assignment.FetchPackage(ctx, o.Store, verify, id, version)
 	if err != nil {
 		return assignment.Addon{}, fmt.Errorf("addon %s@%s: %w", id, version, err)
-	}
-	if pkg.AddonID != id || pkg.Version != version {
-		return assignment.Addon{}, fmt.Errorf("addon %s@%s: %s describes %s@%s", id, version, pkey, pkg.AddonID, pkg.Version)
 	}
 	enabled := !o.Disable[id]
 	a := assignment.Addon{
