@@ -12,25 +12,13 @@ import (
 	"time"
 
 	"github.com/addond/addond/daemon/store"
+	"github.com/addond/addond/vmtest"
 )
-
-// requireRoot fails under `make test` (which runs as root) and skips, with
-// the reason, elsewhere.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("ADDOND_TEST_STRICT") == "1" {
-		t.Fatal("needs root (to mount a small tmpfs)")
-	}
-	t.Skip("needs root (to mount a small tmpfs)")
-}
 
 // mountTmpfs mounts a tmpfs of size at dir for the test.
 func mountTmpfs(t *testing.T, dir, size string) {
 	t.Helper()
-	requireRoot(t)
+	vmtest.RequireRoot(t, "to mount a small tmpfs")
 	os.MkdirAll(dir, 0o755)
 	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "size="+size); err != nil {
 		t.Fatalf("mount tmpfs: %v", err)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/addond/addond/daemon"
+	"github.com/addond/addond/vmtest"
 )
 
 // notifySocket is a real sd_notify socket (unixgram) that records what
@@ -481,12 +482,7 @@ func newCgroup(t *testing.T) string {
 // allowed to root and to processes in addond's own cgroup only; reads to
 // anyone who can open the socket.
 func TestStatusAuthorization(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("ADDOND_TEST_STRICT") == "1" {
-			t.Fatal("needs root (to run as another user in another cgroup)")
-		}
-		t.Skip("needs root (to run as another user in another cgroup)")
-	}
+	vmtest.RequireRoot(t, "to run as another user in another cgroup")
 	e := newEnv(t, "file")
 	sockDir, _ := os.MkdirTemp("", "addond-sock-")
 	os.Chmod(sockDir, 0o755)

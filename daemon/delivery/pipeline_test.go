@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"testing/iotest"
+
+	"github.com/addond/addond/vmtest"
 )
 
 func TestPipelineHashesAndWrites(t *testing.T) {
@@ -47,12 +49,7 @@ func TestPipelineKeepsErrors(t *testing.T) {
 }
 
 func TestPipelineDiskFull(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("ADDOND_TEST_STRICT") == "1" {
-			t.Fatal("needs root (to mount a small tmpfs)")
-		}
-		t.Skip("needs root (to mount a small tmpfs)")
-	}
+	vmtest.RequireRoot(t, "to mount a small tmpfs")
 	dir := t.TempDir()
 	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
 		t.Fatal(err)

@@ -3,12 +3,12 @@ package goplugin
 import (
 	"context"
 	"log/slog"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/addond/addond/supervisors"
 	"github.com/addond/addond/supervisors/conformance"
+	"github.com/addond/addond/vmtest"
 )
 
 func TestConformance(t *testing.T) {
@@ -39,12 +39,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 // pingsweep opens a raw ICMP socket: as root (make test) it must come up
 // healthy, sweeping 127.0.0.1.
 func TestPingsweepRawSocket(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("ADDOND_TEST_STRICT") == "1" {
-			t.Fatal("needs root (a raw ICMP socket)")
-		}
-		t.Skip("needs root (a raw ICMP socket)")
-	}
+	vmtest.RequireRoot(t, "a raw ICMP socket")
 	bins := conformance.BuildExamples(t, "../..", "pingsweep")
 	events := make(chan supervisors.Event, 64)
 	b := New(Options{Notify: func(e supervisors.Event) { events <- e }, HealthInterval: 100 * time.Millisecond})

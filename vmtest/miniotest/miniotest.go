@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/addond/addond/vmtest"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 )
@@ -156,10 +157,7 @@ func Require(t testing.TB) *Server {
 	t.Helper()
 	sharedOnce.Do(func() { shared, sharedErr = Start() })
 	if sharedErr != nil {
-		if os.Getenv("ADDOND_TEST_STRICT") == "1" {
-			t.Fatalf("needs MinIO: %v", sharedErr)
-		}
-		t.Skipf("needs MinIO: %v", sharedErr)
+		vmtest.Unavailable(t, fmt.Sprintf("needs MinIO: %v", sharedErr))
 	}
 	for _, kv := range shared.Env() {
 		k, v, _ := strings.Cut(kv, "=")
