@@ -59,6 +59,11 @@ type addonRun struct {
 	pid       int
 }
 
+// unsupported reports a model (delivery or supervision) this host lacks.
+func (r *addonRun) unsupported(kind, model string) {
+	r.set("unsupported", fmt.Sprintf("%s %q is not available on this host", kind, model))
+}
+
 func (r *addonRun) set(st, reason string) {
 	if r.state != st {
 		r.since = time.Now().UTC()
@@ -302,7 +307,7 @@ func (r *runner) startLastKnownGood(ctx context.Context) {
 		spec := *st.LKG
 		sup, ok := r.opts.Supervisors[spec.Supervision]
 		if !ok {
-			ar.set("unsupported", fmt.Sprintf("supervision %q is not available on this host", spec.Supervision))
+			ar.unsupported("supervision", spec.Supervision)
 			continue
 		}
 		ar.running, ar.model = &spec, spec.Supervision
@@ -368,7 +373,7 @@ func (r *runner) notify(e supervisors.Event) {
 func (r *runner) start(ctx context.Context, ar *addonRun, spec assignment.Spec) error {
 	sup, ok := r.opts.Supervisors[spec.Supervision]
 	if !ok {
-		ar.set("unsupported", fmt.Sprintf("supervision %q is not available on this host", spec.Supervision))
+		ar.unsupported("supervision", spec.Supervision)
 		return supervisors.ErrUnsupported
 	}
 	var err error
@@ -477,12 +482,12 @@ func (r *runner) converge(ctx context.Context, ar *addonRun) {
 		ar.health = "unknown"
 		return
 	case d.Delivery != assignment.DeliveryPushedArtifact:
-		ar.set("unsupported", fmt.Sprintf("delivery %q is not available on this host", d.Delivery))
+		ar.unsupported("delivery", d.Delivery)
 		return
 	}
 	if _, ok := r.opts.Supervisors[d.Supervision]; !ok {
 		r.stop(ctx, ar)
-		ar.set("unsupported", fmt.Sprintf("supervision %q is not available on this host", d.Supervision))
+		ar.unsupported("supervision", d.Supervision)
 		return
 	}
 	st, err := r.a.del.State(ar.id)

@@ -195,7 +195,7 @@ func (d *Deliverer) Stage(ctx context.Context, spec assignment.Spec) (Staged, er
 	// rename and the record. Check it locally rather than download again.
 	if fi, err := os.Lstat(bin); err == nil {
 		if fi.Mode().IsRegular() {
-			if size, ok := d.verifyLocal(bin, art, newHashes); ok {
+			if size, ok := d.verifyLocal(bin, fi.Size(), art, newHashes); ok {
 				return d.record(spec, bin, size, false)
 			}
 		}
@@ -303,14 +303,14 @@ func check(art *assignment.Artifact, sum []byte, vs []*signing.Verifier) error {
 	return fmt.Errorf("%w under any trusted key", signing.ErrBadSignature)
 }
 
-func (d *Deliverer) verifyLocal(path string, art *assignment.Artifact, newHashes func() (hash.Hash, []*signing.Verifier)) (int64, bool) {
+func (d *Deliverer) verifyLocal(path string, size int64, art *assignment.Artifact, newHashes func() (hash.Hash, []*signing.Verifier)) (int64, bool) {
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, false
 	}
 	defer f.Close()
 	h, vs := newHashes()
-	p := newPipeline(nil, 0, withVerifiers(h, vs)...)
+	p := newPipeline(nil, size, withVerifiers(h, vs)...)
 	n, err := p.feed(f, 0, true)
 	p.close()
 	return n, err == nil && check(art, h.Sum(nil), vs) == nil
