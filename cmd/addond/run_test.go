@@ -113,6 +113,16 @@ func (d *daemonProc) stop(t *testing.T) {
 	}
 }
 
+// startReady starts `addond run` with a fresh notify socket and waits for
+// READY=1.
+func (e *env) startReady(t *testing.T) (*daemonProc, *notifySocket) {
+	t.Helper()
+	notify := newNotifySocket(t)
+	d := e.startDaemon(t, notify)
+	notify.waitFor(t, "READY=1", 10*time.Second)
+	return d, notify
+}
+
 // waitAddon polls /v1/status until id satisfies ok.
 func (d *daemonProc) waitAddon(t *testing.T, id string, timeout time.Duration, what string, ok func(daemon.AddonStatus) bool) daemon.AddonStatus {
 	t.Helper()
@@ -172,9 +182,7 @@ func TestRunRollback(t *testing.T) {
 	l.Close()
 	e.extra = map[string]any{"metrics_address": metricsAddr}
 
-	notify := newNotifySocket(t)
-	d := e.startDaemon(t, notify)
-	notify.waitFor(t, "READY=1", 10*time.Second)
+	d, notify := e.startReady(t)
 	first := d.waitAddon(t, "hello", 15*time.Second, "running 1.0.0", runningHealthy("1.0.0"))
 
 	e.assignWithConfig("hello@1.1.0", "hello", `{"health":"unhealthy"}`)
@@ -252,11 +260,9 @@ func TestRunStoreDownAtStart(t *testing.T) {
 	e.run("addond", "stage", "--config", e.config)
 	os.Rename(filepath.Join(e.dir, "store"), filepath.Join(e.dir, "store.away"))
 
-	notify := newNotifySocket(t)
 	start := time.Now()
 	e.extraEnv = append(e.extraEnv, "WATCHDOG_USEC=1000000") // WatchdogSec=1
-	d := e.startDaemon(t, notify)
-	notify.waitFor(t, "READY=1", 10*time.Second)
+	d, notify := e.startReady(t)
 	t.Logf("READY=1 after %v with the store down", time.Since(start))
 	notify.waitFor(t, "WATCHDOG=1", 2*time.Second)
 	d.waitAddon(t, "hello", 15*time.Second, "running from last-known-good", runningHealthy("1.0.0"))
@@ -269,9 +275,7 @@ func TestRunStoreDownAtStart(t *testing.T) {
 // TestStatusAPIRefusesBadRequests: 4xx with a message, never a crash.
 func TestStatusAPIRefusesBadRequests(t *testing.T) {
 	e := newEnv(t, "file")
-	notify := newNotifySocket(t)
-	d := e.startDaemon(t, notify)
-	notify.waitFor(t, "READY=1", 10*time.Second)
+	d, _ := e.startReady(t)
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return net.Dial("unix", d.socket)
 	}}}
@@ -313,9 +317,7 @@ func TestOverrideCommands(t *testing.T) {
 	e.extra = map[string]any{"local_overrides": ov}
 	e.publishFile("hello", "1.0.0", filepath.Join(bin, "hello"))
 	e.assignWithConfig("hello@1.0.0", "hello", `{}`)
-	notify := newNotifySocket(t)
-	d := e.startDaemon(t, notify)
-	notify.waitFor(t, "READY=1", 10*time.Second)
+	d, _ := e.startReady(t)
 	d.waitAddon(t, "hello", 15*time.Second, "running", runningHealthy("1.0.0"))
 
 	e.run("addonctl", "override", "set", "hello", "--enabled=false", "--config", e.config)
@@ -354,9 +356,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	e.publishFile("hello", "1.0.0", filepath.Join(bin, "hello"))
 	e.publishFile("hello", "1.1.0", filepath.Join(bin, "hello"))
 	e.assignWithConfig("hello@1.0.0", "hello", `{}`)
-	notify := newNotifySocket(t)
-	d := e.startDaemon(t, notify)
-	notify.waitFor(t, "READY=1", 10*time.Second)
+	d, notify := e.startReady(t)
 	d.waitAddon(t, "hello", 15*time.Second, "running 1.0.0", runningHealthy("1.0.0"))
 
 	// The document.
@@ -390,9 +390,7 @@ func TestReconcileLeavesUnchangedAlone(t *testing.T) {
 			"--addon", "a@1.0.0", "--addon", "b@1.0.0", "--config", "a="+filepath.Join(dir, "a.json"))
 	}
 	assign(`{}`)
-	notify := newNotifySocket(t)
-	d := e.startDaemon(t, notify)
-	notify.waitFor(t, "READY=1", 10*time.Second)
+	d, _ := e.startReady(t)
 	a0 := d.waitAddon(t, "a", 15*time.Second, "running", runningHealthy("1.0.0"))
 	b0 := d.waitAddon(t, "b", 15*time.Second, "running", runningHealthy("1.0.0"))
 
@@ -423,9 +421,7 @@ func TestProbationInterruptedByACrash(t *testing.T) {
 	e.publishFile("hello", "1.1.0", hello)
 	e.assignWithConfig("hello@1.0.0", "hello", `{}`)
 	e.extra = map[string]any{"probation": "1h"}
-	notify := newNotifySocket(t)
-	d := e.startDaemon(t, notify)
-	notify.waitFor(t, "READY=1", 10*time.Second)
+	d, notify := e.startReady(t)
 	d.waitAddon(t, "hello", 15*time.Second, "running 1.0.0", runningHealthy("1.0.0"))
 
 	e.assignWithConfig("hello@1.1.0", "hello", `{"health":"degraded"}`)
@@ -488,9 +484,7 @@ func TestStatusAuthorization(t *testing.T) {
 	os.Chmod(sockDir, 0o755)
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	e.extra = map[string]any{"status_socket": filepath.Join(sockDir, "addond.sock")}
-	notify := newNotifySocket(t)
-	e.startDaemon(t, notify)
-	notify.waitFor(t, "READY=1", 10*time.Second)
+	e.startReady(t)
 	sock := filepath.Join(sockDir, "addond.sock")
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o660 {
 		t.Fatalf("status socket mode %v, %v; want 0660", fi.Mode().Perm(), err)
@@ -527,9 +521,7 @@ func TestReenableNeedsNoProbation(t *testing.T) {
 	e.extra = map[string]any{"local_overrides": ov}
 	e.publishFile("hello", "1.0.0", filepath.Join(bin, "hello"))
 	e.assignWithConfig("hello@1.0.0", "hello", `{}`)
-	notify := newNotifySocket(t)
-	d := e.startDaemon(t, notify)
-	notify.waitFor(t, "READY=1", 10*time.Second)
+	d, _ := e.startReady(t)
 	d.waitAddon(t, "hello", 15*time.Second, "running", runningHealthy("1.0.0"))
 	e.run("addonctl", "override", "set", "hello", "--enabled=false", "--config", e.config)
 	d.waitAddon(t, "hello", 15*time.Second, "disabled", func(a daemon.AddonStatus) bool { return a.State == "disabled" })
