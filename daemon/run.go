@@ -603,11 +603,10 @@ func (r *runner) event(ctx context.Context, e supervisors.Event) {
 		return // stale: from a version no longer running
 	}
 	ar.health, ar.restarts, ar.pid = string(e.Health), e.Restarts, e.PID
+	// A rolled-back add-on running its previous version stays
+	// rolled_back (with the reason) while it runs.
 	if ar.state != "rolled_back" || e.State != supervisors.StateRunning {
 		ar.set(string(e.State), e.Reason)
-	}
-	if ar.state == "rolled_back" && e.State == supervisors.StateRunning {
-		ar.health = string(e.Health)
 	}
 	healthy := e.State == supervisors.StateRunning && e.Health == supervisors.HealthHealthy
 	p := ar.probation
