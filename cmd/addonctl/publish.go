@@ -4,8 +4,9 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"io"
+	"maps"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/schollz/progressbar/v3"
@@ -65,12 +66,7 @@ func newPublish() *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "published %s@%s (key_id %s)\n", pkg.AddonID, pkg.Version, signing.KeyID(priv.Public().(ed25519.PublicKey)))
-			plats := make([]string, 0, len(pkg.Artifacts))
-			for p := range pkg.Artifacts {
-				plats = append(plats, p)
-			}
-			sort.Strings(plats)
-			for _, p := range plats {
+			for _, p := range slices.Sorted(maps.Keys(pkg.Artifacts)) {
 				a := pkg.Artifacts[p]
 				fmt.Fprintf(out, "  %-12s %s sha256 %s (%d bytes)\n", p, a.ObjectKey, a.SHA256, a.Size)
 			}

@@ -6,9 +6,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"path"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -186,11 +186,7 @@ func pickArtifact(a Addon, p Platform) (*Artifact, error) {
 		}, nil
 	}
 	if len(a.Artifacts) > 0 {
-		have := make([]string, 0, len(a.Artifacts))
-		for k := range a.Artifacts {
-			have = append(have, k)
-		}
-		sort.Strings(have)
+		have := slices.Sorted(maps.Keys(a.Artifacts))
 		return nil, fmt.Errorf("no artifact for this host's platform %s (have %s)", p, strings.Join(have, ", "))
 	}
 	return nil, nil

@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/addond/addond/daemon/assignment"
@@ -159,7 +161,7 @@ func addonFromPackage(ctx context.Context, o AssignOptions, trust *signing.Keyri
 	}
 	// Emit a reference only when both object key and sha256 are known:
 	// the agent is never told to fetch what it cannot verify.
-	for _, plat := range sortedKeys(pkg.Artifacts) {
+	for _, plat := range slices.Sorted(maps.Keys(pkg.Artifacts)) {
 		art := pkg.Artifacts[plat]
 		if art.ObjectKey == "" || art.SHA256 == "" {
 			continue

@@ -16,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 
 	"github.com/addond/addond/daemon/assignment"
@@ -184,14 +183,4 @@ func putSigned(ctx context.Context, s store.Store, key string, body []byte, priv
 	sig := []byte(hex.EncodeToString(ed25519.Sign(priv, body)) + "\n")
 	_, err := s.Put(ctx, key+".sig", bytes.NewReader(sig), int64(len(sig)))
 	return err
-}
-
-// sortedKeys returns m's keys in order.
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
