@@ -57,21 +57,30 @@ type Spec struct {
 	AddonID string
 	Version string
 	// Binary is the absolute path of the executable: the staged version's
-	// binary (or its capped, root-owned copy).
-	Binary     string
+	// binary (or its capped, root-owned copy), or the binary an OS package
+	// installed (os_package delivery). Empty for config_toggle.
+	Binary string
+	// Feature is the compiled-in feature a config_toggle add-on switches
+	// on (see supervisors/toggle); empty for every other model.
+	Feature    string
 	Args       []string
 	ConfigJSON []byte
 	Schedule   string        // systemd_timer: OnCalendar
 	Timeout    time.Duration // ephemeral_helper: per run
 	Resources  *Resources
+	// Capabilities are the file capabilities Binary carries (its capped
+	// copy). An add-on with none runs sandboxed; one with capabilities
+	// cannot be namespaced and runs unsandboxed.
+	Capabilities []string
 }
 
 // NeedsRestart reports whether moving from old to s needs the add-on
 // restarted: a new version, binary or arguments. A change of ConfigJSON
 // alone is applied in place.
 func (s Spec) NeedsRestart(old Spec) bool {
-	return s.Version != old.Version || s.Binary != old.Binary || !slices.Equal(s.Args, old.Args) ||
-		s.Schedule != old.Schedule || s.Timeout != old.Timeout || !sameResources(s.Resources, old.Resources)
+	return s.Version != old.Version || s.Binary != old.Binary || s.Feature != old.Feature || !slices.Equal(s.Args, old.Args) ||
+		s.Schedule != old.Schedule || s.Timeout != old.Timeout || !sameResources(s.Resources, old.Resources) ||
+		!slices.Equal(s.Capabilities, old.Capabilities)
 }
 
 // ConfigChanged reports whether s carries a different configuration.

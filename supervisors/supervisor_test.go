@@ -13,6 +13,7 @@ func TestNeedsRestart(t *testing.T) {
 		{"config only", func(s *Spec) { s.ConfigJSON = []byte(`{"a":1}`) }, false, true},
 		{"version", func(s *Spec) { s.Version = "2" }, true, false},
 		{"binary", func(s *Spec) { s.Binary = "/c" }, true, false},
+		{"feature", func(s *Spec) { s.Feature = "heartbeat" }, true, false},
 		{"args", func(s *Spec) { s.Args = []string{"-y"} }, true, false},
 		{"args order", func(s *Spec) { s.Args = []string{"-x", "-y"} }, true, false},
 		{"resources", func(s *Spec) { s.Resources = &Resources{TasksMax: 9} }, true, false},

@@ -6,6 +6,7 @@ package conformance
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,14 +19,25 @@ import (
 	"github.com/addond/addond/supervisors"
 )
 
-// Harness builds the backend under test.
+// Harness builds the backend under test and says what its model promises.
 type Harness struct {
 	// New returns a backend reporting to notify, with timings fast enough
 	// for tests: health every ~100ms, backoff from ~50ms, a circuit
-	// breaker that opens after 3 restarts.
+	// breaker that opens after 3 restarts within 10s, a cool-down of
+	// ~500ms.
 	New func(t *testing.T, notify supervisors.Notify) supervisors.Supervisor
 	// Hello is the path of the built hello example add-on.
 	Hello string
+	// AsksAddon: health comes from the add-on's own Health answers and
+	// configuration is applied in place through Configure (go-plugin
+	// sidecars); otherwise health is the process's state and a new
+	// configuration restarts it.
+	AsksAddon bool
+	// OutlivesAgent: add-ons are units that keep running when the
+	// backend is closed, and a new backend adopts them without a restart.
+	OutlivesAgent bool
+	// Units: the backend makes systemd units and checks their resources.
+	Units bool
 }
 
 // BuildExamples builds the example add-ons into a temporary directory and
@@ -45,6 +57,27 @@ func BuildExamples(t testing.TB, root string, names ...string) map[string]string
 		out[n] = bin
 	}
 	return out
+}
+
+// tracked remembers what was started, so that a test can clean up units
+// that outlive the backend.
+type tracked struct {
+	supervisors.Supervisor
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+func (s *tracked) Start(ctx context.Context, spec supervisors.Spec) error {
+	s.mu.Lock()
+	s.ids[spec.AddonID] = true
+	s.mu.Unlock()
+	return s.Supervisor.Start(ctx, spec)
+}
+
+func (s *tracked) started() map[string]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.ids)
 }
 
 // recorder collects events.
@@ -126,10 +159,15 @@ func Run(t *testing.T, h Harness) {
 	}
 	setup := func(t *testing.T) (supervisors.Supervisor, *recorder) {
 		rec := newRecorder()
-		s := h.New(t, rec.notify)
+		s := &tracked{Supervisor: h.New(t, rec.notify), ids: map[string]bool{}}
 		t.Cleanup(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
+			if h.OutlivesAgent {
+				for id := range s.started() {
+					s.Stop(ctx, id)
+				}
+			}
 			s.Close(ctx)
 		})
 		return s, rec
@@ -160,19 +198,33 @@ func Run(t *testing.T, h Harness) {
 		}
 	})
 
-	t.Run("configuration change applies in place", func(t *testing.T) {
+	t.Run("configuration change reaches the add-on", func(t *testing.T) {
 		s, rec := setup(t)
 		s.Start(ctx, spec("hello", "1.0.0", `{}`))
 		first := rec.waitFor(t, "hello", wait, "healthy", healthy)
 		m := rec.mark()
-		if err := s.Update(ctx, spec("hello", "1.0.0", `{"health":"degraded"}`)); err != nil {
+		if err := s.Update(ctx, spec("hello", "1.0.0", `{"crash_after":"20ms","exit_code":4}`)); err != nil {
 			t.Fatal(err)
 		}
-		e := rec.waitFrom(t, m, "hello", wait, "degraded", func(e supervisors.Event) bool { return e.State == supervisors.StateDegraded })
-		if e.PID != first.PID || e.Restarts != 0 {
-			t.Fatalf("configuration change restarted the add-on: pid %d → %d, restarts %d", first.PID, e.PID, e.Restarts)
-		}
+		e := rec.waitFrom(t, m, "hello", wait, "restarting after the configured crash", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
+		t.Logf("pid %d → restarting: %s", first.PID, e.Reason)
 	})
+
+	if h.AsksAddon {
+		t.Run("configuration change applies in place", func(t *testing.T) {
+			s, rec := setup(t)
+			s.Start(ctx, spec("hello", "1.0.0", `{}`))
+			first := rec.waitFor(t, "hello", wait, "healthy", healthy)
+			m := rec.mark()
+			if err := s.Update(ctx, spec("hello", "1.0.0", `{"health":"degraded"}`)); err != nil {
+				t.Fatal(err)
+			}
+			e := rec.waitFrom(t, m, "hello", wait, "degraded", func(e supervisors.Event) bool { return e.State == supervisors.StateDegraded })
+			if e.PID != first.PID || e.Restarts != 0 {
+				t.Fatalf("configuration change restarted the add-on: pid %d → %d, restarts %d", first.PID, e.PID, e.Restarts)
+			}
+		})
+	}
 
 	t.Run("version change restarts", func(t *testing.T) {
 		s, rec := setup(t)
@@ -192,25 +244,29 @@ func Run(t *testing.T, h Harness) {
 		}
 	})
 
-	t.Run("unhealthy report", func(t *testing.T) {
-		s, rec := setup(t)
-		s.Start(ctx, spec("hello", "1.0.0", `{"health":"unhealthy"}`))
-		e := rec.waitFor(t, "hello", wait, "unhealthy", func(e supervisors.Event) bool {
-			return e.State == supervisors.StateUnhealthy && e.Health == supervisors.HealthUnhealthy
+	if h.AsksAddon {
+		t.Run("unhealthy report", func(t *testing.T) {
+			s, rec := setup(t)
+			s.Start(ctx, spec("hello", "1.0.0", `{"health":"unhealthy"}`))
+			e := rec.waitFor(t, "hello", wait, "unhealthy", func(e supervisors.Event) bool {
+				return e.State == supervisors.StateUnhealthy && e.Health == supervisors.HealthUnhealthy
+			})
+			if !strings.Contains(e.Reason, "configured to be unhealthy") {
+				t.Fatalf("reason %q, want the add-on's own", e.Reason)
+			}
 		})
-		if !strings.Contains(e.Reason, "configured to be unhealthy") {
-			t.Fatalf("reason %q, want the add-on's own", e.Reason)
-		}
-	})
+	}
 
-	t.Run("configure rejected", func(t *testing.T) {
-		s, rec := setup(t)
-		s.Start(ctx, spec("hello", "1.0.0", `{"configure_error":"no such target"}`))
-		e := rec.waitFor(t, "hello", wait, "unhealthy", func(e supervisors.Event) bool { return e.State == supervisors.StateUnhealthy })
-		if !strings.Contains(e.Reason, "no such target") {
-			t.Fatalf("reason %q, want the add-on's refusal", e.Reason)
-		}
-	})
+	if h.AsksAddon {
+		t.Run("configure rejected", func(t *testing.T) {
+			s, rec := setup(t)
+			s.Start(ctx, spec("hello", "1.0.0", `{"configure_error":"no such target"}`))
+			e := rec.waitFor(t, "hello", wait, "unhealthy", func(e supervisors.Event) bool { return e.State == supervisors.StateUnhealthy })
+			if !strings.Contains(e.Reason, "no such target") {
+				t.Fatalf("reason %q, want the add-on's refusal", e.Reason)
+			}
+		})
+	}
 
 	t.Run("crash restarts with backoff, then the circuit opens", func(t *testing.T) {
 		s, rec := setup(t)
@@ -228,14 +284,16 @@ func Run(t *testing.T, h Harness) {
 		rec.waitFrom(t, m, "hello", wait, "healthy after the fix", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.0.1" })
 	})
 
-	t.Run("hung health checks restart", func(t *testing.T) {
-		s, rec := setup(t)
-		s.Start(ctx, spec("hello", "1.0.0", `{"hang_health":true}`))
-		e := rec.waitFor(t, "hello", wait, "restarting", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
-		if !strings.Contains(e.Reason, "health") {
-			t.Fatalf("reason %q, want the failed health checks", e.Reason)
-		}
-	})
+	if h.AsksAddon {
+		t.Run("hung health checks restart", func(t *testing.T) {
+			s, rec := setup(t)
+			s.Start(ctx, spec("hello", "1.0.0", `{"hang_health":true}`))
+			e := rec.waitFor(t, "hello", wait, "restarting", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
+			if !strings.Contains(e.Reason, "health") {
+				t.Fatalf("reason %q, want the failed health checks", e.Reason)
+			}
+		})
+	}
 
 	t.Run("bad binaries are reported, others unaffected", func(t *testing.T) {
 		s, rec := setup(t)
@@ -245,22 +303,40 @@ func Run(t *testing.T, h Harness) {
 			os.WriteFile(p, []byte(body), mode)
 			return p
 		}
-		bad := map[string]string{
+		refused := map[string]string{ // Start itself fails
 			"missing": filepath.Join(dir, "missing"),
 			"noexec":  script("noexec", "#!/bin/sh\nexit 0\n", 0o644),
-			"exits":   script("exits", "#!/bin/sh\nexit 3\n", 0o755),
-			"garbage": script("garbage", "#!/bin/sh\necho 'this is not a handshake'\nsleep 30\n", 0o755),
-			"hangs":   script("hangs", "#!/bin/sh\nsleep 30\n", 0o755),
+		}
+		failing := map[string]string{ // reported as it fails
+			"exits": script("exits", "#!/bin/sh\nexit 3\n", 0o755),
+		}
+		if h.AsksAddon {
+			// No handshake: for a sidecar these fail to start.
+			refused["exits"] = failing["exits"]
+			refused["garbage"] = script("garbage", "#!/bin/sh\necho 'this is not a handshake'\nsleep 30\n", 0o755)
+			refused["hangs"] = script("hangs", "#!/bin/sh\nsleep 30\n", 0o755)
 		}
 		s.Start(ctx, spec("good", "1.0.0", `{}`))
-		for id, bin := range bad {
+		for id, bin := range refused {
 			sp := spec(id, "1.0.0", `{}`)
 			sp.Binary = bin
 			if err := s.Start(ctx, sp); err == nil || !strings.Contains(err.Error(), id) {
 				t.Errorf("Start(%s) = %v, want an error naming the add-on", id, err)
 			}
 		}
-		for id := range bad {
+		for id, bin := range failing {
+			if _, ok := refused[id]; !ok {
+				sp := spec(id, "1.0.0", `{}`)
+				sp.Binary = bin
+				s.Start(ctx, sp)
+			}
+		}
+		if h.AsksAddon {
+			for id, bin := range refused {
+				failing[id] = bin // reported as events as well
+			}
+		}
+		for id := range failing {
 			e := rec.waitFor(t, id, wait, "a failure with a reason", func(e supervisors.Event) bool {
 				return (e.State == supervisors.StateRestarting || e.State == supervisors.StateCircuitOpen || e.State == supervisors.StateFailed) && e.Reason != ""
 			})
@@ -272,22 +348,94 @@ func Run(t *testing.T, h Harness) {
 		}
 	})
 
-	t.Run("close stops everything", func(t *testing.T) {
+	if h.Units {
+		t.Run("resources out of range are refused", func(t *testing.T) {
+			s, _ := setup(t)
+			for field, r := range map[string]supervisors.Resources{
+				"cpu_max_percent":   {CPUMaxPercent: -5},
+				"memory_max_bytes":  {MemoryMaxBytes: 100},
+				"memory_high_bytes": {MemoryMaxBytes: 64 << 20, MemoryHighBytes: 128 << 20},
+				"tasks_max":         {TasksMax: -1},
+			} {
+				sp := spec("limits", "1.0.0", `{}`)
+				sp.Resources = &r
+				err := s.Start(ctx, sp)
+				if err == nil || !strings.Contains(err.Error(), field) || !strings.Contains(err.Error(), "limits") {
+					t.Errorf("Start with bad %s = %v, want an error naming the add-on and the field", field, err)
+				}
+				if _, ok := s.Status("limits"); ok {
+					t.Errorf("a refused add-on is supervised")
+				}
+			}
+		})
+	}
+
+	if !h.OutlivesAgent {
+		t.Run("close stops everything", func(t *testing.T) {
+			s, rec := setup(t)
+			var pids []int
+			for _, id := range []string{"a", "b", "c"} {
+				s.Start(ctx, spec(id, "1.0.0", `{}`))
+				pids = append(pids, rec.waitFor(t, id, wait, "healthy", healthy).PID)
+			}
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if err := s.Close(cctx); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
+			for _, pid := range pids {
+				if alive(pid) {
+					t.Fatalf("process %d left behind by Close", pid)
+				}
+			}
+		})
+		return
+	}
+
+	t.Run("close leaves add-ons running; a new backend adopts them", func(t *testing.T) {
 		s, rec := setup(t)
-		var pids []int
+		pids := map[string]int{}
 		for _, id := range []string{"a", "b", "c"} {
 			s.Start(ctx, spec(id, "1.0.0", `{}`))
-			pids = append(pids, rec.waitFor(t, id, wait, "healthy", healthy).PID)
+			pids[id] = rec.waitFor(t, id, wait, "healthy", healthy).PID
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		if err := s.Close(cctx); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(100 * time.Millisecond)
-		for _, pid := range pids {
+		time.Sleep(200 * time.Millisecond)
+		for id, pid := range pids {
+			if !alive(pid) {
+				t.Fatalf("%s: process %d stopped by Close", id, pid)
+			}
+		}
+		s2, rec2 := setup(t)
+		for id, pid := range pids {
+			if err := s2.Start(ctx, spec(id, "1.0.0", `{}`)); err != nil {
+				t.Fatal(err)
+			}
+			e := rec2.waitFor(t, id, wait, "healthy", healthy)
+			if e.PID != pid {
+				t.Fatalf("%s: adopted as pid %d, was %d: restarted instead of adopted", id, e.PID, pid)
+			}
+		}
+		// A changed spec is not adopted: it replaces the unit.
+		s2.Update(ctx, spec("a", "1.0.1", `{}`))
+		e := rec2.waitFor(t, "a", wait, "healthy 1.0.1", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.0.1" })
+		if e.PID == pids["a"] {
+			t.Fatal("a new version kept the old process")
+		}
+		for id := range pids {
+			if err := s2.Stop(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+		for id, pid := range pids {
 			if alive(pid) {
-				t.Fatalf("process %d left behind by Close", pid)
+				t.Fatalf("%s: process %d alive after Stop", id, pid)
 			}
 		}
 	})

@@ -14,7 +14,8 @@ import (
 func TestConformance(t *testing.T) {
 	bins := conformance.BuildExamples(t, "../..", "hello")
 	conformance.Run(t, conformance.Harness{
-		Hello: bins["hello"],
+		Hello:     bins["hello"],
+		AsksAddon: true,
 		New: func(t *testing.T, notify supervisors.Notify) supervisors.Supervisor {
 			return New(Options{
 				Log:            slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),

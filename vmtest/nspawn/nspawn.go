@@ -183,3 +183,72 @@ WantedBy=multi-user.target
 	fmt.Sscan(string(rc), &res.ExitCode)
 	return res
 }
+
+// InMachine reports whether this test binary runs inside a machine booted
+// by RunTest.
+func InMachine() bool { return os.Getenv("ADDOND_IN_MACHINE") == "1" }
+
+// BinDir is where RunTest puts Files inside the machine.
+const BinDir = "/test/bin"
+
+// RunOptions are one RunTest.
+type RunOptions struct {
+	// Run is the -test.run pattern of the tests to run inside (the
+	// calling test by default).
+	Run string
+	// Files are host executables copied into BinDir under their base
+	// names.
+	Files []string
+	// Setup is shell run as root before the tests (e.g. setcap).
+	Setup string
+	// AsRoot runs the tests as root instead of the addond user.
+	AsRoot bool
+	// Env is extra environment for the tests.
+	Env []string
+	// Timeout bounds the boot [3m].
+	Timeout time.Duration
+}
+
+// RunTest boots a fresh machine, runs this test binary's tests matching
+// o.Run inside it — as the lingering addond user, with its user manager
+// up — and fails t unless they pass. The inside run's output is logged.
+// Call it from a test that, when InMachine(), does the real work instead.
+func RunTest(t *testing.T, o RunOptions) *Machine {
+	t.Helper()
+	m := New(t)
+	if o.Run == "" {
+		o.Run = "^" + t.Name() + "$"
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 3 * time.Minute
+	}
+	m.CopyFile(t, os.Args[0], "/test/addond.test", 0o755)
+	for _, f := range o.Files {
+		m.CopyFile(t, f, filepath.Join(BinDir, filepath.Base(f)), 0o755)
+	}
+	user := "runuser -u addond --"
+	if o.AsRoot {
+		user = ""
+	}
+	env := strings.Join(append([]string{"ADDOND_IN_MACHINE=1", fmt.Sprintf("XDG_RUNTIME_DIR=/run/user/%d", AddonUID)}, o.Env...), " ")
+	script := fmt.Sprintf(`
+for i in $(seq 1 200); do [ -S /run/user/%[1]d/bus ] && [ -S /run/user/%[1]d/systemd/private ] && break; sleep 0.05; done
+chmod 0755 /test
+%[2]s
+cd /var/lib/addond
+%[3]s env %[4]s /test/addond.test -test.run '%[5]s' -test.v -test.count=1 -test.timeout=%[6]s`,
+		AddonUID, o.Setup, user, env, o.Run, (o.Timeout - 20*time.Second).String())
+	res := m.Boot(t, script, o.Timeout)
+	if res.ExitCode != 0 || !strings.Contains(res.Output, "--- PASS") || strings.Contains(res.Output, "--- FAIL") {
+		t.Fatalf("inside the machine: exit %d\n%s\n--- console:\n%s", res.ExitCode, res.Output, tail(res.Console, 4000))
+	}
+	t.Logf("inside the machine:\n%s", res.Output)
+	return m
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "…" + s[len(s)-n:]
+}

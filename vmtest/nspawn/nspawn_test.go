@@ -11,25 +11,12 @@ import (
 	"github.com/coreos/go-systemd/v22/dbus"
 )
 
-// inMachine is set when the test binary runs inside a booted machine.
-var inMachine = os.Getenv("ADDOND_IN_MACHINE") == "1"
-
 // TestUserManagerTransientUnit proves the harness: in a booted Debian,
 // the lingering addond user's manager starts a transient unit created over
 // D-Bus (no systemctl, no systemd-run), as addond will.
 func TestUserManagerTransientUnit(t *testing.T) {
-	if !inMachine {
-		m := New(t)
-		m.CopyFile(t, os.Args[0], "/test/nspawn.test", 0o755)
-		res := m.Boot(t, fmt.Sprintf(`
-for i in $(seq 1 100); do [ -S /run/user/%d/bus ] && break; sleep 0.1; done
-exec runuser -u addond -- env ADDOND_IN_MACHINE=1 XDG_RUNTIME_DIR=/run/user/%d \
-	DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/%d/bus \
-	/test/nspawn.test -test.run '^TestUserManagerTransientUnit$' -test.v`, AddonUID, AddonUID, AddonUID), 2*time.Minute)
-		if res.ExitCode != 0 || !strings.Contains(res.Output, "--- PASS") {
-			t.Fatalf("inside the machine: exit %d\n%s\n--- console:\n%s", res.ExitCode, res.Output, res.Console)
-		}
-		t.Logf("inside the machine:\n%s", res.Output)
+	if !InMachine() {
+		RunTest(t, RunOptions{})
 		return
 	}
 

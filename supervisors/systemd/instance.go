@@ -1,0 +1,414 @@
+package systemd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/addond/addond/supervisors"
+)
+
+// Driver is what one unit-based model adds to the machinery every unit
+// backend shares (Backend, below): how its units are created and how
+// their state reads as an Event.
+type Driver interface {
+	// Model is the supervision model, part of every unit's fingerprint.
+	Model() string
+	// Check refuses a spec before anything is created.
+	Check(spec supervisors.Spec) error
+	// Create starts the add-on's units for spec (they do not exist).
+	Create(ctx context.Context, b *Backend, spec supervisors.Spec, description string) error
+	// Units are the add-on's units, the one watched first.
+	Units(id string) []string
+	// Observe turns the watched unit's state into an event; it may keep
+	// per-add-on memory in mem.
+	Observe(ctx context.Context, b *Backend, spec supervisors.Spec, u UnitState, mem *Memory) supervisors.Event
+}
+
+// Memory is what Observe may remember between calls for one add-on.
+type Memory struct {
+	Restarts     int    // restarts before the current unit
+	LastRun      string // a timer's last seen invocation
+	Failures     int    // a timer's failed runs in a row
+	LastRunError string
+}
+
+// Options configure a unit Backend.
+type Options struct {
+	Manager *Manager
+	Paths   Paths
+	Log     *slog.Logger
+	Notify  supervisors.Notify
+
+	RestartSec         time.Duration // between automatic restarts [1s]
+	StartLimitBurst    int           // restarts within StartLimitInterval that open the circuit [5]
+	StartLimitInterval time.Duration // [1m]
+	BreakerCooldown    time.Duration // how long an open circuit stays open [1m]
+	JobTimeout         time.Duration // starting or stopping a unit [30s]
+}
+
+func (o *Options) defaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&o.RestartSec, time.Second)
+	def(&o.StartLimitInterval, time.Minute)
+	def(&o.BreakerCooldown, time.Minute)
+	def(&o.JobTimeout, 30*time.Second)
+	if o.StartLimitBurst <= 0 {
+		o.StartLimitBurst = 5
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Notify == nil {
+		o.Notify = func(supervisors.Event) {}
+	}
+}
+
+// Backend supervises add-ons of one unit-based model: each add-on is a
+// goroutine that owns its units — adopting a unit that already runs the
+// same spec (addond restarted), creating it otherwise, re-reading its state
+// on every property change the manager signals, and re-creating it after
+// a cool-down when it failed for good or vanished.
+type Backend struct {
+	Opts   Options
+	driver Driver
+
+	mu     sync.Mutex
+	addons map[string]*instance
+}
+
+// NewBackend returns a Backend for d.
+func NewBackend(d Driver, o Options) *Backend {
+	o.defaults()
+	return &Backend{Opts: o, driver: d, addons: map[string]*instance{}}
+}
+
+var _ supervisors.Supervisor = (*Backend)(nil)
+
+type command struct {
+	spec  *supervisors.Spec // nil: stop
+	reply chan error
+}
+
+type instance struct {
+	b      *Backend
+	id     string
+	log    *slog.Logger
+	cmds   chan command
+	detach chan struct{}
+	done   chan struct{}
+
+	mu   sync.Mutex
+	last supervisors.Event
+}
+
+func (b *Backend) Start(ctx context.Context, spec supervisors.Spec) error {
+	if err := ValidID(spec.AddonID); err != nil {
+		return err
+	}
+	if err := CheckResources(spec.AddonID, spec.Resources); err != nil {
+		return err
+	}
+	if err := b.driver.Check(spec); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	if _, ok := b.addons[spec.AddonID]; ok {
+		b.mu.Unlock()
+		return fmt.Errorf("addon %q is already supervised", spec.AddonID)
+	}
+	inst := &instance{
+		b: b, id: spec.AddonID,
+		log:    b.Opts.Log.With("addon_id", spec.AddonID, "model", b.driver.Model()),
+		cmds:   make(chan command),
+		detach: make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	b.addons[spec.AddonID] = inst
+	b.mu.Unlock()
+	first := make(chan error, 1)
+	go inst.run(spec, first)
+	select {
+	case err := <-first:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *Backend) instance(id string) (*instance, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	inst, ok := b.addons[id]
+	if !ok {
+		return nil, fmt.Errorf("addon %q: %w", id, supervisors.ErrUnknownAddon)
+	}
+	return inst, nil
+}
+
+func (b *Backend) send(ctx context.Context, id string, c command) error {
+	inst, err := b.instance(id)
+	if err != nil {
+		return err
+	}
+	select {
+	case inst.cmds <- c:
+	case <-inst.done:
+		return fmt.Errorf("addon %q: %w", id, supervisors.ErrUnknownAddon)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-c.reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *Backend) Update(ctx context.Context, spec supervisors.Spec) error {
+	if err := CheckResources(spec.AddonID, spec.Resources); err != nil {
+		return err
+	}
+	if err := b.driver.Check(spec); err != nil {
+		return err
+	}
+	return b.send(ctx, spec.AddonID, command{spec: &spec, reply: make(chan error, 1)})
+}
+
+func (b *Backend) Stop(ctx context.Context, id string) error {
+	err := b.send(ctx, id, command{reply: make(chan error, 1)})
+	b.mu.Lock()
+	delete(b.addons, id)
+	b.mu.Unlock()
+	return err
+}
+
+func (b *Backend) Status(id string) (supervisors.Event, bool) {
+	inst, err := b.instance(id)
+	if err != nil {
+		return supervisors.Event{}, false
+	}
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	return inst.last, true
+}
+
+// Close stops supervising and leaves every unit running: they outlive
+// addond, and the next addond adopts them.
+func (b *Backend) Close(ctx context.Context) error {
+	b.mu.Lock()
+	all := b.addons
+	b.addons = map[string]*instance{}
+	b.mu.Unlock()
+	for _, inst := range all {
+		close(inst.detach)
+	}
+	for _, inst := range all {
+		select {
+		case <-inst.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (i *instance) emit(e supervisors.Event) {
+	e.AddonID = i.id
+	i.mu.Lock()
+	prev := i.last
+	e.Time = prev.Time
+	changed := e != prev
+	if changed {
+		e.Time = time.Now()
+		i.last = e
+	}
+	i.mu.Unlock()
+	if changed {
+		i.log.Info("add-on state", "version", e.Version, "state", e.State, "health", e.Health, "reason", e.Reason, "pid", e.PID, "restarts", e.Restarts)
+		i.b.Opts.Notify(e)
+	}
+}
+
+func (i *instance) jobCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), i.b.Opts.JobTimeout)
+}
+
+// ensure makes the add-on's units run spec: adopts them when they already
+// do (and replace is false), re-creates them otherwise.
+func (i *instance) ensure(spec supervisors.Spec, replace bool, mem *Memory) error {
+	b, d := i.b, i.b.driver
+	ctx, cancel := i.jobCtx()
+	defer cancel()
+	conn, err := b.Opts.Manager.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	fp := Fingerprint(d.Model(), spec)
+	units := d.Units(spec.AddonID)
+	u, err := ReadUnit(ctx, conn, units[0])
+	if err != nil {
+		return fmt.Errorf("addon %q: %w", spec.AddonID, err)
+	}
+	if !replace && u.Up() && DescriptionFingerprint(u.Description) == fp {
+		i.log.Info("adopted the running unit", "unit", u.Name, "pid", u.MainPID)
+		return nil
+	}
+	for _, unit := range units {
+		if err := StopUnit(ctx, conn, unit); err != nil {
+			return fmt.Errorf("addon %q: %w", spec.AddonID, err)
+		}
+	}
+	if err := b.Opts.Paths.Prepare(spec); err != nil {
+		return err
+	}
+	mem.Restarts += u.NRestarts
+	if err := d.Create(ctx, b, spec, Description(spec, fp)); err != nil {
+		return fmt.Errorf("addon %q: %w", spec.AddonID, err)
+	}
+	return nil
+}
+
+// run owns the add-on's units for its supervised life.
+func (i *instance) run(spec supervisors.Spec, first chan<- error) {
+	defer close(i.done)
+	b := i.b
+	watch := b.Opts.Manager.Watch(b.driver.Units(spec.AddonID)...)
+	defer watch.Close()
+	var (
+		mem     Memory
+		retry   = time.NewTimer(time.Hour)
+		waiting bool // for retry: do not re-create before it fires
+	)
+	retry.Stop()
+	defer retry.Stop()
+	schedule := func(d time.Duration) {
+		retry.Reset(d)
+		waiting = true
+	}
+	starting := func(reason string) {
+		i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStarting, Health: supervisors.HealthUnknown, Reason: reason, Restarts: mem.Restarts})
+	}
+	// apply (re)creates the units; a manager that cannot be reached is
+	// waited for, never held against the add-on.
+	apply := func(replace bool) error {
+		err := i.ensure(spec, replace, &mem)
+		switch {
+		case err == nil:
+			waiting = false
+		case isNoManager(err):
+			starting("waiting for the systemd manager: " + err.Error())
+			schedule(2 * time.Second)
+			return nil
+		default:
+			i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateFailed, Health: supervisors.HealthUnhealthy, Reason: err.Error(), Restarts: mem.Restarts})
+			schedule(b.Opts.BreakerCooldown)
+		}
+		return err
+	}
+
+	starting("")
+	first <- apply(false)
+	for {
+		select {
+		case <-i.detach:
+			return
+		case c := <-i.cmds:
+			if c.spec == nil {
+				ctx, cancel := i.jobCtx()
+				var err error
+				if conn, cerr := b.Opts.Manager.Conn(ctx); cerr != nil {
+					err = fmt.Errorf("addon %q: %w", i.id, cerr)
+				} else {
+					for _, unit := range b.driver.Units(i.id) {
+						if serr := StopUnit(ctx, conn, unit); serr != nil && err == nil {
+							err = fmt.Errorf("addon %q: %w", i.id, serr)
+						}
+					}
+				}
+				cancel()
+				i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStopped, Health: supervisors.HealthUnknown, Restarts: mem.Restarts})
+				c.reply <- err
+				return
+			}
+			old := spec
+			spec = *c.spec
+			if !spec.NeedsRestart(old) && !spec.ConfigChanged(old) {
+				c.reply <- nil
+				continue
+			}
+			retry.Stop()
+			mem = Memory{}
+			starting("")
+			c.reply <- apply(true)
+		case <-retry.C:
+			waiting = false
+			starting("")
+			apply(true)
+		case <-watch.C:
+			ctx, cancel := i.jobCtx()
+			conn, err := b.Opts.Manager.Conn(ctx)
+			if err != nil {
+				cancel()
+				continue // the reconnect pokes the watch again
+			}
+			u, err := ReadUnit(ctx, conn, watch.units[0])
+			cancel()
+			if err != nil {
+				continue
+			}
+			if !u.Exists() || u.ActiveState == "inactive" || DescriptionFingerprint(u.Description) != Fingerprint(b.driver.Model(), spec) {
+				if waiting {
+					continue
+				}
+				// Gone: stopped behind addond's back, collected, or never
+				// created because the manager was away.
+				i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateRestarting, Health: supervisors.HealthUnhealthy,
+					Reason: "unit " + u.Name + " is not running", Restarts: mem.Restarts})
+				schedule(b.Opts.RestartSec)
+				continue
+			}
+			e := b.driver.Observe(context.Background(), b, spec, u, &mem)
+			e.Version = spec.Version
+			if e.State == supervisors.StateCircuitOpen && !waiting {
+				schedule(b.Opts.BreakerCooldown)
+			}
+			i.emit(e)
+		}
+	}
+}
+
+func isNoManager(err error) bool { return errors.Is(err, ErrNoManager) }
+
+// StopOrphans stops every addond-* unit whose add-on keep does not claim:
+// left behind by an add-on that was removed while addond was down.
+func StopOrphans(ctx context.Context, m *Manager, keep func(id string) bool) ([]string, error) {
+	conn, err := m.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	units, err := ListAddonUnits(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	var stopped []string
+	for _, u := range units {
+		id, run, ok := ParseName(u.Name)
+		if !ok || run || keep(id) {
+			continue // helper runs finish on their own
+		}
+		if err := StopUnit(ctx, conn, u.Name); err != nil {
+			return stopped, err
+		}
+		stopped = append(stopped, u.Name)
+	}
+	return stopped, nil
+}
