@@ -38,6 +38,12 @@ type Harness struct {
 	OutlivesAgent bool
 	// Units: the backend makes systemd units and checks their resources.
 	Units bool
+	// Job: the model runs its binary now and then (timers, helpers), not
+	// as a long-running process: no PIDs, no crash loops. Binary and
+	// Spec then say what to run.
+	Job    bool
+	Binary string
+	Spec   func(*supervisors.Spec)
 }
 
 // BuildExamples builds the example add-ons into a temporary directory and
@@ -146,17 +152,25 @@ func (r *recorder) mark() int {
 
 func alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
 
-func healthy(e supervisors.Event) bool {
-	return e.State == supervisors.StateRunning && e.Health == supervisors.HealthHealthy && e.PID > 0
-}
-
 const wait = 15 * time.Second
 
 // Run runs the suite.
 func Run(t *testing.T, h Harness) {
 	spec := func(id, version, config string) supervisors.Spec {
-		return supervisors.Spec{AddonID: id, Version: version, Binary: h.Hello, ConfigJSON: []byte(config)}
+		s := supervisors.Spec{AddonID: id, Version: version, Binary: h.Hello, ConfigJSON: []byte(config)}
+		if h.Job {
+			s.Binary = h.Binary
+		}
+		if h.Spec != nil {
+			h.Spec(&s)
+		}
+		return s
 	}
+	healthy := func(e supervisors.Event) bool {
+		return e.State == supervisors.StateRunning && e.Health == supervisors.HealthHealthy && (h.Job || e.PID > 0)
+	}
+	alive := func(pid int) bool { return h.Job || alive(pid) }
+	dead := func(pid int) bool { return h.Job || !alive(pid) }
 	setup := func(t *testing.T) (supervisors.Supervisor, *recorder) {
 		rec := newRecorder()
 		s := &tracked{Supervisor: h.New(t, rec.notify), ids: map[string]bool{}}
@@ -190,7 +204,7 @@ func Run(t *testing.T, h Harness) {
 			t.Fatal(err)
 		}
 		rec.waitFor(t, "hello", wait, "stopped", func(e supervisors.Event) bool { return e.State == supervisors.StateStopped })
-		if alive(e.PID) {
+		if !dead(e.PID) {
 			t.Fatalf("process %d still alive after Stop", e.PID)
 		}
 		if _, ok := s.Status("hello"); ok {
@@ -198,17 +212,19 @@ func Run(t *testing.T, h Harness) {
 		}
 	})
 
-	t.Run("configuration change reaches the add-on", func(t *testing.T) {
-		s, rec := setup(t)
-		s.Start(ctx, spec("hello", "1.0.0", `{}`))
-		first := rec.waitFor(t, "hello", wait, "healthy", healthy)
-		m := rec.mark()
-		if err := s.Update(ctx, spec("hello", "1.0.0", `{"crash_after":"20ms","exit_code":4}`)); err != nil {
-			t.Fatal(err)
-		}
-		e := rec.waitFrom(t, m, "hello", wait, "restarting after the configured crash", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
-		t.Logf("pid %d → restarting: %s", first.PID, e.Reason)
-	})
+	if !h.Job {
+		t.Run("configuration change reaches the add-on", func(t *testing.T) {
+			s, rec := setup(t)
+			s.Start(ctx, spec("hello", "1.0.0", `{}`))
+			first := rec.waitFor(t, "hello", wait, "healthy", healthy)
+			m := rec.mark()
+			if err := s.Update(ctx, spec("hello", "1.0.0", `{"crash_after":"20ms","exit_code":4}`)); err != nil {
+				t.Fatal(err)
+			}
+			e := rec.waitFrom(t, m, "hello", wait, "restarting after the configured crash", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
+			t.Logf("pid %d → restarting: %s", first.PID, e.Reason)
+		})
+	}
 
 	if h.AsksAddon {
 		t.Run("configuration change applies in place", func(t *testing.T) {
@@ -235,11 +251,11 @@ func Run(t *testing.T, h Harness) {
 			t.Fatal(err)
 		}
 		e := rec.waitFrom(t, m, "hello", wait, "healthy 1.1.0", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.1.0" })
-		if e.PID == first.PID {
+		if e.PID == first.PID && !h.Job {
 			t.Fatal("version change kept the old process")
 		}
 		time.Sleep(100 * time.Millisecond)
-		if alive(first.PID) {
+		if !dead(first.PID) {
 			t.Fatalf("old process %d still alive", first.PID)
 		}
 	})
@@ -268,21 +284,23 @@ func Run(t *testing.T, h Harness) {
 		})
 	}
 
-	t.Run("crash restarts with backoff, then the circuit opens", func(t *testing.T) {
-		s, rec := setup(t)
-		s.Start(ctx, spec("hello", "1.0.0", `{"crash_after":"50ms","exit_code":3}`))
-		e := rec.waitFor(t, "hello", wait, "restarting", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
-		if e.Reason == "" {
-			t.Fatal("restarting without a reason")
-		}
-		rec.waitFor(t, "hello", wait, "circuit_open", func(e supervisors.Event) bool {
-			return e.State == supervisors.StateCircuitOpen && strings.Contains(e.Reason, "restarts within")
+	if !h.Job {
+		t.Run("crash restarts with backoff, then the circuit opens", func(t *testing.T) {
+			s, rec := setup(t)
+			s.Start(ctx, spec("hello", "1.0.0", `{"crash_after":"50ms","exit_code":3}`))
+			e := rec.waitFor(t, "hello", wait, "restarting", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
+			if e.Reason == "" {
+				t.Fatal("restarting without a reason")
+			}
+			rec.waitFor(t, "hello", wait, "circuit_open", func(e supervisors.Event) bool {
+				return e.State == supervisors.StateCircuitOpen && strings.Contains(e.Reason, "restarts within")
+			})
+			// An update (a fix) closes the circuit at once.
+			m := rec.mark()
+			s.Update(ctx, spec("hello", "1.0.1", `{}`))
+			rec.waitFrom(t, m, "hello", wait, "healthy after the fix", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.0.1" })
 		})
-		// An update (a fix) closes the circuit at once.
-		m := rec.mark()
-		s.Update(ctx, spec("hello", "1.0.1", `{}`))
-		rec.waitFrom(t, m, "hello", wait, "healthy after the fix", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.0.1" })
-	})
+	}
 
 	if h.AsksAddon {
 		t.Run("hung health checks restart", func(t *testing.T) {
@@ -307,8 +325,9 @@ func Run(t *testing.T, h Harness) {
 			"missing": filepath.Join(dir, "missing"),
 			"noexec":  script("noexec", "#!/bin/sh\nexit 0\n", 0o644),
 		}
-		failing := map[string]string{ // reported as it fails
-			"exits": script("exits", "#!/bin/sh\nexit 3\n", 0o755),
+		failing := map[string]string{} // reported as it fails
+		if !h.Job {
+			failing["exits"] = script("exits", "#!/bin/sh\nexit 3\n", 0o755)
 		}
 		if h.AsksAddon {
 			// No handshake: for a sidecar these fail to start.
@@ -370,6 +389,9 @@ func Run(t *testing.T, h Harness) {
 		})
 	}
 
+	if h.Job {
+		return // what outlives the backend is the model's own test
+	}
 	if !h.OutlivesAgent {
 		t.Run("close stops everything", func(t *testing.T) {
 			s, rec := setup(t)

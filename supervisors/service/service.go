@@ -56,7 +56,7 @@ func (driver) Create(ctx context.Context, b *systemd.Backend, spec supervisors.S
 		systemd.Prop("Description", description),
 		systemd.Prop("Type", "exec"),
 		systemd.Prop("Restart", "always"),
-		systemd.Prop("RestartUSec", usec(o.RestartSec)),
+		systemd.Prop("RestartUSec", usec(o.RestartDelay)),
 		systemd.Prop("StartLimitIntervalUSec", usec(o.StartLimitInterval)),
 		systemd.Prop("StartLimitBurst", uint32(o.StartLimitBurst)),
 		systemd.Prop("TimeoutStopUSec", usec(10*time.Second)),

@@ -36,7 +36,7 @@ func TestInMachine(t *testing.T) {
 		return New(systemd.Options{
 			Manager: m, Paths: systemd.Paths{RuntimeRoot: root}, Notify: notify,
 			Log:        slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
-			RestartSec: 50 * time.Millisecond, StartLimitBurst: 3, StartLimitInterval: 10 * time.Second,
+			RestartDelay: 50 * time.Millisecond, StartLimitBurst: 3, StartLimitInterval: 10 * time.Second,
 			BreakerCooldown: 500 * time.Millisecond, JobTimeout: 10 * time.Second,
 		})
 	}

@@ -43,7 +43,7 @@ type Options struct {
 	Log     *slog.Logger
 	Notify  supervisors.Notify
 
-	RestartSec         time.Duration // between automatic restarts [1s]
+	RestartDelay       time.Duration // between automatic restarts [1s]
 	StartLimitBurst    int           // restarts within StartLimitInterval that open the circuit [5]
 	StartLimitInterval time.Duration // [1m]
 	BreakerCooldown    time.Duration // how long an open circuit stays open [1m]
@@ -56,7 +56,7 @@ func (o *Options) defaults() {
 			*d = v
 		}
 	}
-	def(&o.RestartSec, time.Second)
+	def(&o.RestartDelay, time.Second)
 	def(&o.StartLimitInterval, time.Minute)
 	def(&o.BreakerCooldown, time.Minute)
 	def(&o.JobTimeout, 30*time.Second)
@@ -373,7 +373,7 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 				// created because the manager was away.
 				i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateRestarting, Health: supervisors.HealthUnhealthy,
 					Reason: "unit " + u.Name + " is not running", Restarts: mem.Restarts})
-				schedule(b.Opts.RestartSec)
+				schedule(b.Opts.RestartDelay)
 				continue
 			}
 			e := b.driver.Observe(context.Background(), b, spec, u, &mem)

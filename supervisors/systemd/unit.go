@@ -176,6 +176,19 @@ func prop(name string, v any) sd.Property {
 // Prop is a unit property by its D-Bus name.
 func Prop(name string, v any) sd.Property { return prop(name, v) }
 
+// ExecStart is the ExecStart property with a failing exit counted as a
+// failure. (go-systemd's PropExecStart names its flag "uncleanIsFailure",
+// but systemd reads that field of (sasb) as "ignore failure": passing true
+// there makes every exit status a success.)
+func ExecStart(argv []string) sd.Property {
+	type execCommand struct {
+		Path          string
+		Argv          []string
+		IgnoreFailure bool
+	}
+	return prop("ExecStart", []execCommand{{Path: argv[0], Argv: argv}})
+}
+
 // bindMount is systemd's (source, destination, ignore-missing, flags).
 type bindMount struct {
 	Source, Destination string
@@ -198,7 +211,7 @@ func ExecProperties(t Target, p Paths, spec supervisors.Spec, binds ...string) [
 		env = append(env, "ADDOND_STATUS_SOCKET="+p.StatusSocket)
 	}
 	props := []sd.Property{
-		sd.PropExecStart(append([]string{spec.Binary}, spec.Args...), true),
+		ExecStart(append([]string{spec.Binary}, spec.Args...)),
 		prop("Environment", env),
 		prop("WorkingDirectory", p.StateDir(spec.AddonID)),
 		prop("SyslogIdentifier", UnitPrefix+spec.AddonID),
