@@ -58,6 +58,7 @@ unit:
 bench: build minio
 	cd bench && ADDOND_MINIO_BIN=$(MINIO_BIN) $(GO) run ./cmd/stagebench -addond ../bin/addond $(BENCHFLAGS)
 	cd bench && ADDOND_MINIO_BIN=$(MINIO_BIN) $(GO) run ./cmd/runbench -addond ../bin/addond
+	cd bench && $(GO) test -count=1 -timeout 20m -run '^TestUnitStartStop$$' -v ./unitbench/
 
 FUZZTIME ?= 5m
 fuzz:

@@ -3,9 +3,12 @@ module github.com/addond/addond/bench
 go 1.26.0
 
 require (
+	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/hashicorp/go-getter v1.8.10
 	github.com/minio/minio-go/v7 v7.4.1
 )
+
+require github.com/godbus/dbus/v5 v5.1.0 // indirect
 
 require (
 	cel.dev/expr v0.25.3 // indirect
