@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/addond/addond/supervisors/helper"
 )
 
 // Client talks to a running addond over its status socket.
@@ -28,30 +31,57 @@ func NewClient(path string) *Client {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://addond"+path, nil)
+	return c.doBody(ctx, c.hc, method, path, nil, out)
+}
+
+func (c *Client) doBody(ctx context.Context, hc *http.Client, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://addond"+path, body)
 	if err != nil {
 		return err
 	}
-	resp, err := c.hc.Do(req)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("addond status socket %s: %w", c.Socket, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e struct{ Error string }
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
 			return fmt.Errorf("addond: %s", e.Error)
 		}
 		return fmt.Errorf("addond: %s", resp.Status)
 	}
 	if out != nil {
-		return json.Unmarshal(body, out)
+		return json.Unmarshal(data, out)
 	}
 	return nil
+}
+
+// RunHelper runs an ephemeral helper with args and returns its result;
+// it waits as long as the run (bounded by the helper's timeout) or ctx.
+func (c *Client) RunHelper(ctx context.Context, id string, args []string) (*helper.Result, error) {
+	hc := *c.hc
+	hc.Timeout = 0
+	var res helper.Result
+	if err := c.doBody(ctx, &hc, http.MethodPost, "/v1/run/"+id, runRequest{Args: args}, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
 }
 
 // Status returns GET /v1/status.

@@ -15,9 +15,11 @@ import (
 
 	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/config"
+	"github.com/addond/addond/daemon/delivery"
 	"github.com/addond/addond/daemon/source"
 	"github.com/addond/addond/daemon/state"
 	"github.com/addond/addond/supervisors"
+	"github.com/addond/addond/supervisors/helper"
 )
 
 // RunOptions carry what `addond run` needs besides the config.
@@ -38,6 +40,16 @@ type RunOptions struct {
 	Reload <-chan *config.Config
 	// Ready is closed once READY=1 was sent (tests).
 	Ready chan<- struct{}
+	// Helpers runs ephemeral helpers for POST /v1/run/<id> (nil: none).
+	Helpers HelperRunner
+	// Orphans stops add-on units that nothing claims, once, after the
+	// last-known-good add-ons were started (nil: add-ons are children).
+	Orphans func(ctx context.Context, keep func(id string) bool) ([]string, error)
+}
+
+// HelperRunner runs an ephemeral helper once.
+type HelperRunner interface {
+	Run(ctx context.Context, id string, args []string, caller string) (*helper.Result, error)
 }
 
 // addonRun is the loop's view of one add-on. Only the loop goroutine
@@ -57,6 +69,8 @@ type addonRun struct {
 	probation *state.Probation
 	restarts  int
 	pid       int
+	installed *delivery.Installed // os_package: the binary as last verified
+	waiting   bool                // the backend waits for the systemd manager
 }
 
 // unsupported reports a model (delivery or supervision) this host lacks.
@@ -166,6 +180,9 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 	defer a.runner.Store(nil)
 
 	r.startLastKnownGood(ctx)
+	if o.Orphans != nil {
+		go r.stopOrphans(ctx)
+	}
 	srv, err := r.serveStatus()
 	if err != nil {
 		return err
@@ -277,8 +294,8 @@ func (r *runner) startLastKnownGood(ctx context.Context) {
 	var starts []*start
 	for _, id := range ids {
 		st, err := r.a.del.State(id)
-		if err != nil || st.LKG == nil || !st.LKG.Enabled {
-			continue
+		if err != nil || st.LKG == nil || !st.LKG.Enabled || st.LKG.Delivery != assignment.DeliveryPushedArtifact {
+			continue // add-ons delivered otherwise start once checked, on the first reconcile
 		}
 		cur, err := r.a.del.Current(id)
 		if err != nil {
@@ -330,6 +347,33 @@ func (r *runner) startLastKnownGood(ctx context.Context) {
 	}
 }
 
+// stopOrphans stops add-on units left running by add-ons that addond does
+// not run any more (removed or disabled while it was down), once the
+// manager answers. It runs beside the loop: the set it keeps is taken now.
+func (r *runner) stopOrphans(ctx context.Context) {
+	keep := map[string]bool{}
+	for id, ar := range r.addons {
+		if ar.running != nil {
+			keep[id] = true
+		}
+	}
+	for {
+		stopped, err := r.opts.Orphans(ctx, func(id string) bool { return keep[id] })
+		if len(stopped) > 0 {
+			r.log.Info("stopped orphaned add-on units", "units", stopped)
+		}
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		r.log.Debug("orphaned add-on units not checked yet", "error", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
 func (r *runner) get(id string) *addonRun {
 	ar, ok := r.addons[id]
 	if !ok {
@@ -343,10 +387,17 @@ func (r *runner) get(id string) *addonRun {
 func (r *runner) supSpec(spec assignment.Spec) supervisors.Spec {
 	s := supervisors.Spec{
 		AddonID: spec.AddonID, Version: spec.Version,
-		Binary:     r.a.del.BinaryPath(spec.AddonID, spec.Version, spec.BinaryName),
 		Args:       spec.Args,
 		ConfigJSON: spec.ConfigJSON,
 		Schedule:   spec.Schedule,
+	}
+	switch spec.Delivery {
+	case assignment.DeliveryCompiledIn:
+		s.Feature = spec.Feature
+	case assignment.DeliveryOSPackage:
+		s.Binary = spec.BinaryPath
+	default:
+		s.Binary = r.a.del.BinaryPath(spec.AddonID, spec.Version, spec.BinaryName)
 	}
 	if spec.Timeout != "" {
 		s.Timeout, _ = time.ParseDuration(spec.Timeout)
@@ -481,7 +532,7 @@ func (r *runner) converge(ctx context.Context, ar *addonRun) {
 		ar.set("disabled", "")
 		ar.health = "unknown"
 		return
-	case d.Delivery != assignment.DeliveryPushedArtifact:
+	case d.Delivery != assignment.DeliveryPushedArtifact && d.Delivery != assignment.DeliveryCompiledIn && d.Delivery != assignment.DeliveryOSPackage:
 		ar.unsupported("delivery", d.Delivery)
 		return
 	}
@@ -490,6 +541,11 @@ func (r *runner) converge(ctx context.Context, ar *addonRun) {
 		ar.unsupported("supervision", d.Supervision)
 		return
 	}
+	if d.Delivery != assignment.DeliveryPushedArtifact {
+		r.convergeLocal(ctx, ar)
+		return
+	}
+	ar.installed = nil
 	st, err := r.a.del.State(ar.id)
 	if err != nil {
 		ar.lastErr = err.Error()
@@ -529,6 +585,59 @@ func (r *runner) converge(ctx context.Context, ar *addonRun) {
 		}
 		r.msgs <- stagedMsg{spec: spec, err: err}
 	}()
+}
+
+// convergeLocal runs an add-on that needs no delivery: a compiled-in
+// feature, or a binary an OS package installed. There is nothing to stage
+// and no earlier version to go back to, so there is no probation either.
+// An os_package binary is checked on every reconcile — a few stat calls;
+// its sha256 only when the file changed — and the add-on is stopped and
+// failed when it no longer passes, or restarted from it when it was
+// replaced by a file that passes.
+func (r *runner) convergeLocal(ctx context.Context, ar *addonRun) {
+	d := ar.desired
+	if d.Delivery == assignment.DeliveryOSPackage {
+		in, err := delivery.CheckInstalled(d.BinaryPath, d.BinarySHA256, ar.installed)
+		if err != nil {
+			err = assignment.Refuse(ar.id, err)
+			if ar.running != nil || ar.state != "failed" || ar.lastErr != err.Error() {
+				r.log.Warn("not running os_package add-on", "addon_id", ar.id, "error", err)
+			}
+			r.stop(ctx, ar)
+			ar.installed, ar.fromLKG, ar.health = nil, false, "unknown"
+			ar.set("failed", err.Error())
+			return
+		}
+		replaced := ar.installed != nil && *ar.installed != in
+		ar.installed = &in
+		if replaced && ar.running != nil {
+			r.log.Info("os_package binary changed; restarting the add-on from it", "addon_id", ar.id, "path", d.BinaryPath)
+			r.stop(ctx, ar)
+		}
+	} else {
+		ar.installed = nil
+	}
+	ar.fromLKG = false
+	if ar.probation != nil {
+		// It was a pushed artifact on probation: that is over.
+		ar.probation = nil
+		if err := r.a.del.UpdateState(ar.id, func(st *state.Addon) error {
+			st.Probation = nil
+			return nil
+		}); err != nil {
+			r.log.Warn("clearing probation", "addon_id", ar.id, "error", err)
+		}
+	}
+	if ar.running != nil && ar.running.Digest() == d.Digest() {
+		return
+	}
+	if ar.running == nil {
+		ar.set("starting", "")
+		ar.health, ar.restarts = "unknown", 0
+	}
+	if err := r.start(ctx, ar, *d); err != nil && !errors.Is(err, supervisors.ErrUnsupported) {
+		r.log.Warn("starting add-on", "addon_id", ar.id, "version", d.Version, "error", err)
+	}
 }
 
 // staged activates a freshly staged version on probation.
@@ -610,6 +719,7 @@ func (r *runner) event(ctx context.Context, e supervisors.Event) {
 	}
 	healthy := e.State == supervisors.StateRunning && e.Health == supervisors.HealthHealthy
 	p := ar.probation
+	ar.waiting = e.Waiting
 	if p == nil || p.Version != e.Version {
 		if healthy {
 			r.promote(ar, false)
@@ -627,9 +737,14 @@ func (r *runner) event(ctx context.Context, e supervisors.Event) {
 	}
 }
 
-// promote makes the running spec the last-known-good.
+// promote makes the running spec the last-known-good. Only pushed
+// artifacts have one: the others have no staged versions to go back to
+// and are started only once checked.
 func (r *runner) promote(ar *addonRun, probation bool) {
 	spec := *ar.running
+	if spec.Delivery != assignment.DeliveryPushedArtifact {
+		return
+	}
 	errSame := errors.New("unchanged")
 	err := r.a.del.UpdateState(ar.id, func(st *state.Addon) error {
 		if !probation && st.LKG != nil && st.LKG.Digest() == spec.Digest() {
@@ -656,6 +771,12 @@ func (r *runner) promote(ar *addonRun, probation bool) {
 func (r *runner) checkProbation(ctx context.Context) {
 	now := time.Now()
 	for _, ar := range r.addons {
+		if p := ar.probation; p != nil && ar.waiting {
+			// The manager is away: not the version's fault. Its probation
+			// starts afresh once it can run at all.
+			p.Deadline = now.Add(r.a.cfg.Probation.D())
+			continue
+		}
 		if p := ar.probation; p != nil && now.After(p.Deadline) {
 			reason := fmt.Sprintf("not healthy within the %s probation", r.a.cfg.Probation.D())
 			if ar.lastErr != "" {

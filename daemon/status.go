@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/supervisors/helper"
 )
 
 // Status is GET /v1/status (DESIGN.md, "Contract: status").
@@ -49,7 +51,8 @@ type AddonStatus struct {
 const StatusGroup = "addond-status"
 
 // parseRequest routes a status API request: reads are GET /v1/status;
-// changes are POST /v1/reconcile and POST /v1/retry/<addon_id>.
+// changes are POST /v1/reconcile, POST /v1/retry/<addon_id> and POST
+// /v1/run/<addon_id> (an ephemeral helper run).
 func parseRequest(method, path string) (req request, change bool, code int, err error) {
 	switch {
 	case path == "/v1/status":
@@ -71,6 +74,15 @@ func parseRequest(method, path string) (req request, change bool, code int, err 
 			return request{}, false, http.StatusBadRequest, err
 		}
 		return request{kind: "retry", id: id}, true, 0, nil
+	case strings.HasPrefix(path, "/v1/run/"):
+		if method != http.MethodPost {
+			return request{}, false, http.StatusMethodNotAllowed, fmt.Errorf("%s %s: use POST", method, path)
+		}
+		id := strings.TrimPrefix(path, "/v1/run/")
+		if err := assignment.ValidAddonID(id); err != nil {
+			return request{}, false, http.StatusBadRequest, err
+		}
+		return request{kind: "run", id: id}, true, 0, nil
 	}
 	return request{}, false, http.StatusNotFound, fmt.Errorf("no such endpoint %q", path)
 }
@@ -163,11 +175,117 @@ func authorizeChange(p peer, ok bool) error {
 	return nil
 }
 
+// addonUnitOf returns the add-on id whose unit (addond-<id>.service in
+// addond's own manager) the peer runs in, or "".
+func addonUnitOf(p peer, cgroup []byte) string {
+	if p.uid != os.Getuid() {
+		return ""
+	}
+	for line := range strings.SplitSeq(string(cgroup), "\n") {
+		// cgroup v2 ("0::/path") or v1's systemd hierarchy.
+		_, path, ok := strings.Cut(line, "::")
+		if !ok {
+			if _, rest, found := strings.Cut(line, ":name=systemd:"); found {
+				path, ok = rest, true
+			}
+		}
+		if !ok {
+			continue
+		}
+		inUserManager := strings.Contains(path, fmt.Sprintf("/user@%d.service/", p.uid))
+		inSystemManager := strings.HasPrefix(path, "/system.slice/")
+		if !inUserManager && !inSystemManager {
+			continue
+		}
+		unit := filepath.Base(path)
+		id, ok := strings.CutPrefix(unit, "addond-")
+		if !ok {
+			continue
+		}
+		if id, ok = strings.CutSuffix(id, ".service"); ok && assignment.ValidAddonID(id) == nil {
+			return id
+		}
+	}
+	return ""
+}
+
+// authorizeRun allows helper runs to whoever may make changes, and to
+// add-ons running as units of addond's manager (the SDK's RunHelper); it
+// names the caller for the log.
+func authorizeRun(p peer, ok bool) (string, error) {
+	if err := authorizeChange(p, ok); err == nil {
+		if p.uid == 0 {
+			return "root", nil
+		}
+		return "addond", nil
+	} else if !ok {
+		return "", err
+	}
+	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.pid))
+	if err != nil {
+		return "", fmt.Errorf("peer pid %d: %w", p.pid, err)
+	}
+	if id := addonUnitOf(p, cg); id != "" {
+		return "addon " + id, nil
+	}
+	return "", fmt.Errorf("pid %d (uid %d) is neither root, nor addond, nor one of its add-on units", p.pid, p.uid)
+}
+
+// runRequest is the body of POST /v1/run/<addon_id>.
+type runRequest struct {
+	Args []string `json:"args"`
+}
+
+// maxRunRequest bounds a run request's body.
+const maxRunRequest = 64 << 10
+
+func (r *runner) serveRun(w http.ResponseWriter, hr *http.Request, id string) {
+	p, ok := hr.Context().Value(peerKey{}).(peer)
+	caller, err := authorizeRun(p, ok)
+	if err != nil {
+		writeError(w, http.StatusForbidden, err)
+		return
+	}
+	if r.opts.Helpers == nil {
+		writeError(w, http.StatusNotFound, fmt.Errorf("addon %q: ephemeral helpers are not available on this host", id))
+		return
+	}
+	var body runRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, hr.Body, maxRunRequest))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil && !errors.Is(err, io.EOF) {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("run request: %w", err))
+		return
+	}
+	if len(body.Args) > 256 {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("run request: %d arguments, at most 256", len(body.Args)))
+		return
+	}
+	// The run is bounded by the helper's own timeout, not by the
+	// server's write timeout.
+	http.NewResponseController(w).SetWriteDeadline(time.Time{})
+	r.log.Info("helper run requested", "addon_id", id, "caller", caller, "pid", p.pid)
+	res, err := r.opts.Helpers.Run(hr.Context(), id, body.Args, caller)
+	if err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, helper.ErrNotHelper) {
+			code = http.StatusNotFound
+		}
+		writeError(w, code, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
 func (r *runner) routes() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, hr *http.Request) {
 		req, change, code, err := parseRequest(hr.Method, hr.URL.Path)
 		if err != nil {
 			writeError(w, code, err)
+			return
+		}
+		if req.kind == "run" {
+			r.serveRun(w, hr, req.id)
 			return
 		}
 		if change {

@@ -104,7 +104,11 @@ type Event struct {
 	Reason   string // why, when not running and healthy
 	Restarts int    // restarts since Start
 	PID      int    // 0 when not running
-	Time     time.Time
+	// Waiting: the backend cannot act because its environment is away
+	// (the systemd manager is unreachable) — not the add-on's fault, so
+	// it must not count against a version on probation.
+	Waiting bool
+	Time    time.Time
 }
 
 // Notify receives events. Backends call it from their own goroutines, in

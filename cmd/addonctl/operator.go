@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"text/tabwriter"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/addond/addond/daemon"
 	"github.com/addond/addond/daemon/config"
+	"github.com/addond/addond/supervisors/helper"
 )
 
 // socketFlags find the status socket: --socket, else status_socket in
@@ -132,6 +134,47 @@ func newRetry() *cobra.Command {
 				return err
 			}
 			return cl.Retry(cmd.Context(), args[0])
+		},
+	}
+	sf.add(c)
+	return c
+}
+
+func newRunHelper() *cobra.Command {
+	var sf socketFlags
+	c := &cobra.Command{
+		Use:   "run-helper ID [-- ARGS...]",
+		Short: "Run an ephemeral helper; print its output and exit with its status",
+		Long: `Runs the ephemeral helper ID once, as a transient unit in addond's manager,
+with ARGS after its assigned arguments. Prints its stdout on stdout and its
+stderr on stderr (each bounded; a note on stderr says when output was cut)
+and exits with the helper's exit status (128+N when signal N killed it, e.g.
+at its timeout).`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.ArgsLenAtDash() > 1 || (cmd.ArgsLenAtDash() < 0 && len(args) > 1) {
+				return errors.New("run-helper ID [-- ARGS...]: put the helper's arguments after --")
+			}
+			cl, err := sf.client()
+			if err != nil {
+				return err
+			}
+			res, err := cl.RunHelper(cmd.Context(), args[0], args[1:])
+			if err != nil {
+				return err
+			}
+			os.Stdout.Write(res.Stdout)
+			os.Stderr.Write(res.Stderr)
+			if res.StdoutTruncated || res.StderrTruncated {
+				fmt.Fprintf(os.Stderr, "addonctl: %s: output truncated to %d bytes per stream\n", args[0], helper.OutputLimit)
+			}
+			if res.TimedOut {
+				fmt.Fprintf(os.Stderr, "addonctl: %s: killed at its timeout after %s\n", args[0], res.Duration.Round(time.Millisecond))
+			}
+			if res.ExitCode != 0 {
+				return exitError{res.ExitCode}
+			}
+			return nil
 		},
 	}
 	sf.add(c)

@@ -17,8 +17,7 @@ import (
 	"github.com/addond/addond/daemon"
 	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/config"
-	"github.com/addond/addond/supervisors"
-	"github.com/addond/addond/supervisors/goplugin"
+	"github.com/addond/addond/supervisors/toggle"
 )
 
 // errNotConverged makes `addond stage` exit 1 after its errors were printed.
@@ -97,10 +96,13 @@ func runDaemon(ctx context.Context, cfgPath string) error {
 	}
 	defer agent.Close()
 
-	sidecars := goplugin.New(goplugin.Options{Log: log, Notify: agent.Notify})
-	if cfg.Systemd.Manager != "none" {
-		log.Warn("the systemd backends are not available yet: sidecars run as children of addond, other supervision models are reported unsupported", "manager", cfg.Systemd.Manager)
+	backends, err := agent.NewBackends(log)
+	if err != nil {
+		return err
 	}
+	defer backends.Close()
+	backends.Supervisors[assignment.SupervisionConfigToggle] = toggle.New(toggle.Options{Log: log, Notify: agent.Notify,
+		Features: map[string]toggle.Feature{daemon.HeartbeatFeature: agent.Heartbeat()}})
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -120,7 +122,8 @@ func runDaemon(ctx context.Context, cfgPath string) error {
 	}()
 	watchdog, _ := sddaemon.SdWatchdogEnabled(false)
 	return agent.Run(ctx, daemon.RunOptions{
-		Supervisors: map[string]supervisors.Supervisor{assignment.SupervisionAgentSidecar: sidecars},
+		Supervisors: backends.Supervisors,
+		Orphans:     backends.Orphans(),
 		Notify: func(state string) {
 			if _, err := sddaemon.SdNotify(false, state); err != nil {
 				log.Warn("sd_notify", "error", err)
@@ -128,7 +131,17 @@ func runDaemon(ctx context.Context, cfgPath string) error {
 		},
 		Watchdog: watchdog,
 		Reload:   reload,
+		Helpers:  helpers(backends),
 	})
+}
+
+// helpers is the helper runner, or nil (an untyped nil: the daemon tells
+// "no helpers here" from a nil interface).
+func helpers(b *daemon.Backends) daemon.HelperRunner {
+	if b.Helpers == nil {
+		return nil
+	}
+	return b.Helpers
 }
 
 func runStage(ctx context.Context, cfgPath string) error {

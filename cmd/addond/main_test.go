@@ -15,12 +15,17 @@ import (
 	"testing"
 
 	"github.com/addond/addond/vmtest/miniotest"
+	"github.com/addond/addond/vmtest/nspawn"
 )
 
 // bin holds addond built with fault points (-tags faultinject) and addonctl.
 var bin string
 
 func TestMain(m *testing.M) {
+	if nspawn.InMachine() {
+		bin = nspawn.BinDir // copied in by the host side of the test
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "addond-bin-")
 	if err != nil {
 		panic(err)
@@ -29,6 +34,8 @@ func TestMain(m *testing.M) {
 		{"build", "-tags", "faultinject", "-o", filepath.Join(dir, "addond"), "."},
 		{"build", "-o", filepath.Join(dir, "addonctl"), "../addonctl"},
 		{"build", "-o", filepath.Join(dir, "hello"), "../../sdk/examples/hello"},
+		{"build", "-o", filepath.Join(dir, "probe"), "../../sdk/examples/probe"},
+		{"build", "-o", filepath.Join(dir, "ticker"), "../../sdk/examples/ticker"},
 	} {
 		if out, err := exec.Command("go", b...).CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "go %v: %v\n%s", b, err, out)

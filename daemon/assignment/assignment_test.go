@@ -131,11 +131,37 @@ func TestResolve(t *testing.T) {
 			}
 		}},
 		{name: "bad timeout", addon: pushed(func(a *Addon) { a.Timeout = "soon" }), wantErr: "timeout"},
-		{name: "os package has no artifact", addon: Addon{AddonID: "nmap", Delivery: DeliveryOSPackage, Version: "7.93"}, check: func(t *testing.T, s Spec) {
-			if s.Artifact != nil {
-				t.Error("os_package spec has an artifact")
+		{name: "os package has no artifact", addon: Addon{AddonID: "nmap", Delivery: DeliveryOSPackage, Version: "7.93", BinaryPath: "/usr/bin/nmap"}, check: func(t *testing.T, s Spec) {
+			if s.Artifact != nil || s.BinaryPath != "/usr/bin/nmap" || s.Supervision != SupervisionAgentSidecar {
+				t.Errorf("os_package spec %+v: want no artifact, the binary path, agent_sidecar", s)
 			}
 		}},
+		{name: "os package sha256 and version from it", addon: Addon{AddonID: "nmap", Delivery: DeliveryOSPackage, BinaryPath: "/usr/bin/nmap", ArtifactSHA256: strings.ToUpper(sha)}, check: func(t *testing.T, s Spec) {
+			if s.BinarySHA256 != sha || s.Version != sha[:12] {
+				t.Errorf("sha %q version %q", s.BinarySHA256, s.Version)
+			}
+		}},
+		{name: "os package without path", addon: Addon{AddonID: "nmap", Delivery: DeliveryOSPackage}, wantErr: "os_package needs binary_path"},
+		{name: "os package relative path", addon: Addon{AddonID: "nmap", Delivery: DeliveryOSPackage, BinaryPath: "bin/nmap"}, wantErr: `binary_path "bin/nmap" is not absolute`},
+		{name: "os package unclean path", addon: Addon{AddonID: "nmap", Delivery: DeliveryOSPackage, BinaryPath: "/usr/bin/../../tmp/nmap"}, wantErr: "not a clean path"},
+		{name: "os package directory path", addon: Addon{AddonID: "nmap", Delivery: DeliveryOSPackage, BinaryPath: "/usr/bin/"}, wantErr: "not a clean path"},
+		{name: "os package root", addon: Addon{AddonID: "nmap", Delivery: DeliveryOSPackage, BinaryPath: "/"}, wantErr: "not a clean path"},
+		{name: "os package NUL", addon: Addon{AddonID: "nmap", Delivery: DeliveryOSPackage, BinaryPath: "/usr/bin/nm\x00ap"}, wantErr: "control character"},
+		{name: "os package bad sha", addon: Addon{AddonID: "nmap", Delivery: DeliveryOSPackage, BinaryPath: "/usr/bin/nmap", ArtifactSHA256: "zz"}, wantErr: "sha256"},
+		{name: "os package cannot be toggled", addon: Addon{AddonID: "nmap", Delivery: DeliveryOSPackage, Supervision: SupervisionConfigToggle, BinaryPath: "/usr/bin/nmap"}, wantErr: `delivery "os_package" cannot be supervised by "config_toggle"`},
+		{name: "compiled in: feature from addon_id, toggled by default", addon: Addon{AddonID: "heartbeat", Delivery: DeliveryCompiledIn}, check: func(t *testing.T, s Spec) {
+			if s.Feature != "heartbeat" || s.Supervision != SupervisionConfigToggle || s.Artifact != nil {
+				t.Errorf("spec %+v", s)
+			}
+		}},
+		{name: "config toggle implies compiled in; feature from binary_path", addon: Addon{AddonID: "beat-fast", Supervision: SupervisionConfigToggle, BinaryPath: "heartbeat"}, check: func(t *testing.T, s Spec) {
+			if s.Feature != "heartbeat" || s.Delivery != DeliveryCompiledIn {
+				t.Errorf("spec %+v", s)
+			}
+		}},
+		{name: "compiled in: feature is a name, not a path", addon: Addon{AddonID: "x", Delivery: DeliveryCompiledIn, BinaryPath: "/usr/bin/x"}, wantErr: "is not a feature name"},
+		{name: "compiled in cannot run as a sidecar", addon: Addon{AddonID: "x", Delivery: DeliveryCompiledIn, Supervision: SupervisionAgentSidecar}, wantErr: "cannot be supervised"},
+		{name: "pushed artifact cannot be toggled", addon: pushed(func(a *Addon) { a.Delivery, a.Supervision = DeliveryPushedArtifact, SupervisionConfigToggle }), wantErr: "cannot be supervised"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -289,6 +315,8 @@ func FuzzParseAndResolve(f *testing.F) {
 	f.Add([]byte(`{"agent_id":"edge-01","serial":7,"addons":[{"addon_id":"hello","version":"1.0.0","artifact_object_key":"artifacts/hello/1.0.0/linux-amd64/hello","artifact_sha256":"` + sha + `","target_os":"linux","target_arch":"amd64","binary_path":"hello"}]}`))
 	f.Add([]byte(`{"addons":[{"addon_id":"x","artifacts":{"linux/amd64":{"object_key":"a/b","sha256":"` + sha + `","binary_name":".."}}}]}`))
 	f.Add([]byte(`{"addons":[{"addon_id":"../../etc","version":".."}]}`))
+	f.Add([]byte(`{"addons":[{"addon_id":"nmap","delivery":"os_package","binary_path":"/usr/bin/nmap","artifact_sha256":"` + sha + `"}]}`))
+	f.Add([]byte(`{"addons":[{"addon_id":"beat","supervision":"config_toggle","binary_path":"heartbeat","config_json":{"interval":"30s"}}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d, err := Parse(data)
 		if err != nil {
@@ -355,9 +383,28 @@ func FuzzParsePackage(f *testing.F) {
 func checkSafe(t *testing.T, s Spec) {
 	t.Helper()
 	for _, seg := range []string{s.AddonID, s.Version} {
+		if seg == "" && seg == s.Version && s.Delivery != DeliveryPushedArtifact {
+			continue // nothing is staged: no version directory
+		}
 		if !filepath.IsLocal(seg) || strings.ContainsAny(seg, `/\`) {
 			t.Fatalf("Resolve accepted unsafe segment %q", seg)
 		}
+	}
+	switch s.Delivery {
+	case DeliveryOSPackage:
+		if !filepath.IsAbs(s.BinaryPath) || filepath.Clean(s.BinaryPath) != s.BinaryPath || strings.ContainsRune(s.BinaryPath, 0) {
+			t.Fatalf("Resolve accepted os_package binary_path %q", s.BinaryPath)
+		}
+		if s.BinarySHA256 != "" && len(s.BinarySHA256) != 64 {
+			t.Fatalf("Resolve left sha256 %q unnormalized", s.BinarySHA256)
+		}
+	case DeliveryCompiledIn:
+		if ValidFeature(s.Feature) != nil || s.Supervision != SupervisionConfigToggle {
+			t.Fatalf("Resolve accepted compiled_in feature %q supervised by %q", s.Feature, s.Supervision)
+		}
+	}
+	if s.Supervision == SupervisionConfigToggle && s.Delivery != DeliveryCompiledIn {
+		t.Fatalf("Resolve accepted config_toggle for delivery %q", s.Delivery)
 	}
 	if s.Artifact != nil {
 		if !filepath.IsLocal(s.BinaryName) || strings.ContainsAny(s.BinaryName, `/\`) || s.BinaryName == "." {

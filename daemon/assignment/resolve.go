@@ -42,6 +42,16 @@ type Spec struct {
 	// package.json (no reference in the assignment, e.g. an operator's
 	// version pin), not from the assignment.
 	FromPackage bool `json:"from_package,omitempty"`
+	// BinaryPath is set for os_package delivery: the absolute, clean path
+	// where a deb or rpm installed the binary.
+	BinaryPath string `json:"binary_path,omitempty"`
+	// BinarySHA256 is, for os_package delivery, the lowercase hex sha256
+	// the installed binary must have (from artifact_sha256), if any.
+	BinarySHA256 string `json:"binary_sha256,omitempty"`
+	// Feature is set for compiled_in delivery: the compiled-in feature the
+	// add-on toggles, named by binary_path or, when that is empty, by
+	// addon_id.
+	Feature string `json:"feature,omitempty"`
 }
 
 // NeedsPackage reports whether a pushed artifact has no reference in the
@@ -98,17 +108,28 @@ func resolve(a Addon, p Platform) (Spec, error) {
 		AllowDowngrade: a.AllowDowngrade,
 		Resources:      a.Resources,
 	}
-	if s.Delivery == "" {
+	// A compiled-in feature is toggled, and only a compiled-in feature
+	// can be: either model implies the other when the other is empty.
+	switch {
+	case s.Delivery == "" && s.Supervision == SupervisionConfigToggle:
+		s.Delivery = DeliveryCompiledIn
+	case s.Delivery == "":
 		s.Delivery = DeliveryPushedArtifact
 	}
-	if s.Supervision == "" {
+	switch {
+	case s.Supervision == "" && s.Delivery == DeliveryCompiledIn:
+		s.Supervision = SupervisionConfigToggle
+	case s.Supervision == "":
 		s.Supervision = SupervisionAgentSidecar
 	}
 	if !slices.Contains(deliveries, s.Delivery) {
 		return Spec{}, fmt.Errorf("unknown delivery %q (want one of %s)", s.Delivery, strings.Join(deliveries, ", "))
 	}
-	if !slices.Contains(supervisions, s.Supervision) {
-		return Spec{}, fmt.Errorf("unknown supervision %q (want one of %s)", s.Supervision, strings.Join(supervisions, ", "))
+	if err := ValidSupervision(s.Supervision); err != nil {
+		return Spec{}, err
+	}
+	if (s.Delivery == DeliveryCompiledIn) != (s.Supervision == SupervisionConfigToggle) {
+		return Spec{}, fmt.Errorf("delivery %q cannot be supervised by %q: %q goes with %q only", s.Delivery, s.Supervision, DeliveryCompiledIn, SupervisionConfigToggle)
 	}
 	if len(a.ConfigJSON) > 0 && !bytes.Equal(bytes.TrimSpace(a.ConfigJSON), []byte("null")) {
 		var obj map[string]json.RawMessage
@@ -134,6 +155,31 @@ func resolve(a Addon, p Platform) (Spec, error) {
 	if r := a.Resources; r != nil {
 		if r.CPUMaxPercent < 0 || r.MemoryMaxBytes < 0 || r.MemoryHighBytes < 0 || r.TasksMax < 0 {
 			return Spec{}, fmt.Errorf("resources must not be negative")
+		}
+	}
+	switch s.Delivery {
+	case DeliveryCompiledIn:
+		s.Feature = a.BinaryPath
+		if s.Feature == "" {
+			s.Feature = a.AddonID
+		}
+		if err := ValidFeature(s.Feature); err != nil {
+			return Spec{}, err
+		}
+	case DeliveryOSPackage:
+		if err := ValidInstalledPath(a.BinaryPath); err != nil {
+			return Spec{}, err
+		}
+		s.BinaryPath = a.BinaryPath
+		if a.ArtifactSHA256 != "" {
+			sum, err := signing.NormalizeSHA256(a.ArtifactSHA256)
+			if err != nil {
+				return Spec{}, fmt.Errorf("artifact %w", err)
+			}
+			s.BinarySHA256 = sum
+			if s.Version == "" {
+				s.Version = sum[:12]
+			}
 		}
 	}
 	if s.Delivery != DeliveryPushedArtifact {

@@ -85,7 +85,7 @@ func Publish(ctx context.Context, o PublishOptions) (*assignment.Package, error)
 	}
 	pkg := &assignment.Package{AddonID: o.AddonID, Version: o.Version, Supervision: o.Supervision, Artifacts: map[string]assignment.Artifact{}}
 	if pkg.Supervision != "" {
-		if _, err := assignment.Resolve(assignment.Addon{AddonID: o.AddonID, Version: o.Version, Supervision: o.Supervision, Delivery: assignment.DeliveryOSPackage}, assignment.Host()); err != nil {
+		if err := assignment.ValidSupervision(o.Supervision); err != nil {
 			return nil, err
 		}
 	}

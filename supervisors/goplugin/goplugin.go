@@ -4,10 +4,11 @@
 // every HealthInterval, restarts it with exponential backoff when it dies
 // or stops answering, and opens a circuit breaker when it crash-loops.
 //
-// How the process is started is go-plugin's runner.Runner seam
-// (Options.RunnerFunc): by default a child process of addond (systemd
-// manager "none"); the systemd layer passes a runner that starts the
-// sidecar as a transient unit instead.
+// How the process is started is go-plugin's runner.Runner seam: by
+// default a child process of addond (systemd manager "none"); with
+// Options.Units, the transient unit addond-<id>.service in addond's systemd
+// manager, which outlives addond and is reattached to by the next one
+// (unit.go, reattach.go).
 package goplugin
 
 import (
@@ -36,7 +37,13 @@ type Options struct {
 	Log    *slog.Logger
 	Notify supervisors.Notify
 	// RunnerFunc starts the sidecar process (nil: a child of addond).
+	// cmd carries the binary, its arguments and go-plugin's environment.
+	// Ignored when Units is set.
 	RunnerFunc func(l hclog.Logger, cmd *exec.Cmd, tmpDir string) (runner.Runner, error)
+	// Units, when set, runs every sidecar as a transient unit in a systemd
+	// manager: sidecars then outlive the backend (Close leaves them
+	// running) and a new backend reattaches to them.
+	Units *UnitOptions
 
 	HealthInterval   time.Duration // [5s]
 	HealthTimeout    time.Duration // [5s]
@@ -78,6 +85,11 @@ func (o *Options) defaults() {
 	if o.Notify == nil {
 		o.Notify = func(supervisors.Event) {}
 	}
+	if o.Units != nil {
+		u := *o.Units
+		def(&u.JobTimeout, 30*time.Second)
+		o.Units = &u
+	}
 }
 
 // Backend is the go-plugin Supervisor.
@@ -102,6 +114,7 @@ type instance struct {
 	log     *slog.Logger
 	updates chan update
 	stop    chan struct{}
+	detach  chan struct{} // Close of a backend whose sidecars outlive it
 	done    chan struct{}
 
 	mu   sync.Mutex
@@ -114,6 +127,9 @@ type update struct {
 }
 
 func (b *Backend) Start(ctx context.Context, spec supervisors.Spec) error {
+	if err := b.checkUnit(spec, true); err != nil {
+		return err
+	}
 	b.mu.Lock()
 	if _, ok := b.addons[spec.AddonID]; ok {
 		b.mu.Unlock()
@@ -124,6 +140,7 @@ func (b *Backend) Start(ctx context.Context, spec supervisors.Spec) error {
 		log:     b.opts.Log.With("addon_id", spec.AddonID),
 		updates: make(chan update),
 		stop:    make(chan struct{}),
+		detach:  make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 	b.addons[spec.AddonID] = inst
@@ -150,6 +167,9 @@ func (b *Backend) instance(id string) (*instance, error) {
 }
 
 func (b *Backend) Update(ctx context.Context, spec supervisors.Spec) error {
+	if err := b.checkUnit(spec, false); err != nil {
+		return err
+	}
 	inst, err := b.instance(spec.AddonID)
 	if err != nil {
 		return err
@@ -198,8 +218,13 @@ func (b *Backend) Status(id string) (supervisors.Event, bool) {
 }
 
 // Close stops every sidecar (they are addond's children) and waits, within
-// ctx, for all of them.
+// ctx, for all of them. Sidecars that run as units are left running — not
+// even told to shut down — for the next backend to reattach to: Close only
+// stops supervising them.
 func (b *Backend) Close(ctx context.Context) error {
+	if b.opts.Units != nil {
+		return b.detachAll(ctx)
+	}
 	b.mu.Lock()
 	ids := make([]string, 0, len(b.addons))
 	for id := range b.addons {
@@ -241,9 +266,10 @@ func (i *instance) emit(e supervisors.Event) {
 type outcome int
 
 const (
-	outStopped outcome = iota // Stop was called
-	outRestart                // a new spec needs a restart
-	outFailed                 // exited, or stopped answering health checks
+	outStopped  outcome = iota // Stop was called
+	outRestart                 // a new spec needs a restart
+	outFailed                  // exited, or stopped answering health checks
+	outDetached                // Close of a backend whose sidecars outlive it
 )
 
 // run owns the add-on's process for its whole supervised life.
@@ -277,10 +303,15 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 		} else {
 			reportFirst(nil)
 			out, reason = i.supervise(p, &spec, restarts)
+			if out == outDetached {
+				p.detach()
+				return
+			}
 			p.kill()
 		}
 		switch out {
 		case outStopped:
+			i.stopped()
 			i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStopped, Health: supervisors.HealthUnknown, Restarts: restarts})
 			return
 		case outRestart:
@@ -310,8 +341,12 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 		i.log.Warn("add-on failed", "version", spec.Version, "reason", reason, "retry_in", wait.String())
 		t := time.NewTimer(wait)
 		select {
+		case <-i.detach:
+			t.Stop()
+			return
 		case <-i.stop:
 			t.Stop()
+			i.stopped()
 			i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStopped, Health: supervisors.HealthUnknown, Reason: reason, Restarts: restarts})
 			return
 		case u := <-i.updates:
@@ -336,9 +371,11 @@ func (i *instance) backoff(failures int) time.Duration {
 // proc is one running sidecar.
 type proc struct {
 	client *plugin.Client
+	rpc    plugin.ClientProtocol
 	addon  *sdk.Client
 	pid    int
-	cmd    *exec.Cmd
+	cmd    *exec.Cmd   // a child process (nil for a unit)
+	unit   *unitRunner // a unit (nil for a child process)
 }
 
 // killGrace is how long a sidecar gets to shut down gracefully.
@@ -347,8 +384,33 @@ const killGrace = 3 * time.Second
 // kill stops the sidecar: go-plugin's graceful shutdown first, then, for
 // a child process, SIGKILL to its whole process group, so that nothing it
 // forked outlives it (and a grandchild holding its stdout cannot stall the
-// wait for it).
-func (p *proc) kill() { stopClient(p.client, p.cmd, killGrace) }
+// wait for it). A unit is then stopped for certain and its reattach data
+// removed.
+func (p *proc) kill() {
+	stopClient(p.client, p.cmd, killGrace)
+	if p.unit != nil {
+		p.unit.finish()
+	}
+}
+
+// detach lets go of a sidecar that outlives the backend: its connection is
+// closed without go-plugin's Shutdown, and the unit keeps running.
+func (p *proc) detach() {
+	if gc, ok := p.rpc.(*plugin.GRPCClient); ok {
+		gc.Conn.Close()
+	}
+	if p.unit != nil {
+		p.unit.detach()
+	}
+}
+
+// exitReason says how the sidecar ended once its client has exited.
+func (p *proc) exitReason() string {
+	if p.unit != nil {
+		return p.unit.exitReason()
+	}
+	return "process exited"
+}
 
 // stopClient waits up to grace for go-plugin's shutdown (0 for a sidecar
 // that never completed its handshake: there is nothing to talk to).
@@ -362,7 +424,7 @@ func stopClient(client *plugin.Client, cmd *exec.Cmd, grace time.Duration) {
 	case <-done:
 	case <-time.After(grace):
 	}
-	if cmd.Process != nil && cmd.SysProcAttr != nil && cmd.SysProcAttr.Setpgid {
+	if cmd != nil && cmd.Process != nil && cmd.SysProcAttr != nil && cmd.SysProcAttr.Setpgid {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}
 	<-done
@@ -372,40 +434,60 @@ func stopClient(client *plugin.Client, cmd *exec.Cmd, grace time.Duration) {
 // add-on service.
 func (i *instance) launch(spec supervisors.Spec) (*proc, error) {
 	o := &i.b.opts
-	cmd := exec.Command(spec.Binary, spec.Args...)
-	if o.RunnerFunc == nil {
-		// A child process: its own process group (killed as a whole),
-		// and killed should addond itself die.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if o.Units != nil {
+		return i.launchUnit(spec)
 	}
-	client := plugin.NewClient(&plugin.ClientConfig{
+	cmd := exec.Command(spec.Binary, spec.Args...)
+	config := &plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		Plugins:          plugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{}},
-		Cmd:              cmd,
-		RunnerFunc:       o.RunnerFunc,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		AutoMTLS:         true,
 		StartTimeout:     o.StartTimeout,
 		SkipHostEnv:      true,
 		Logger:           newHCLogger(i.log),
-	})
-	rpc, err := client.Client()
+	}
+	if o.RunnerFunc == nil {
+		// A child process: its own process group (killed as a whole),
+		// and killed should addond itself die.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		config.Cmd = cmd
+	} else {
+		// go-plugin takes Cmd or RunnerFunc, not both: the runner gets
+		// the command in the one go-plugin builds.
+		config.RunnerFunc = func(l hclog.Logger, c *exec.Cmd, tmpDir string) (runner.Runner, error) {
+			c.Path, c.Args, c.Err = cmd.Path, cmd.Args, cmd.Err
+			return o.RunnerFunc(l, c, tmpDir)
+		}
+		cmd = nil
+	}
+	client := plugin.NewClient(config)
+	p, err := connect(client, spec)
 	if err != nil {
 		stopClient(client, cmd, 0)
+		return nil, err
+	}
+	p.cmd = cmd
+	return p, nil
+}
+
+// connect completes the handshake (or the reattachment) and dispenses the
+// add-on service. On an error the caller cleans up client.
+func connect(client *plugin.Client, spec supervisors.Spec) (*proc, error) {
+	rpc, err := client.Client()
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.Binary, err)
 	}
 	raw, err := rpc.Dispense(sdk.PluginName)
 	if err != nil {
-		stopClient(client, cmd, 0)
 		return nil, fmt.Errorf("dispense: %w", err)
 	}
 	addon, ok := raw.(*sdk.Client)
 	if !ok {
-		stopClient(client, cmd, 0)
 		return nil, fmt.Errorf("dispense: got %T", raw)
 	}
 	pid, _ := strconv.Atoi(client.ID())
-	return &proc{client: client, addon: addon, pid: pid, cmd: cmd}, nil
+	return &proc{client: client, rpc: rpc, addon: addon, pid: pid}, nil
 }
 
 // supervise configures a started sidecar and watches it until it must
@@ -471,6 +553,8 @@ func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (out
 		select {
 		case <-i.stop:
 			return outStopped, ""
+		case <-i.detach:
+			return outDetached, ""
 		case u := <-i.updates:
 			if u.spec.NeedsRestart(*spec) {
 				*spec = u.spec
@@ -479,6 +563,11 @@ func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (out
 			}
 			if u.spec.ConfigChanged(*spec) {
 				configure(u.spec.ConfigJSON)
+				if p.unit != nil { // keep $ADDOND_CONFIG current
+					if err := p.unit.prepare(u.spec); err != nil {
+						i.log.Warn("cannot write the add-on's configuration file", "error", err)
+					}
+				}
 			}
 			*spec = u.spec
 			var err error
@@ -491,7 +580,7 @@ func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (out
 			}
 		case <-exit.C:
 			if p.client.Exited() {
-				return outFailed, "process exited"
+				return outFailed, p.exitReason()
 			}
 		case <-health.C:
 			if !check() {

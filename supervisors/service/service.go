@@ -86,13 +86,13 @@ func (driver) Observe(_ context.Context, b *systemd.Backend, spec supervisors.Sp
 		e.Reason = fmt.Sprintf("%s; systemd restarts it (%d restarts)", u.Exit(), u.NRestarts)
 	case u.ActiveState == "activating":
 		e.State, e.Health, e.PID = supervisors.StateStarting, supervisors.HealthUnknown, u.MainPID
-	case u.ActiveState == "failed" && u.Result == "start-limit-hit":
+	case u.ActiveState == "failed":
+		// With Restart=always, systemd gives up only at the start limit
+		// (systemd 252 leaves the last exit's result, not
+		// start-limit-hit, when the limit stops an automatic restart).
 		e.State, e.Health = supervisors.StateCircuitOpen, supervisors.HealthUnhealthy
 		e.Reason = fmt.Sprintf("%s (more than %d restarts within %s; retrying in %s)", u.Exit(),
 			b.Opts.StartLimitBurst, b.Opts.StartLimitInterval, b.Opts.BreakerCooldown)
-	case u.ActiveState == "failed":
-		e.State, e.Health = supervisors.StateCircuitOpen, supervisors.HealthUnhealthy
-		e.Reason = fmt.Sprintf("unit failed: %s (retrying in %s)", u.Exit(), b.Opts.BreakerCooldown)
 	default: // inactive: stopped with a clean exit, not by addond
 		e.State, e.Health = supervisors.StateRestarting, supervisors.HealthUnhealthy
 		e.Reason = fmt.Sprintf("unit %s: %s", u.ActiveState, u.Exit())

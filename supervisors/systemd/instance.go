@@ -246,12 +246,16 @@ func (i *instance) jobCtx() (context.Context, context.CancelFunc) {
 // do (and replace is false), re-creates them otherwise.
 func (i *instance) ensure(spec supervisors.Spec, replace bool, mem *Memory) error {
 	b, d := i.b, i.b.driver
-	ctx, cancel := i.jobCtx()
-	defer cancel()
-	conn, err := b.Opts.Manager.Conn(ctx)
+	// Never wait long for the manager (addond's READY must not): the
+	// reconnect pokes the watch, and that retries.
+	wctx, wcancel := context.WithTimeout(context.Background(), time.Second)
+	conn, err := b.Opts.Manager.Conn(wctx)
+	wcancel()
 	if err != nil {
 		return err
 	}
+	ctx, cancel := i.jobCtx()
+	defer cancel()
 	fp := Fingerprint(d.Model(), spec)
 	units := d.Units(spec.AddonID)
 	u, err := ReadUnit(ctx, conn, units[0])
@@ -284,9 +288,10 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 	watch := b.Opts.Manager.Watch(b.driver.Units(spec.AddonID)...)
 	defer watch.Close()
 	var (
-		mem     Memory
-		retry   = time.NewTimer(time.Hour)
-		waiting bool // for retry: do not re-create before it fires
+		mem       Memory
+		retry     = time.NewTimer(time.Hour)
+		waiting   bool // for retry: do not re-create before it fires
+		noManager bool // waiting for the manager: a reconnect retries at once
 	)
 	retry.Stop()
 	defer retry.Stop()
@@ -301,12 +306,15 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 	// waited for, never held against the add-on.
 	apply := func(replace bool) error {
 		err := i.ensure(spec, replace, &mem)
+		noManager = false
 		switch {
 		case err == nil:
 			waiting = false
 		case isNoManager(err):
-			starting("waiting for the systemd manager: " + err.Error())
-			schedule(2 * time.Second)
+			i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStarting, Health: supervisors.HealthUnknown,
+				Reason: "waiting for the systemd manager: " + err.Error(), Restarts: mem.Restarts, Waiting: true})
+			schedule(5 * time.Second)
+			noManager = true
 			return nil
 		default:
 			i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateFailed, Health: supervisors.HealthUnhealthy, Reason: err.Error(), Restarts: mem.Restarts})
@@ -354,15 +362,23 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 			starting("")
 			apply(true)
 		case <-watch.C:
+			if !b.Opts.Manager.Connected() {
+				continue // the reconnect pokes the watch again
+			}
 			ctx, cancel := i.jobCtx()
 			conn, err := b.Opts.Manager.Conn(ctx)
 			if err != nil {
 				cancel()
-				continue // the reconnect pokes the watch again
+				continue
 			}
 			u, err := ReadUnit(ctx, conn, watch.units[0])
 			cancel()
 			if err != nil {
+				continue
+			}
+			if noManager {
+				retry.Stop()
+				apply(false)
 				continue
 			}
 			if !u.Exists() || u.ActiveState == "inactive" || DescriptionFingerprint(u.Description) != Fingerprint(b.driver.Model(), spec) {

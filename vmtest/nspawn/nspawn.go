@@ -12,11 +12,14 @@ package nspawn
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -169,7 +172,14 @@ WantedBy=multi-user.target
 
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "systemd-nspawn", "-D", m.Root, "--boot", "--register=no", "--keep-unit", "--console=pipe", "-q")
+	// The machine's cgroup tree is rooted where nspawn starts
+	// (--keep-unit): each machine gets a cgroup of its own, or machines
+	// booted side by side (go test runs packages in parallel) share
+	// .../app.slice/addond-x.service and disturb each other.
+	cgroups := machineCgroups(t)
+	cmd := exec.CommandContext(ctx, "sh", "-c", `for cg in $ADDOND_MACHINE_CGROUPS; do echo $$ > "$cg/cgroup.procs" || exit 1; done; exec "$@"`,
+		"sh", "systemd-nspawn", "-D", m.Root, "--boot", "--register=no", "--keep-unit", "--console=pipe", "-q")
+	cmd.Env = append(os.Environ(), "ADDOND_MACHINE_CGROUPS="+strings.Join(cgroups, " "))
 	var console bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &console, &console
 	err := cmd.Run()
@@ -182,6 +192,74 @@ WantedBy=multi-user.target
 	}
 	fmt.Sscan(string(rc), &res.ExitCode)
 	return res
+}
+
+// machineCgroups creates a fresh cgroup, under this process's own, in each
+// hierarchy that tracks processes for systemd (cgroup2, and the v1
+// name=systemd hierarchy of a hybrid host), and removes them — with
+// whatever the machine left inside, empty after its poweroff — when the
+// test ends.
+func machineCgroups(t testing.TB) []string {
+	self, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return nil
+	}
+	mountinfo, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	mountOf := func(v2 bool) string {
+		for _, line := range strings.Split(string(mountinfo), "\n") {
+			pre, post, ok := strings.Cut(line, " - ")
+			f, g := strings.Fields(pre), strings.Fields(post)
+			if !ok || len(f) < 5 || len(g) < 3 || f[3] != "/" {
+				continue
+			}
+			if (v2 && g[0] == "cgroup2") || (!v2 && g[0] == "cgroup" && slices.Contains(strings.Split(g[2], ","), "name=systemd")) {
+				return f[4]
+			}
+		}
+		return ""
+	}
+	var buf [6]byte
+	rand.Read(buf[:])
+	name := fmt.Sprintf("addond-machine-%x", buf)
+	var dirs []string
+	for _, line := range strings.Split(strings.TrimSpace(string(self)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		var at string
+		switch {
+		case parts[0] == "0" && parts[1] == "":
+			at = mountOf(true)
+		case parts[1] == "name=systemd":
+			at = mountOf(false)
+		}
+		if at == "" {
+			continue
+		}
+		dir := filepath.Join(at, parts[2], name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Logf("no cgroup of its own for the machine: %v", err)
+			continue
+		}
+		dirs = append(dirs, dir)
+		t.Cleanup(func() {
+			var all []string
+			filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+				if err == nil && d.IsDir() {
+					all = append(all, path)
+				}
+				return nil
+			})
+			for _, d := range slices.Backward(all) {
+				os.Remove(d)
+			}
+		})
+	}
+	return dirs
 }
 
 // InMachine reports whether this test binary runs inside a machine booted
@@ -199,6 +277,9 @@ type RunOptions struct {
 	// Files are host executables copied into BinDir under their base
 	// names.
 	Files []string
+	// Dirs are host directories copied into the machine (host → machine
+	// path).
+	Dirs map[string]string
 	// Setup is shell run as root before the tests (e.g. setcap).
 	Setup string
 	// AsRoot runs the tests as root instead of the addond user.
@@ -225,6 +306,13 @@ func RunTest(t *testing.T, o RunOptions) *Machine {
 	m.CopyFile(t, os.Args[0], "/test/addond.test", 0o755)
 	for _, f := range o.Files {
 		m.CopyFile(t, f, filepath.Join(BinDir, filepath.Base(f)), 0o755)
+	}
+	for src, dst := range o.Dirs {
+		dst = filepath.Join(m.Root, dst)
+		os.MkdirAll(filepath.Dir(dst), 0o755)
+		if out, err := exec.Command("cp", "-a", src, dst).CombinedOutput(); err != nil {
+			t.Fatalf("copy %s into the machine: %v\n%s", src, err, out)
+		}
 	}
 	user := "runuser -u addond --"
 	if o.AsRoot {

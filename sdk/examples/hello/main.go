@@ -2,12 +2,16 @@
 // make it sick:
 //
 //	{"health": "healthy|degraded|unhealthy", "crash_after": "2s", "exit_code": 3,
-//	 "configure_error": "refuse this config", "hang_health": true}
+//	 "configure_error": "refuse this config", "hang_health": true,
+//	 "run_helper": "probe", "run_helper_args": ["a", "b"]}
 //
 // health is what Health reports (default healthy); crash_after makes the
 // process exit with exit_code (default 1) that long after it was
 // configured; configure_error makes Configure fail; hang_health makes
-// Health never answer.
+// Health never answer; run_helper makes hello run that ephemeral helper
+// through addond (sdk.RunHelper, retried for a minute) and report its exit
+// status and output as the reason of its health, so tests can see the call
+// went through.
 package main
 
 import (
@@ -16,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,11 +31,13 @@ import (
 var version = "1.0.0"
 
 type config struct {
-	Health         string `json:"health"`
-	CrashAfter     string `json:"crash_after"`
-	ExitCode       int    `json:"exit_code"`
-	ConfigureError string `json:"configure_error"`
-	HangHealth     bool   `json:"hang_health"`
+	Health         string   `json:"health"`
+	CrashAfter     string   `json:"crash_after"`
+	ExitCode       int      `json:"exit_code"`
+	ConfigureError string   `json:"configure_error"`
+	HangHealth     bool     `json:"hang_health"`
+	RunHelper      string   `json:"run_helper"`
+	RunHelperArgs  []string `json:"run_helper_args"`
 }
 
 type hello struct {
@@ -44,7 +51,7 @@ func (h *hello) Info(context.Context) (sdk.Info, error) {
 	return sdk.Info{ID: "hello", Version: version, Capabilities: []string{"hello:v1"}}, nil
 }
 
-func (h *hello) Configure(_ context.Context, raw []byte) error {
+func (h *hello) Configure(ctx context.Context, raw []byte) error {
 	var c config
 	if len(raw) > 0 {
 		if err := json.Unmarshal(raw, &c); err != nil {
@@ -83,6 +90,9 @@ func (h *hello) Configure(_ context.Context, raw []byte) error {
 		h.crash.Stop()
 		h.crash = nil
 	}
+	if c.RunHelper != "" {
+		go h.runHelper(c.RunHelper, c.RunHelperArgs)
+	}
 	if c.CrashAfter != "" {
 		h.crash = time.AfterFunc(crashAfter, func() {
 			fmt.Fprintf(os.Stderr, "hello: crashing as configured (exit %d)\n", code)
@@ -90,6 +100,28 @@ func (h *hello) Configure(_ context.Context, raw []byte) error {
 		})
 	}
 	return nil
+}
+
+// runHelper runs an ephemeral helper through addond, retrying for a
+// while (the helper may not be assigned yet), and puts the outcome in its
+// health reason.
+func (h *hello) runHelper(id string, args []string) {
+	report := func(reason string) {
+		h.mu.Lock()
+		h.health.Reason = reason
+		h.mu.Unlock()
+	}
+	for range 120 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		res, err := sdk.RunHelper(ctx, id, args...)
+		cancel()
+		if err == nil {
+			report(fmt.Sprintf("helper %s exited %d: %s", id, res.ExitCode, strings.TrimSpace(string(res.Stdout))))
+			return
+		}
+		report("helper: " + err.Error())
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 func (h *hello) Health(ctx context.Context) (sdk.Health, error) {

@@ -1,0 +1,84 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+
+	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/supervisors"
+	"github.com/addond/addond/supervisors/goplugin"
+	"github.com/addond/addond/supervisors/helper"
+	"github.com/addond/addond/supervisors/service"
+	"github.com/addond/addond/supervisors/systemd"
+	"github.com/addond/addond/supervisors/timer"
+)
+
+// Backends are the supervisors for one systemd.manager setting.
+type Backends struct {
+	// Supervisors by supervision model, for RunOptions.
+	Supervisors map[string]supervisors.Supervisor
+	// Helpers runs ephemeral helpers (nil without a manager).
+	Helpers *helper.Backend
+	// Manager is the connection to the manager add-ons run in (nil for
+	// manager "none").
+	Manager *systemd.Manager
+}
+
+// Orphans is RunOptions.Orphans for these backends (nil without a
+// manager).
+func (b *Backends) Orphans() func(context.Context, func(string) bool) ([]string, error) {
+	if b.Manager == nil {
+		return nil
+	}
+	return func(ctx context.Context, keep func(string) bool) ([]string, error) {
+		return systemd.StopOrphans(ctx, b.Manager, keep)
+	}
+}
+
+// Close drops the manager connection; units keep running.
+func (b *Backends) Close() {
+	if b.Manager != nil {
+		b.Manager.Close()
+	}
+}
+
+// NewBackends builds the supervisors the agent's config asks for:
+// with systemd.manager "user" (addond's own user manager) or "system"
+// (addond as root; units run as systemd.addon_user) every model runs as
+// transient units; with "none" go-plugin sidecars run as children and
+// the unit models are missing (reported unsupported).
+func (a *Agent) NewBackends(log *slog.Logger) (*Backends, error) {
+	notify := a.Notify
+	cfg := a.cfg
+	if cfg.Systemd.Manager == "none" {
+		return &Backends{Supervisors: map[string]supervisors.Supervisor{
+			assignment.SupervisionAgentSidecar: goplugin.New(goplugin.Options{Log: log, Notify: notify}),
+		}}, nil
+	}
+	target := systemd.Target{UID: os.Getuid()}
+	if cfg.Systemd.Manager == "system" {
+		if os.Geteuid() != 0 {
+			return nil, errors.New(`systemd.manager "system" needs addond to run as root; use "user"`)
+		}
+		target = systemd.Target{System: true, User: cfg.Systemd.AddonUser}
+	}
+	m := systemd.NewManager(target, log)
+	opts := systemd.Options{
+		Manager: m, Log: log, Notify: notify,
+		Paths: systemd.Paths{RuntimeRoot: cfg.RuntimeRoot, StatusSocket: cfg.StatusSocket},
+	}
+	helpers := helper.New(opts)
+	return &Backends{
+		Manager: m,
+		Helpers: helpers,
+		Supervisors: map[string]supervisors.Supervisor{
+			assignment.SupervisionAgentSidecar: goplugin.New(goplugin.Options{Log: log, Notify: notify,
+				Units: &goplugin.UnitOptions{Manager: m, Paths: opts.Paths}}),
+			assignment.SupervisionSystemdService:  service.New(opts),
+			assignment.SupervisionSystemdTimer:    timer.New(opts),
+			assignment.SupervisionEphemeralHelper: helpers,
+		},
+	}, nil
+}
