@@ -33,6 +33,9 @@ func TestRunUnitsInMachine(t *testing.T) {
 		e.publishFile("tick", "1.0.0", filepath.Join(bin, "ticker"))
 		e.publishFile("probe", "1.0.0", filepath.Join(bin, "probe"))
 		e.publishFile("caller", "1.0.0", filepath.Join(bin, "hello"))
+		crash := filepath.Join(t.TempDir(), "svc")
+		os.WriteFile(crash, []byte("#!/bin/sh\necho 'svc 1.1.0: crashing' >&2\nexit 3\n"), 0o755)
+		e.publishFile("svc", "1.1.0", crash)
 		// The store keeps its layout; inside it lives at /srv/store.
 		nspawn.RunTest(t, nspawn.RunOptions{
 			Files: []string{filepath.Join(bin, "addond"), filepath.Join(bin, "addonctl")},
@@ -69,7 +72,7 @@ func TestRunUnitsInMachine(t *testing.T) {
 		"assignments":   map[string]string{"store_key": "agents/edge-01/assignments.json"},
 		"trust":         map[string]any{"public_keys": []string{"/srv/keys/signing.pub"}, "require_signatures": true},
 		"status_socket": sock, "systemd": map[string]string{"manager": "user"},
-		"poll_interval": "1s", "probation": "2s", "min_free_bytes": 1 << 20,
+		"poll_interval": "1s", "probation": "8s", "min_free_bytes": 1 << 20,
 	})
 	config := filepath.Join(dir, "addond.json")
 	os.WriteFile(config, cfg, 0o644)
@@ -171,6 +174,24 @@ func TestRunUnitsInMachine(t *testing.T) {
 		t.Fatalf("after an addond restart: sidecar pid %d → %d, service pid %d → %d: restarted instead of reattached/adopted",
 			side.PID, side2.PID, svc.PID, svc2.PID)
 	}
+
+	// A crash-looping svc 1.1.0 is rolled back to 1.0.0, health read from
+	// the unit's state.
+	upgraded := append([]string{}, all...)
+	for i, a := range upgraded {
+		if a == "svc@1.0.0" {
+			upgraded[i] = "svc@1.1.0"
+		}
+	}
+	assign(upgraded...)
+	d.client.Reconcile(ctx)
+	rb := d.waitAddon(t, "svc", 30*time.Second, "rolled back to 1.0.0", func(a daemon.AddonStatus) bool {
+		return a.State == "rolled_back" && a.ActiveVersion == "1.0.0" && a.Health == "healthy"
+	})
+	if u := unit("addond-svc.service"); !u.Up() || u.MainPID != rb.PID || !strings.Contains(u.Description, "svc 1.0.0") {
+		t.Fatalf("after the rollback the unit is %+v, status pid %d", u, rb.PID)
+	}
+	svc = rb
 
 	// svc is removed while addond is down: its unit goes when addond is back.
 	d.stop(t)

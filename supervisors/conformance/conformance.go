@@ -361,6 +361,18 @@ func Run(t *testing.T, h Harness) {
 			})
 			t.Logf("%s: %s: %s", id, e.State, e.Reason)
 		}
+		// A program that starts and exits at once is never healthy, not
+		// even for an instant (it would be promoted on probation).
+		if _, ok := failing["exits"]; ok {
+			rec.waitFor(t, "exits", wait, "a restart", func(e supervisors.Event) bool { return e.Restarts >= 2 })
+			rec.mu.Lock()
+			for _, e := range rec.events {
+				if e.AddonID == "exits" && e.Health == supervisors.HealthHealthy {
+					t.Errorf("a program that exits at once was reported healthy: %+v", e)
+				}
+			}
+			rec.mu.Unlock()
+		}
 		e := rec.waitFor(t, "good", wait, "healthy", healthy)
 		if st, _ := s.Status("good"); st.PID != e.PID || !alive(e.PID) {
 			t.Fatalf("the good add-on was disturbed: %+v", st)

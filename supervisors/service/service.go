@@ -80,6 +80,13 @@ func (driver) Observe(_ context.Context, b *systemd.Backend, spec supervisors.Sp
 	switch {
 	case u.ActiveState == "active" || u.ActiveState == "reloading":
 		e.State, e.Health, e.PID = supervisors.StateRunning, supervisors.HealthHealthy, u.MainPID
+		// Up is not yet healthy: a binary that starts and crashes is
+		// active for an instant. It proves itself by staying up.
+		if up := time.Since(u.ActiveSince); !u.ActiveSince.IsZero() && up < b.Opts.StableAfter {
+			e.Health = supervisors.HealthUnknown
+			e.Reason = fmt.Sprintf("up for %s; healthy once up for %s", up.Round(time.Millisecond), b.Opts.StableAfter)
+			mem.Recheck = b.Opts.StableAfter - up
+		}
 	case u.ActiveState == "activating" && u.SubState == "auto-restart",
 		u.ActiveState == "deactivating":
 		e.State, e.Health = supervisors.StateRestarting, supervisors.HealthUnhealthy

@@ -51,7 +51,7 @@ func TestInMachine(t *testing.T) {
 		return New(systemd.Options{
 			Manager: m, Paths: systemd.Paths{RuntimeRoot: root}, Notify: notify,
 			Log:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
-			RestartDelay: 50 * time.Millisecond, StartLimitBurst: 3, StartLimitInterval: 10 * time.Second,
+			RestartDelay: 50 * time.Millisecond, StartLimitBurst: 3, StartLimitInterval: 10 * time.Second, StableAfter: 200 * time.Millisecond,
 			BreakerCooldown: 500 * time.Millisecond, JobTimeout: 10 * time.Second,
 		})
 	}
@@ -290,7 +290,7 @@ func TestInMachine(t *testing.T) {
 				// is seen, not raced past.
 				b := New(systemd.Options{
 					Manager: mgr, Paths: systemd.Paths{RuntimeRoot: root}, Notify: rec.notify, Log: log,
-					RestartDelay: time.Second, StartLimitBurst: 3, StartLimitInterval: 10 * time.Second,
+					RestartDelay: time.Second, StartLimitBurst: 3, StartLimitInterval: 10 * time.Second, StableAfter: 200 * time.Millisecond,
 					BreakerCooldown: 500 * time.Millisecond, JobTimeout: 10 * time.Second,
 				})
 				ctx := context.Background()

@@ -30,6 +30,9 @@ type Driver interface {
 
 // Memory is what Observe may remember between calls for one add-on.
 type Memory struct {
+	// Recheck asks for another look after this long even if nothing
+	// changes (a service proving it stays up).
+	Recheck      time.Duration
 	Restarts     int    // restarts before the current unit
 	LastRun      string // a timer's last seen invocation
 	Failures     int    // a timer's failed runs in a row
@@ -47,7 +50,10 @@ type Options struct {
 	StartLimitBurst    int           // restarts within StartLimitInterval that open the circuit [5]
 	StartLimitInterval time.Duration // [1m]
 	BreakerCooldown    time.Duration // how long an open circuit stays open [1m]
-	JobTimeout         time.Duration // starting or stopping a unit [30s]
+	// StableAfter is how long a service must stay up before it counts
+	// as healthy: a process that starts and crashes is not [3s].
+	StableAfter time.Duration
+	JobTimeout  time.Duration // starting or stopping a unit [30s]
 }
 
 func (o *Options) defaults() {
@@ -60,6 +66,7 @@ func (o *Options) defaults() {
 	def(&o.StartLimitInterval, time.Minute)
 	def(&o.BreakerCooldown, time.Minute)
 	def(&o.JobTimeout, 30*time.Second)
+	def(&o.StableAfter, 3*time.Second)
 	if o.StartLimitBurst <= 0 {
 		o.StartLimitBurst = 5
 	}
@@ -295,6 +302,9 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 	)
 	retry.Stop()
 	defer retry.Stop()
+	recheck := time.NewTimer(time.Hour)
+	recheck.Stop()
+	defer recheck.Stop()
 	schedule := func(d time.Duration) {
 		retry.Reset(d)
 		waiting = true
@@ -357,6 +367,8 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 			mem = Memory{}
 			starting("")
 			c.reply <- apply(true)
+		case <-recheck.C:
+			watch.poke()
 		case <-retry.C:
 			waiting = false
 			starting("")
@@ -392,8 +404,12 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 				schedule(b.Opts.RestartDelay)
 				continue
 			}
+			mem.Recheck = 0
 			e := b.driver.Observe(context.Background(), b, spec, u, &mem)
 			e.Version = spec.Version
+			if mem.Recheck > 0 {
+				recheck.Reset(mem.Recheck)
+			}
 			if e.State == supervisors.StateCircuitOpen && !waiting {
 				schedule(b.Opts.BreakerCooldown)
 			}

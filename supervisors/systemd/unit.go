@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	sd "github.com/coreos/go-systemd/v22/dbus"
 	godbus "github.com/godbus/dbus/v5"
@@ -267,6 +268,8 @@ type UnitState struct {
 	ExecCode     int    // CLD_EXITED 1, CLD_KILLED 2, CLD_DUMPED 3
 	ExecStatus   int    // exit status, or the signal
 	ExitTime     uint64 // ExecMainExitTimestamp (µs)
+	// ActiveSince is when the unit last became active (zero: never).
+	ActiveSince time.Time
 }
 
 // Exists is whether the manager knows the unit.
@@ -304,6 +307,9 @@ func ReadUnit(ctx context.Context, conn *sd.Conn, unit string) (UnitState, error
 	u.Description = str(props, "Description")
 	if id, ok := props["InvocationID"].([]byte); ok {
 		u.InvocationID = hex.EncodeToString(id)
+	}
+	if t, ok := props["ActiveEnterTimestamp"].(uint64); ok && t > 0 {
+		u.ActiveSince = time.UnixMicro(int64(t))
 	}
 	if !u.Exists() || !strings.HasSuffix(unit, ".service") {
 		return u, nil
