@@ -341,10 +341,16 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 			return
 		case c := <-i.cmds:
 			if c.spec == nil {
+				// A manager that is away is waited for briefly: the unit
+				// it still runs is stopped as an orphan when addond
+				// next starts.
+				wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
+				conn, cerr := b.Opts.Manager.Conn(wctx)
+				wcancel()
 				ctx, cancel := i.jobCtx()
 				var err error
-				if conn, cerr := b.Opts.Manager.Conn(ctx); cerr != nil {
-					err = fmt.Errorf("addon %q: %w", i.id, cerr)
+				if cerr != nil {
+					err = fmt.Errorf("addon %q: unit left running: %w", i.id, cerr)
 				} else {
 					for _, unit := range b.driver.Units(i.id) {
 						if serr := StopUnit(ctx, conn, unit); serr != nil && err == nil {
