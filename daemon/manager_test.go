@@ -13,6 +13,7 @@ import (
 	"github.com/addond/addond/daemon/publish"
 	"github.com/addond/addond/supervisors"
 	"github.com/addond/addond/supervisors/conformance"
+	"github.com/addond/addond/supervisors/goplugin"
 	"github.com/addond/addond/supervisors/service"
 	"github.com/addond/addond/supervisors/systemd"
 )
@@ -77,4 +78,64 @@ func TestReadyBeforeTheManager(t *testing.T) {
 	if sta, _ := a.del.State("svc"); len(sta.Failed) != 0 {
 		t.Fatalf("a version was marked failed for the manager's absence: %+v", sta.Failed)
 	}
+}
+
+// TestOrphanSweep: the sweep keeps the units of add-ons that run or are
+// meant to run, and no others; it runs at start and after every
+// authoritative document.
+func TestOrphanSweep(t *testing.T) {
+	f := newFixture(t, "file")
+	hello, _ := os.ReadFile(conformance.BuildExamples(t, "..", "hello")["hello"])
+	f.publish("hello", "1.0.0", hello)
+	f.assign("hello@1.0.0")
+	f.cfg.StatusSocket = filepath.Join(f.base, "s.sock")
+	f.cfg.PollInterval = config.Duration(time.Hour)
+	a := f.open()
+	defer a.Close()
+	type sweep struct{ hello, ghost bool }
+	sweeps := make(chan sweep, 16)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- a.Run(ctx, RunOptions{
+			Supervisors: map[string]supervisors.Supervisor{assignment.SupervisionAgentSidecar: goplugin.New(goplugin.Options{Notify: a.Notify})},
+			Ready:       ready,
+			Orphans: func(ctx context.Context, keep func(string) bool) ([]string, error) {
+				sweeps <- sweep{keep("hello"), keep("ghost")}
+				return nil, nil
+			},
+		})
+	}()
+	<-ready
+	r := &running{a: a, client: NewClient(f.cfg.StatusSocket)}
+	r.wait(t, "hello", "running", runningHealthy)
+	var last sweep
+	deadline := time.After(10 * time.Second)
+	for !last.hello {
+		select {
+		case last = <-sweeps:
+			if last.ghost {
+				t.Fatal("the sweep keeps a unit of an add-on that is not assigned")
+			}
+		case <-deadline:
+			t.Fatal("no sweep after the document that keeps hello")
+		}
+	}
+	// hello is unassigned: the next sweep no longer keeps it.
+	f.putAddons()
+	if err := r.client.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.After(10 * time.Second)
+	for last.hello {
+		select {
+		case last = <-sweeps:
+		case <-deadline:
+			t.Fatal("no sweep without hello after the document that removed it")
+		}
+	}
+	cancel()
+	<-done
 }

@@ -97,6 +97,7 @@ type (
 		spec assignment.Spec
 		err  error
 	}
+	sweptMsg  struct{}
 	stagedMsg struct {
 		spec assignment.Spec
 		err  error
@@ -119,11 +120,13 @@ type runner struct {
 	reqs   chan request
 
 	fetching, again bool
+	sweeping        bool // an orphan sweep is running
 	lastReport      *Report
 	ready           bool
 
 	mu     sync.Mutex
-	status Status // snapshot for the status API
+	status Status          // snapshot for the status API
+	owned  map[string]bool // add-ons running or meant to run: the orphan sweep keeps their units
 
 	metrics        *metrics
 	reconcileStart time.Time
@@ -180,9 +183,7 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 	defer a.runner.Store(nil)
 
 	r.startLastKnownGood(ctx)
-	if o.Orphans != nil {
-		go r.stopOrphans(ctx)
-	}
+	r.sweepOrphans(ctx, true)
 	srv, err := r.serveStatus()
 	if err != nil {
 		return err
@@ -249,6 +250,8 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 				}
 			case stagedMsg:
 				r.staged(ctx, m)
+			case sweptMsg:
+				r.sweeping = false
 			}
 		case <-tick.C:
 			r.checkProbation(ctx)
@@ -347,31 +350,51 @@ func (r *runner) startLastKnownGood(ctx context.Context) {
 	}
 }
 
-// stopOrphans stops add-on units left running by add-ons that addond does
-// not run any more (removed or disabled while it was down), once the
-// manager answers. It runs beside the loop: the set it keeps is taken now.
-func (r *runner) stopOrphans(ctx context.Context) {
-	keep := map[string]bool{}
-	for id, ar := range r.addons {
-		if ar.running != nil {
-			keep[id] = true
-		}
+// sweepOrphans stops, in the background, add-on units of add-ons that are
+// neither running nor meant to run here (removed or disabled while addond
+// was down, or while the manager was away when addond stopped them).
+// retry: keep trying until the manager answers (at start).
+func (r *runner) sweepOrphans(ctx context.Context, retry bool) {
+	if r.opts.Orphans == nil || r.sweeping {
+		return
 	}
-	for {
-		stopped, err := r.opts.Orphans(ctx, func(id string) bool { return keep[id] })
-		if len(stopped) > 0 {
-			r.log.Info("stopped orphaned add-on units", "units", stopped)
-		}
-		if err == nil || ctx.Err() != nil {
-			return
-		}
-		r.log.Debug("orphaned add-on units not checked yet", "error", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(5 * time.Second):
-		}
+	r.updateOwned()
+	keep := func(id string) bool {
+		// Asked just before each unit is stopped, of what the loop last
+		// published: a unit the loop starts meanwhile belongs to an
+		// add-on that was already desired.
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.owned[id]
 	}
+	r.sweeping = true
+	go func() {
+		defer func() {
+			select {
+			case r.msgs <- sweptMsg{}:
+			case <-ctx.Done():
+			}
+		}()
+		for {
+			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			stopped, err := r.opts.Orphans(sctx, keep)
+			cancel()
+			if len(stopped) > 0 {
+				r.log.Info("stopped orphaned add-on units", "units", stopped)
+			}
+			if err == nil || !retry || ctx.Err() != nil {
+				if err != nil {
+					r.log.Debug("orphaned add-on units not checked", "error", err)
+				}
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(5 * time.Second):
+			}
+		}
+	}()
 }
 
 func (r *runner) get(id string) *addonRun {
@@ -521,6 +544,7 @@ func (r *runner) apply(ctx context.Context, m desiredMsg) {
 			delete(r.addons, id)
 		}
 	}
+	r.sweepOrphans(ctx, false)
 }
 
 // converge takes one add-on one step toward its desired spec.
@@ -892,7 +916,21 @@ func (r *runner) summary() string {
 }
 
 // publish refreshes the status snapshot the API serves.
+// updateOwned publishes which add-ons own their units.
+func (r *runner) updateOwned() {
+	owned := map[string]bool{}
+	for id, ar := range r.addons {
+		if ar.running != nil || (ar.desired != nil && ar.desired.Enabled) {
+			owned[id] = true
+		}
+	}
+	r.mu.Lock()
+	r.owned = owned
+	r.mu.Unlock()
+}
+
 func (r *runner) publish() {
+	r.updateOwned()
 	st := Status{AgentID: r.a.cfg.AgentID, Version: Version, Ready: r.ready, Addons: []AddonStatus{}}
 	if r.lastReport != nil {
 		st.Serial = r.lastReport.Serial
