@@ -3,8 +3,11 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
+	"os/user"
+	"strconv"
 
 	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/supervisors"
@@ -58,16 +61,24 @@ func (a *Agent) NewBackends(log *slog.Logger) (*Backends, error) {
 		}}, nil
 	}
 	target := systemd.Target{UID: os.Getuid()}
+	var owner *systemd.Owner
 	if cfg.Systemd.Manager == "system" {
 		if os.Geteuid() != 0 {
 			return nil, errors.New(`systemd.manager "system" needs addond to run as root; use "user"`)
 		}
 		target = systemd.Target{System: true, User: cfg.Systemd.AddonUser}
+		u, err := user.Lookup(cfg.Systemd.AddonUser)
+		if err != nil {
+			return nil, fmt.Errorf("systemd.addon_user %q: %w", cfg.Systemd.AddonUser, err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		owner = &systemd.Owner{UID: uid, GID: gid}
 	}
 	m := systemd.NewManager(target, log)
 	opts := systemd.Options{
 		Manager: m, Log: log, Notify: notify,
-		Paths: systemd.Paths{RuntimeRoot: cfg.RuntimeRoot, StatusSocket: cfg.StatusSocket},
+		Paths: systemd.Paths{RuntimeRoot: cfg.RuntimeRoot, StatusSocket: cfg.StatusSocket, Owner: owner},
 	}
 	helpers := helper.New(opts)
 	return &Backends{

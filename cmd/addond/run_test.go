@@ -510,6 +510,16 @@ func TestStatusAuthorization(t *testing.T) {
 	if out, err := asNobody(other, "status", "--socket", sock); err != nil {
 		t.Fatalf("status from another cgroup: %v\n%s; reads are allowed", err, out)
 	}
+	// A helper run is a change: refused from another cgroup (and from a
+	// process that only shares addond's uid), before anything is run.
+	if out, err := asNobody(other, "run-helper", "--socket", sock, "probe", "--", "x"); err == nil || !strings.Contains(out, "neither root, nor addond, nor one of its add-on units") {
+		t.Fatalf("run-helper from another cgroup: %v\n%s; want a refusal", err, out)
+	}
+	// From addond's own cgroup it is authorized, and then reported as
+	// unavailable (manager "none": no helpers here).
+	if out, err := asNobody("", "run-helper", "--socket", sock, "probe"); err == nil || !strings.Contains(out, "not available on this host") {
+		t.Fatalf("run-helper with manager none: %v\n%s", err, out)
+	}
 }
 
 // TestReenableNeedsNoProbation: disabling and re-enabling the

@@ -408,6 +408,7 @@ func waitHealthy(t *testing.T, events chan supervisors.Event, id string) supervi
 	for {
 		select {
 		case e := <-events:
+			t.Logf("event: %s %s %s pid=%d %s", e.AddonID, e.State, e.Health, e.PID, e.Reason)
 			if e.AddonID == id && e.State == supervisors.StateRunning && e.Health == supervisors.HealthHealthy {
 				return e
 			}
@@ -669,5 +670,51 @@ func reexecute(t *testing.T) time.Duration {
 			return time.Since(start)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestSystemManagerInMachine: with systemd.manager "system" (addond as
+// root) the same backend runs add-ons as units of the system manager, as
+// the addon user, sandboxed the same way.
+func TestSystemManagerInMachine(t *testing.T) {
+	if !nspawn.InMachine() {
+		bins := conformance.BuildExamples(t, "../..", "hello")
+		nspawn.RunTest(t, nspawn.RunOptions{Files: []string{bins["hello"]}, AsRoot: true})
+		return
+	}
+	m := systemd.NewManager(systemd.Target{System: true, User: "addond"}, nil)
+	defer m.Close()
+	root, err := os.MkdirTemp("/var/lib", "addond-root-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan supervisors.Event, 64)
+	paths := systemd.Paths{RuntimeRoot: root, Owner: &systemd.Owner{UID: nspawn.AddonUID, GID: nspawn.AddonUID}}
+	b := New(systemd.Options{Manager: m, Paths: paths, Notify: func(e supervisors.Event) { events <- e },
+		StableAfter: 200 * time.Millisecond})
+	ctx := context.Background()
+	spec := supervisors.Spec{AddonID: "sys", Version: "1.0.0", Binary: filepath.Join(nspawn.BinDir, "hello")}
+	if err := b.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	e := waitHealthy(t, events, "sys")
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", e.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(status), fmt.Sprintf("\nUid:\t%d\t%d", nspawn.AddonUID, nspawn.AddonUID)) {
+		t.Fatalf("the add-on does not run as the addon user:\n%s", status)
+	}
+	conn, _ := m.Conn(ctx)
+	if u, _ := systemd.ReadUnit(ctx, conn, "addond-sys.service"); !u.Up() || u.MainPID != e.PID {
+		t.Fatalf("not a unit of the system manager: %+v", u)
+	}
+	for _, p := range []string{paths.StateDir("sys"), paths.ConfigFile("sys")} {
+		if fi, err := os.Stat(p); err != nil || fi.Sys().(*syscall.Stat_t).Uid != nspawn.AddonUID {
+			t.Errorf("%s is not the addon user's: %v", p, err)
+		}
+	}
+	if err := b.Stop(ctx, "sys"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -67,6 +67,22 @@ func ValidID(id string) error {
 type Paths struct {
 	RuntimeRoot  string // the agent's tree (hidden from sandboxed add-ons)
 	StatusSocket string // for the SDK's helper runs ("" if none)
+	// Owner is the user add-ons run as when it is not addond's own uid
+	// (systemd.manager "system"): their state directory and configuration
+	// file are handed to it. nil: addond's uid.
+	Owner *Owner
+}
+
+// Owner is a uid and gid.
+type Owner struct{ UID, GID int }
+
+// own hands path to the user add-ons run as, when that is not addond's
+// own (the system manager, with addond as root).
+func (p Paths) own(path string) error {
+	if p.Owner == nil {
+		return nil
+	}
+	return os.Lchown(path, p.Owner.UID, p.Owner.GID)
 }
 
 // StateDir is the add-on's own writable directory.
@@ -80,7 +96,11 @@ func (p Paths) ConfigFile(id string) string {
 // Prepare creates the state directory and writes the configuration file
 // (atomically: a running add-on never reads half of it).
 func (p Paths) Prepare(spec supervisors.Spec) error {
-	if err := os.MkdirAll(p.StateDir(spec.AddonID), 0o700); err != nil {
+	dir := p.StateDir(spec.AddonID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("addon %q: state directory: %w", spec.AddonID, err)
+	}
+	if err := p.own(dir); err != nil {
 		return fmt.Errorf("addon %q: state directory: %w", spec.AddonID, err)
 	}
 	cfg := spec.ConfigJSON
@@ -90,6 +110,10 @@ func (p Paths) Prepare(spec supervisors.Spec) error {
 	path := p.ConfigFile(spec.AddonID)
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, cfg, 0o600); err != nil {
+		return fmt.Errorf("addon %q: config file: %w", spec.AddonID, err)
+	}
+	if err := p.own(tmp); err != nil {
+		os.Remove(tmp)
 		return fmt.Errorf("addon %q: config file: %w", spec.AddonID, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
