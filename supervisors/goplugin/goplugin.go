@@ -13,13 +13,11 @@ package goplugin
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os/exec"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 
@@ -95,8 +93,7 @@ func (o *Options) defaults() {
 // Backend is the go-plugin Supervisor.
 type Backend struct {
 	opts   Options
-	mu     sync.Mutex
-	addons map[string]*instance
+	addons supervisors.Registry[*instance]
 }
 
 var _ supervisors.Supervisor = (*Backend)(nil)
@@ -104,118 +101,37 @@ var _ supervisors.Supervisor = (*Backend)(nil)
 // New returns a Backend.
 func New(o Options) *Backend {
 	o.defaults()
-	return &Backend{opts: o, addons: map[string]*instance{}}
+	return &Backend{opts: o}
 }
 
 // instance is one supervised add-on: a goroutine that owns its process.
+// It is detached by Close of a backend whose sidecars outlive it.
 type instance struct {
-	b       *Backend
-	id      string
-	log     *slog.Logger
-	updates chan update
-	stop    chan struct{}
-	detach  chan struct{} // Close of a backend whose sidecars outlive it
-	done    chan struct{}
-
-	mu   sync.Mutex
-	last supervisors.Event
-}
-
-type update struct {
-	spec  supervisors.Spec
-	reply chan error
+	*supervisors.Handle
+	b   *Backend
+	id  string
+	log *slog.Logger
 }
 
 func (b *Backend) Start(ctx context.Context, spec supervisors.Spec) error {
 	if err := b.checkUnit(spec, true); err != nil {
 		return err
 	}
-	b.mu.Lock()
-	if _, ok := b.addons[spec.AddonID]; ok {
-		b.mu.Unlock()
-		return fmt.Errorf("addon %q is already supervised", spec.AddonID)
-	}
-	inst := &instance{
-		b: b, id: spec.AddonID,
-		log:     b.opts.Log.With("addon_id", spec.AddonID),
-		updates: make(chan update),
-		stop:    make(chan struct{}),
-		detach:  make(chan struct{}),
-		done:    make(chan struct{}),
-	}
-	b.addons[spec.AddonID] = inst
-	b.mu.Unlock()
-
-	first := make(chan error, 1)
-	go inst.run(spec, first)
-	select {
-	case err := <-first:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (b *Backend) instance(id string) (*instance, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	inst, ok := b.addons[id]
-	if !ok {
-		return nil, fmt.Errorf("addon %q: %w", id, supervisors.ErrUnknownAddon)
-	}
-	return inst, nil
+	log := b.opts.Log.With("addon_id", spec.AddonID)
+	inst := &instance{Handle: supervisors.NewHandle(spec.AddonID, supervisors.LogState(log), b.opts.Notify), b: b, id: spec.AddonID, log: log}
+	return b.addons.Start(ctx, inst, func(first chan<- error) { inst.run(spec, first) })
 }
 
 func (b *Backend) Update(ctx context.Context, spec supervisors.Spec) error {
 	if err := b.checkUnit(spec, false); err != nil {
 		return err
 	}
-	inst, err := b.instance(spec.AddonID)
-	if err != nil {
-		return err
-	}
-	u := update{spec: spec, reply: make(chan error, 1)}
-	select {
-	case inst.updates <- u:
-	case <-inst.done:
-		return fmt.Errorf("addon %q: %w", spec.AddonID, supervisors.ErrUnknownAddon)
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-u.reply:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return b.addons.Update(ctx, spec)
 }
 
-func (b *Backend) Stop(ctx context.Context, id string) error {
-	inst, err := b.instance(id)
-	if err != nil {
-		return err
-	}
-	b.mu.Lock()
-	delete(b.addons, id)
-	b.mu.Unlock()
-	close(inst.stop)
-	select {
-	case <-inst.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (b *Backend) Stop(ctx context.Context, id string) error { return b.addons.Stop(ctx, id) }
 
-func (b *Backend) Status(id string) (supervisors.Event, bool) {
-	inst, err := b.instance(id)
-	if err != nil {
-		return supervisors.Event{}, false
-	}
-	inst.mu.Lock()
-	defer inst.mu.Unlock()
-	return inst.last, true
-}
+func (b *Backend) Status(id string) (supervisors.Event, bool) { return b.addons.Status(id) }
 
 // Close stops every sidecar (they are addond's children) and waits, within
 // ctx, for all of them. Sidecars that run as units are left running — not
@@ -223,43 +139,9 @@ func (b *Backend) Status(id string) (supervisors.Event, bool) {
 // stops supervising them.
 func (b *Backend) Close(ctx context.Context) error {
 	if b.opts.Units != nil {
-		return b.detachAll(ctx)
+		return b.addons.DetachAll(ctx)
 	}
-	b.mu.Lock()
-	ids := make([]string, 0, len(b.addons))
-	for id := range b.addons {
-		ids = append(ids, id)
-	}
-	b.mu.Unlock()
-	var wg sync.WaitGroup
-	errs := make([]error, len(ids))
-	for i, id := range ids {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = b.Stop(ctx, id)
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
-// emit records and reports an event when anything in it changed.
-func (i *instance) emit(e supervisors.Event) {
-	e.AddonID = i.id
-	i.mu.Lock()
-	prev := i.last
-	e.Time = prev.Time
-	changed := e != prev
-	if changed {
-		e.Time = time.Now()
-		i.last = e
-	}
-	i.mu.Unlock()
-	if changed {
-		i.log.Info("add-on state", "version", e.Version, "state", e.State, "health", e.Health, "reason", e.Reason, "pid", e.PID, "restarts", e.Restarts)
-		i.b.opts.Notify(e)
-	}
+	return b.addons.StopAll(ctx, b.Stop)
 }
 
 // outcome is why a running sidecar's supervision ended.
@@ -274,7 +156,6 @@ const (
 
 // run owns the add-on's process for its whole supervised life.
 func (i *instance) run(spec supervisors.Spec, first chan<- error) {
-	defer close(i.done)
 	o := &i.b.opts
 	var (
 		restarts  int
@@ -291,7 +172,7 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 	defer reportFirst(nil)
 
 	for {
-		i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStarting, Health: supervisors.HealthUnknown, Restarts: restarts})
+		i.Emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStarting, Health: supervisors.HealthUnknown, Restarts: restarts})
 		startedAt := time.Now()
 		p, err := i.launch(spec)
 		var out outcome
@@ -312,7 +193,7 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 		switch out {
 		case outStopped:
 			i.stopped()
-			i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStopped, Health: supervisors.HealthUnknown, Restarts: restarts})
+			i.Emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStopped, Health: supervisors.HealthUnknown, Restarts: restarts})
 			return
 		case outRestart:
 			restarts++
@@ -337,22 +218,22 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 			reason = fmt.Sprintf("%s (%d restarts within %s; retrying in %s)", reason, len(recent), o.BreakerWindow, o.BreakerCooldown)
 			recent = nil
 		}
-		i.emit(supervisors.Event{Version: spec.Version, State: state, Health: supervisors.HealthUnhealthy, Reason: reason, Restarts: restarts})
+		i.Emit(supervisors.Event{Version: spec.Version, State: state, Health: supervisors.HealthUnhealthy, Reason: reason, Restarts: restarts})
 		i.log.Warn("add-on failed", "version", spec.Version, "reason", reason, "retry_in", wait.String())
 		t := time.NewTimer(wait)
 		select {
-		case <-i.detach:
+		case <-i.Detaching():
 			t.Stop()
 			return
-		case <-i.stop:
+		case <-i.Stopping():
 			t.Stop()
 			i.stopped()
-			i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStopped, Health: supervisors.HealthUnknown, Reason: reason, Restarts: restarts})
+			i.Emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStopped, Health: supervisors.HealthUnknown, Reason: reason, Restarts: restarts})
 			return
-		case u := <-i.updates:
+		case r := <-i.Requests():
 			t.Stop()
-			spec = u.spec
-			u.reply <- nil
+			spec = *r.Spec
+			r.Reply(nil)
 			failures, recent = 0, nil
 		case <-t.C:
 		}
@@ -519,7 +400,7 @@ func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (out
 			if failures >= o.HealthFailures {
 				return false
 			}
-			i.emit(ev)
+			i.Emit(ev)
 			return true
 		}
 		failures = 0
@@ -537,7 +418,7 @@ func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (out
 		if configErr != "" {
 			ev.State, ev.Health, ev.Reason = supervisors.StateUnhealthy, supervisors.HealthUnhealthy, configErr
 		}
-		i.emit(ev)
+		i.Emit(ev)
 		return true
 	}
 
@@ -551,30 +432,30 @@ func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (out
 	defer exit.Stop()
 	for {
 		select {
-		case <-i.stop:
+		case <-i.Stopping():
 			return outStopped, ""
-		case <-i.detach:
+		case <-i.Detaching():
 			return outDetached, ""
-		case u := <-i.updates:
-			if u.spec.NeedsRestart(*spec) {
-				*spec = u.spec
-				u.reply <- nil
+		case r := <-i.Requests():
+			if r.Spec.NeedsRestart(*spec) {
+				*spec = *r.Spec
+				r.Reply(nil)
 				return outRestart, ""
 			}
-			if u.spec.ConfigChanged(*spec) {
-				configure(u.spec.ConfigJSON)
+			if r.Spec.ConfigChanged(*spec) {
+				configure(r.Spec.ConfigJSON)
 				if p.unit != nil { // keep $ADDOND_CONFIG current
-					if err := p.unit.prepare(u.spec); err != nil {
+					if err := p.unit.prepare(*r.Spec); err != nil {
 						i.log.Warn("cannot write the add-on's configuration file", "error", err)
 					}
 				}
 			}
-			*spec = u.spec
+			*spec = *r.Spec
 			var err error
 			if configErr != "" {
 				err = fmt.Errorf("addon %q: %s", i.id, configErr)
 			}
-			u.reply <- err
+			r.Reply(err)
 			if !check() {
 				return outFailed, ev.Reason
 			}

@@ -87,26 +87,6 @@ func (b *Backend) checkUnit(spec supervisors.Spec, start bool) error {
 	return systemd.CheckResources(spec.AddonID, spec.Resources)
 }
 
-// detachAll is Close for sidecars that run as units: stop supervising,
-// leave them running.
-func (b *Backend) detachAll(ctx context.Context) error {
-	b.mu.Lock()
-	all := b.addons
-	b.addons = map[string]*instance{}
-	b.mu.Unlock()
-	for _, inst := range all {
-		close(inst.detach)
-	}
-	for _, inst := range all {
-		select {
-		case <-inst.done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	return nil
-}
-
 // stopped makes sure that a stopped add-on's unit is gone and forgets how
 // to reattach to it.
 func (i *instance) stopped() {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/addond/addond/supervisors"
@@ -87,33 +86,25 @@ type Backend struct {
 	Opts   Options
 	driver Driver
 
-	mu     sync.Mutex
-	addons map[string]*instance
+	addons supervisors.Registry[*instance]
 }
 
 // NewBackend returns a Backend for d.
 func NewBackend(d Driver, o Options) *Backend {
 	o.defaults()
-	return &Backend{Opts: o, driver: d, addons: map[string]*instance{}}
+	return &Backend{Opts: o, driver: d}
 }
 
 var _ supervisors.Supervisor = (*Backend)(nil)
 
-type command struct {
-	spec  *supervisors.Spec // nil: stop
-	reply chan error
-}
-
+// instance is one supervised add-on: a goroutine that owns its units. It
+// is stopped by a Request without a spec (the stop's outcome is the
+// answer) and detached by Close.
 type instance struct {
-	b      *Backend
-	id     string
-	log    *slog.Logger
-	cmds   chan command
-	detach chan struct{}
-	done   chan struct{}
-
-	mu   sync.Mutex
-	last supervisors.Event
+	*supervisors.Handle
+	b   *Backend
+	id  string
+	log *slog.Logger
 }
 
 func (b *Backend) Start(ctx context.Context, spec supervisors.Spec) error {
@@ -126,58 +117,9 @@ func (b *Backend) Start(ctx context.Context, spec supervisors.Spec) error {
 	if err := b.driver.Check(spec); err != nil {
 		return err
 	}
-	b.mu.Lock()
-	if _, ok := b.addons[spec.AddonID]; ok {
-		b.mu.Unlock()
-		return fmt.Errorf("addon %q is already supervised", spec.AddonID)
-	}
-	inst := &instance{
-		b: b, id: spec.AddonID,
-		log:    b.Opts.Log.With("addon_id", spec.AddonID, "model", b.driver.Model()),
-		cmds:   make(chan command),
-		detach: make(chan struct{}),
-		done:   make(chan struct{}),
-	}
-	b.addons[spec.AddonID] = inst
-	b.mu.Unlock()
-	first := make(chan error, 1)
-	go inst.run(spec, first)
-	select {
-	case err := <-first:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (b *Backend) instance(id string) (*instance, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	inst, ok := b.addons[id]
-	if !ok {
-		return nil, fmt.Errorf("addon %q: %w", id, supervisors.ErrUnknownAddon)
-	}
-	return inst, nil
-}
-
-func (b *Backend) send(ctx context.Context, id string, c command) error {
-	inst, err := b.instance(id)
-	if err != nil {
-		return err
-	}
-	select {
-	case inst.cmds <- c:
-	case <-inst.done:
-		return fmt.Errorf("addon %q: %w", id, supervisors.ErrUnknownAddon)
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-c.reply:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	log := b.Opts.Log.With("addon_id", spec.AddonID, "model", b.driver.Model())
+	inst := &instance{Handle: supervisors.NewHandle(spec.AddonID, supervisors.LogState(log), b.Opts.Notify), b: b, id: spec.AddonID, log: log}
+	return b.addons.Start(ctx, inst, func(first chan<- error) { inst.run(spec, first) })
 }
 
 func (b *Backend) Update(ctx context.Context, spec supervisors.Spec) error {
@@ -187,62 +129,26 @@ func (b *Backend) Update(ctx context.Context, spec supervisors.Spec) error {
 	if err := b.driver.Check(spec); err != nil {
 		return err
 	}
-	return b.send(ctx, spec.AddonID, command{spec: &spec, reply: make(chan error, 1)})
+	return b.addons.Update(ctx, spec)
 }
 
+// Stop asks the add-on's goroutine to stop its units (a Request without a
+// spec: the outcome is its answer), and forgets the add-on.
 func (b *Backend) Stop(ctx context.Context, id string) error {
-	err := b.send(ctx, id, command{reply: make(chan error, 1)})
-	b.mu.Lock()
-	delete(b.addons, id)
-	b.mu.Unlock()
+	inst, err := b.addons.Get(id)
+	if err == nil {
+		err = inst.Send(ctx, nil)
+	}
+	b.addons.Remove(id)
 	return err
 }
 
-func (b *Backend) Status(id string) (supervisors.Event, bool) {
-	inst, err := b.instance(id)
-	if err != nil {
-		return supervisors.Event{}, false
-	}
-	inst.mu.Lock()
-	defer inst.mu.Unlock()
-	return inst.last, true
-}
+func (b *Backend) Status(id string) (supervisors.Event, bool) { return b.addons.Status(id) }
 
 // Close stops supervising and leaves every unit running: they outlive
 // addond, and the next addond adopts them.
 func (b *Backend) Close(ctx context.Context) error {
-	b.mu.Lock()
-	all := b.addons
-	b.addons = map[string]*instance{}
-	b.mu.Unlock()
-	for _, inst := range all {
-		close(inst.detach)
-	}
-	for _, inst := range all {
-		select {
-		case <-inst.done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	return nil
-}
-
-func (i *instance) emit(e supervisors.Event) {
-	e.AddonID = i.id
-	i.mu.Lock()
-	prev := i.last
-	e.Time = prev.Time
-	changed := e != prev
-	if changed {
-		e.Time = time.Now()
-		i.last = e
-	}
-	i.mu.Unlock()
-	if changed {
-		i.log.Info("add-on state", "version", e.Version, "state", e.State, "health", e.Health, "reason", e.Reason, "pid", e.PID, "restarts", e.Restarts)
-		i.b.Opts.Notify(e)
-	}
+	return b.addons.DetachAll(ctx)
 }
 
 func (i *instance) jobCtx() (context.Context, context.CancelFunc) {
@@ -290,7 +196,6 @@ func (i *instance) ensure(spec supervisors.Spec, replace bool, mem *Memory) erro
 
 // run owns the add-on's units for its supervised life.
 func (i *instance) run(spec supervisors.Spec, first chan<- error) {
-	defer close(i.done)
 	b := i.b
 	watch := b.Opts.Manager.Watch(b.driver.Units(spec.AddonID)...)
 	defer watch.Close()
@@ -310,7 +215,7 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 		waiting = true
 	}
 	starting := func(reason string) {
-		i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStarting, Health: supervisors.HealthUnknown, Reason: reason, Restarts: mem.Restarts})
+		i.Emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStarting, Health: supervisors.HealthUnknown, Reason: reason, Restarts: mem.Restarts})
 	}
 	// apply (re)creates the units; a manager that cannot be reached is
 	// waited for, never held against the add-on.
@@ -321,13 +226,13 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 		case err == nil:
 			waiting = false
 		case isNoManager(err):
-			i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStarting, Health: supervisors.HealthUnknown,
+			i.Emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStarting, Health: supervisors.HealthUnknown,
 				Reason: "waiting for the systemd manager: " + err.Error(), Restarts: mem.Restarts, Waiting: true})
 			schedule(5 * time.Second)
 			noManager = true
 			return nil
 		default:
-			i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateFailed, Health: supervisors.HealthUnhealthy, Reason: err.Error(), Restarts: mem.Restarts})
+			i.Emit(supervisors.Event{Version: spec.Version, State: supervisors.StateFailed, Health: supervisors.HealthUnhealthy, Reason: err.Error(), Restarts: mem.Restarts})
 			schedule(b.Opts.BreakerCooldown)
 		}
 		return err
@@ -337,10 +242,10 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 	first <- apply(false)
 	for {
 		select {
-		case <-i.detach:
+		case <-i.Detaching():
 			return
-		case c := <-i.cmds:
-			if c.spec == nil {
+		case c := <-i.Requests():
+			if c.Spec == nil {
 				// A manager that is away is waited for briefly: the unit
 				// it still runs is stopped as an orphan when addond
 				// next starts.
@@ -359,20 +264,20 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 					}
 				}
 				cancel()
-				i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStopped, Health: supervisors.HealthUnknown, Restarts: mem.Restarts})
-				c.reply <- err
+				i.Emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStopped, Health: supervisors.HealthUnknown, Restarts: mem.Restarts})
+				c.Reply(err)
 				return
 			}
 			old := spec
-			spec = *c.spec
+			spec = *c.Spec
 			if !spec.NeedsRestart(old) && !spec.ConfigChanged(old) {
-				c.reply <- nil
+				c.Reply(nil)
 				continue
 			}
 			retry.Stop()
 			mem = Memory{}
 			starting("")
-			c.reply <- apply(true)
+			c.Reply(apply(true))
 		case <-recheck.C:
 			watch.poke()
 		case <-retry.C:
@@ -405,7 +310,7 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 				}
 				// Gone: stopped behind addond's back, collected, or never
 				// created because the manager was away.
-				i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateRestarting, Health: supervisors.HealthUnhealthy,
+				i.Emit(supervisors.Event{Version: spec.Version, State: supervisors.StateRestarting, Health: supervisors.HealthUnhealthy,
 					Reason: "unit " + u.Name + " is not running", Restarts: mem.Restarts})
 				schedule(b.Opts.RestartDelay)
 				continue
@@ -419,7 +324,7 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 			if e.State == supervisors.StateCircuitOpen && !waiting {
 				schedule(b.Opts.BreakerCooldown)
 			}
-			i.emit(e)
+			i.Emit(e)
 		}
 	}
 }

@@ -94,8 +94,9 @@ type Backend struct {
 	opts     Options
 	features map[string]Feature
 
+	addons supervisors.Registry[*instance]
+
 	mu     sync.Mutex
-	addons map[string]*instance
 	owners map[string]string // feature → the add-on that has it on
 }
 
@@ -107,7 +108,6 @@ func New(o Options) *Backend {
 	return &Backend{
 		opts:     o,
 		features: maps.Clone(o.Features),
-		addons:   map[string]*instance{},
 		owners:   map[string]string{},
 	}
 }
@@ -120,134 +120,55 @@ func (b *Backend) Features() []string {
 // instance is one supervised add-on: a goroutine that owns its feature's
 // switch, as long as the add-on is supervised.
 type instance struct {
-	b       *Backend
-	id      string
-	log     *slog.Logger
-	updates chan update
-	stop    chan struct{}
-	done    chan struct{}
-
-	mu   sync.Mutex
-	last supervisors.Event
-}
-
-type update struct {
-	spec  supervisors.Spec
-	reply chan error
+	*supervisors.Handle
+	b   *Backend
+	id  string
+	log *slog.Logger
 }
 
 // Start switches spec's feature on. It returns the first attempt's error
 // (wrapping supervisors.ErrUnsupported for an unknown feature); the add-on
 // stays supervised either way, so Update can still fix it.
 func (b *Backend) Start(ctx context.Context, spec supervisors.Spec) error {
-	b.mu.Lock()
-	if _, ok := b.addons[spec.AddonID]; ok {
-		b.mu.Unlock()
-		return fmt.Errorf("addon %q is already supervised", spec.AddonID)
-	}
-	inst := &instance{
-		b: b, id: spec.AddonID,
-		log:     b.opts.Log.With("addon_id", spec.AddonID),
-		updates: make(chan update),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
-	}
-	b.addons[spec.AddonID] = inst
-	b.mu.Unlock()
-
-	first := make(chan error, 1)
-	go inst.run(spec, first)
-	select {
-	case err := <-first:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	log := b.opts.Log.With("addon_id", spec.AddonID)
+	inst := &instance{Handle: supervisors.NewHandle(spec.AddonID, logState(log), b.opts.Notify), b: b, id: spec.AddonID, log: log}
+	return b.addons.Start(ctx, inst, func(first chan<- error) { inst.run(spec, first) })
 }
 
-func (b *Backend) instance(id string) (*instance, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	inst, ok := b.addons[id]
-	if !ok {
-		return nil, fmt.Errorf("addon %q: %w", id, supervisors.ErrUnknownAddon)
+// logState logs an add-on's event: its state is the feature's.
+func logState(l *slog.Logger) func(supervisors.Event) {
+	return func(e supervisors.Event) {
+		l.Info("add-on state", "version", e.Version, "feature_state", e.State, "health", e.Health, "reason", e.Reason)
 	}
-	return inst, nil
 }
 
 // Update applies spec: a new configuration in place, another feature by
 // switching the old one off and the new one on.
 func (b *Backend) Update(ctx context.Context, spec supervisors.Spec) error {
-	inst, err := b.instance(spec.AddonID)
-	if err != nil {
-		return err
-	}
-	u := update{spec: spec, reply: make(chan error, 1)}
-	select {
-	case inst.updates <- u:
-	case <-inst.done:
-		return fmt.Errorf("addon %q: %w", spec.AddonID, supervisors.ErrUnknownAddon)
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-u.reply:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return b.addons.Update(ctx, spec)
 }
 
 // Stop switches the add-on's feature off and forgets the add-on.
 func (b *Backend) Stop(ctx context.Context, id string) error {
-	inst, err := b.instance(id)
+	inst, err := b.addons.Take(id)
 	if err != nil {
 		return err
 	}
-	b.mu.Lock()
-	delete(b.addons, id)
-	b.mu.Unlock()
-	close(inst.stop)
-	select {
-	case <-inst.done:
-		inst.mu.Lock()
-		defer inst.mu.Unlock()
-		if inst.last.State != supervisors.StateStopped {
-			return fmt.Errorf("addon %q: %s", id, inst.last.Reason)
-		}
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := inst.Stop(ctx); err != nil {
+		return err
 	}
+	if last := inst.Last(); last.State != supervisors.StateStopped {
+		return fmt.Errorf("addon %q: %s", id, last.Reason)
+	}
+	return nil
 }
 
-func (b *Backend) Status(id string) (supervisors.Event, bool) {
-	inst, err := b.instance(id)
-	if err != nil {
-		return supervisors.Event{}, false
-	}
-	inst.mu.Lock()
-	defer inst.mu.Unlock()
-	return inst.last, true
-}
+func (b *Backend) Status(id string) (supervisors.Event, bool) { return b.addons.Status(id) }
 
 // Close switches every feature off: they run inside addond and stop with
 // it.
 func (b *Backend) Close(ctx context.Context) error {
-	b.mu.Lock()
-	ids := slices.Collect(maps.Keys(b.addons))
-	b.mu.Unlock()
-	var wg sync.WaitGroup
-	errs := make([]error, len(ids))
-	for i, id := range ids {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = b.Stop(ctx, id)
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return b.addons.StopAll(ctx, b.Stop)
 }
 
 // claim makes id the owner of feature name.
@@ -269,27 +190,8 @@ func (b *Backend) release(name, id string) {
 	}
 }
 
-// emit records and reports an event when anything in it changed.
-func (i *instance) emit(e supervisors.Event) {
-	e.AddonID = i.id
-	i.mu.Lock()
-	prev := i.last
-	e.Time = prev.Time
-	changed := e != prev
-	if changed {
-		e.Time = time.Now()
-		i.last = e
-	}
-	i.mu.Unlock()
-	if changed {
-		i.log.Info("add-on state", "version", e.Version, "feature_state", e.State, "health", e.Health, "reason", e.Reason)
-		i.b.opts.Notify(e)
-	}
-}
-
 // run owns the add-on's feature switch for its whole supervised life.
 func (i *instance) run(spec supervisors.Spec, first chan<- error) {
-	defer close(i.done)
 	o := &i.b.opts
 	t := &toggler{i: i}
 	first <- t.apply(spec)
@@ -324,17 +226,17 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 			retryC = retry.C
 		}
 		select {
-		case <-i.stop:
+		case <-i.Stopping():
 			if retry != nil {
 				retry.Stop()
 			}
 			t.off()
 			return
-		case u := <-i.updates:
+		case r := <-i.Requests():
 			if retry != nil {
 				retry.Stop()
 			}
-			u.reply <- t.apply(u.spec)
+			r.Reply(t.apply(*r.Spec))
 		case <-retryC:
 			t.apply(t.spec)
 		case <-healthC():
@@ -385,7 +287,7 @@ func (t *toggler) apply(spec supervisors.Spec) error {
 		if spec.Feature == "" {
 			reason = "no compiled-in feature named"
 		}
-		i.emit(supervisors.Event{Version: spec.Version, State: supervisors.StateUnsupported, Health: supervisors.HealthUnknown, Reason: reason})
+		i.Emit(supervisors.Event{Version: spec.Version, State: supervisors.StateUnsupported, Health: supervisors.HealthUnknown, Reason: reason})
 		return fmt.Errorf("addon %q: %s: %w", i.id, reason, supervisors.ErrUnsupported)
 	}
 
@@ -431,7 +333,7 @@ func (t *toggler) failed(err error) error {
 		t.retryIn = d - jitter + rand.N(2*jitter+1)
 		reason += fmt.Sprintf(" (retrying in %s)", t.retryIn.Round(time.Millisecond))
 	}
-	t.i.emit(supervisors.Event{Version: t.spec.Version, State: supervisors.StateFailed, Health: supervisors.HealthUnhealthy, Reason: reason, Restarts: t.failures})
+	t.i.Emit(supervisors.Event{Version: t.spec.Version, State: supervisors.StateFailed, Health: supervisors.HealthUnhealthy, Reason: reason, Restarts: t.failures})
 	t.i.log.Warn("feature not switched on", "feature", t.spec.Feature, "reason", reason)
 	return fmt.Errorf("addon %q: %w", t.i.id, err)
 }
@@ -455,7 +357,7 @@ func (t *toggler) check() {
 	if t.configErr != "" {
 		ev.State, ev.Health, ev.Reason = supervisors.StateUnhealthy, supervisors.HealthUnhealthy, t.configErr
 	}
-	t.i.emit(ev)
+	t.i.Emit(ev)
 }
 
 // disable switches the feature that is on off and gives it up.
@@ -482,5 +384,5 @@ func (t *toggler) off() {
 		ev.State, ev.Reason = supervisors.StateFailed, err.Error()
 		t.i.log.Warn("feature not switched off", "error", err)
 	}
-	t.i.emit(ev)
+	t.i.Emit(ev)
 }
