@@ -101,6 +101,9 @@ var _ supervisors.Supervisor = (*Backend)(nil)
 // New returns a Backend.
 func New(o Options) *Backend {
 	o.defaults()
+	if o.Units != nil {
+		o.Units.sweepSocketDirs(o.Log)
+	}
 	return &Backend{opts: o}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -496,6 +497,32 @@ func (r *unitRunner) finish() {
 	os.Remove(r.opts.ReattachFile(r.spec.AddonID))
 	r.Kill(context.Background())
 	r.opts.removeSocketDir(r.socketDir)
+}
+
+// sweepSocketDirs removes the socket directories go-plugin made for
+// sidecars that no reattach file names any more (addond died between
+// making one and writing the reattach file, or the file was refused). Run
+// once, before any sidecar starts.
+func (u *UnitOptions) sweepSocketDirs(log *slog.Logger) {
+	entries, err := os.ReadDir(u.Dir())
+	if err != nil {
+		return
+	}
+	inUse := map[string]bool{}
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".reattach.json") {
+			if st, err := loadReattach(filepath.Join(u.Dir(), e.Name())); err == nil {
+				inUse[filepath.Dir(st.Addr)] = true
+			}
+		}
+	}
+	for _, e := range entries {
+		dir := filepath.Join(u.Dir(), e.Name())
+		if e.IsDir() && strings.HasPrefix(e.Name(), "plugin-dir") && !inUse[dir] {
+			log.Info("removing a sidecar socket directory nothing uses", "dir", dir)
+			u.removeSocketDir(dir)
+		}
+	}
 }
 
 // removeSocketDir removes a socket directory go-plugin made for a sidecar

@@ -155,6 +155,10 @@ func TestUnits(t *testing.T) {
 			t.Fatalf("reattach data %+v, unit %+v", st, unit)
 		}
 
+		// A socket directory an earlier addond made and never recorded.
+		stray := filepath.Join(u.Dir(), "plugin-dir4242")
+		os.Mkdir(stray, 0o700)
+
 		// A restarted addond: a new manager connection, a new backend.
 		m2 := systemd.NewManager(systemd.UserTarget(), nil)
 		defer m2.Close()
@@ -162,6 +166,12 @@ func TestUnits(t *testing.T) {
 		rec := newEvents()
 		b := newBackend(t, m2, root, rec.notify, slog.New(slog.NewTextHandler(teeWriter{logs, os.Stderr}, nil)))
 		defer b.Close(ctx)
+		if _, err := os.Stat(stray); err == nil {
+			t.Fatal("a stray socket directory survived a new backend")
+		}
+		if _, err := os.Stat(filepath.Dir(st.Addr)); err != nil {
+			t.Fatalf("the running sidecar's socket directory was removed: %v", err)
+		}
 		if err := b.Start(ctx, spec("1.0.0", `{}`)); err != nil {
 			t.Fatal(err)
 		}
