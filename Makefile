@@ -4,7 +4,7 @@
 SHELL    := /bin/bash
 GO       ?= go
 VERSION  ?= 0.1.0-dev+$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
-LDFLAGS  := -X github.com/addond/addond/daemon.Version=$(VERSION)
+LDFLAGS  := -X github.com/addond/addond/daemon.Version=$(VERSION) -X github.com/addond/addond/capabilities.Version=$(VERSION)
 GOBUILD  := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
 
 # MinIO for the S3 tests and the benchmark: built once into a cache outside
@@ -14,7 +14,7 @@ TEST_CACHE    ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/addond-test
 MINIO_BIN     := $(TEST_CACHE)/minio-$(MINIO_VERSION)/minio
 STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-BINARIES := addond addonctl
+BINARIES := addond addonctl addond-updater
 EXAMPLES := hello pingsweep probe ticker
 
 .PHONY: all build demo test unit deps minio bench lint fuzz proto clean
@@ -31,7 +31,7 @@ demo: build
 
 # Host packages the tests use (idempotent; needs root, as CI has).
 deps:
-	@missing=""; for p in openssl util-linux systemd-container mmdebstrap; do \
+	@missing=""; for p in openssl util-linux systemd-container mmdebstrap libcap2-bin; do \
 		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \

@@ -1,0 +1,229 @@
+package capabilities
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// DefaultAgentCgroup is addond's service cgroup: the only non-root
+// processes the helper answers (add-on units share addond's uid, not its
+// cgroup).
+const DefaultAgentCgroup = "/system.slice/addond.service"
+
+// Server answers the updater protocol.
+type Server struct {
+	Config      Config
+	AgentCgroup string // the agent's service cgroup [DefaultAgentCgroup]
+	Version     string // the helper's, for ping
+	Log         *slog.Logger
+	// IdleExit ends Serve after this long without a connection (socket
+	// activation starts the helper again); 0: never.
+	IdleExit time.Duration
+	// Concurrency bounds requests served at once [4].
+	Concurrency int
+}
+
+// Serve answers connections on ln until ctx ends or the helper was idle
+// for IdleExit.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if s.Log == nil {
+		s.Log = slog.New(slog.DiscardHandler)
+	}
+	if s.AgentCgroup == "" {
+		s.AgentCgroup = DefaultAgentCgroup
+	}
+	if s.Concurrency <= 0 {
+		s.Concurrency = 4
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { <-ctx.Done(); ln.Close() }()
+
+	var (
+		wg     sync.WaitGroup
+		sem    = make(chan struct{}, s.Concurrency)
+		active = make(chan int, 64) // +1 / -1 as connections start and end
+	)
+	if s.IdleExit > 0 {
+		go func() {
+			n := 0
+			idle := time.NewTimer(s.IdleExit)
+			defer idle.Stop()
+			for {
+				select {
+				case d := <-active:
+					n += d
+					idle.Stop()
+					if n == 0 {
+						idle.Reset(s.IdleExit)
+					}
+				case <-idle.C:
+					s.Log.Info("idle: exiting", "after", s.IdleExit)
+					cancel()
+					return
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	defer wg.Wait()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		select {
+		case active <- 1:
+		default:
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				select {
+				case active <- -1:
+				default:
+				}
+			}()
+			select {
+			case sem <- struct{}{}:
+				defer func() { <-sem }()
+			case <-time.After(RequestTimeout):
+				conn.Close()
+				return
+			}
+			s.handle(conn)
+		}()
+	}
+}
+
+func (s *Server) handle(conn net.Conn) {
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(RequestTimeout))
+	answer := func(r Response) { json.NewEncoder(conn).Encode(r) }
+	pid, uid, err := peer(conn)
+	if err == nil {
+		err = s.authorize(pid, uid)
+	}
+	if err != nil {
+		s.Log.Warn("refused a caller", "error", err)
+		answer(Response{Error: "refused: " + err.Error()})
+		return
+	}
+	var req Request
+	dec := json.NewDecoder(io.LimitReader(conn, MaxRequest+1))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		s.Log.Warn("bad request", "pid", pid, "error", err)
+		answer(Response{Error: "bad request: " + err.Error()})
+		return
+	}
+	log := s.Log.With("pid", pid, "uid", uid, "op", req.Op)
+	switch req.Op {
+	case "ping":
+		answer(Response{Version: s.Version, Protocol: Protocol})
+	case "apply":
+		if req.Apply == nil {
+			answer(Response{Error: "apply: no request"})
+			return
+		}
+		a, err := Apply(s.Config, *req.Apply)
+		if err != nil {
+			log.Warn("refused", "addon_id", req.Apply.AddonID, "version", req.Apply.Version, "error", err)
+			answer(Response{Error: err.Error()})
+			return
+		}
+		log.Info("applied", "addon_id", req.Apply.AddonID, "version", req.Apply.Version, "path", a.Path, "caps", strings.Join(a.Caps, ","))
+		answer(Response{Applied: a})
+	case "remove":
+		if err := Remove(s.Config, req.AddonID, req.Version); err != nil {
+			log.Warn("refused", "addon_id", req.AddonID, "error", err)
+			answer(Response{Error: err.Error()})
+			return
+		}
+		log.Info("removed", "addon_id", req.AddonID, "version", req.Version)
+		answer(Response{})
+	default:
+		answer(Response{Error: fmt.Sprintf("unknown op %q", req.Op)})
+	}
+}
+
+// peer is the connecting process.
+func peer(conn net.Conn) (pid, uid int, err error) {
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return 0, 0, errors.New("not a unix socket")
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0, 0, err
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	})
+	if cerr != nil {
+		return 0, 0, cerr
+	}
+	return int(cred.Pid), int(cred.Uid), nil
+}
+
+// authorize admits root, and the agent user's processes in the agent's own
+// service cgroup — not its add-on units, which share its uid.
+func (s *Server) authorize(pid, uid int) error {
+	if uid == 0 {
+		return nil
+	}
+	agentUID, _, err := s.Config.agent()
+	if err != nil {
+		return err
+	}
+	if uid != agentUID {
+		return fmt.Errorf("pid %d: uid %d is neither root nor the agent's", pid, uid)
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return fmt.Errorf("pid %d: %w", pid, err)
+	}
+	if cg := CgroupOf(data); cg != s.AgentCgroup {
+		return fmt.Errorf("pid %d (uid %d) is in cgroup %q, not the agent's %q", pid, uid, cg, s.AgentCgroup)
+	}
+	return nil
+}
+
+// CgroupOf is the cgroup path in a /proc/<pid>/cgroup file: the unified
+// hierarchy's, else the v1 name=systemd hierarchy's.
+func CgroupOf(procCgroup []byte) string {
+	var v1, v2 string
+	for line := range strings.SplitSeq(string(procCgroup), "\n") {
+		if path, ok := strings.CutPrefix(line, "0::"); ok {
+			v2 = path
+		}
+		if _, path, ok := strings.Cut(line, ":name=systemd:"); ok {
+			v1 = path
+		}
+	}
+	if v2 == "" || (v2 == "/" && v1 != "") {
+		return v1 // a hybrid host where systemd tracks units in v1
+	}
+	return v2
+}
