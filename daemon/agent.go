@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/addond/addond/capabilities"
 	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/config"
 	"github.com/addond/addond/daemon/delivery"
@@ -28,6 +29,9 @@ type Options struct {
 	Platform assignment.Platform // zero: the host's
 	// Sleep waits between download retries (nil: real time).
 	Sleep func(ctx context.Context, d time.Duration) error
+	// PrivilegedRoot is where addond-updater puts capped copies (zero:
+	// its default, /var/lib/addond-privileged).
+	PrivilegedRoot string
 }
 
 // Agent is one addond instance bound to its runtime root.
@@ -36,12 +40,14 @@ type Agent struct {
 	log      *slog.Logger
 	platform assignment.Platform
 	keys     *signing.Keyring
-	store    store.Store
-	src      source.Source
-	del      *delivery.Deliverer
-	lock     *os.File
-	runner   atomic.Pointer[runner] // while Run runs
-	opts     Options
+	// privilegedRoot is where addond-updater's capped copies are.
+	privilegedRoot string
+	store          store.Store
+	src            source.Source
+	del            *delivery.Deliverer
+	lock           *os.File
+	runner         atomic.Pointer[runner] // while Run runs
+	opts           Options
 }
 
 // Open prepares the runtime root and takes its lock: two addond processes
@@ -53,7 +59,10 @@ func Open(cfg *config.Config, o Options) (*Agent, error) {
 	if o.Platform == (assignment.Platform{}) {
 		o.Platform = assignment.Host()
 	}
-	a := &Agent{cfg: cfg, log: o.Log, platform: o.Platform}
+	if o.PrivilegedRoot == "" {
+		o.PrivilegedRoot = capabilities.DefaultPrivilegedRoot
+	}
+	a := &Agent{cfg: cfg, log: o.Log, platform: o.Platform, privilegedRoot: o.PrivilegedRoot}
 	for _, dir := range []string{cfg.RuntimeRoot, filepath.Join(cfg.RuntimeRoot, "addons")} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("runtime root: %w", err)

@@ -71,6 +71,7 @@ type addonRun struct {
 	pid       int
 	installed *delivery.Installed // os_package: the binary as last verified
 	waiting   bool                // the backend waits for the systemd manager
+	capped    map[string]string   // version → its capped copy (os_capabilities)
 }
 
 // unsupported reports a model (delivery or supervision) this host lacks.
@@ -99,8 +100,10 @@ type (
 	}
 	sweptMsg  struct{}
 	stagedMsg struct {
-		spec assignment.Spec
-		err  error
+		spec   assignment.Spec
+		err    error
+		capped string // the capped copy, for a spec with os_capabilities
+		capErr error  // why there is none
 	}
 	request struct {
 		kind  string // "reconcile", "retry"
@@ -289,10 +292,12 @@ func (r *runner) startLastKnownGood(ctx context.Context) {
 		return
 	}
 	type start struct {
-		ar   *addonRun
-		sup  supervisors.Supervisor
-		spec assignment.Spec
-		err  error
+		ar     *addonRun
+		sup    supervisors.Supervisor
+		spec   assignment.Spec
+		err    error
+		capped string
+		capErr error
 	}
 	var starts []*start
 	for _, id := range ids {
@@ -339,13 +344,33 @@ func (r *runner) startLastKnownGood(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.err = s.sup.Start(ctx, r.supSpec(s.spec))
+			sp := r.supSpec(s.ar, s.spec)
+			if needsCaps(s.spec) {
+				// The capped copy, from the cached signed package: no
+				// store needed; a bounded wait for the updater.
+				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				s.capped, s.capErr = r.a.cappedCopy(cctx, s.spec)
+				cancel()
+				if s.capErr != nil {
+					return
+				}
+				sp.Binary = s.capped
+			}
+			s.err = s.sup.Start(ctx, sp)
 		}()
 	}
 	wg.Wait()
 	for _, s := range starts {
-		if s.err != nil {
+		switch {
+		case s.capErr != nil:
+			s.ar.running, s.ar.model = nil, ""
+			s.ar.set("staged", s.capErr.Error())
+			r.log.Warn("last-known-good not started: no capped copy", "addon_id", s.ar.id, "error", s.capErr)
+		case s.err != nil:
 			s.ar.lastErr = s.err.Error()
+		}
+		if s.capped != "" {
+			s.ar.capped[s.spec.Version] = s.capped
 		}
 	}
 }
@@ -400,14 +425,14 @@ func (r *runner) sweepOrphans(ctx context.Context, retry bool) {
 func (r *runner) get(id string) *addonRun {
 	ar, ok := r.addons[id]
 	if !ok {
-		ar = &addonRun{id: id, state: "pending", health: "unknown", since: time.Now().UTC()}
+		ar = &addonRun{id: id, state: "pending", health: "unknown", since: time.Now().UTC(), capped: map[string]string{}}
 		r.addons[id] = ar
 	}
 	return ar
 }
 
 // supSpec is what a backend runs for spec.
-func (r *runner) supSpec(spec assignment.Spec) supervisors.Spec {
+func (r *runner) supSpec(ar *addonRun, spec assignment.Spec) supervisors.Spec {
 	s := supervisors.Spec{
 		AddonID: spec.AddonID, Version: spec.Version,
 		Args:       spec.Args,
@@ -421,6 +446,10 @@ func (r *runner) supSpec(spec assignment.Spec) supervisors.Spec {
 		s.Binary = spec.BinaryPath
 	default:
 		s.Binary = r.a.del.BinaryPath(spec.AddonID, spec.Version, spec.BinaryName)
+		if len(spec.OSCapabilities) > 0 {
+			// Only ever the capped copy (start makes sure there is one).
+			s.Binary, s.Capabilities = ar.capped[spec.Version], spec.OSCapabilities
+		}
 	}
 	if spec.Timeout != "" {
 		s.Timeout, _ = time.ParseDuration(spec.Timeout)
@@ -442,6 +471,11 @@ func (r *runner) notify(e supervisors.Event) {
 	}
 }
 
+// needsCaps is whether spec runs from a capped copy.
+func needsCaps(spec assignment.Spec) bool {
+	return spec.Delivery == assignment.DeliveryPushedArtifact && len(spec.OSCapabilities) > 0
+}
+
 // start runs spec under its supervision model, or updates it in place
 // when it already runs there.
 func (r *runner) start(ctx context.Context, ar *addonRun, spec assignment.Spec) error {
@@ -450,14 +484,26 @@ func (r *runner) start(ctx context.Context, ar *addonRun, spec assignment.Spec) 
 		ar.unsupported("supervision", spec.Supervision)
 		return supervisors.ErrUnsupported
 	}
+	if needsCaps(spec) && ar.capped[spec.Version] == "" {
+		// A version that ran before (a rollback target) has its copy; if
+		// this process never had it, only one made earlier will do here:
+		// the loop does not wait for the updater.
+		path, ok := r.a.existingCopy(spec)
+		if !ok {
+			err := fmt.Errorf("addon %q: %w: no capped copy of version %s yet", ar.id, ErrCapsUnavailable, spec.Version)
+			ar.lastErr = err.Error()
+			return err
+		}
+		ar.capped[spec.Version] = path
+	}
 	var err error
 	if ar.running != nil && ar.model == spec.Supervision {
-		err = sup.Update(ctx, r.supSpec(spec))
+		err = sup.Update(ctx, r.supSpec(ar, spec))
 	} else {
 		if ar.running != nil {
 			r.stop(ctx, ar)
 		}
-		err = sup.Start(ctx, r.supSpec(spec))
+		err = sup.Start(ctx, r.supSpec(ar, spec))
 	}
 	ar.running, ar.model = &spec, spec.Supervision
 	if ar.state == "pending" || ar.state == "staged" || ar.state == "downloading" {
@@ -541,6 +587,9 @@ func (r *runner) apply(ctx context.Context, m desiredMsg) {
 			if err := r.a.del.RemoveAddon(id); err != nil {
 				r.log.Warn("removing add-on", "addon_id", id, "error", err)
 			}
+			if len(ar.capped) > 0 {
+				r.a.dropCapped(id)
+			}
 			delete(r.addons, id)
 		}
 	}
@@ -607,7 +656,11 @@ func (r *runner) converge(ctx context.Context, ar *addonRun) {
 		if staged.Downloaded {
 			r.metrics.deliveryBytes.Add(float64(staged.Bytes))
 		}
-		r.msgs <- stagedMsg{spec: spec, err: err}
+		m := stagedMsg{spec: spec, err: err}
+		if err == nil && needsCaps(spec) {
+			m.capped, m.capErr = r.a.cappedCopy(ctx, spec)
+		}
+		r.msgs <- m
 	}()
 }
 
@@ -695,6 +748,22 @@ func (r *runner) staged(ctx context.Context, m stagedMsg) {
 		}
 		r.log.Warn("delivery failed", "addon_id", ar.id, "version", m.spec.Version, "error", m.err)
 		return
+	}
+	if m.capErr != nil {
+		// Not the version's fault (the updater is away, or its policy
+		// refuses): the running version stays, and the next reconcile
+		// asks again.
+		if ar.running != nil {
+			ar.fromLKG = true
+			ar.lastErr = m.capErr.Error()
+		} else {
+			ar.set("staged", m.capErr.Error())
+		}
+		r.log.Warn("no capped copy", "addon_id", ar.id, "version", m.spec.Version, "error", m.capErr)
+		return
+	}
+	if m.capped != "" {
+		ar.capped[m.spec.Version] = m.capped
 	}
 	previous := ""
 	if ar.running != nil {
@@ -787,7 +856,12 @@ func (r *runner) promote(ar *addonRun, probation bool) {
 	if probation {
 		r.log.Info("promoted", "addon_id", ar.id, "version", spec.Version)
 		ar.probation = nil
-		r.a.del.GC(ar.id)
+		if removed, err := r.a.del.GC(ar.id); err == nil && len(removed) > 0 {
+			for _, v := range removed {
+				delete(ar.capped, v)
+			}
+			r.a.dropCapped(ar.id, removed...)
+		}
 	}
 }
 

@@ -36,6 +36,8 @@ func TestMain(m *testing.M) {
 		{"build", "-o", filepath.Join(dir, "hello"), "../../sdk/examples/hello"},
 		{"build", "-o", filepath.Join(dir, "probe"), "../../sdk/examples/probe"},
 		{"build", "-o", filepath.Join(dir, "ticker"), "../../sdk/examples/ticker"},
+		{"build", "-o", filepath.Join(dir, "pingsweep"), "../../sdk/examples/pingsweep"},
+		{"build", "-o", filepath.Join(dir, "addond-updater"), "../addond-updater"},
 	} {
 		if out, err := exec.Command("go", b...).CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "go %v: %v\n%s", b, err, out)

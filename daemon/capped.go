@@ -1,0 +1,145 @@
+package daemon
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/addond/addond/capabilities"
+	"github.com/addond/addond/daemon/assignment"
+)
+
+// An add-on whose package asks for os_capabilities runs from a capped,
+// root-owned copy of its staged binary that addond-updater makes. addond
+// keeps each version's signed package.json and .sig beside its state
+// (addons/<id>/package-<version>.json), so that the copy can be asked for
+// again — after a reboot, with the store down — without the store.
+
+// ErrCapsUnavailable marks a capped copy that could not be had because
+// addond-updater could not be reached: the environment, never the
+// version's fault.
+var ErrCapsUnavailable = errors.New("capped copy unavailable")
+
+func (a *Agent) packageCache(id, version string) string {
+	return filepath.Join(a.cfg.RuntimeRoot, "addons", id, "package-"+version+".json")
+}
+
+// signedPackage returns the version's package.json and signature: cached,
+// else fetched (and verified) from the store and cached.
+func (a *Agent) signedPackage(ctx context.Context, spec assignment.Spec) (raw, sig []byte, err error) {
+	path := a.packageCache(spec.AddonID, spec.Version)
+	raw, rerr := os.ReadFile(path)
+	sig, serr := os.ReadFile(path + ".sig")
+	if rerr == nil && serr == nil {
+		return raw, sig, nil
+	}
+	_, raw, sigBytes, err := a.del.FetchPackage(ctx, spec.AddonID, spec.Version)
+	if err != nil {
+		return nil, nil, err
+	}
+	sig = []byte(hex.EncodeToString(sigBytes) + "\n") // as the .sig file has it
+	for p, data := range map[string][]byte{path: raw, path + ".sig": sig} {
+		if err := writeFileAtomic(p, data); err != nil {
+			a.log.Warn("caching the signed package", "addon_id", spec.AddonID, "error", err)
+		}
+	}
+	return raw, sig, nil
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// cappedCopy asks addond-updater for the capped copy of spec's staged
+// binary and returns its path. When the updater cannot be reached, an
+// existing copy that still has the signed bytes is used; otherwise the
+// error wraps ErrCapsUnavailable.
+func (a *Agent) cappedCopy(ctx context.Context, spec assignment.Spec) (string, error) {
+	raw, sig, err := a.signedPackage(ctx, spec)
+	if err != nil {
+		return "", fmt.Errorf("addon %q: capped copy: %w", spec.AddonID, err)
+	}
+	c := &capabilities.Client{Socket: a.cfg.UpdaterSocket, Timeout: time.Minute}
+	applied, err := c.Apply(ctx, capabilities.ApplyRequest{
+		AddonID: spec.AddonID, Version: spec.Version, File: spec.BinaryName, Platform: a.platform.String(),
+		Caps: spec.OSCapabilities, Package: raw, Signature: string(sig),
+	})
+	if err == nil {
+		return applied.Path, nil
+	}
+	if !errors.Is(err, capabilities.ErrUnavailable) {
+		return "", fmt.Errorf("addon %q: addond-updater refused the capped copy: %w", spec.AddonID, err)
+	}
+	if path, ok := a.existingCopy(spec); ok {
+		a.log.Warn("addond-updater unavailable: running the capped copy made earlier", "addon_id", spec.AddonID, "version", spec.Version, "path", path)
+		return path, nil
+	}
+	return "", fmt.Errorf("addon %q: %w: %v", spec.AddonID, ErrCapsUnavailable, err)
+}
+
+// existingCopy is the capped copy of spec made earlier, if it is still
+// root's (not writable by anyone else) and has the signed bytes.
+func (a *Agent) existingCopy(spec assignment.Spec) (string, bool) {
+	if spec.Artifact == nil {
+		return "", false
+	}
+	path := filepath.Join(a.privilegedRoot, spec.AddonID, spec.Version, spec.BinaryName)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return "", false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o022 != 0 || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		return "", false
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil || hex.EncodeToString(h.Sum(nil)) != spec.Artifact.SHA256 {
+		return "", false
+	}
+	return path, true
+}
+
+// dropCapped asks addond-updater to remove the capped copies of versions
+// of id (all of them when versions is empty), in the background, and
+// forgets their cached packages.
+func (a *Agent) dropCapped(id string, versions ...string) {
+	if len(versions) == 0 {
+		versions = []string{""}
+	} else {
+		// Only versions that had a capped copy (their package is cached).
+		var had []string
+		for _, v := range versions {
+			if os.Remove(a.packageCache(id, v)) == nil {
+				os.Remove(a.packageCache(id, v) + ".sig")
+				had = append(had, v)
+			}
+		}
+		if versions = had; len(versions) == 0 {
+			return
+		}
+	}
+	go func() {
+		c := &capabilities.Client{Socket: a.cfg.UpdaterSocket, Timeout: 10 * time.Second}
+		for _, v := range versions {
+			if err := c.Remove(context.Background(), id, v); err != nil && !errors.Is(err, capabilities.ErrUnavailable) {
+				a.log.Warn("removing capped copies", "addon_id", id, "version", v, "error", err)
+			}
+		}
+	}()
+}
