@@ -217,7 +217,10 @@ func apply(cfg Config, req ApplyRequest) (*Applied, error) {
 	defer priv.Close()
 	dir := filepath.Join(req.AddonID, req.Version)
 	for _, d := range []string{req.AddonID, dir} {
-		if err := priv.Mkdir(d, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		if err := priv.Mkdir(d, 0o755); err == nil {
+			// Whatever the umask: the agent must be able to reach its copy.
+			priv.Chmod(d, 0o755)
+		} else if !errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("privileged tree: %w", err)
 		}
 		fi, err := priv.Lstat(d)
@@ -327,7 +330,9 @@ func openStaged(runtimeRoot string, req ApplyRequest, agentUID int) (*os.File, e
 // missing; it must be root's alone and on a file system that honours file
 // capabilities.
 func openPrivileged(path string) (*os.Root, error) {
-	if err := os.Mkdir(path, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := os.Mkdir(path, 0o755); err == nil {
+		os.Chmod(path, 0o755) // whatever the umask
+	} else if !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("privileged tree: %w", err)
 	}
 	fi, err := os.Lstat(path)
