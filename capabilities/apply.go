@@ -1,6 +1,7 @@
 package capabilities
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -233,7 +234,8 @@ func apply(cfg Config, req ApplyRequest) (*Applied, error) {
 	}
 	var rnd [8]byte
 	rand.Read(rnd[:])
-	tmpName := filepath.Join(dir, "."+req.File+".tmp-"+hex.EncodeToString(rnd[:]))
+	// Not derived from req.File: a name of 255 bytes leaves no room.
+	tmpName := filepath.Join(dir, ".tmp-"+hex.EncodeToString(rnd[:]))
 	tmp, err := priv.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o700)
 	if err != nil {
 		return nil, fmt.Errorf("privileged copy: %w", err)
@@ -250,7 +252,7 @@ func apply(cfg Config, req ApplyRequest) (*Applied, error) {
 	if err != nil {
 		return nil, fmt.Errorf("privileged copy: %w", err)
 	}
-	if n != art.Size || hex.EncodeToString(h.Sum(nil)) != art.SHA256 {
+	if n != art.Size || !bytes.Equal(h.Sum(nil), want) { // art.SHA256 may be upper case
 		return nil, fmt.Errorf("the staged file's sha256 %x (%d bytes) is not the signed package's %s (%d bytes)", h.Sum(nil), n, art.SHA256, art.Size)
 	}
 	// root:<agent group> 0750: the agent may run it, no other user may.
@@ -292,8 +294,10 @@ func openStaged(runtimeRoot string, req ApplyRequest, agentUID int) (*os.File, e
 	defer unix.Close(rootFd)
 	rel := filepath.Join("addons", req.AddonID, "versions", req.Version, req.File)
 	fd, err := unix.Openat2(rootFd, rel, &unix.OpenHow{
-		Flags:   unix.O_PATH | unix.O_CLOEXEC | unix.O_NOFOLLOW,
-		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+		Flags: unix.O_PATH | unix.O_CLOEXEC | unix.O_NOFOLLOW,
+		// Not across a mount either: a file system mounted in the runtime
+		// tree (FUSE, by the agent's uid) could stall the read.
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
 	})
 	if err != nil {
 		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) {

@@ -17,11 +17,13 @@ var Version = "dev"
 // connection, answered by one JSON Response.
 const Protocol = 1
 
-// Limits of one request.
-const (
-	MaxRequest     = 1 << 20
-	RequestTimeout = 10 * time.Second
-)
+// MaxRequest bounds one request.
+const MaxRequest = 1 << 20
+
+// RequestTimeout bounds one connection: the wait for a free slot, and
+// reading the request, applying and answering. A variable only so that
+// tests can shorten it.
+var RequestTimeout = 10 * time.Second
 
 // Request is one call to the helper.
 type Request struct {
@@ -65,12 +67,18 @@ func (c *Client) call(ctx context.Context, req Request) (*Response, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
-	if err := json.NewEncoder(conn).Encode(req); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	// The helper refuses a caller (or an oversized request) without
+	// reading all of it, and closes: the write then fails, but its
+	// answer — the reason — is there to read all the same.
+	werr := json.NewEncoder(conn).Encode(req)
+	if werr == nil {
+		conn.(*net.UnixConn).CloseWrite()
 	}
-	conn.(*net.UnixConn).CloseWrite()
 	var resp Response
 	if err := json.NewDecoder(io.LimitReader(conn, MaxRequest)).Decode(&resp); err != nil {
+		if werr != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, werr)
+		}
 		return nil, fmt.Errorf("%w: no answer: %v", ErrUnavailable, err)
 	}
 	if resp.Error != "" {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -90,17 +91,21 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			return err
 		}
-		select {
-		case active <- 1:
-		default:
+		if s.IdleExit > 0 {
+			select {
+			case active <- 1:
+			case <-ctx.Done():
+			}
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() {
-				select {
-				case active <- -1:
-				default:
+				if s.IdleExit > 0 {
+					select {
+					case active <- -1:
+					case <-ctx.Done():
+					}
 				}
 			}()
 			select {
@@ -143,6 +148,11 @@ func (s *Server) handle(conn net.Conn) {
 	case "apply":
 		if req.Apply == nil {
 			answer(Response{Error: "apply: no request"})
+			return
+		}
+		if p := req.Apply.Platform; p != "" && p != runtime.GOOS+"/"+runtime.GOARCH {
+			// Served, the helper caps only what can run here.
+			answer(Response{Error: fmt.Sprintf("addon %q: platform %s is not this host's", req.Apply.AddonID, p)})
 			return
 		}
 		a, err := Apply(s.Config, *req.Apply)

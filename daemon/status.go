@@ -114,7 +114,9 @@ func (r *runner) serveStatus() (*http.Server, error) {
 	}
 	if g, err := user.LookupGroup(StatusGroup); err == nil {
 		if gid, err := strconv.Atoi(g.Gid); err == nil {
-			os.Chown(path, -1, gid)
+			if err := os.Chown(path, -1, gid); err != nil {
+				r.log.Warn("status socket: operators (group "+StatusGroup+") cannot read it", "error", err)
+			}
 		}
 	}
 	srv := &http.Server{

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 
@@ -81,6 +82,12 @@ otherwise; every error names the add-on and the reason.`,
 }
 
 func runDaemon(ctx context.Context, cfgPath string) error {
+	// Add-ons run with addond's uid; one that is not sandboxed (it has
+	// file capabilities) must not be able to ptrace addond or read its
+	// memory, and act from its cgroup.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl(PR_SET_DUMPABLE): %w", err)
+	}
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -120,6 +121,11 @@ func TestRunUnitsInMachine(t *testing.T) {
 	d := start()
 	healthy := runningHealthy("1.0.0")
 	side := d.waitAddon(t, "hello", 30*time.Second, "running healthy", healthy)
+	// addond is not dumpable: add-ons share its uid, and one without a
+	// sandbox must not ptrace it (its /proc files are root's).
+	if fi, err := os.Stat(fmt.Sprintf("/proc/%d/mem", d.cmd.Process.Pid)); err != nil || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Fatalf("addond is dumpable: /proc/%d/mem %v", d.cmd.Process.Pid, err)
+	}
 	svc := d.waitAddon(t, "svc", 30*time.Second, "running healthy", healthy)
 	d.waitAddon(t, "tick", 30*time.Second, "running healthy", healthy)
 	d.waitAddon(t, "probe", 30*time.Second, "running healthy", healthy)

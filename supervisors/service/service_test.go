@@ -149,6 +149,7 @@ func TestInMachine(t *testing.T) {
 			"agent_state_read":  "denied",
 			"version_dir_write": "denied",
 			"config_write":      "denied",
+			"user_manager":      "denied",
 		}
 		for probe, w := range want {
 			if sandboxed[probe] != w {
@@ -534,6 +535,9 @@ func runProbes(t *testing.T, newBackend func(*testing.T, supervisors.Notify) *sy
 		{"agent_state_read", "cat " + root + "/state.json"},
 		{"version_dir_write", "touch " + versionDir + "/evil"},
 		{"config_write", "touch " + cfg},
+		// The user manager itself: reaching it would let an add-on start
+		// an unsandboxed unit as addond.
+		{"user_manager", "systemctl --user show -p Version"},
 	}
 	// No "$" in the script: systemd expands ${…} and $$ in ExecStart.
 	var script strings.Builder

@@ -248,6 +248,11 @@ func ExecProperties(t Target, p Paths, spec supervisors.Spec, binds ...string) [
 	props = append(props, ResourceProperties(spec.Resources)...)
 	if len(spec.Capabilities) == 0 {
 		props = append(props, Sandbox(p, spec, binds...)...)
+		if !t.System {
+			// The manager's bus and private socket: an add-on that
+			// reached them could start an unsandboxed unit as addond.
+			props = append(props, prop("InaccessiblePaths", []string{fmt.Sprintf("/run/user/%d", t.UID)}))
+		}
 	}
 	return props
 }
