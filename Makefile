@@ -17,7 +17,7 @@ STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 BINARIES := addond addonctl addond-updater
 EXAMPLES := hello pingsweep probe ticker
 
-.PHONY: all build demo test unit deps minio bench lint fuzz proto clean
+.PHONY: all build demo test unit deps minio bench lint fuzz proto packages clean
 
 all: build
 
@@ -31,7 +31,7 @@ demo: build
 
 # Host packages the tests use (idempotent; needs root, as CI has).
 deps:
-	@missing=""; for p in openssl util-linux systemd-container mmdebstrap libcap2-bin; do \
+	@missing=""; for p in openssl util-linux systemd-container mmdebstrap libcap2-bin rpm lintian; do \
 		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
@@ -86,6 +86,13 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 	cd bench && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
+	cd packaging/tools && test -z "$$(gofmt -l .)" && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
+
+# deb and rpm packages for amd64 and arm64, and the pingsweep add-on's from
+# the add-on template, into dist/ (packaging/README.md). nfpm and the man
+# page generator come from their own module, packaging/tools.
+packages:
+	VERSION='$(VERSION)' GO='$(GO)' OUT=dist bash packaging/build.sh
 
 clean:
 	rm -rf bin dist

@@ -186,7 +186,10 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 	defer a.runner.Store(nil)
 
 	r.startLastKnownGood(ctx)
-	r.sweepOrphans(ctx, true)
+	// No orphan sweep yet: add-ons that need no delivery (os_package,
+	// compiled_in) have no last-known-good and start only with the first
+	// document; the sweep waits for that document, or it would stop their
+	// units. It runs after every authoritative one.
 	srv, err := r.serveStatus()
 	if err != nil {
 		return err
@@ -377,9 +380,9 @@ func (r *runner) startLastKnownGood(ctx context.Context) {
 
 // sweepOrphans stops, in the background, add-on units of add-ons that are
 // neither running nor meant to run here (removed or disabled while addond
-// was down, or while the manager was away when addond stopped them).
-// retry: keep trying until the manager answers (at start).
-func (r *runner) sweepOrphans(ctx context.Context, retry bool) {
+// was down, or while the manager was away when addond stopped them). A
+// manager that is away is not waited for: the next document sweeps again.
+func (r *runner) sweepOrphans(ctx context.Context) {
 	if r.opts.Orphans == nil || r.sweeping {
 		return
 	}
@@ -400,24 +403,14 @@ func (r *runner) sweepOrphans(ctx context.Context, retry bool) {
 			case <-ctx.Done():
 			}
 		}()
-		for {
-			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			stopped, err := r.opts.Orphans(sctx, keep)
-			cancel()
-			if len(stopped) > 0 {
-				r.log.Info("stopped orphaned add-on units", "units", stopped)
-			}
-			if err == nil || !retry || ctx.Err() != nil {
-				if err != nil {
-					r.log.Debug("orphaned add-on units not checked", "error", err)
-				}
-				return
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(5 * time.Second):
-			}
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		stopped, err := r.opts.Orphans(sctx, keep)
+		if len(stopped) > 0 {
+			r.log.Info("stopped orphaned add-on units", "units", stopped)
+		}
+		if err != nil {
+			r.log.Debug("orphaned add-on units not checked", "error", err)
 		}
 	}()
 }
@@ -593,7 +586,7 @@ func (r *runner) apply(ctx context.Context, m desiredMsg) {
 			delete(r.addons, id)
 		}
 	}
-	r.sweepOrphans(ctx, false)
+	r.sweepOrphans(ctx)
 }
 
 // converge takes one add-on one step toward its desired spec.
