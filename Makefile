@@ -17,7 +17,7 @@ STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 BINARIES := addond addonctl addond-updater
 EXAMPLES := hello pingsweep probe ticker
 
-.PHONY: all build demo test unit deps minio bench lint fuzz proto packages clean
+.PHONY: all build demo test vmtest unit deps minio bench lint fuzz proto packages clean
 
 all: build
 
@@ -31,7 +31,7 @@ demo: build
 
 # Host packages the tests use (idempotent; needs root, as CI has).
 deps:
-	@missing=""; for p in openssl util-linux systemd-container mmdebstrap libcap2-bin rpm lintian; do \
+	@missing=""; for p in openssl util-linux systemd-container mmdebstrap libcap2-bin rpm lintian qemu-system-x86 e2fsprogs; do \
 		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
@@ -49,6 +49,15 @@ test: deps build minio
 	@set -o pipefail; \
 	ADDOND_TEST_STRICT=1 ADDOND_MINIO_BIN=$(MINIO_BIN) \
 		$(GO) test -json -count=1 -timeout 30m ./... 2>&1 | $(GO) run ./vmtest/testsum -strict
+
+# The VM tier alone (vmtest/vm, also part of `make test`): the deb `make
+# packages` put in dist/, installed and driven in Debian 12 VMs under qemu.
+# Ends with "tests: N passed, M failed, K skipped".
+vmtest: deps minio packages
+	@set -o pipefail; \
+	ADDOND_TEST_STRICT=1 ADDOND_MINIO_BIN=$(MINIO_BIN) \
+	ADDOND_VM_DEB='$(CURDIR)/dist/addond_$(subst -,~,$(VERSION))_amd64.deb' \
+		$(GO) test -json -count=1 -timeout 30m ./vmtest/vm 2>&1 | $(GO) run ./vmtest/testsum -strict -v
 
 # Unit tests only (no MinIO needed; S3 tests skip with the reason).
 unit:

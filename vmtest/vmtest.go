@@ -1,5 +1,6 @@
 // Package vmtest is addond's test harness: miniotest runs a real MinIO,
-// nspawn boots a real systemd, testsum prints `make test`'s summary. This
+// nspawn boots a real systemd in a container, vm boots a real Debian under
+// QEMU and installs the packages, testsum prints `make test`'s summary. This
 // package holds the one rule they share: `make test` provides every
 // dependency (it sets ADDOND_TEST_STRICT=1), so there a missing dependency
 // fails the test; elsewhere the test is skipped with the reason.

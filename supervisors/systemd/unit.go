@@ -311,6 +311,9 @@ func (u UnitState) Up() bool {
 
 // Exit describes how the main process ended.
 func (u UnitState) Exit() string {
+	if u.Result == "oom-kill" {
+		return "killed by the OOM killer (over its memory limit)"
+	}
 	switch u.ExecCode {
 	case 1:
 		return fmt.Sprintf("exited with status %d", u.ExecStatus)

@@ -1,0 +1,446 @@
+package vm
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/vmtest/miniotest"
+)
+
+// The package's life in a real machine: each test boots a fresh Debian 12
+// VM with the addond deb from `make packages`, installs it with dpkg as an
+// administrator would, and drives the packaged, hardened addond.service
+// with the packaged addonctl — add-ons published into a store inside the
+// guest (no network), signed by a publisher key addond trusts.
+
+// publishExamples publishes hello (1.0.0), pingsweep (with cap_net_raw)
+// and ticker into the store and assigns all three: hello and pingsweep as
+// go-plugin sidecars, ticker as a timer job every 5 s.
+func publishExamples(t *testing.T, p *publisher) {
+	t.Helper()
+	p.publish(t, "hello", "1.0.0", "agent_sidecar", BinDir+"/hello")
+	p.publish(t, "pingsweep", "1.0.0", "agent_sidecar", BinDir+"/pingsweep", "--os-capability", "cap_net_raw")
+	p.publish(t, "ticker", "1.0.0", "systemd_timer", BinDir+"/ticker")
+	p.assign(t, "--addon", "hello@1.0.0", "--addon", "pingsweep@1.0.0", "--addon", "ticker@1.0.0",
+		"--schedule", "ticker=*:*:0/5", "--arg", "ticker=ticks")
+}
+
+// waitExamples waits for the three add-ons of publishExamples to run.
+func waitExamples(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	waitAddon(t, "hello", timeout, "running", runningHealthy("1.0.0"))
+	waitAddon(t, "pingsweep", timeout, "running with cap_net_raw", runningHealthy("1.0.0"))
+	waitAddon(t, "ticker", timeout, "scheduled", func(a addonStatus) string {
+		if a.State != "running" || a.ActiveVersion != "1.0.0" {
+			return "want running 1.0.0"
+		}
+		return ""
+	})
+}
+
+// checkPackagedUnit checks that addond runs from the packaged unit file,
+// with no drop-in.
+func checkPackagedUnit(t *testing.T) {
+	t.Helper()
+	frag := unitProp(t, "addond", "FragmentPath")
+	if real, _ := filepath.EvalSymlinks(frag); real != "/usr/lib/systemd/system/addond.service" {
+		t.Errorf("addond.service is %s (%s), not the packaged unit", frag, real)
+	}
+	if dropins := unitProp(t, "addond", "DropInPaths"); dropins != "" {
+		t.Errorf("addond.service has drop-ins: %s", dropins)
+	}
+}
+
+// TestFreshInstall: the shipped configuration (no store, no keys) reaches
+// READY under the packaged unit and says so.
+func TestFreshInstall(t *testing.T) {
+	if !InVM() {
+		boot(t, scenario{})
+		return
+	}
+	start := time.Now()
+	install(t, debPath)
+	t.Logf("dpkg -i to active: %v", time.Since(start).Round(100*time.Millisecond))
+
+	pid := mainPID(t, "addond")
+	if pgrep := sh(t, "pgrep -x addond"); pgrep != pid {
+		t.Errorf("MainPID %s, but the addond processes are %q", pid, pgrep)
+	}
+	if exe, _ := os.Readlink("/proc/" + pid + "/exe"); exe != "/usr/bin/addond" {
+		t.Errorf("MainPID runs %q", exe)
+	}
+	if user := sh(t, "ps -o user= -p "+pid); user != "addond" {
+		t.Errorf("addond runs as %q", user)
+	}
+	if c := capEff(t, pid); c != 0 {
+		t.Errorf("addond has capabilities %#x", c)
+	}
+	checkPackagedUnit(t)
+	for prop, want := range map[string]string{
+		"Type":            "notify",
+		"NoNewPrivileges": "yes", "User": "addond", "UnitFileState": "enabled",
+	} {
+		if got := unitProp(t, "addond", prop); got != want {
+			t.Errorf("addond.service %s=%q, want %q", prop, got, want)
+		}
+	}
+	var text string
+	eventually(t, 30*time.Second, "StatusText", func() error {
+		if text = unitProp(t, "addond", "StatusText"); !strings.Contains(text, "no add-ons") {
+			return fmt.Errorf("StatusText %q", text)
+		}
+		return nil
+	})
+	t.Logf("StatusText: %s", text)
+	st, err := status()
+	if err != nil || !st.Ready || len(st.Addons) != 0 {
+		t.Errorf("addonctl status: %+v, %v", st, err)
+	}
+	if got := unitProp(t, "addond-updater.socket", "ActiveState"); got != "active" {
+		t.Errorf("addond-updater.socket is %s", got)
+	}
+	// The shipped configuration, untouched: no store, no keys.
+	cfg := sh(t, "cat /etc/addond/addond.json")
+	if strings.Contains(cfg, `"store"`) {
+		t.Errorf("the shipped configuration names a store:\n%s", cfg)
+	}
+	if keys := sh(t, "ls -A /etc/addond/trust.d"); keys != "" {
+		t.Errorf("trust.d is not empty: %s", keys)
+	}
+	if out := sh(t, "dpkg -V addond; echo ok"); out != "ok" {
+		t.Errorf("dpkg -V addond:\n%s", out)
+	}
+	// Lingering: the user manager add-ons run in is up.
+	if _, err := os.Stat("/var/lib/systemd/linger/addond"); err != nil {
+		t.Errorf("lingering: %v", err)
+	}
+	uid := sh(t, "id -u addond")
+	if got := unitProp(t, "user@"+uid+".service", "ActiveState"); got != "active" {
+		t.Errorf("user@%s.service is %s", uid, got)
+	}
+}
+
+// TestAddons: hello and pingsweep as sidecars and ticker as a timer, from
+// a file:// store, all run under the packaged hardened unit; pingsweep
+// gets cap_net_raw from addond-updater.
+func TestAddons(t *testing.T) {
+	if !InVM() {
+		boot(t, scenario{})
+		return
+	}
+	install(t, debPath)
+	p := newPublisher(t, fileStore)
+	publishExamples(t, p)
+	start := time.Now()
+	configure(t, fileStore)
+	waitExamples(t, 2*time.Minute)
+	t.Logf("reload to all running: %v", time.Since(start).Round(100*time.Millisecond))
+	eventually(t, 30*time.Second, "ticker ticked", func() error {
+		data, err := os.ReadFile("/var/lib/addond/addons/ticker/data/ticks")
+		if err != nil || !strings.Contains(string(data), " tick") {
+			return fmt.Errorf("ticks: %q, %v", data, err)
+		}
+		return nil
+	})
+
+	for _, u := range []string{"addond-hello.service", "addond-pingsweep.service", "addond-ticker.timer"} {
+		if got := userUnitProp(t, u, "ActiveState"); got != "active" {
+			t.Errorf("%s is %s", u, got)
+		}
+	}
+	// pingsweep: the root-owned capped copy, and CAP_NET_RAW in effect.
+	capped := "/var/lib/addond-privileged/pingsweep/1.0.0/pingsweep"
+	if got := sh(t, "getcap "+capped); !strings.Contains(got, "cap_net_raw") {
+		t.Errorf("getcap %s: %q", capped, got)
+	}
+	if got := sh(t, "stat -c '%U:%G %a' "+capped); got != "root:addond 750" {
+		t.Errorf("%s is %s", capped, got)
+	}
+	pid := userUnitProp(t, "addond-pingsweep.service", "MainPID")
+	if exe, _ := os.Readlink("/proc/" + pid + "/exe"); exe != capped {
+		t.Errorf("pingsweep runs %q, want the capped copy", exe)
+	}
+	if c := capEff(t, pid); c&(1<<13) == 0 {
+		t.Errorf("pingsweep CapEff %#x lacks CAP_NET_RAW", c)
+	}
+	// hello: sandboxed, no capability.
+	if got := userUnitProp(t, "addond-hello.service", "PrivateUsers"); got != "yes" {
+		t.Errorf("hello PrivateUsers=%s", got)
+	}
+	// addond itself: still the packaged unit, unprivileged.
+	checkPackagedUnit(t)
+	if c := capEff(t, mainPID(t, "addond")); c != 0 {
+		t.Errorf("addond has capabilities %#x", c)
+	}
+	if text := unitProp(t, "addond", "StatusText"); !strings.Contains(text, "3/3 add-ons running") {
+		t.Errorf("StatusText %q", text)
+	}
+}
+
+// memhog needs 128 MiB in its main process (the shell holds it in a
+// variable), then stays up.
+const memhog = `#!/bin/sh
+hog=$(head -c 134217728 /dev/zero | tr '\0' x)
+exec sleep infinity
+`
+
+// TestMemoryLimit: an add-on whose memory_max_bytes is smaller than it
+// needs is OOM-killed (cgroup v2 enforces MemoryMax in the VM) and
+// reported; addond and the other add-ons are unaffected.
+func TestMemoryLimit(t *testing.T) {
+	if !InVM() {
+		boot(t, scenario{})
+		return
+	}
+	install(t, debPath)
+	p := newPublisher(t, fileStore)
+	if err := os.WriteFile("/root/memhog", []byte(memhog), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p.publish(t, "hello", "1.0.0", "agent_sidecar", BinDir+"/hello")
+	p.publish(t, "memhog", "1.0.0", "systemd_service", "/root/memhog")
+	p.assign(t, "--addon", "hello@1.0.0", "--addon", "memhog@1.0.0")
+	p.withResources(t, map[string]assignment.Resources{
+		"memhog": {MemoryMaxBytes: 32 << 20},
+		"hello":  {MemoryMaxBytes: 256 << 20},
+	})
+	agentPID := mainPID(t, "addond")
+	configure(t, fileStore)
+
+	waitAddon(t, "hello", 2*time.Minute, "running", runningHealthy("1.0.0"))
+	eventually(t, 2*time.Minute, "memhog OOM-killed", func() error {
+		out, _ := try("journalctl --no-pager -o cat USER_UNIT=addond-memhog.service")
+		if !strings.Contains(out, "oom-kill") && !strings.Contains(out, "OOM killer") {
+			return fmt.Errorf("the user manager's log of addond-memhog.service:\n%s", out)
+		}
+		return nil
+	})
+	t.Logf("kernel: %s", sh(t, "journalctl -k --no-pager -o cat --grep 'Memory cgroup out of memory' | head -3"))
+	a := waitAddon(t, "memhog", time.Minute, "reported", func(a addonStatus) string {
+		if a.State == "running" || !strings.Contains(a.LastError, "OOM killer") {
+			return "want not running, reported as killed by the OOM killer"
+		}
+		return ""
+	})
+	t.Logf("memhog: %s", a)
+	if got := unitProp(t, "addond", "MainPID"); got != agentPID {
+		t.Errorf("addond's MainPID went from %s to %s", agentPID, got)
+	}
+	if got := unitProp(t, "addond", "NRestarts"); got != "0" {
+		t.Errorf("addond restarted %s times", got)
+	}
+	waitAddon(t, "hello", 10*time.Second, "still running", runningHealthy("1.0.0"))
+	if got := userUnitProp(t, "addond-hello.service", "MemoryMax"); got != fmt.Sprint(256<<20) {
+		t.Errorf("hello MemoryMax=%s", got)
+	}
+}
+
+// TestUpgradeRollback: a new version that stays unhealthy through its
+// probation is rolled back; a healthy one is promoted.
+func TestUpgradeRollback(t *testing.T) {
+	if !InVM() {
+		boot(t, scenario{})
+		return
+	}
+	install(t, debPath)
+	p := newPublisher(t, fileStore)
+	for _, v := range []string{"1.0.0", "1.1.0", "1.2.0"} {
+		p.publish(t, "hello", v, "agent_sidecar", BinDir+"/hello")
+	}
+	p.assign(t, "--addon", "hello@1.0.0")
+	configure(t, fileStore)
+	waitAddon(t, "hello", 2*time.Minute, "running", runningHealthy("1.0.0"))
+
+	if err := os.WriteFile("/root/unhealthy.json", []byte(`{"health": "unhealthy"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.assign(t, "--addon", "hello@1.1.0", "--config", "hello=/root/unhealthy.json")
+	a := waitAddon(t, "hello", 2*time.Minute, "1.1.0 rolled back", func(a addonStatus) string {
+		if a.State != "rolled_back" || a.Version != "1.1.0" || a.ActiveVersion != "1.0.0" || a.Health != "healthy" {
+			return "want rolled_back to a healthy 1.0.0"
+		}
+		return ""
+	})
+	t.Logf("after the unhealthy upgrade: %s", a)
+	if cur := sh(t, "readlink /var/lib/addond/addons/hello/current"); cur != "versions/1.0.0" {
+		t.Errorf("current -> %s", cur)
+	}
+
+	p.assign(t, "--addon", "hello@1.2.0")
+	a = waitAddon(t, "hello", 2*time.Minute, "1.2.0 promoted", runningHealthy("1.2.0"))
+	t.Logf("after the healthy upgrade: %s", a)
+	eventually(t, 30*time.Second, "promoted in the log", func() error {
+		out, _ := try("journalctl --no-pager -u addond -o cat --grep promoted")
+		if !strings.Contains(out, "1.2.0") {
+			return fmt.Errorf("no promotion of 1.2.0 logged: %q", out)
+		}
+		return nil
+	})
+	if cur := sh(t, "readlink /var/lib/addond/addons/hello/current"); cur != "versions/1.2.0" {
+		t.Errorf("current -> %s", cur)
+	}
+}
+
+// TestStoreOutageReboot: with the store (MinIO on the guest's loopback)
+// gone, a rebooted machine brings addond to READY and its add-ons back
+// from last-known-good.
+func TestStoreOutageReboot(t *testing.T) {
+	if !InVM() {
+		boot(t, scenario{boots: 2, minio: true})
+		return
+	}
+	switch Phase() {
+	case 1:
+		srv, err := miniotest.Start()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Stop()
+		store := srv.NewBucket(t)
+		// addond's credentials for the store (minio-go's environment
+		// chain), before it is installed.
+		dropin := "[Service]\n"
+		for _, kv := range srv.Env() {
+			dropin += "Environment=" + kv + "\n"
+		}
+		os.MkdirAll("/etc/systemd/system/addond.service.d", 0o755)
+		if err := os.WriteFile("/etc/systemd/system/addond.service.d/store.conf", []byte(dropin), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		install(t, debPath)
+		p := newPublisher(t, store, srv.Env()...)
+		publishExamples(t, p)
+		configure(t, store)
+		waitExamples(t, 2*time.Minute)
+
+		srv.Stop()
+		eventually(t, time.Minute, "the store outage noticed", func() error {
+			st, err := status()
+			if err != nil || st.DocumentError == "" {
+				return fmt.Errorf("document_error %q, %v", st.DocumentError, err)
+			}
+			return nil
+		})
+		waitExamples(t, 10*time.Second)
+		RequestReboot(t)
+	case 2:
+		eventually(t, 2*time.Minute, "addond READY after the reboot", func() error {
+			st, err := status()
+			if err != nil || !st.Ready {
+				return fmt.Errorf("ready %v, %v", st.Ready, err)
+			}
+			return nil
+		})
+		// The store cannot be reached: the add-ons run as last accepted
+		// (from their last-known-good specs and staged versions; the
+		// transient units died with the old boot and were made anew).
+		for _, id := range []string{"hello", "pingsweep", "ticker"} {
+			a := waitAddon(t, id, 2*time.Minute, "running from last-known-good", func(a addonStatus) string {
+				if a.State != "running" || a.ActiveVersion != "1.0.0" || a.Health != "healthy" {
+					return "want running and healthy at 1.0.0"
+				}
+				return ""
+			})
+			t.Logf("%s", a)
+		}
+		for _, u := range []string{"addond-hello.service", "addond-pingsweep.service", "addond-ticker.timer"} {
+			if got := userUnitProp(t, u, "ActiveState"); got != "active" {
+				t.Errorf("%s is %s", u, got)
+			}
+		}
+		st, _ := status()
+		if st.DocumentError == "" {
+			t.Errorf("the store is gone, but addond reports no document error")
+		}
+		if text := unitProp(t, "addond", "StatusText"); !strings.Contains(text, "3/3 add-ons running, store unreachable") {
+			t.Errorf("StatusText %q", text)
+		}
+		t.Logf("document_error: %s", st.DocumentError)
+	}
+}
+
+// TestPackageUpgrade: installing a newer build of the package restarts
+// addond, and every add-on unit (sidecars included) keeps its process.
+func TestPackageUpgrade(t *testing.T) {
+	if !InVM() {
+		boot(t, scenario{upgrade: true})
+		return
+	}
+	install(t, debPath)
+	p := newPublisher(t, fileStore)
+	publishExamples(t, p)
+	configure(t, fileStore)
+	waitExamples(t, 2*time.Minute)
+	units := []string{"addond-hello.service", "addond-pingsweep.service"}
+	before := addonUnitPIDs(t, units...)
+	agentBefore := mainPID(t, "addond")
+	timerBefore := userUnitProp(t, "addond-ticker.timer", "ActiveEnterTimestampMonotonic")
+	oldVersion := sh(t, "dpkg-query -W -f '${Version}' addond")
+
+	sh(t, "DEBIAN_FRONTEND=noninteractive dpkg -i "+debUpgrade)
+	newVersion := sh(t, "dpkg-query -W -f '${Version}' addond")
+	if newVersion == oldVersion {
+		t.Fatalf("still version %s after the upgrade", newVersion)
+	}
+	eventually(t, time.Minute, "addond restarted", func() error {
+		if pid := unitProp(t, "addond", "MainPID"); pid == agentBefore || pid == "0" {
+			return fmt.Errorf("MainPID %s (before: %s)", pid, agentBefore)
+		}
+		if st, err := status(); err != nil || !st.Ready {
+			return fmt.Errorf("not ready: %v", err)
+		}
+		return nil
+	})
+	waitExamples(t, time.Minute)
+	if after := addonUnitPIDs(t, units...); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("add-on processes changed across the package upgrade: %v -> %v", before, after)
+	}
+	if after := userUnitProp(t, "addond-ticker.timer", "ActiveEnterTimestampMonotonic"); after != timerBefore {
+		t.Errorf("the ticker timer was restarted: %s -> %s", timerBefore, after)
+	}
+	t.Logf("%s -> %s; add-on PIDs kept: %v", oldVersion, newVersion, before)
+}
+
+// TestPurge: dpkg --purge stops the add-on units, disables lingering and
+// deletes addond's state.
+func TestPurge(t *testing.T) {
+	if !InVM() {
+		boot(t, scenario{})
+		return
+	}
+	install(t, debPath)
+	p := newPublisher(t, fileStore)
+	publishExamples(t, p)
+	configure(t, fileStore)
+	waitExamples(t, 2*time.Minute)
+	uid := sh(t, "id -u addond")
+
+	sh(t, "DEBIAN_FRONTEND=noninteractive dpkg --purge addond")
+	eventually(t, time.Minute, "add-ons stopped", func() error {
+		if out, err := try("pgrep -u addond -a"); err == nil {
+			return fmt.Errorf("processes of addond left:\n%s", out)
+		}
+		return nil
+	})
+	for _, path := range []string{"/var/lib/addond", "/var/lib/addond-privileged", "/var/lib/systemd/linger/addond"} {
+		if _, err := os.Stat(path); !os.IsNotExist(err) {
+			t.Errorf("%s still exists after purge (%v)", path, err)
+		}
+	}
+	if got := sh(t, "loginctl show-user "+uid+" -p Linger --value 2>/dev/null || echo gone"); got != "no" && got != "gone" {
+		t.Errorf("lingering: %s", got)
+	}
+	if got, _ := try("systemctl is-active user@" + uid + ".service"); got == "active" {
+		t.Errorf("user@%s.service is still active", uid)
+	}
+	for _, u := range []string{"addond.service", "addond-updater.socket"} {
+		if got := unitProp(t, u, "LoadState"); got != "not-found" {
+			t.Errorf("%s LoadState=%s after purge", u, got)
+		}
+	}
+}
