@@ -13,7 +13,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"fmt"
 	"io/fs"
 	"os"
@@ -21,7 +20,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -38,19 +36,12 @@ var packages = []string{
 // AddonUID is the uid of the addond user inside machines.
 const AddonUID = 990
 
-// tarball is the cached root, keyed by its package list.
-func tarball() string {
-	cache := os.Getenv("XDG_CACHE_HOME")
-	if cache == "" {
-		home, _ := os.UserHomeDir()
-		cache = filepath.Join(home, ".cache")
-	}
-	sum := sha256.Sum256([]byte(strings.Join(packages, ",")))
-	return filepath.Join(cache, "addond-test", fmt.Sprintf("rootfs-bookworm-%x.tar", sum[:6]))
+// rootfs is the cached root, keyed by its package list.
+var rootfs = &vmtest.Rootfs{
+	Name:   "rootfs-bookworm",
+	Recipe: strings.Join(packages, ","),
+	Args:   []string{"--variant=minbase", "--include=" + strings.Join(packages, ",")},
 }
-
-var buildOnce sync.Once
-var buildErr error
 
 // Require fails the test under `make test` (ADDOND_TEST_STRICT=1) and skips
 // it elsewhere when a machine cannot be booted here.
@@ -71,25 +62,6 @@ func Require(t testing.TB) {
 	vmtest.Unavailable(t, "needs "+strings.Join(missing, ", ")+" to boot systemd (apt-get install systemd-container mmdebstrap)")
 }
 
-func buildTarball() error {
-	buildOnce.Do(func() {
-		path := tarball()
-		if _, err := os.Stat(path); err == nil {
-			return
-		}
-		os.MkdirAll(filepath.Dir(path), 0o755)
-		tmp := path + ".tmp.tar"
-		cmd := exec.Command("mmdebstrap", "--variant=minbase", "--include="+strings.Join(packages, ","), "bookworm", tmp)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("mmdebstrap: %v\n%s", err, out)
-			os.Remove(tmp)
-			return
-		}
-		buildErr = os.Rename(tmp, path)
-	})
-	return buildErr
-}
-
 // Machine is one root filesystem, booted by Boot.
 type Machine struct {
 	Root string
@@ -100,12 +72,12 @@ type Machine struct {
 func New(t testing.TB) *Machine {
 	t.Helper()
 	Require(t)
-	if err := buildTarball(); err != nil {
+	if err := rootfs.Build(); err != nil {
 		t.Fatal(err)
 	}
 	root := filepath.Join(t.TempDir(), "root")
 	os.MkdirAll(root, 0o755)
-	if out, err := exec.Command("tar", "-xf", tarball(), "-C", root).CombinedOutput(); err != nil {
+	if out, err := exec.Command("tar", "-xf", rootfs.Path(), "-C", root).CombinedOutput(); err != nil {
 		t.Fatalf("extract root: %v\n%s", err, out)
 	}
 	m := &Machine{Root: root}

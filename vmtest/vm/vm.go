@@ -21,7 +21,6 @@ package vm
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"os"
@@ -60,19 +59,15 @@ func recipe() string {
 	return "bookworm minbase\n" + strings.Join(packages, ",") + "\n" + strings.Join(hooks, "\n")
 }
 
-func cacheDir() string {
-	cache := os.Getenv("XDG_CACHE_HOME")
-	if cache == "" {
-		home, _ := os.UserHomeDir()
-		cache = filepath.Join(home, ".cache")
-	}
-	return filepath.Join(cache, "addond-test")
-}
+// rootfs is the cached bootable root, keyed by its recipe.
+var rootfs = &vmtest.Rootfs{Name: "vmroot-bookworm", Recipe: recipe(), Args: mmdebstrapArgs()}
 
-// tarball is the cached bootable root, keyed by its recipe.
-func tarball() string {
-	sum := sha256.Sum256([]byte(recipe()))
-	return filepath.Join(cacheDir(), fmt.Sprintf("vmroot-bookworm-%x.tar", sum[:6]))
+func mmdebstrapArgs() []string {
+	args := []string{"--variant=minbase", "--include=" + strings.Join(packages, ",")}
+	for _, h := range hooks {
+		args = append(args, "--customize-hook="+h)
+	}
+	return args
 }
 
 var tools = []string{"mmdebstrap", "qemu-system-x86_64", "mkfs.ext4", "debugfs"}
@@ -96,34 +91,6 @@ func Require(t testing.TB) {
 	vmtest.Unavailable(t, "needs "+strings.Join(missing, ", ")+" to boot a VM (apt-get install mmdebstrap qemu-system-x86 e2fsprogs)")
 }
 
-var (
-	buildOnce sync.Once
-	buildErr  error
-)
-
-func buildTarball() error {
-	buildOnce.Do(func() {
-		path := tarball()
-		if _, err := os.Stat(path); err == nil {
-			return
-		}
-		os.MkdirAll(filepath.Dir(path), 0o755)
-		tmp := path + ".tmp.tar"
-		args := []string{"--variant=minbase", "--include=" + strings.Join(packages, ",")}
-		for _, h := range hooks {
-			args = append(args, "--customize-hook="+h)
-		}
-		args = append(args, "bookworm", tmp)
-		if out, err := exec.Command("mmdebstrap", args...).CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("mmdebstrap: %v\n%s", err, out)
-			os.Remove(tmp)
-			return
-		}
-		buildErr = os.Rename(tmp, path)
-	})
-	return buildErr
-}
-
 // Machine is one root filesystem, made into a disk image and booted by
 // Boot.
 type Machine struct {
@@ -139,14 +106,14 @@ type Machine struct {
 func New(t testing.TB) *Machine {
 	t.Helper()
 	Require(t)
-	if err := buildTarball(); err != nil {
+	if err := rootfs.Build(); err != nil {
 		t.Fatal(err)
 	}
 	go Accel() // probes KVM (once) while the machine is made
 	dir := t.TempDir()
 	root := filepath.Join(dir, "root")
 	os.MkdirAll(root, 0o755)
-	if out, err := exec.Command("tar", "--xattrs", "--xattrs-include=*", "-xf", tarball(), "-C", root).CombinedOutput(); err != nil {
+	if out, err := exec.Command("tar", "--xattrs", "--xattrs-include=*", "-xf", rootfs.Path(), "-C", root).CombinedOutput(); err != nil {
 		t.Fatalf("extract root: %v\n%s", err, out)
 	}
 	m := &Machine{Root: root, dir: dir}
@@ -427,11 +394,11 @@ func probeAccel() (string, string) {
 
 // probeDir holds a kernel for the KVM probe: the cached root's /boot.
 func probeDir() string {
-	dir := filepath.Join(cacheDir(), strings.TrimSuffix(filepath.Base(tarball()), ".tar")+"-boot")
+	dir := filepath.Join(vmtest.CacheDir(), strings.TrimSuffix(filepath.Base(rootfs.Path()), ".tar")+"-boot")
 	if k, _ := filepath.Glob(filepath.Join(dir, "vmlinuz-*")); len(k) > 0 {
 		return dir
 	}
-	if buildTarball() != nil {
+	if rootfs.Build() != nil {
 		return dir
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(dir), "boot")
@@ -439,7 +406,7 @@ func probeDir() string {
 		return dir
 	}
 	defer os.RemoveAll(tmp)
-	if exec.Command("tar", "-xf", tarball(), "-C", tmp, "--wildcards", "./boot/vmlinuz-*").Run() != nil {
+	if exec.Command("tar", "-xf", rootfs.Path(), "-C", tmp, "--wildcards", "./boot/vmlinuz-*").Run() != nil {
 		return dir
 	}
 	os.Rename(filepath.Join(tmp, "boot"), dir)
