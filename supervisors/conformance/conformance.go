@@ -86,16 +86,18 @@ func (s *tracked) started() map[string]bool {
 	return maps.Clone(s.ids)
 }
 
-// recorder collects events.
-type recorder struct {
+// Recorder collects a backend's events for tests to wait on.
+type Recorder struct {
 	mu     sync.Mutex
 	events []supervisors.Event
 	signal chan struct{}
 }
 
-func newRecorder() *recorder { return &recorder{signal: make(chan struct{}, 1)} }
+// NewRecorder returns an empty Recorder; pass its Notify to the backend.
+func NewRecorder() *Recorder { return &Recorder{signal: make(chan struct{}, 1)} }
 
-func (r *recorder) notify(e supervisors.Event) {
+// Notify records e.
+func (r *Recorder) Notify(e supervisors.Event) {
 	r.mu.Lock()
 	r.events = append(r.events, e)
 	r.mu.Unlock()
@@ -105,15 +107,15 @@ func (r *recorder) notify(e supervisors.Event) {
 	}
 }
 
-// waitFor returns the first event of id satisfying ok, failing the test
+// WaitFor returns the first event of id satisfying ok, failing the test
 // after timeout.
-func (r *recorder) waitFor(t *testing.T, id string, timeout time.Duration, what string, ok func(supervisors.Event) bool) supervisors.Event {
+func (r *Recorder) WaitFor(t *testing.T, id string, timeout time.Duration, what string, ok func(supervisors.Event) bool) supervisors.Event {
 	t.Helper()
-	return r.waitFrom(t, 0, id, timeout, what, ok)
+	return r.WaitFrom(t, 0, id, timeout, what, ok)
 }
 
-// waitFrom is waitFor over the events from index mark on.
-func (r *recorder) waitFrom(t *testing.T, mark int, id string, timeout time.Duration, what string, ok func(supervisors.Event) bool) supervisors.Event {
+// WaitFrom is WaitFor over the events from index mark on.
+func (r *Recorder) WaitFrom(t *testing.T, mark int, id string, timeout time.Duration, what string, ok func(supervisors.Event) bool) supervisors.Event {
 	t.Helper()
 	deadline := time.After(timeout)
 	seen := mark
@@ -143,8 +145,8 @@ func (r *recorder) waitFrom(t *testing.T, mark int, id string, timeout time.Dura
 	}
 }
 
-// mark is the index of the next event.
-func (r *recorder) mark() int {
+// Mark is the index of the next event.
+func (r *Recorder) Mark() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.events)
@@ -171,9 +173,9 @@ func Run(t *testing.T, h Harness) {
 	}
 	alive := func(pid int) bool { return h.Job || alive(pid) }
 	dead := func(pid int) bool { return h.Job || !alive(pid) }
-	setup := func(t *testing.T) (supervisors.Supervisor, *recorder) {
-		rec := newRecorder()
-		s := &tracked{Supervisor: h.New(t, rec.notify), ids: map[string]bool{}}
+	setup := func(t *testing.T) (supervisors.Supervisor, *Recorder) {
+		rec := NewRecorder()
+		s := &tracked{Supervisor: h.New(t, rec.Notify), ids: map[string]bool{}}
 		t.Cleanup(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -193,7 +195,7 @@ func Run(t *testing.T, h Harness) {
 		if err := s.Start(ctx, spec("hello", "1.0.0", `{}`)); err != nil {
 			t.Fatal(err)
 		}
-		e := rec.waitFor(t, "hello", wait, "running and healthy", healthy)
+		e := rec.WaitFor(t, "hello", wait, "running and healthy", healthy)
 		if e.Version != "1.0.0" || !alive(e.PID) {
 			t.Fatalf("event %+v: want version 1.0.0 and a live process", e)
 		}
@@ -203,7 +205,7 @@ func Run(t *testing.T, h Harness) {
 		if err := s.Stop(ctx, "hello"); err != nil {
 			t.Fatal(err)
 		}
-		rec.waitFor(t, "hello", wait, "stopped", func(e supervisors.Event) bool { return e.State == supervisors.StateStopped })
+		rec.WaitFor(t, "hello", wait, "stopped", func(e supervisors.Event) bool { return e.State == supervisors.StateStopped })
 		if !dead(e.PID) {
 			t.Fatalf("process %d still alive after Stop", e.PID)
 		}
@@ -216,12 +218,12 @@ func Run(t *testing.T, h Harness) {
 		t.Run("configuration change reaches the add-on", func(t *testing.T) {
 			s, rec := setup(t)
 			s.Start(ctx, spec("hello", "1.0.0", `{}`))
-			first := rec.waitFor(t, "hello", wait, "healthy", healthy)
-			m := rec.mark()
+			first := rec.WaitFor(t, "hello", wait, "healthy", healthy)
+			m := rec.Mark()
 			if err := s.Update(ctx, spec("hello", "1.0.0", `{"crash_after":"20ms","exit_code":4}`)); err != nil {
 				t.Fatal(err)
 			}
-			e := rec.waitFrom(t, m, "hello", wait, "restarting after the configured crash", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
+			e := rec.WaitFrom(t, m, "hello", wait, "restarting after the configured crash", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
 			t.Logf("pid %d → restarting: %s", first.PID, e.Reason)
 		})
 	}
@@ -230,12 +232,12 @@ func Run(t *testing.T, h Harness) {
 		t.Run("configuration change applies in place", func(t *testing.T) {
 			s, rec := setup(t)
 			s.Start(ctx, spec("hello", "1.0.0", `{}`))
-			first := rec.waitFor(t, "hello", wait, "healthy", healthy)
-			m := rec.mark()
+			first := rec.WaitFor(t, "hello", wait, "healthy", healthy)
+			m := rec.Mark()
 			if err := s.Update(ctx, spec("hello", "1.0.0", `{"health":"degraded"}`)); err != nil {
 				t.Fatal(err)
 			}
-			e := rec.waitFrom(t, m, "hello", wait, "degraded", func(e supervisors.Event) bool { return e.State == supervisors.StateDegraded })
+			e := rec.WaitFrom(t, m, "hello", wait, "degraded", func(e supervisors.Event) bool { return e.State == supervisors.StateDegraded })
 			if e.PID != first.PID || e.Restarts != 0 {
 				t.Fatalf("configuration change restarted the add-on: pid %d → %d, restarts %d", first.PID, e.PID, e.Restarts)
 			}
@@ -245,12 +247,12 @@ func Run(t *testing.T, h Harness) {
 	t.Run("version change restarts", func(t *testing.T) {
 		s, rec := setup(t)
 		s.Start(ctx, spec("hello", "1.0.0", `{}`))
-		first := rec.waitFor(t, "hello", wait, "healthy", healthy)
-		m := rec.mark()
+		first := rec.WaitFor(t, "hello", wait, "healthy", healthy)
+		m := rec.Mark()
 		if err := s.Update(ctx, spec("hello", "1.1.0", `{}`)); err != nil {
 			t.Fatal(err)
 		}
-		e := rec.waitFrom(t, m, "hello", wait, "healthy 1.1.0", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.1.0" })
+		e := rec.WaitFrom(t, m, "hello", wait, "healthy 1.1.0", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.1.0" })
 		if e.PID == first.PID && !h.Job {
 			t.Fatal("version change kept the old process")
 		}
@@ -264,7 +266,7 @@ func Run(t *testing.T, h Harness) {
 		t.Run("unhealthy report", func(t *testing.T) {
 			s, rec := setup(t)
 			s.Start(ctx, spec("hello", "1.0.0", `{"health":"unhealthy"}`))
-			e := rec.waitFor(t, "hello", wait, "unhealthy", func(e supervisors.Event) bool {
+			e := rec.WaitFor(t, "hello", wait, "unhealthy", func(e supervisors.Event) bool {
 				return e.State == supervisors.StateUnhealthy && e.Health == supervisors.HealthUnhealthy
 			})
 			if !strings.Contains(e.Reason, "configured to be unhealthy") {
@@ -277,7 +279,7 @@ func Run(t *testing.T, h Harness) {
 		t.Run("configure rejected", func(t *testing.T) {
 			s, rec := setup(t)
 			s.Start(ctx, spec("hello", "1.0.0", `{"configure_error":"no such target"}`))
-			e := rec.waitFor(t, "hello", wait, "unhealthy", func(e supervisors.Event) bool { return e.State == supervisors.StateUnhealthy })
+			e := rec.WaitFor(t, "hello", wait, "unhealthy", func(e supervisors.Event) bool { return e.State == supervisors.StateUnhealthy })
 			if !strings.Contains(e.Reason, "no such target") {
 				t.Fatalf("reason %q, want the add-on's refusal", e.Reason)
 			}
@@ -288,17 +290,17 @@ func Run(t *testing.T, h Harness) {
 		t.Run("crash restarts with backoff, then the circuit opens", func(t *testing.T) {
 			s, rec := setup(t)
 			s.Start(ctx, spec("hello", "1.0.0", `{"crash_after":"50ms","exit_code":3}`))
-			e := rec.waitFor(t, "hello", wait, "restarting", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
+			e := rec.WaitFor(t, "hello", wait, "restarting", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
 			if e.Reason == "" {
 				t.Fatal("restarting without a reason")
 			}
-			rec.waitFor(t, "hello", wait, "circuit_open", func(e supervisors.Event) bool {
+			rec.WaitFor(t, "hello", wait, "circuit_open", func(e supervisors.Event) bool {
 				return e.State == supervisors.StateCircuitOpen && strings.Contains(e.Reason, "restarts within")
 			})
 			// An update (a fix) closes the circuit at once.
-			m := rec.mark()
+			m := rec.Mark()
 			s.Update(ctx, spec("hello", "1.0.1", `{}`))
-			rec.waitFrom(t, m, "hello", wait, "healthy after the fix", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.0.1" })
+			rec.WaitFrom(t, m, "hello", wait, "healthy after the fix", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.0.1" })
 		})
 	}
 
@@ -306,7 +308,7 @@ func Run(t *testing.T, h Harness) {
 		t.Run("hung health checks restart", func(t *testing.T) {
 			s, rec := setup(t)
 			s.Start(ctx, spec("hello", "1.0.0", `{"hang_health":true}`))
-			e := rec.waitFor(t, "hello", wait, "restarting", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
+			e := rec.WaitFor(t, "hello", wait, "restarting", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
 			if !strings.Contains(e.Reason, "health") {
 				t.Fatalf("reason %q, want the failed health checks", e.Reason)
 			}
@@ -356,7 +358,7 @@ func Run(t *testing.T, h Harness) {
 			}
 		}
 		for id := range failing {
-			e := rec.waitFor(t, id, wait, "a failure with a reason", func(e supervisors.Event) bool {
+			e := rec.WaitFor(t, id, wait, "a failure with a reason", func(e supervisors.Event) bool {
 				return (e.State == supervisors.StateRestarting || e.State == supervisors.StateCircuitOpen || e.State == supervisors.StateFailed) && e.Reason != ""
 			})
 			t.Logf("%s: %s: %s", id, e.State, e.Reason)
@@ -364,7 +366,7 @@ func Run(t *testing.T, h Harness) {
 		// A program that starts and exits at once is never healthy, not
 		// even for an instant (it would be promoted on probation).
 		if _, ok := failing["exits"]; ok {
-			rec.waitFor(t, "exits", wait, "a restart", func(e supervisors.Event) bool { return e.Restarts >= 2 })
+			rec.WaitFor(t, "exits", wait, "a restart", func(e supervisors.Event) bool { return e.Restarts >= 2 })
 			rec.mu.Lock()
 			for _, e := range rec.events {
 				if e.AddonID == "exits" && e.Health == supervisors.HealthHealthy {
@@ -373,7 +375,7 @@ func Run(t *testing.T, h Harness) {
 			}
 			rec.mu.Unlock()
 		}
-		e := rec.waitFor(t, "good", wait, "healthy", healthy)
+		e := rec.WaitFor(t, "good", wait, "healthy", healthy)
 		if st, _ := s.Status("good"); st.PID != e.PID || !alive(e.PID) {
 			t.Fatalf("the good add-on was disturbed: %+v", st)
 		}
@@ -410,7 +412,7 @@ func Run(t *testing.T, h Harness) {
 			var pids []int
 			for _, id := range []string{"a", "b", "c"} {
 				s.Start(ctx, spec(id, "1.0.0", `{}`))
-				pids = append(pids, rec.waitFor(t, id, wait, "healthy", healthy).PID)
+				pids = append(pids, rec.WaitFor(t, id, wait, "healthy", healthy).PID)
 			}
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
@@ -432,7 +434,7 @@ func Run(t *testing.T, h Harness) {
 		pids := map[string]int{}
 		for _, id := range []string{"a", "b", "c"} {
 			s.Start(ctx, spec(id, "1.0.0", `{}`))
-			pids[id] = rec.waitFor(t, id, wait, "healthy", healthy).PID
+			pids[id] = rec.WaitFor(t, id, wait, "healthy", healthy).PID
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
@@ -450,14 +452,14 @@ func Run(t *testing.T, h Harness) {
 			if err := s2.Start(ctx, spec(id, "1.0.0", `{}`)); err != nil {
 				t.Fatal(err)
 			}
-			e := rec2.waitFor(t, id, wait, "healthy", healthy)
+			e := rec2.WaitFor(t, id, wait, "healthy", healthy)
 			if e.PID != pid {
 				t.Fatalf("%s: adopted as pid %d, was %d: restarted instead of adopted", id, e.PID, pid)
 			}
 		}
 		// A changed spec is not adopted: it replaces the unit.
 		s2.Update(ctx, spec("a", "1.0.1", `{}`))
-		e := rec2.waitFor(t, "a", wait, "healthy 1.0.1", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.0.1" })
+		e := rec2.WaitFor(t, "a", wait, "healthy 1.0.1", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.0.1" })
 		if e.PID == pids["a"] {
 			t.Fatal("a new version kept the old process")
 		}

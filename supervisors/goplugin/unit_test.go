@@ -108,12 +108,12 @@ func TestUnits(t *testing.T) {
 	// backend, as an exiting addond would; it returns the sidecar's pid.
 	startAndClose := func(t *testing.T, root string, s supervisors.Spec) int {
 		t.Helper()
-		rec := newEvents()
-		b := newBackend(t, m, root, rec.notify, nil)
+		rec := conformance.NewRecorder()
+		b := newBackend(t, m, root, rec.Notify, nil)
 		if err := b.Start(ctx, s); err != nil {
 			t.Fatal(err)
 		}
-		e := rec.wait(t, "healthy", healthyEvent)
+		e := rec.WaitFor(t, "hello", 20*time.Second, "healthy", healthyEvent)
 		if u := readUnit(t, systemd.ServiceName(s.AddonID)); u.MainPID != e.PID || u.ActiveState != "active" {
 			t.Fatalf("unit %+v, want active with main pid %d", u, e.PID)
 		}
@@ -163,8 +163,8 @@ func TestUnits(t *testing.T) {
 		m2 := systemd.NewManager(systemd.UserTarget(), nil)
 		defer m2.Close()
 		logs := &syncBuffer{}
-		rec := newEvents()
-		b := newBackend(t, m2, root, rec.notify, slog.New(slog.NewTextHandler(teeWriter{logs, os.Stderr}, nil)))
+		rec := conformance.NewRecorder()
+		b := newBackend(t, m2, root, rec.Notify, slog.New(slog.NewTextHandler(teeWriter{logs, os.Stderr}, nil)))
 		defer b.Close(ctx)
 		if _, err := os.Stat(stray); err == nil {
 			t.Fatal("a stray socket directory survived a new backend")
@@ -175,7 +175,7 @@ func TestUnits(t *testing.T) {
 		if err := b.Start(ctx, spec("1.0.0", `{}`)); err != nil {
 			t.Fatal(err)
 		}
-		e := rec.wait(t, "healthy", healthyEvent)
+		e := rec.WaitFor(t, "hello", 20*time.Second, "healthy", healthyEvent)
 		if e.PID != pid || e.Restarts != 0 {
 			t.Fatalf("after the restart: pid %d restarts %d, want the reattached pid %d", e.PID, e.Restarts, pid)
 		}
@@ -192,11 +192,11 @@ func TestUnits(t *testing.T) {
 		}
 
 		// A new configuration is applied in place.
-		mark := rec.mark()
+		mark := rec.Mark()
 		if err := b.Update(ctx, spec("1.0.0", `{"health":"degraded"}`)); err != nil {
 			t.Fatal(err)
 		}
-		e = rec.waitFrom(t, mark, "degraded", func(e supervisors.Event) bool { return e.State == supervisors.StateDegraded })
+		e = rec.WaitFrom(t, mark, "hello", 20*time.Second, "degraded", func(e supervisors.Event) bool { return e.State == supervisors.StateDegraded })
 		if e.PID != pid || e.Restarts != 0 {
 			t.Fatalf("configuration change restarted the sidecar: pid %d → %d, restarts %d", pid, e.PID, e.Restarts)
 		}
@@ -264,13 +264,13 @@ func TestUnits(t *testing.T) {
 			pid := startAndClose(t, root, spec("1.0.0", `{}`))
 			other := c.spoil(t, u)
 			logs := &syncBuffer{}
-			rec := newEvents()
-			b := newBackend(t, m, root, rec.notify, slog.New(slog.NewTextHandler(teeWriter{logs, os.Stderr}, nil)))
+			rec := conformance.NewRecorder()
+			b := newBackend(t, m, root, rec.Notify, slog.New(slog.NewTextHandler(teeWriter{logs, os.Stderr}, nil)))
 			defer b.Close(ctx)
 			if err := b.Start(ctx, c.spec); err != nil {
 				t.Fatal(err)
 			}
-			e := rec.wait(t, "healthy", healthyEvent)
+			e := rec.WaitFor(t, "hello", 20*time.Second, "healthy", healthyEvent)
 			if e.PID == pid || e.PID == other {
 				t.Fatalf("reattached to pid %d despite stale data", e.PID)
 			}
@@ -300,14 +300,14 @@ func TestUnits(t *testing.T) {
 		t.Setenv("WATCHDOG_PID", fmt.Sprint(os.Getpid()))
 		root := newRoot(t)
 		u := &UnitOptions{Paths: systemd.Paths{RuntimeRoot: root}}
-		rec := newEvents()
-		b := newBackend(t, m, root, rec.notify, nil)
+		rec := conformance.NewRecorder()
+		b := newBackend(t, m, root, rec.Notify, nil)
 		defer b.Close(ctx)
 		if err := b.Start(ctx, spec("1.0.0", `{}`)); err != nil {
 			t.Fatal(err)
 		}
 		defer b.Stop(ctx, "hello")
-		e := rec.wait(t, "healthy", healthyEvent)
+		e := rec.WaitFor(t, "hello", 20*time.Second, "healthy", healthyEvent)
 
 		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", e.PID))
 		if err != nil {
@@ -376,62 +376,6 @@ func rewrite(t *testing.T, path string, change func(*reattachState)) {
 	}
 	if data, _ := os.ReadFile(path); !json.Valid(data) {
 		t.Fatalf("rewritten %s is not JSON", path)
-	}
-}
-
-// events records a backend's events.
-type events struct {
-	mu     sync.Mutex
-	all    []supervisors.Event
-	signal chan struct{}
-}
-
-func newEvents() *events { return &events{signal: make(chan struct{}, 1)} }
-
-func (r *events) notify(e supervisors.Event) {
-	r.mu.Lock()
-	r.all = append(r.all, e)
-	r.mu.Unlock()
-	select {
-	case r.signal <- struct{}{}:
-	default:
-	}
-}
-
-func (r *events) mark() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.all)
-}
-
-func (r *events) wait(t *testing.T, what string, ok func(supervisors.Event) bool) supervisors.Event {
-	t.Helper()
-	return r.waitFrom(t, 0, what, ok)
-}
-
-func (r *events) waitFrom(t *testing.T, from int, what string, ok func(supervisors.Event) bool) supervisors.Event {
-	t.Helper()
-	deadline := time.After(20 * time.Second)
-	for {
-		r.mu.Lock()
-		for ; from < len(r.all); from++ {
-			if e := r.all[from]; ok(e) {
-				r.mu.Unlock()
-				return e
-			}
-		}
-		r.mu.Unlock()
-		select {
-		case <-r.signal:
-		case <-deadline:
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			var b strings.Builder
-			for _, e := range r.all {
-				fmt.Fprintf(&b, "  %s %s %s health=%s pid=%d restarts=%d reason=%q\n", e.AddonID, e.Version, e.State, e.Health, e.PID, e.Restarts, e.Reason)
-			}
-			t.Fatalf("no event %s; events:\n%s", what, b.String())
-		}
 	}
 }
 
