@@ -906,11 +906,13 @@ func (r *runner) rollback(ctx context.Context, ar *addonRun, reason string) {
 		ar.set("failed", reason)
 		return
 	}
+	delivery.FaultPoint("rollback-marked")
 	if _, err := r.a.del.Activate(ar.id, p.Previous); err != nil {
 		r.stop(ctx, ar)
 		ar.set("failed", fmt.Sprintf("%s; rollback to %s failed: %v", reason, p.Previous, err))
 		return
 	}
+	delivery.FaultPoint("rollback-activated")
 	r.start(ctx, ar, *lkg)
 	ar.set("rolled_back", reason)
 }

@@ -67,7 +67,7 @@ func (d *Deliverer) Activate(id, version string) (string, error) {
 			return "", err
 		}
 	}
-	faultPoint("before-swap")
+	FaultPoint("before-swap")
 	dir := d.addonDir(id)
 	tmp := filepath.Join(dir, "current.new")
 	os.Remove(tmp)
@@ -81,7 +81,7 @@ func (d *Deliverer) Activate(id, version string) (string, error) {
 	if err := state.SyncDir(dir); err != nil {
 		return "", err
 	}
-	faultPoint("after-swap")
+	FaultPoint("after-swap")
 	return cur, nil
 }
 

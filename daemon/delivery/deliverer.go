@@ -219,7 +219,7 @@ func (d *Deliverer) Stage(ctx context.Context, spec assignment.Spec) (Staged, er
 		os.Remove(part)
 		return fail("stage", true, err)
 	}
-	faultPoint("after-rename")
+	FaultPoint("after-rename")
 	return d.record(spec, bin, size, true)
 }
 

@@ -107,7 +107,7 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 	if faultsEnabled {
 		p.written = func(end int64) {
 			if end >= info.Size/2 {
-				faultPoint("download-partial")
+				FaultPoint("download-partial")
 			}
 		}
 	}

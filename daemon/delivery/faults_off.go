@@ -4,4 +4,5 @@ package delivery
 
 const faultsEnabled = false
 
-func faultPoint(string) {}
+// FaultPoint is a no-op outside test builds (-tags faultinject).
+func FaultPoint(string) {}
