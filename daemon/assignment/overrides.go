@@ -139,6 +139,21 @@ func (o *Overrides) Apply(pushed []Addon) ([]Addon, map[string]bool, error) {
 	return out, touched, nil
 }
 
+// PinsVersion reports whether the operator's entry for id sets the
+// version: a local pin, which anti-rollback never refuses.
+func (o *Overrides) PinsVersion(id string) bool {
+	if o == nil {
+		return false
+	}
+	for _, e := range o.entries {
+		if e.id == id {
+			_, ok := e.fields["version"]
+			return ok
+		}
+	}
+	return false
+}
+
 func namesAny(m map[string]json.RawMessage, keys []string) bool {
 	for _, k := range keys {
 		if _, ok := m[k]; ok {
