@@ -39,15 +39,19 @@ const (
 	Stall
 	// Status answers with HTTP status Code and no body.
 	Status
+	// Delay holds the response for Wait, then sends it whole.
+	Delay
 )
 
 // Fault is one injected fault.
 type Fault struct {
 	Kind  Kind
-	Match string // path substring the fault applies to ("" = every request)
-	After int64  // body offset for Cut, Flip and Stall
-	Code  int    // for Status
-	Times int    // how many requests it hits; 0 = until cleared
+	Match string        // path substring the fault applies to ("" = every request)
+	After int64         // body offset for Cut, Flip and Stall
+	Code  int           // for Status
+	Wait  time.Duration // for Delay
+	Times int           // how many requests it hits; 0 = until cleared
+	Then  *Fault        // the fault in force once Times is used up
 }
 
 // Proxy is a running fault proxy.
@@ -191,7 +195,7 @@ func (p *Proxy) take(r *http.Request) (*Fault, chan struct{}) {
 	}
 	p.hits++
 	if f.Times > 0 && p.hits >= f.Times {
-		p.fault = nil
+		p.fault, p.hits = f.Then, 0
 	}
 	return f, p.unstall
 }
@@ -218,8 +222,17 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		p.rp.ServeHTTP(w, r)
 		return
 	}
-	if f.Kind == Status {
+	switch f.Kind {
+	case Status:
 		http.Error(w, "", f.Code)
+		return
+	case Delay:
+		select {
+		case <-time.After(f.Wait):
+		case <-r.Context().Done():
+			return
+		}
+		p.rp.ServeHTTP(w, r)
 		return
 	}
 	// Fetch the whole response first, then send it damaged.

@@ -54,6 +54,23 @@ func TestFaults(t *testing.T) {
 		t.Fatalf("flip at 5: %v, byte %q", err, b[5])
 	}
 
+	p.Inject(Fault{Kind: Cut, Match: "/artifacts/", After: 10, Times: 1, Then: &Fault{Kind: Status, Code: 412, Times: 1}})
+	if b, err := get("/artifacts/x"); err == nil || len(b) != 10 {
+		t.Fatalf("cut then 412: first %d bytes, %v", len(b), err)
+	}
+	if resp, err := http.Get("http://" + p.Addr() + "/artifacts/x"); err != nil || resp.StatusCode != 412 {
+		t.Fatalf("cut then 412: second %v %v", resp, err)
+	}
+	if b, err := get("/artifacts/x"); err != nil || len(b) != len(body) {
+		t.Fatalf("cut then 412 then nothing: %d bytes, %v", len(b), err)
+	}
+
+	p.Inject(Fault{Kind: Delay, Wait: 200 * time.Millisecond, Times: 1})
+	start := time.Now()
+	if b, err := get("/x"); err != nil || len(b) != len(body) || time.Since(start) < 200*time.Millisecond {
+		t.Fatalf("delay: %d bytes, %v, after %v", len(b), err, time.Since(start))
+	}
+
 	p.Inject(Fault{Kind: Status, Code: 503})
 	if resp, err := http.Get("http://" + p.Addr() + "/x"); err != nil || resp.StatusCode != 503 {
 		t.Fatalf("status 503: %v %v", resp, err)
