@@ -111,18 +111,49 @@ type Policy struct {
 	Keys              *signing.Keyring
 	RequireSignatures bool
 	LastSerial        uint64
+	// LastConfigVersion is the config version (assignment.
+	// ComputeConfigVersion) of the document applied at LastSerial; ""
+	// when unknown.
+	LastConfigVersion string
 }
 
 // Rejection reasons callers and status distinguish.
 var (
 	ErrUnsigned     = errors.New("assignment document is unsigned and trust.require_signatures is on")
 	ErrOtherAgent   = errors.New("assignment document is for another agent")
-	ErrSerialReplay = errors.New("assignment document serial is lower than the last applied (replay?)")
+	ErrSerialReplay = errors.New("assignment document refused as a replay")
 )
+
+// ReplayError is a document refused as a replay: a serial lower than the
+// last applied one, or (signatures required) the last applied serial with
+// different content.
+type ReplayError struct {
+	Serial, LastSerial uint64
+	// SameSerial: the serial equals the last applied one, the content
+	// differs.
+	SameSerial bool
+}
+
+func (e *ReplayError) Error() string {
+	if e.SameSerial {
+		return fmt.Sprintf("serial %d was already applied with different content: refused as a replay", e.Serial)
+	}
+	return fmt.Sprintf("serial %d is lower than %d, the last applied: refused as a replay", e.Serial, e.LastSerial)
+}
+
+func (e *ReplayError) Unwrap() error { return ErrSerialReplay }
 
 // Accept verifies and parses a fetched document. A document from the store
 // must be signed when signatures are required; a local file is the
 // operator's own configuration and its .sig is verified when present.
+//
+// Replays are refused (a *ReplayError): a serial lower than the last
+// applied one, for any document from the store and, when signatures are
+// required, for any document at all; and, when signatures are required,
+// the last applied serial with a different content (a document is
+// identified by its config version, so fetching the same document again
+// is accepted). A local file without signatures required may go back: it
+// is the operator's own configuration.
 func Accept(f *Fetched, p Policy) (*assignment.Document, error) {
 	if f.Sig != nil {
 		sig, err := signing.ParseSigFile(f.Sig)
@@ -142,8 +173,13 @@ func Accept(f *Fetched, p Policy) (*assignment.Document, error) {
 	if doc.AgentID != p.AgentID && (f.Remote || doc.AgentID != "") {
 		return nil, fmt.Errorf("assignments %s: %w: agent_id %q, this agent is %q", f.Origin, ErrOtherAgent, doc.AgentID, p.AgentID)
 	}
-	if p.RequireSignatures && doc.Serial < p.LastSerial {
-		return nil, fmt.Errorf("assignments %s: %w: serial %d < %d", f.Origin, ErrSerialReplay, doc.Serial, p.LastSerial)
+	if (p.RequireSignatures || f.Remote) && doc.Serial < p.LastSerial {
+		return nil, fmt.Errorf("assignments %s: %w", f.Origin, &ReplayError{Serial: doc.Serial, LastSerial: p.LastSerial})
+	}
+	if p.RequireSignatures && doc.Serial == p.LastSerial && p.LastConfigVersion != "" {
+		if cv, err := assignment.ComputeConfigVersion(*doc); err == nil && cv != p.LastConfigVersion {
+			return nil, fmt.Errorf("assignments %s: %w", f.Origin, &ReplayError{Serial: doc.Serial, LastSerial: p.LastSerial, SameSerial: true})
+		}
 	}
 	return doc, nil
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/signing"
 )
 
@@ -37,6 +38,11 @@ func TestAccept(t *testing.T) {
 	doc := []byte(`{"agent_id":"edge-01","serial":5,"addons":[]}`)
 	sig := []byte(hex.EncodeToString(ed25519.Sign(priv, doc)))
 	policy := Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 5}
+	parsed, _ := assignment.Parse(doc)
+	cv, _ := assignment.ComputeConfigVersion(*parsed)
+	// The same serial, other content; and doc again with other whitespace.
+	other := []byte(`{"agent_id":"edge-01","serial":5,"addons":[{"addon_id":"hello","version":"1.0.0"}]}`)
+	otherSig := []byte(hex.EncodeToString(ed25519.Sign(priv, other)))
 	cases := []struct {
 		name string
 		f    Fetched
@@ -50,7 +56,22 @@ func TestAccept(t *testing.T) {
 		{"signature but no keys", Fetched{Raw: doc, Sig: sig, Remote: true}, Policy{AgentID: "edge-01", Keys: signing.NewKeyring()}, signing.ErrUnknownKey},
 		{"other agent", Fetched{Raw: doc, Sig: sig, Remote: true}, Policy{AgentID: "edge-02", Keys: keys}, ErrOtherAgent},
 		{"replay", Fetched{Raw: doc, Sig: sig, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 6}, ErrSerialReplay},
+		{"replay from the store, signatures not required", Fetched{Raw: doc, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, LastSerial: 6}, ErrSerialReplay},
+		{"replay of a signed local file", Fetched{Raw: doc, Sig: sig}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 6}, ErrSerialReplay},
+		{"local file going back, signatures not required", Fetched{Raw: doc}, Policy{AgentID: "edge-01", Keys: keys, LastSerial: 6}, nil},
+		{"same serial, same content", Fetched{Raw: doc, Sig: sig, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 5, LastConfigVersion: cv}, nil},
+		{"same serial, other content", Fetched{Raw: other, Sig: otherSig, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 5, LastConfigVersion: cv}, ErrSerialReplay},
+		{"same serial, other content, signatures not required", Fetched{Raw: other, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, LastSerial: 5, LastConfigVersion: cv}, nil},
+		{"same serial, config version unknown", Fetched{Raw: other, Sig: otherSig, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 5}, nil},
+		{"higher serial", Fetched{Raw: other, Sig: otherSig, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 4, LastConfigVersion: cv}, nil},
 	}
+	respaced := []byte(`{ "agent_id": "edge-01", "serial": 5, "addons": [] }`)
+	cases = append(cases, struct {
+		name string
+		f    Fetched
+		p    Policy
+		want error
+	}{"same serial, same document reformatted", Fetched{Raw: respaced, Sig: []byte(hex.EncodeToString(ed25519.Sign(priv, respaced))), Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 5, LastConfigVersion: cv}, nil})
 	for _, tc := range cases {
 		_, err := Accept(&tc.f, tc.p)
 		if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
@@ -70,5 +91,20 @@ func TestJitter(t *testing.T) {
 	}
 	if len(seen) < 100 {
 		t.Fatalf("Jitter produced only %d distinct intervals", len(seen))
+	}
+}
+
+func TestReplayMessages(t *testing.T) {
+	doc := []byte(`{"agent_id":"edge-01","serial":5,"addons":[]}`)
+	_, err := Accept(&Fetched{Raw: doc, Origin: "store/agents/edge-01/assignments.json", Remote: true}, Policy{AgentID: "edge-01", Keys: signing.NewKeyring(), LastSerial: 7})
+	var re *ReplayError
+	if !errors.As(err, &re) || re.Serial != 5 || re.LastSerial != 7 || re.SameSerial {
+		t.Fatalf("Accept = %v, want a ReplayError 5 < 7", err)
+	}
+	if want := "assignments store/agents/edge-01/assignments.json: serial 5 is lower than 7, the last applied: refused as a replay"; err.Error() != want {
+		t.Fatalf("message %q, want %q", err, want)
+	}
+	if got := (&ReplayError{Serial: 7, LastSerial: 7, SameSerial: true}).Error(); got != "serial 7 was already applied with different content: refused as a replay" {
+		t.Fatalf("same-serial message %q", got)
 	}
 }
