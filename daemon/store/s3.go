@@ -179,7 +179,9 @@ func contentRangeTotal(h string, start int64) (int64, error) {
 	if err := errors.Join(err1, err2, err3); err != nil {
 		return 0, fmt.Errorf("malformed Content-Range %q", h)
 	}
-	if f != start || l != total-1 {
+	// total > start: a ranged read is only made for bytes that remain,
+	// and it keeps total-1 from overflowing (a negative total).
+	if f != start || total <= start || l != total-1 {
 		return 0, fmt.Errorf("Content-Range %q does not answer bytes=%d-", h, start)
 	}
 	return total, nil
