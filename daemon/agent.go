@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -48,6 +49,14 @@ type Agent struct {
 	lock           *os.File
 	runner         atomic.Pointer[runner] // while Run runs
 	opts           Options
+
+	docMu sync.Mutex
+	// checkedAt is when the source last gave an answer that counts as
+	// fresh (an accepted document, or unchanged), in this process.
+	checkedAt time.Time
+	// lastReplay identifies the last document refused as a replay, so a
+	// replay that stays in the store is warned about and counted once.
+	lastReplay [sha256.Size]byte
 }
 
 // Open prepares the runtime root and takes its lock: two addond processes
@@ -135,8 +144,25 @@ type Report struct {
 	Serial uint64
 	// DocumentErr is why the assignment document could not be refreshed;
 	// the cached one (FromCache) was used, or none.
-	DocumentErr  error
-	FromCache    bool
+	DocumentErr error
+	FromCache   bool
+	// DocumentRefused: the source answered, but with a document that was
+	// refused (DocumentErr says why).
+	DocumentRefused bool
+	// Fresh: the document in use is confirmed by the source — it was just
+	// accepted, or the source said it is unchanged — or there is no
+	// source. Otherwise what runs is not confirmed (from_lkg).
+	Fresh bool
+	// CheckedAt is when the source last answered freshly (this process);
+	// AppliedAt when the document in use was accepted (persisted). Zero:
+	// never.
+	CheckedAt, AppliedAt time.Time
+	// Replay is set when the source's document was refused as a replay;
+	// NewReplay when this process had not refused that document before.
+	Replay    *source.ReplayError
+	NewReplay bool
+	// Pinned names the add-ons whose version the local overrides set.
+	Pinned       map[string]bool
 	OverridesErr error // a malformed overrides file was ignored
 	Addons       []AddonReport
 }
@@ -203,7 +229,7 @@ func (a *Agent) Stage(ctx context.Context) (*Report, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := a.stageOne(ctx, ad)
+			r := a.stageOne(ctx, ad, rep.Pinned[ad.AddonID])
 			if r.Err != nil && r.State == "failed" {
 				mu.Lock()
 				keepPartials[r.AddonID+"@"+r.Version] = true
@@ -242,9 +268,10 @@ func (a *Agent) Stage(ctx context.Context) (*Report, error) {
 // or cached), or none configured — as opposed to nothing known.
 func (a *Agent) document(ctx context.Context, ast *state.Agent, rep *Report) (*assignment.Document, bool, error) {
 	if a.src == nil {
+		rep.Fresh = true
 		return &assignment.Document{AgentID: a.cfg.AgentID}, true, nil
 	}
-	policy := source.Policy{AgentID: a.cfg.AgentID, Keys: a.keys, RequireSignatures: a.cfg.Trust.Required(), LastSerial: ast.LastSerial}
+	policy := source.Policy{AgentID: a.cfg.AgentID, Keys: a.keys, RequireSignatures: a.cfg.Trust.Required(), LastSerial: ast.LastSerial, LastConfigVersion: ast.ConfigVersion}
 	f, err := a.src.Fetch(ctx, ast.DocumentToken)
 	if err == nil {
 		doc, aerr := source.Accept(f, policy)
@@ -253,16 +280,24 @@ func (a *Agent) document(ctx context.Context, ast *state.Agent, rep *Report) (*a
 			if err := state.SaveDocument(a.cfg.RuntimeRoot, f.Raw, f.Sig); err != nil {
 				return nil, false, err
 			}
-			*ast = state.Agent{LastSerial: max(doc.Serial, ast.LastSerial), ConfigVersion: cv, DocumentToken: f.Token, AppliedAt: time.Now().UTC()}
+			now := time.Now().UTC()
+			*ast = state.Agent{LastSerial: max(doc.Serial, ast.LastSerial), ConfigVersion: cv, DocumentToken: f.Token, AppliedAt: now}
 			if err := state.SaveAgent(a.cfg.RuntimeRoot, ast); err != nil {
 				return nil, false, err
 			}
+			rep.Fresh, rep.AppliedAt, rep.CheckedAt = true, now, a.checked(now)
 			return doc, true, nil
 		}
 		err = aerr
+		rep.DocumentRefused = true
+		a.noteReplay(f, err, rep)
 	}
-	if !errors.Is(err, source.ErrUnchanged) {
+	rep.AppliedAt = ast.AppliedAt
+	if errors.Is(err, source.ErrUnchanged) {
+		rep.Fresh, rep.CheckedAt = true, a.checked(time.Now().UTC())
+	} else {
 		rep.DocumentErr = err
+		rep.CheckedAt = a.checked(time.Time{})
 		a.log.Info("assignment document not refreshed; using the last accepted one", "error", err)
 	}
 	raw, sig, ok, cerr := state.LoadDocument(a.cfg.RuntimeRoot)
@@ -273,16 +308,53 @@ func (a *Agent) document(ctx context.Context, ast *state.Agent, rep *Report) (*a
 		if rep.DocumentErr == nil {
 			rep.DocumentErr = errors.New("assignment document unchanged but no cached copy")
 		}
+		rep.Fresh = false
 		return &assignment.Document{AgentID: a.cfg.AgentID}, false, nil
 	}
 	_, remote := a.src.(*source.Store)
 	doc, err := source.Accept(&source.Fetched{Raw: raw, Sig: sig, Origin: "cached " + a.cfg.RuntimeRoot + "/state/assignments.json", Remote: remote}, policy)
 	if err != nil {
 		rep.DocumentErr = errors.Join(rep.DocumentErr, err)
+		rep.Fresh = false
 		return &assignment.Document{AgentID: a.cfg.AgentID}, false, nil
 	}
 	rep.FromCache = rep.DocumentErr != nil
 	return doc, true, nil
+}
+
+// checked records t (unless zero) as the last fresh answer of the source
+// and returns the last one.
+func (a *Agent) checked(t time.Time) time.Time {
+	a.docMu.Lock()
+	defer a.docMu.Unlock()
+	if !t.IsZero() {
+		a.checkedAt = t
+	}
+	return a.checkedAt
+}
+
+// noteReplay reports a document refused as a replay: a warning with both
+// serials, once per distinct document (a replay left in the store is
+// fetched again on every poll).
+func (a *Agent) noteReplay(f *source.Fetched, err error, rep *Report) {
+	var re *source.ReplayError
+	if !errors.As(err, &re) {
+		return
+	}
+	h := sha256.New()
+	h.Write(f.Raw)
+	h.Write([]byte{0})
+	h.Write(f.Sig)
+	var id [sha256.Size]byte
+	h.Sum(id[:0])
+	a.docMu.Lock()
+	rep.NewReplay = a.lastReplay != id
+	a.lastReplay = id
+	a.docMu.Unlock()
+	rep.Replay = re
+	if rep.NewReplay {
+		a.log.Warn("assignment document refused as a replay; the last applied one stays in use", "origin", f.Origin, "serial", re.Serial, "last_serial", re.LastSerial, "same_serial", re.SameSerial)
+	}
 }
 
 // overrides reads the local overrides file; a missing file is none.
@@ -304,11 +376,15 @@ func (a *Agent) overrides() (*assignment.Overrides, error) {
 	return ov, nil
 }
 
-// resolve validates one entry for this host and, for a pushed artifact the
-// assignment names no build of (an operator's version pin), completes it
-// from the version's signed package.json.
-func (a *Agent) resolve(ctx context.Context, ad assignment.Addon) (assignment.Spec, error) {
+// resolve validates one entry for this host, refuses a downgrade (before
+// anything is fetched) and, for a pushed artifact the assignment names no
+// build of (an operator's version pin), completes it from the version's
+// signed package.json. pinned: the local overrides set the version.
+func (a *Agent) resolve(ctx context.Context, ad assignment.Addon, pinned bool) (assignment.Spec, error) {
 	spec, err := assignment.Resolve(ad, a.platform)
+	if err == nil {
+		err = a.downgrade(spec, pinned)
+	}
 	if err == nil && spec.Enabled && spec.NeedsPackage() {
 		var pkg *assignment.Package
 		if pkg, _, _, err = a.del.FetchPackage(ctx, spec.AddonID, spec.Version); err == nil {
@@ -316,6 +392,29 @@ func (a *Agent) resolve(ctx context.Context, ad assignment.Addon) (assignment.Sp
 		}
 	}
 	return spec, err
+}
+
+// downgrade refuses to stage an enabled pushed artifact whose version is
+// lower than the highest version ever activated for the add-on (both
+// semantic versions), unless the assignment allows a downgrade, the
+// operator pinned the version locally, or it is the version current
+// already points to (nothing changes). Health rollbacks never come here.
+func (a *Agent) downgrade(spec assignment.Spec, pinned bool) error {
+	if pinned || spec.AllowDowngrade || !spec.Enabled || spec.Delivery != assignment.DeliveryPushedArtifact {
+		return nil
+	}
+	cur, err := a.del.Current(spec.AddonID)
+	if err != nil {
+		return err
+	}
+	if cur == spec.Version {
+		return nil
+	}
+	st, err := a.del.State(spec.AddonID)
+	if err != nil {
+		return err
+	}
+	return assignment.CheckDowngrade(spec.AddonID, spec.Version, st.Highest(cur), false)
 }
 
 // desired refreshes the document, applies the overrides and returns the
@@ -331,26 +430,32 @@ func (a *Agent) desired(ctx context.Context, rep *Report) ([]assignment.Addon, b
 		return nil, false, err
 	}
 	rep.Serial = doc.Serial
+	rep.Pinned = map[string]bool{}
 	addons := doc.Addons
 	if ov, err := a.overrides(); err != nil {
 		rep.OverridesErr = err
 		a.log.Warn("ignoring local overrides", "error", err)
-	} else if patched, _, err := ov.Apply(addons); err != nil {
+	} else if patched, touched, err := ov.Apply(addons); err != nil {
 		rep.OverridesErr = err
 	} else {
 		addons = patched
+		for id := range touched {
+			if ov.PinsVersion(id) {
+				rep.Pinned[id] = true
+			}
+		}
 	}
 	return addons, authoritative, nil
 }
 
 // stageOne delivers one add-on and, on success, makes it current and its
 // spec the last-known-good.
-func (a *Agent) stageOne(ctx context.Context, ad assignment.Addon) AddonReport {
+func (a *Agent) stageOne(ctx context.Context, ad assignment.Addon, pinned bool) AddonReport {
 	r := AddonReport{AddonID: ad.AddonID, Version: ad.Version}
 	if assignment.ValidAddonID(ad.AddonID) == nil {
 		r.ActiveVersion, _ = a.del.Current(ad.AddonID)
 	}
-	spec, err := a.resolve(ctx, ad)
+	spec, err := a.resolve(ctx, ad, pinned)
 	if err != nil {
 		return a.failed(r, err)
 	}
@@ -371,6 +476,7 @@ func (a *Agent) stageOne(ctx context.Context, ad assignment.Addon) AddonReport {
 		return a.failed(r, &delivery.Error{AddonID: spec.AddonID, Version: spec.Version, Op: "activate", Err: err, Environment: true})
 	}
 	if err := a.del.UpdateState(spec.AddonID, func(st *state.Addon) error {
+		st.NoteActivated(spec.Version)
 		st.LKG = &spec
 		return nil
 	}); err != nil {

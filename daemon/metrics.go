@@ -15,13 +15,15 @@ import (
 
 // metrics are addond's Prometheus metrics, on their own registry.
 type metrics struct {
-	reg              *prometheus.Registry
-	state            *prometheus.GaugeVec
-	restarts         *prometheus.GaugeVec
-	rollbacks        *prometheus.CounterVec
-	deliveryBytes    prometheus.Counter
-	deliveryFailures *prometheus.CounterVec
-	reconcile        prometheus.Histogram
+	reg               *prometheus.Registry
+	state             *prometheus.GaugeVec
+	restarts          *prometheus.GaugeVec
+	rollbacks         *prometheus.CounterVec
+	deliveryBytes     prometheus.Counter
+	deliveryFailures  *prometheus.CounterVec
+	reconcile         prometheus.Histogram
+	downgradesRefused *prometheus.CounterVec
+	replays           prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -46,8 +48,14 @@ func newMetrics() *metrics {
 			Name: "addond_reconcile_duration_seconds", Help: "Time from the start of a reconcile to the desired set being applied.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}),
+		downgradesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "addond_downgrades_refused_total", Help: "Desired versions refused as downgrades (lower than the highest ever activated), once per refused version.",
+		}, []string{"addon_id"}),
+		replays: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "addond_assignment_replays_total", Help: "Assignment documents refused as replays (a lower serial, or the last serial with other content), once per distinct document.",
+		}),
 	}
-	m.reg.MustRegister(m.state, m.restarts, m.rollbacks, m.deliveryBytes, m.deliveryFailures, m.reconcile,
+	m.reg.MustRegister(m.state, m.restarts, m.rollbacks, m.deliveryBytes, m.deliveryFailures, m.reconcile, m.downgradesRefused, m.replays,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

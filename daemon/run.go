@@ -72,6 +72,8 @@ type addonRun struct {
 	installed *delivery.Installed // os_package: the binary as last verified
 	waiting   bool                // the backend waits for the systemd manager
 	capped    map[string]string   // version → its capped copy (os_capabilities)
+	pinned    bool                // the local overrides set the desired version
+	refused   string              // the desired version refused as a downgrade
 }
 
 // unsupported reports a model (delivery or supervision) this host lacks.
@@ -94,9 +96,11 @@ type (
 		report        *Report
 	}
 	desiredEntry struct {
-		id   string
-		spec assignment.Spec
-		err  error
+		id      string
+		version string // as assigned (for a refused entry)
+		pinned  bool   // the local overrides set the version
+		spec    assignment.Spec
+		err     error
 	}
 	sweptMsg  struct{}
 	stagedMsg struct {
@@ -125,6 +129,7 @@ type runner struct {
 	fetching, again bool
 	sweeping        bool // an orphan sweep is running
 	lastReport      *Report
+	docFresh        bool // the last document was fresh (Report.Fresh)
 	ready           bool
 
 	mu     sync.Mutex
@@ -329,6 +334,15 @@ func (r *runner) startLastKnownGood(ctx context.Context) {
 				return nil
 			})
 			r.log.Warn("probation was interrupted by a restart; back on last-known-good", "addon_id", id, "version", p.Version, "last_known_good", st.LKG.Version)
+		}
+		if st.HighestVersion == "" {
+			// State from before anti-rollback: what ran is the floor.
+			if err := r.a.del.UpdateState(id, func(s *state.Addon) error {
+				s.HighestVersion = s.Highest(cur)
+				return nil
+			}); err != nil {
+				r.log.Warn("recording the highest version activated", "addon_id", id, "error", err)
+			}
 		}
 		ar := r.get(id)
 		ar.fromLKG, ar.previous = true, st.Previous
@@ -537,8 +551,9 @@ func (r *runner) reconcile(ctx context.Context) {
 		}
 		m := desiredMsg{authoritative: authoritative && err == nil, report: rep}
 		for _, ad := range addons {
-			spec, err := r.a.resolve(ctx, ad)
-			m.entries = append(m.entries, desiredEntry{id: ad.AddonID, spec: spec, err: err})
+			pinned := rep.Pinned[ad.AddonID]
+			spec, err := r.a.resolve(ctx, ad, pinned)
+			m.entries = append(m.entries, desiredEntry{id: ad.AddonID, version: ad.Version, pinned: pinned, spec: spec, err: err})
 		}
 		r.msgs <- m
 	}()
@@ -548,6 +563,10 @@ func (r *runner) reconcile(ctx context.Context) {
 // spec did not change are not touched.
 func (r *runner) apply(ctx context.Context, m desiredMsg) {
 	r.lastReport = m.report
+	r.docFresh = m.report.Fresh
+	if m.report.NewReplay {
+		r.metrics.replays.Inc()
+	}
 	assigned := map[string]bool{}
 	for _, e := range m.entries {
 		if assignment.ValidAddonID(e.id) != nil {
@@ -556,8 +575,14 @@ func (r *runner) apply(ctx context.Context, m desiredMsg) {
 		}
 		assigned[e.id] = true
 		ar := r.get(e.id)
+		ar.pinned = e.pinned
 		if e.err != nil {
 			ar.desired = nil
+			if errors.Is(e.err, assignment.ErrDowngrade) {
+				r.refuseDowngrade(ar, e.version, e.err)
+			} else {
+				ar.refused = ""
+			}
 			if ar.running != nil {
 				ar.fromLKG = true
 				ar.lastErr = e.err.Error()
@@ -566,9 +591,20 @@ func (r *runner) apply(ctx context.Context, m desiredMsg) {
 			}
 			continue
 		}
+		ar.refused = ""
 		spec := e.spec
 		ar.desired = &spec
 		r.converge(ctx, ar)
+	}
+	if !m.report.Fresh {
+		// Nothing that runs is confirmed by a fresh document: the store
+		// is unreachable, or its document was refused, and the cached
+		// one (or none) is in use.
+		for _, ar := range r.addons {
+			if ar.running != nil {
+				ar.fromLKG = true
+			}
+		}
 	}
 	if !m.authoritative {
 		return
@@ -587,6 +623,21 @@ func (r *runner) apply(ctx context.Context, m desiredMsg) {
 		}
 	}
 	r.sweepOrphans(ctx)
+}
+
+// refuseDowngrade reports a desired version refused as a downgrade: a
+// warning and the counter once per refused version; the running version
+// keeps running.
+func (r *runner) refuseDowngrade(ar *addonRun, version string, err error) {
+	if ar.refused != version {
+		r.metrics.downgradesRefused.WithLabelValues(ar.id).Inc()
+		active := ""
+		if ar.running != nil {
+			active = ar.running.Version
+		}
+		r.log.Warn("downgrade refused", "addon_id", ar.id, "version", version, "active_version", active, "error", err)
+	}
+	ar.refused = version
 }
 
 // converge takes one add-on one step toward its desired spec.
@@ -762,6 +813,21 @@ func (r *runner) staged(ctx context.Context, m stagedMsg) {
 	if ar.running != nil {
 		previous = ar.running.Version
 	}
+	// Checked again: another version may have become current since the
+	// reconcile that let this one be staged.
+	if err := r.a.downgrade(m.spec, ar.pinned); err != nil {
+		ar.desired = nil
+		if errors.Is(err, assignment.ErrDowngrade) {
+			r.refuseDowngrade(ar, m.spec.Version, err)
+		}
+		if ar.running != nil {
+			ar.fromLKG = true
+			ar.lastErr = err.Error()
+		} else {
+			ar.set("failed", err.Error())
+		}
+		return
+	}
 	if prev, err := r.a.del.Activate(ar.id, m.spec.Version); err != nil {
 		ar.lastErr = err.Error()
 		return
@@ -772,6 +838,7 @@ func (r *runner) staged(ctx context.Context, m stagedMsg) {
 	// re-enabled) needs no probation; anything else does.
 	ar.probation = nil
 	if err := r.a.del.UpdateState(ar.id, func(st *state.Addon) error {
+		st.NoteActivated(m.spec.Version)
 		if lkg := st.LKG; lkg != nil && lkg.Version == m.spec.Version && lkg.Artifact != nil && lkg.Artifact.SHA256 == m.spec.Artifact.SHA256 {
 			st.Probation = nil
 			return nil
@@ -782,7 +849,9 @@ func (r *runner) staged(ctx context.Context, m stagedMsg) {
 	}); err != nil {
 		ar.lastErr = err.Error()
 	}
-	ar.fromLKG = false
+	// Confirmed only by a fresh document; a version activated from the
+	// cached one while the store is away is not.
+	ar.fromLKG = !r.docFresh
 	ar.set("starting", "")
 	ar.restarts = 0
 	if err := r.start(ctx, ar, m.spec); err != nil && !errors.Is(err, supervisors.ErrUnsupported) {
@@ -836,6 +905,7 @@ func (r *runner) promote(ar *addonRun, probation bool) {
 		if !probation && st.LKG != nil && st.LKG.Digest() == spec.Digest() {
 			return errSame
 		}
+		st.NoteActivated(spec.Version)
 		st.LKG, st.Probation = &spec, nil
 		return nil
 	})
@@ -974,7 +1044,12 @@ func (r *runner) summary() string {
 	store := "store reachable"
 	serial := ""
 	if rep := r.lastReport; rep != nil {
-		if rep.DocumentErr != nil {
+		switch {
+		case rep.DocumentRefused && rep.Replay != nil:
+			store = "assignments refused as a replay"
+		case rep.DocumentRefused:
+			store = "assignments refused"
+		case rep.DocumentErr != nil:
 			store = "store unreachable"
 		}
 		serial = fmt.Sprintf(", serial %d", rep.Serial)
@@ -1001,11 +1076,13 @@ func (r *runner) updateOwned() {
 func (r *runner) publish() {
 	r.updateOwned()
 	st := Status{AgentID: r.a.cfg.AgentID, Version: Version, Ready: r.ready, Addons: []AddonStatus{}}
-	if r.lastReport != nil {
-		st.Serial = r.lastReport.Serial
-		if r.lastReport.DocumentErr != nil {
-			st.DocumentError = r.lastReport.DocumentErr.Error()
+	if rep := r.lastReport; rep != nil {
+		st.Serial = rep.Serial
+		if rep.DocumentErr != nil {
+			st.DocumentError = rep.DocumentErr.Error()
 		}
+		st.DocumentFresh = rep.Fresh
+		st.DocumentCheckedAt, st.DocumentAppliedAt = timePtr(rep.CheckedAt), timePtr(rep.AppliedAt)
 	}
 	for _, ar := range r.addons {
 		as := AddonStatus{
@@ -1014,6 +1091,8 @@ func (r *runner) publish() {
 		}
 		if ar.desired != nil {
 			as.Version, as.Supervision = ar.desired.Version, ar.desired.Supervision
+		} else if ar.refused != "" {
+			as.Version = ar.refused
 		}
 		if ar.running != nil {
 			as.ActiveVersion = ar.running.Version

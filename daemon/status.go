@@ -23,12 +23,30 @@ import (
 
 // Status is GET /v1/status (DESIGN.md, "Contract: status").
 type Status struct {
-	AgentID       string        `json:"agent_id"`
-	Version       string        `json:"version"`
-	Ready         bool          `json:"ready"`
-	Serial        uint64        `json:"serial"`
-	DocumentError string        `json:"document_error,omitempty"`
-	Addons        []AddonStatus `json:"addons"`
+	AgentID       string `json:"agent_id"`
+	Version       string `json:"version"`
+	Ready         bool   `json:"ready"`
+	Serial        uint64 `json:"serial"`
+	DocumentError string `json:"document_error,omitempty"`
+	// DocumentFresh: the assignment document in use is confirmed by the
+	// source (just accepted, or unchanged). False while the store is
+	// unreachable or its document is refused: add-ons keep running on what
+	// they ran (from_lkg).
+	DocumentFresh bool `json:"document_fresh"`
+	// DocumentCheckedAt is the last time the source answered freshly (a
+	// new accepted document, or unchanged), since addond started;
+	// DocumentAppliedAt when the document in use was accepted.
+	DocumentCheckedAt *time.Time    `json:"document_checked_at,omitempty"`
+	DocumentAppliedAt *time.Time    `json:"document_applied_at,omitempty"`
+	Addons            []AddonStatus `json:"addons"`
+}
+
+// timePtr is t, or nil when t is zero (never).
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
 }
 
 // AddonStatus is one add-on in Status.

@@ -92,6 +92,24 @@ type Addon struct {
 	Probation *Probation `json:"probation,omitempty"`
 }
 
+// Highest is the highest version ever activated, given the version
+// current points to: HighestVersion, or, for state written before it was
+// kept, the higher of current and the last-known-good (semantic versions
+// only have an order; see assignment.HigherVersion).
+func (a *Addon) Highest(current string) string {
+	h := assignment.HigherVersion(a.HighestVersion, current)
+	if a.LKG != nil {
+		h = assignment.HigherVersion(h, a.LKG.Version)
+	}
+	return h
+}
+
+// NoteActivated records that version became current by staging or
+// promotion (not by a health rollback, which returns to a lower one).
+func (a *Addon) NoteActivated(version string) {
+	a.HighestVersion = assignment.HigherVersion(a.Highest(""), version)
+}
+
 // Probation is a newly activated version that has not yet proved healthy.
 type Probation struct {
 	Version  string    `json:"version"`
