@@ -320,20 +320,29 @@ func (r *runner) startLastKnownGood(ctx context.Context) {
 		if cur != st.LKG.Version {
 			// addond stopped while a new version was on probation: go
 			// back to the last-known-good now — the store may be down —
-			// and let the next reconcile try the new version again.
+			// and let the next reconcile try the new version again. Or it
+			// stopped in the middle of a rollback, after current's version
+			// was recorded failed and before current was swapped back:
+			// finish the rollback (the failed version is not retried).
 			p := st.Probation
-			if p == nil || p.Version != cur || p.Previous != st.LKG.Version {
+			f, failed := st.Failed[cur]
+			failed = failed && f.SHA256 == st.Staged[cur].SHA256
+			if !failed && (p == nil || p.Version != cur || p.Previous != st.LKG.Version) {
 				continue
 			}
 			if _, err := r.a.del.Activate(id, st.LKG.Version); err != nil {
-				r.log.Error("returning to last-known-good after an interrupted probation", "addon_id", id, "error", err)
+				r.log.Error("returning to last-known-good after an interrupted probation or rollback", "addon_id", id, "error", err)
 				continue
 			}
 			r.a.del.UpdateState(id, func(s *state.Addon) error {
 				s.Probation = nil
 				return nil
 			})
-			r.log.Warn("probation was interrupted by a restart; back on last-known-good", "addon_id", id, "version", p.Version, "last_known_good", st.LKG.Version)
+			if failed {
+				r.log.Warn("a rollback was interrupted by a restart; back on last-known-good", "addon_id", id, "version", cur, "last_known_good", st.LKG.Version)
+			} else {
+				r.log.Warn("probation was interrupted by a restart; back on last-known-good", "addon_id", id, "version", p.Version, "last_known_good", st.LKG.Version)
+			}
 		}
 		if st.HighestVersion == "" {
 			// State from before anti-rollback: what ran is the floor.
