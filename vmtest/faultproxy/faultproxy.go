@@ -3,7 +3,8 @@
 // command: the store down (connections refused), a body cut after N bytes,
 // a bit flipped in a body, a body that stalls, and an error status. Faults
 // apply to the requests whose path contains a pattern (e.g. "/artifacts/"),
-// for the next n requests or until cleared. It also counts the requests it
+// for the next n requests or until cleared; faults on a body (cut, flip,
+// stall) apply to GETs only. It also counts the requests it
 // forwarded and the most it had in flight at once.
 //
 // The Host header passes through unchanged, so SigV4 signatures made for
@@ -192,6 +193,9 @@ func (p *Proxy) take(r *http.Request) (*Fault, chan struct{}) {
 	f := p.fault
 	if f == nil || !strings.Contains(r.URL.Path, f.Match) {
 		return nil, nil
+	}
+	if r.Method != http.MethodGet && (f.Kind == Cut || f.Kind == Flip || f.Kind == Stall) {
+		return nil, nil // body faults need a body: a HEAD passes
 	}
 	p.hits++
 	if f.Times > 0 && p.hits >= f.Times {

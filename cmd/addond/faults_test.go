@@ -1,0 +1,323 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/addond/addond/daemon"
+	"github.com/addond/addond/daemon/store"
+	"github.com/addond/addond/vmtest/faultproxy"
+	"github.com/addond/addond/vmtest/miniotest"
+)
+
+// The store faults of the fault-injection suite (`make faults`): a real
+// MinIO behind a fault proxy (vmtest/faultproxy) on the loopback, `addond
+// run` with go-plugin sidecars as its children, the publisher writing to
+// MinIO directly. Every case injects its fault while hello 1.0.0 runs and
+// 2.0.0 (the same program padded to tens of MiB, so that a fault lands
+// mid-body) is being delivered, then asserts the invariants of
+// invariants_test.go: 1.0.0 keeps running as the same process, current
+// points at a complete verified version, status names the fault, and once
+// the fault is gone 2.0.0 arrives and no partial file remains.
+
+// faultEnv is an env whose addond reaches MinIO only through a fault
+// proxy.
+type faultEnv struct {
+	*env
+	proxy *faultproxy.Proxy
+	store store.Store       // MinIO directly, to replace objects under addond
+	shas  map[string]string // id@version → the sha256 the publisher signed
+	objs  map[string][]byte // id@version → the artifact's bytes
+}
+
+func newFaultEnv(t *testing.T) *faultEnv {
+	e := newEnv(t, "s3")
+	srv := miniotest.Require(t)
+	p := faultproxy.Start(t, srv.Endpoint, "/artifacts/")
+	proxied := strings.Replace(e.storeURL, "endpoint="+srv.Endpoint, "endpoint="+p.Addr(), 1)
+	if proxied == e.storeURL {
+		t.Fatalf("cannot point %s at the proxy", e.storeURL)
+	}
+	e.extra = map[string]any{"store": proxied, "download_retries": 2}
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	st, err := store.Open(e.storeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &faultEnv{env: e, proxy: p, store: st, shas: map[string]string{}, objs: map[string][]byte{}}
+}
+
+// publishPadded publishes path's bytes followed by pad random bytes as
+// id@version (an ELF binary runs with bytes appended) and records them.
+func (f *faultEnv) publishPadded(id, version, path string, pad int) {
+	f.t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	tail := make([]byte, pad)
+	rand.Read(tail)
+	data = append(data, tail...)
+	file := filepath.Join(f.t.TempDir(), id)
+	os.WriteFile(file, data, 0o755)
+	f.publishFile(id, version, file)
+	sum := sha256.Sum256(data)
+	f.shas[id+"@"+version] = hex.EncodeToString(sum[:])
+	f.objs[id+"@"+version] = data
+}
+
+func (f *faultEnv) published(id, version string) string { return f.shas[id+"@"+version] }
+
+// putObject replaces id@version's artifact in the store behind addond.
+func (f *faultEnv) putObject(id, version string, data []byte) {
+	f.t.Helper()
+	key := "artifacts/" + id + "/" + version + "/linux-amd64/" + id
+	if _, err := f.store.Put(context.Background(), key, bytes.NewReader(data), int64(len(data))); err != nil {
+		f.t.Fatalf("replace %s: %v", key, err)
+	}
+}
+
+// partial is the size of id@version's partial download, -1 if none.
+func (f *faultEnv) partial(id, version string) int64 {
+	fi, err := os.Stat(filepath.Join(f.root, "tmp", id+"@"+version+".part"))
+	if err != nil {
+		return -1
+	}
+	return fi.Size()
+}
+
+// upgradeUnderFault starts addond with hello 1.0.0 running healthy,
+// injects fault, assigns 2.0.0 and returns the daemon and hello's PID.
+func (f *faultEnv) upgradeUnderFault(t *testing.T, fault *faultproxy.Fault, pad int) (*daemonProc, map[string]int) {
+	t.Helper()
+	hello := filepath.Join(bin, "hello")
+	f.publishPadded("hello", "1.0.0", hello, 0)
+	f.publishPadded("hello", "2.0.0", hello, pad)
+	f.assign("hello@1.0.0")
+	d, _ := f.startReady(t)
+	d.waitAddon(t, "hello", 30*time.Second, "running healthy", runningHealthy("1.0.0"))
+	before := pids(t, d.client, "hello")
+	if fault != nil {
+		f.proxy.Inject(*fault)
+	}
+	f.assign("hello@2.0.0")
+	return d, before
+}
+
+// stillOn waits until status names the fault (last_error contains every
+// word) while hello 1.0.0 keeps running as the same process on its
+// last-known-good, with current on the verified 1.0.0.
+func (f *faultEnv) stillOn(t *testing.T, d *daemonProc, before map[string]int, words ...string) daemon.AddonStatus {
+	t.Helper()
+	a := d.waitAddon(t, "hello", 60*time.Second, "running 1.0.0 with the fault named ("+strings.Join(words, ", ")+")", func(a daemon.AddonStatus) bool {
+		if a.State != "running" || a.ActiveVersion != "1.0.0" || a.Version != "2.0.0" || !a.FromLKG {
+			return false
+		}
+		for _, w := range words {
+			if !strings.Contains(a.LastError, w) {
+				return false
+			}
+		}
+		return true
+	})
+	samePIDs(t, d.client, before)
+	if v := checkCurrent(t, f.root, "hello", f.published); v != "1.0.0" {
+		t.Fatalf("current -> %s during the fault, want 1.0.0", v)
+	}
+	t.Logf("status during the fault: state %s, active %s, from_lkg %v, last_error %q", a.State, a.ActiveVersion, a.FromLKG, a.LastError)
+	return a
+}
+
+// recovers waits, the fault gone, for 2.0.0 to be delivered, proved on
+// probation and promoted, and checks the invariants.
+func (f *faultEnv) recovers(t *testing.T, d *daemonProc, since time.Time) {
+	t.Helper()
+	d.waitAddon(t, "hello", 90*time.Second, "promoted to 2.0.0", func(a daemon.AddonStatus) bool {
+		return runningHealthy("2.0.0")(a) && a.LastError == "" && !a.FromLKG
+	})
+	t.Logf("recovered %v after the fault was removed", time.Since(since).Round(100*time.Millisecond))
+	if v := checkCurrent(t, f.root, "hello", f.published); v != "2.0.0" {
+		t.Fatalf("current -> %s after recovery, want 2.0.0", v)
+	}
+	checkNoPartials(t, f.root)
+}
+
+func (d *daemonProc) logged(s string) bool {
+	b, _ := os.ReadFile(d.log.Name())
+	return strings.Contains(string(b), s)
+}
+
+// eventually polls cond until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not %s within %v", what, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestFaultStoreDownAtStart: addond restarts while the store is down. It
+// reaches READY on the cached document, hello runs from its last-known-
+// good and status says the store is unreachable; the store back, the
+// document is fresh again and nothing restarts.
+func TestFaultStoreDownAtStart(t *testing.T) {
+	f := newFaultEnv(t)
+	f.publishPadded("hello", "1.0.0", filepath.Join(bin, "hello"), 0)
+	f.assign("hello@1.0.0")
+	d, _ := f.startReady(t)
+	d.waitAddon(t, "hello", 30*time.Second, "running healthy", runningHealthy("1.0.0"))
+	d.stop(t)
+
+	f.proxy.Down()
+	d, _ = f.startReady(t)
+	a := d.waitAddon(t, "hello", 30*time.Second, "running from last-known-good", func(a daemon.AddonStatus) bool {
+		return runningHealthy("1.0.0")(a) && a.FromLKG
+	})
+	st, err := d.client.Status(context.Background())
+	if err != nil || !st.Ready || !strings.Contains(st.DocumentError, "connection refused") {
+		t.Fatalf("store down: ready %v, document_error %q (%v); want READY and the refused connection named", st.Ready, st.DocumentError, err)
+	}
+	t.Logf("store down at start: document_error %q", st.DocumentError)
+	checkCurrent(t, f.root, "hello", f.published)
+	before := map[string]int{"hello": a.PID}
+
+	f.proxy.Up(t)
+	d.waitAddon(t, "hello", 30*time.Second, "confirmed by a fresh document", func(a daemon.AddonStatus) bool {
+		return runningHealthy("1.0.0")(a) && !a.FromLKG
+	})
+	if st, _ := d.client.Status(context.Background()); st.DocumentError != "" {
+		t.Fatalf("store back, document_error still %q", st.DocumentError)
+	}
+	samePIDs(t, d.client, before)
+	checkNoPartials(t, f.root)
+}
+
+// TestFaultStoreDownMidDownload: the store goes away while 2.0.0 is half
+// downloaded. 1.0.0 keeps running, the partial file is kept, and when the
+// store is back the download resumes where it stopped.
+func TestFaultStoreDownMidDownload(t *testing.T) {
+	f := newFaultEnv(t)
+	d, before := f.upgradeUnderFault(t, &faultproxy.Fault{Kind: faultproxy.Stall, Match: "/artifacts/hello/2.0.0/", After: 8 << 20}, 24<<20)
+	eventually(t, 30*time.Second, "8 MiB of 2.0.0 on disk", func() bool { return f.partial("hello", "2.0.0") >= 8<<20 })
+	f.proxy.Down()
+	f.stillOn(t, d, before, "2.0.0", "connection refused", "kept to resume")
+	if n := f.partial("hello", "2.0.0"); n < 8<<20 {
+		t.Fatalf("the partial download was not kept for resuming (%d bytes)", n)
+	}
+	f.proxy.Clear()
+	f.proxy.Up(t)
+	f.recovers(t, d, time.Now())
+	if !d.logged("resuming download") {
+		t.Fatal("the download started again from zero instead of resuming")
+	}
+}
+
+// TestFaultConnectionResetMidBody: every connection for 2.0.0's body is
+// reset after 4 MiB. The add-on's error names it; once the connections
+// hold, the download resumes with a Range request.
+func TestFaultConnectionResetMidBody(t *testing.T) {
+	f := newFaultEnv(t)
+	d, before := f.upgradeUnderFault(t, &faultproxy.Fault{Kind: faultproxy.Cut, Match: "/artifacts/hello/2.0.0/", After: 4 << 20}, 24<<20)
+	f.stillOn(t, d, before, "2.0.0", "connection reset", "kept to resume")
+	f.proxy.Clear()
+	f.recovers(t, d, time.Now())
+	if !d.logged("resuming download") {
+		t.Fatal("the download did not resume after the resets")
+	}
+}
+
+// TestFaultBitFlip: one bit of 2.0.0's body is flipped in transit. The
+// streaming verification refuses it, nothing of it is kept, 1.0.0 runs on;
+// with the bytes intact again it arrives.
+func TestFaultBitFlip(t *testing.T) {
+	f := newFaultEnv(t)
+	d, before := f.upgradeUnderFault(t, &faultproxy.Fault{Kind: faultproxy.Flip, Match: "/artifacts/hello/2.0.0/", After: 5 << 20}, 8<<20)
+	f.stillOn(t, d, before, "2.0.0", "sha256 mismatch")
+	checkNoPartials(t, f.root)
+	if _, err := os.Stat(filepath.Join(f.root, "addons", "hello", "versions", "2.0.0")); err == nil {
+		t.Fatal("a version that failed verification has a directory under versions/")
+	}
+	f.proxy.Clear()
+	f.recovers(t, d, time.Now())
+}
+
+// TestFaultObjectReplacedBetweenRanges: the connection is cut mid-body,
+// and before the download resumes the object is replaced (its ETag
+// changes). The resumed range is refused by If-Match, the download starts
+// again from zero, and the new bytes fail verification against the signed
+// sha256 — never a splice of two objects. The original back, it arrives.
+func TestFaultObjectReplacedBetweenRanges(t *testing.T) {
+	f := newFaultEnv(t)
+	f.extra["download_retries"] = 8
+	unavailable := &faultproxy.Fault{Kind: faultproxy.Status, Match: "/artifacts/hello/2.0.0/", Code: 503}
+	d, before := f.upgradeUnderFault(t, &faultproxy.Fault{Kind: faultproxy.Cut, Match: "/artifacts/hello/2.0.0/", After: 4 << 20, Times: 1, Then: unavailable}, 24<<20)
+	eventually(t, 30*time.Second, "the first range cut", func() bool { return d.logged("download interrupted, retrying") })
+	other := make([]byte, len(f.objs["hello@2.0.0"]))
+	rand.Read(other)
+	f.putObject("hello", "2.0.0", other)
+	f.proxy.Clear()
+	f.stillOn(t, d, before, "2.0.0", "sha256 mismatch")
+	if !d.logged("download starts again from zero") {
+		t.Fatal("the changed object was not detected between ranges")
+	}
+	checkNoPartials(t, f.root)
+	f.putObject("hello", "2.0.0", f.objs["hello@2.0.0"])
+	f.recovers(t, d, time.Now())
+}
+
+// TestFaultDiskFull: the runtime root's file system fills up while 2.0.0
+// is being written. The download fails naming the full disk and removes
+// its partial file, state stays intact, 1.0.0 runs on; with a full disk
+// the next attempt is refused before a byte is written; with space again
+// 2.0.0 arrives.
+func TestFaultDiskFull(t *testing.T) {
+	f := newFaultEnv(t)
+	if err := os.MkdirAll(f.root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=48m,mode=0755", "tmpfs", f.root).CombinedOutput(); err != nil {
+		t.Fatalf("mount a small tmpfs as the runtime root (needs root): %v\n%s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", f.root).Run() }) // after addond stops
+	d, before := f.upgradeUnderFault(t, &faultproxy.Fault{Kind: faultproxy.Stall, Match: "/artifacts/hello/2.0.0/", After: 1 << 20}, 4<<20)
+	eventually(t, 30*time.Second, "1 MiB of 2.0.0 on disk", func() bool { return f.partial("hello", "2.0.0") >= 1<<20 })
+
+	// Fill the file system but for 512 KiB, then let the body flow.
+	var fs unix.Statfs_t
+	if err := unix.Statfs(f.root, &fs); err != nil {
+		t.Fatal(err)
+	}
+	filler := filepath.Join(f.root, "filler")
+	if out, err := exec.Command("fallocate", "-l", strconv.FormatInt(int64(fs.Bavail)*fs.Bsize-512<<10, 10), filler).CombinedOutput(); err != nil {
+		t.Fatalf("fallocate: %v\n%s", err, out)
+	}
+	f.proxy.Clear()
+	f.stillOn(t, d, before, "2.0.0", "disk full")
+	if n := f.partial("hello", "2.0.0"); n != -1 {
+		t.Fatalf("a partial download of %d bytes left on a full disk", n)
+	}
+	// The next attempts are refused before writing.
+	f.stillOn(t, d, before, "2.0.0", "not enough free space")
+	checkNoPartials(t, f.root)
+
+	os.Remove(filler)
+	f.recovers(t, d, time.Now())
+}
