@@ -68,7 +68,7 @@ func newStatus() *cobra.Command {
 			if !st.Ready {
 				ready = "starting"
 			}
-			fmt.Fprintf(out, "agent %s (addond %s), %s, serial %d\n", st.AgentID, st.Version, ready, st.Serial)
+			fmt.Fprintf(out, "agent %s (addond %s), %s, serial %d%s\n", st.AgentID, st.Version, ready, st.Serial, staleness(st, time.Now()))
 			if st.DocumentError != "" {
 				fmt.Fprintf(out, "assignments: %s\n", st.DocumentError)
 			}
@@ -88,6 +88,35 @@ func newStatus() *cobra.Command {
 	sf.add(c)
 	c.Flags().BoolVar(&asJSON, "json", false, "print /v1/status as JSON")
 	return c
+}
+
+// staleness is the header's note when the assignment document in use is
+// not confirmed by the source: add-ons keep running on what they ran.
+func staleness(st *daemon.Status, now time.Time) string {
+	if !st.Ready || st.DocumentFresh {
+		return ""
+	}
+	if st.DocumentError == "" && st.DocumentCheckedAt == nil && st.DocumentAppliedAt == nil {
+		return "" // not yet reconciled (or an addond that does not say)
+	}
+	s := ", assignments STALE (add-ons keep their last-known-good"
+	if t := st.DocumentCheckedAt; t != nil {
+		s += "; last checked " + ago(now, *t)
+	} else {
+		s += "; not checked since addond started"
+	}
+	if t := st.DocumentAppliedAt; t != nil {
+		s += ", applied " + ago(now, *t)
+	}
+	return s + ")"
+}
+
+func ago(now, t time.Time) string {
+	d := now.Sub(t).Round(time.Second)
+	if d < time.Second {
+		return "just now"
+	}
+	return d.String() + " ago"
 }
 
 func dash(s string) string {
