@@ -330,12 +330,12 @@ func TestStoreDownFreshness(t *testing.T) {
 	store := filepath.Join(e.dir, "store")
 	stale := func(what string) {
 		t.Helper()
-		st := arWaitStatus(t, d, 10*time.Second, what, func(st *daemon.Status) bool {
+		arWaitStatus(t, d, 10*time.Second, what, func(st *daemon.Status) bool {
 			return !st.DocumentFresh && st.DocumentError != "" && len(st.Addons) == 1 && st.Addons[0].FromLKG
 		})
 		time.Sleep(2500 * time.Millisecond) // the cached document applies on every poll
 		a := d.waitAddon(t, "hello", time.Second, "running 1.0.0 from last-known-good", runningHealthy("1.0.0"))
-		st, _ = d.client.Status(context.Background())
+		st, _ := d.client.Status(context.Background())
 		if !a.FromLKG || st.DocumentFresh || !strings.Contains(st.DocumentError, "unreachable") || st.DocumentAppliedAt == nil || !st.DocumentAppliedAt.Equal(applied) {
 			t.Fatalf("%s: %+v", what, st)
 		}
