@@ -32,6 +32,9 @@ func TestCapsInMachine(t *testing.T) {
 			e.run("addonctl", "publish", "--store", e.storeURL, "--key", filepath.Join(e.dir, "keys", "signing.key"),
 				"--id", "pingsweep", "--version", v, "--os-capability", "cap_net_raw", "linux/amd64="+filepath.Join(bin, "pingsweep"))
 		}
+		// hello: an add-on without capabilities beside it, which the
+		// updater's absence must not touch.
+		e.publishFile("hello", "1.0.0", filepath.Join(bin, "hello"))
 		nspawn.RunTest(t, nspawn.RunOptions{
 			Files: []string{filepath.Join(bin, "addond"), filepath.Join(bin, "addonctl"), filepath.Join(bin, "addond-updater")},
 			Dirs:  map[string]string{filepath.Join(e.dir, "store"): "/srv/store", filepath.Join(e.dir, "keys"): "/srv/keys"},
@@ -53,7 +56,7 @@ for i in $(seq 1 100); do [ -S /run/addond-updater.sock ] && break; sleep 0.05; 
 		cfg := "/var/lib/addond/pingsweep.json"
 		os.WriteFile(cfg, []byte(`{"targets": ["127.0.0.1"], "interval": "200ms"}`), 0o644)
 		out, err := exec.Command(filepath.Join(bin, "addonctl"), "assign", "--store", store, "--agent", "edge-01",
-			"--key", "/srv/keys/signing.key", "--addon", ref, "--config", "pingsweep="+cfg).CombinedOutput()
+			"--key", "/srv/keys/signing.key", "--addon", ref, "--config", "pingsweep="+cfg, "--addon", "hello@1.0.0").CombinedOutput()
 		if err != nil {
 			t.Fatalf("addonctl assign: %v\n%s", err, out)
 		}
@@ -126,14 +129,29 @@ for i in $(seq 1 100); do [ -S /run/addond-updater.sock ] && break; sleep 0.05; 
 	}
 
 	// The updater is gone (addond points at a socket nobody serves).
+	d.waitAddon(t, "hello", 30*time.Second, "running healthy", runningHealthy("1.0.0"))
+	before := pids(t, d.client, "hello", "pingsweep")
 	d.stop(t)
 	writeConfig("/run/no-updater.sock")
 	assign("pingsweep@1.1.0")
+	restart := time.Now()
 	d = start()
 	a = d.waitAddon(t, "pingsweep", 30*time.Second, "1.0.0 from the earlier copy, 1.1.0 waiting for the updater", func(s daemon.AddonStatus) bool {
-		return s.ActiveVersion == "1.0.0" && s.Health == "healthy" && s.Version == "1.1.0" && strings.Contains(s.LastError, "not available")
+		return s.ActiveVersion == "1.0.0" && s.Health == "healthy" && s.Version == "1.1.0" && strings.Contains(s.LastError, "addond-updater is not available")
 	})
+	t.Logf("updater gone: pingsweep 1.1.0 waiting, 1.0.0 healthy %v after the restart; last_error %q", time.Since(restart).Round(time.Millisecond), a.LastError)
 	checkProcess(a.PID, "1.0.0")
+	// The invariants: nothing restarted (hello does not wait on the
+	// updater; pingsweep 1.0.0 is reattached from the copy made earlier),
+	// current stays on the verified 1.0.0, no partial file is left.
+	d.waitAddon(t, "hello", 30*time.Second, "running healthy", runningHealthy("1.0.0"))
+	samePIDs(t, d.client, before)
+	t.Logf("updater gone: PIDs kept across the restart %v", before)
+	published := func(id, version string) string { return publishedSHA(t, "/srv/store", id, version) }
+	if v := checkCurrent(t, root, "pingsweep", published); v != "1.0.0" {
+		t.Fatalf("current -> %s while 1.1.0 waits for the updater, want 1.0.0", v)
+	}
+	checkCurrent(t, root, "hello", published)
 	if b, _ := os.ReadFile(logf.Name()); !strings.Contains(string(b), "running the capped copy made earlier") {
 		t.Fatal("the last-known-good did not come from the copy made earlier")
 	}
@@ -142,6 +160,8 @@ for i in $(seq 1 100); do [ -S /run/addond-updater.sock ] && break; sleep 0.05; 
 	if strings.Contains(string(st), `"failed"`) && strings.Contains(string(st), "1.1.0") {
 		t.Fatalf("1.1.0 was marked failed for the updater's absence:\n%s", st)
 	}
+	checkNoPartials(t, root)
+	samePIDs(t, d.client, before)
 
 	// The updater is back: 1.1.0 is capped and promoted.
 	d.stop(t)
