@@ -681,6 +681,7 @@ func (r *runner) converge(ctx context.Context, ar *addonRun) {
 		// Not retried until the assignment changes or `addonctl retry`.
 		if ar.running != nil && ar.running.Version != d.Version {
 			ar.set("rolled_back", f.Reason)
+			ar.fromLKG = true // the desired version is not what runs
 		} else if ar.running == nil {
 			ar.set("failed", f.Reason)
 		}
@@ -994,6 +995,7 @@ func (r *runner) rollback(ctx context.Context, ar *addonRun, reason string) {
 	delivery.FaultPoint("rollback-activated")
 	r.start(ctx, ar, *lkg)
 	ar.set("rolled_back", reason)
+	ar.fromLKG = true
 }
 
 // handle serves a request from the status API.

@@ -211,6 +211,24 @@ func TestAntirollbackEndToEnd(t *testing.T) {
 	if m := arMetrics(t, metrics); !strings.Contains(m, `addond_downgrades_refused_total{addon_id="hello"} 2`+"\n") {
 		t.Fatalf("/metrics after the second refusal:\n%s", grepLines(m, "downgrade"))
 	}
+
+	// A health rollback is not a downgrade: 1.3.0 fails probation and
+	// addond goes back to 1.1.0, lower than the highest (now 1.3.0).
+	e.publishFile("hello", "1.3.0", hello)
+	e.assignWithConfig("hello@1.3.0", "hello", `{"health":"unhealthy"}`)
+	d.client.Reconcile(context.Background())
+	rb := d.waitAddon(t, "hello", 20*time.Second, "rolled back to 1.1.0", func(a daemon.AddonStatus) bool {
+		return a.State == "rolled_back" && a.ActiveVersion == "1.1.0" && a.Health == "healthy"
+	})
+	if !strings.Contains(rb.LastError, "probation") || !rb.FromLKG || rb.Version != "1.3.0" {
+		t.Fatalf("after the health rollback: %+v", rb)
+	}
+	if target, _ := os.Readlink(filepath.Join(e.root, "addons/hello/current")); target != "versions/1.1.0" {
+		t.Fatalf("current -> %s after the health rollback", target)
+	}
+	if h := e.arHighest("hello"); h != "1.3.0" {
+		t.Fatalf("highest_version = %q after 1.3.0 was activated, want 1.3.0", h)
+	}
 }
 
 func grepLines(s, word string) string {
