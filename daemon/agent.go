@@ -271,7 +271,7 @@ func (a *Agent) document(ctx context.Context, ast *state.Agent, rep *Report) (*a
 		rep.Fresh = true
 		return &assignment.Document{AgentID: a.cfg.AgentID}, true, nil
 	}
-	policy := source.Policy{AgentID: a.cfg.AgentID, Keys: a.keys, RequireSignatures: a.cfg.Trust.Required(), LastSerial: ast.LastSerial, LastConfigVersion: ast.ConfigVersion}
+	policy := source.Policy{AgentID: a.cfg.AgentID, Keys: a.keys, RequireSignatures: a.cfg.Trust.Required(), LastSerial: ast.LastSerial, LastDigest: ast.DocumentDigest}
 	f, err := a.src.Fetch(ctx, ast.DocumentToken)
 	if err == nil {
 		doc, aerr := source.Accept(f, policy)
@@ -281,7 +281,7 @@ func (a *Agent) document(ctx context.Context, ast *state.Agent, rep *Report) (*a
 				return nil, false, err
 			}
 			now := time.Now().UTC()
-			*ast = state.Agent{LastSerial: max(doc.Serial, ast.LastSerial), ConfigVersion: cv, DocumentToken: f.Token, AppliedAt: now}
+			*ast = state.Agent{LastSerial: max(doc.Serial, ast.LastSerial), ConfigVersion: cv, DocumentToken: f.Token, DocumentDigest: source.DocumentDigest(f.Raw), AppliedAt: now}
 			if err := state.SaveAgent(a.cfg.RuntimeRoot, ast); err != nil {
 				return nil, false, err
 			}

@@ -219,6 +219,8 @@ func TestReplayRefusedAndCacheKept(t *testing.T) {
 			t.Fatal(rep.Errors())
 		}
 		cached, _ := os.ReadFile(filepath.Join(f.root, "state/assignments.json"))
+		appliedRaw, _, _ := store.ReadSmall(ctx, f.st, key, 1<<20, store.OpenOptions{})
+		appliedSig, _, _ := store.ReadSmall(ctx, f.st, key+".sig", 1<<10, store.OpenOptions{})
 		agentBefore, _ := os.ReadFile(filepath.Join(f.root, "state/agent.json"))
 
 		replay := func() {
@@ -271,10 +273,16 @@ func TestReplayRefusedAndCacheKept(t *testing.T) {
 		if f.current("hello") != "1.1.0" {
 			t.Fatal("the same-serial document removed hello")
 		}
-		// The applied document written again (new ETag or mtime, same
-		// content, other formatting): accepted, fresh.
+		// The same content in other bytes is not the applied document.
 		raw, _ = json.MarshalIndent(doc, "", "\t")
 		f.putDoc(raw, true)
+		if rep := f.stage(); !errors.As(rep.DocumentErr, &re) || !re.SameSerial {
+			t.Fatalf("same serial, reformatted: %v", rep.DocumentErr)
+		}
+		// The applied document written again (a new ETag or mtime, the
+		// same bytes): accepted, fresh.
+		f.st.Put(ctx, key, bytes.NewReader(appliedRaw), int64(len(appliedRaw)))
+		f.st.Put(ctx, key+".sig", bytes.NewReader(appliedSig), int64(len(appliedSig)))
 		if rep := f.stage(); !rep.Converged() || !rep.Fresh || rep.DocumentErr != nil {
 			t.Fatalf("the same document again: %v", rep.Errors())
 		}

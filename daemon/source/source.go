@@ -8,6 +8,8 @@ package source
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -111,10 +113,17 @@ type Policy struct {
 	Keys              *signing.Keyring
 	RequireSignatures bool
 	LastSerial        uint64
-	// LastConfigVersion is the config version (assignment.
-	// ComputeConfigVersion) of the document applied at LastSerial; ""
-	// when unknown.
-	LastConfigVersion string
+	// LastDigest is DocumentDigest of the document applied at
+	// LastSerial; "" when unknown (state from before it was kept).
+	LastDigest string
+}
+
+// DocumentDigest identifies a document's exact bytes (hex sha256). The
+// bytes, not the parsed content: a newer addond that understands more
+// fields must still recognize the document it applied before.
+func DocumentDigest(raw []byte) string {
+	sum := sha256.Sum256(raw)
+	return hex.EncodeToString(sum[:])
 }
 
 // Rejection reasons callers and status distinguish.
@@ -150,9 +159,8 @@ func (e *ReplayError) Unwrap() error { return ErrSerialReplay }
 // Replays are refused (a *ReplayError): a serial lower than the last
 // applied one, for any document from the store and, when signatures are
 // required, for any document at all; and, when signatures are required,
-// the last applied serial with a different content (a document is
-// identified by its config version, so fetching the same document again
-// is accepted). A local file without signatures required may go back: it
+// the last applied serial with other bytes (fetching the same document
+// again is accepted). A local file without signatures required may go back: it
 // is the operator's own configuration.
 func Accept(f *Fetched, p Policy) (*assignment.Document, error) {
 	if f.Sig != nil {
@@ -176,10 +184,8 @@ func Accept(f *Fetched, p Policy) (*assignment.Document, error) {
 	if (p.RequireSignatures || f.Remote) && doc.Serial < p.LastSerial {
 		return nil, fmt.Errorf("assignments %s: %w", f.Origin, &ReplayError{Serial: doc.Serial, LastSerial: p.LastSerial})
 	}
-	if p.RequireSignatures && doc.Serial == p.LastSerial && p.LastConfigVersion != "" {
-		if cv, err := assignment.ComputeConfigVersion(*doc); err == nil && cv != p.LastConfigVersion {
-			return nil, fmt.Errorf("assignments %s: %w", f.Origin, &ReplayError{Serial: doc.Serial, LastSerial: p.LastSerial, SameSerial: true})
-		}
+	if p.RequireSignatures && doc.Serial == p.LastSerial && p.LastDigest != "" && DocumentDigest(f.Raw) != p.LastDigest {
+		return nil, fmt.Errorf("assignments %s: %w", f.Origin, &ReplayError{Serial: doc.Serial, LastSerial: p.LastSerial, SameSerial: true})
 	}
 	return doc, nil
 }

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/signing"
 )
 
@@ -38,8 +37,7 @@ func TestAccept(t *testing.T) {
 	doc := []byte(`{"agent_id":"edge-01","serial":5,"addons":[]}`)
 	sig := []byte(hex.EncodeToString(ed25519.Sign(priv, doc)))
 	policy := Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 5}
-	parsed, _ := assignment.Parse(doc)
-	cv, _ := assignment.ComputeConfigVersion(*parsed)
+	cv := DocumentDigest(doc)
 	// The same serial, other content; and doc again with other whitespace.
 	other := []byte(`{"agent_id":"edge-01","serial":5,"addons":[{"addon_id":"hello","version":"1.0.0"}]}`)
 	otherSig := []byte(hex.EncodeToString(ed25519.Sign(priv, other)))
@@ -59,11 +57,11 @@ func TestAccept(t *testing.T) {
 		{"replay from the store, signatures not required", Fetched{Raw: doc, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, LastSerial: 6}, ErrSerialReplay},
 		{"replay of a signed local file", Fetched{Raw: doc, Sig: sig}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 6}, ErrSerialReplay},
 		{"local file going back, signatures not required", Fetched{Raw: doc}, Policy{AgentID: "edge-01", Keys: keys, LastSerial: 6}, nil},
-		{"same serial, same content", Fetched{Raw: doc, Sig: sig, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 5, LastConfigVersion: cv}, nil},
-		{"same serial, other content", Fetched{Raw: other, Sig: otherSig, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 5, LastConfigVersion: cv}, ErrSerialReplay},
-		{"same serial, other content, signatures not required", Fetched{Raw: other, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, LastSerial: 5, LastConfigVersion: cv}, nil},
-		{"same serial, config version unknown", Fetched{Raw: other, Sig: otherSig, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 5}, nil},
-		{"higher serial", Fetched{Raw: other, Sig: otherSig, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 4, LastConfigVersion: cv}, nil},
+		{"same serial, same content", Fetched{Raw: doc, Sig: sig, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 5, LastDigest: cv}, nil},
+		{"same serial, other content", Fetched{Raw: other, Sig: otherSig, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 5, LastDigest: cv}, ErrSerialReplay},
+		{"same serial, other content, signatures not required", Fetched{Raw: other, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, LastSerial: 5, LastDigest: cv}, nil},
+		{"same serial, digest unknown", Fetched{Raw: other, Sig: otherSig, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 5}, nil},
+		{"higher serial", Fetched{Raw: other, Sig: otherSig, Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 4, LastDigest: cv}, nil},
 	}
 	respaced := []byte(`{ "agent_id": "edge-01", "serial": 5, "addons": [] }`)
 	cases = append(cases, struct {
@@ -71,7 +69,7 @@ func TestAccept(t *testing.T) {
 		f    Fetched
 		p    Policy
 		want error
-	}{"same serial, same document reformatted", Fetched{Raw: respaced, Sig: []byte(hex.EncodeToString(ed25519.Sign(priv, respaced))), Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 5, LastConfigVersion: cv}, nil})
+	}{"same serial, same content reformatted (other bytes)", Fetched{Raw: respaced, Sig: []byte(hex.EncodeToString(ed25519.Sign(priv, respaced))), Remote: true}, Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: true, LastSerial: 5, LastDigest: cv}, ErrSerialReplay})
 	for _, tc := range cases {
 		_, err := Accept(&tc.f, tc.p)
 		if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {

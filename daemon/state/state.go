@@ -147,10 +147,14 @@ func SaveAddon(root, id string, a *Addon) error {
 
 // Agent is state/agent.json.
 type Agent struct {
-	LastSerial    uint64    `json:"last_serial"`
-	ConfigVersion string    `json:"config_version,omitempty"`
-	DocumentToken string    `json:"document_token,omitempty"` // ETag or file identity of the accepted document
-	AppliedAt     time.Time `json:"applied_at,omitempty"`
+	LastSerial    uint64 `json:"last_serial"`
+	ConfigVersion string `json:"config_version,omitempty"`
+	DocumentToken string `json:"document_token,omitempty"` // ETag or file identity of the accepted document
+	// DocumentDigest is the sha256 of the accepted document's bytes
+	// (source.DocumentDigest): the same serial with other bytes is a
+	// replay when signatures are required.
+	DocumentDigest string    `json:"document_sha256,omitempty"`
+	AppliedAt      time.Time `json:"applied_at,omitempty"`
 }
 
 func agentDir(root string) string { return filepath.Join(root, "state") }
