@@ -157,3 +157,13 @@ func FuzzCompareVersions(f *testing.F) {
 		}
 	})
 }
+
+func TestOverridesPinsVersion(t *testing.T) {
+	ov, err := ParseOverrides([]byte(`{"addons":[{"addon_id":"a","version":"1.0.0"},{"addon_id":"b","enabled":false}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ov.PinsVersion("a") || ov.PinsVersion("b") || ov.PinsVersion("c") || (*Overrides)(nil).PinsVersion("a") {
+		t.Fatal("PinsVersion: only a's entry sets the version")
+	}
+}
