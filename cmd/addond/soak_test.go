@@ -59,8 +59,9 @@ import (
 // holds: each assigned add-on runs healthy on its expected version,
 // current is complete and verified (checkCurrent), no partial file is left
 // (checkNoPartials), addond's children are exactly the running add-ons, no
-// process of a removed add-on is left, no directory of one either, and
-// stopping addond stops its sidecars.
+// process of a removed add-on is left, no directory of one either, a
+// reloaded config (SIGHUP) still takes effect, and stopping addond stops
+// its sidecars.
 //
 // The long run (the lead's `make soak`):
 //
@@ -107,6 +108,7 @@ type soakWant struct {
 
 type soakFigures struct {
 	rss, heap       int64
+	anon, file      int64 // RssAnon and RssFile of /proc/<pid>/status
 	goroutines, fds int
 	fdTargets       []string
 }
@@ -132,6 +134,7 @@ type soak struct {
 
 func newSoak(t *testing.T, seed uint64) *soak {
 	e := newEnv(t, "s3")
+	e.extraEnv = append(e.extraEnv, "GOTRACEBACK=all") // for fatalf's dump
 	srv := miniotest.Require(t)
 	proxy := faultproxy.Start(t, srv.Endpoint, "/artifacts/", "/agents/")
 	// addond reaches the store through the proxy; the publisher (addonctl)
@@ -208,6 +211,25 @@ func fileSHA(t *testing.T, path string) string {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+// fatalf fails the test after a goroutine dump of addond (SIGQUIT; it
+// lands in the log startDaemon prints): a soak that fails may have found a
+// hang, and the dump says where.
+func (s *soak) fatalf(format string, args ...any) {
+	s.t.Helper()
+	if s.d != nil && s.d.cmd.ProcessState == nil {
+		syscall.Kill(s.pid, syscall.SIGQUIT)
+		done := make(chan struct{})
+		go func() { s.d.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			s.d.cmd.Process.Kill()
+			<-done
+		}
+	}
+	s.t.Fatalf(format, args...)
 }
 
 func (s *soak) logf(format string, args ...any) {
@@ -294,11 +316,13 @@ func (s *soak) call(method, path string, out any) error {
 func (s *soak) reconcile() {
 	s.t.Helper()
 	if s.rng.IntN(2) == 0 {
-		s.e.run("addonctl", "--socket", s.d.socket, "reconcile")
+		if r := s.e.exec(nil, "addonctl", "--socket", s.d.socket, "reconcile"); r.code != 0 {
+			s.fatalf("soak: addonctl reconcile: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
 		return
 	}
 	if err := s.call(http.MethodPost, "/v1/reconcile", nil); err != nil {
-		s.t.Fatalf("reconcile: %v", err)
+		s.fatalf("soak: reconcile: %v", err)
 	}
 }
 
@@ -322,7 +346,7 @@ func (s *soak) waitStatus(timeout time.Duration, what string, ok func(*daemon.St
 		if time.Now().After(deadline) {
 			s.alive()
 			b, _ := json.MarshalIndent(last, "", "  ")
-			s.t.Fatalf("soak: not %s within %v (last status error %v); last status:\n%s", what, timeout, lastErr, b)
+			s.fatalf("soak: not %s within %v (last status error %v); last status:\n%s", what, timeout, lastErr, b)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -475,7 +499,7 @@ func (s *soak) measure(samples int) soakFigures {
 		}
 		m, err := s.scrape()
 		if err != nil {
-			s.t.Fatalf("soak: /metrics: %v", err)
+			s.fatalf("soak: /metrics: %v", err)
 		}
 		for _, k := range []string{"process_resident_memory_bytes", "go_goroutines", "process_open_fds", "go_memstats_heap_inuse_bytes"} {
 			if _, ok := m[k]; !ok {
@@ -492,12 +516,38 @@ func (s *soak) measure(samples int) soakFigures {
 		if i == 0 || g < f.goroutines {
 			f.goroutines = g
 		}
+		anon, file := s.procRSS()
+		if i == 0 || anon < f.anon {
+			f.anon = anon
+		}
+		if i == 0 || file < f.file {
+			f.file = file
+		}
 		if i == 0 || fds < f.fds {
 			f.fds = fds
 			f.fdTargets = s.fdTargets()
 		}
 	}
 	return f
+}
+
+// procRSS returns addond's anonymous and file-backed resident memory.
+func (s *soak) procRSS() (anon, file int64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.pid))
+	if err != nil {
+		s.t.Fatalf("soak: addond's status: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		switch k {
+		case "RssAnon":
+			anon = n << 10
+		case "RssFile":
+			file = n << 10
+		}
+	}
+	return anon, file
 }
 
 // fdTargets lists what addond's fds point at, for a leak's report.
@@ -517,7 +567,12 @@ func (s *soak) fdTargets() []string {
 }
 
 func (f soakFigures) String() string {
-	return fmt.Sprintf("RSS %.1f MiB (heap in use %.1f MiB), %d goroutines, %d fds", float64(f.rss)/(1<<20), float64(f.heap)/(1<<20), f.goroutines, f.fds)
+	return fmt.Sprintf("RSS %.1f MiB (anonymous %.1f, file-backed %.1f; heap in use %.1f MiB), %d goroutines, %d fds",
+		mib(f.rss), mib(f.anon), mib(f.file), mib(f.heap), f.goroutines, f.fds)
+}
+
+func mib(n int64) float64 {
+	return float64(n) / (1 << 20)
 }
 
 // stablePIDs returns the PIDs of the add-ons that run healthy on their
@@ -538,7 +593,7 @@ func (s *soak) run(duration time.Duration) {
 
 	// Warm-up: the initial assignment, converged and settled.
 	s.assign(s.initial)
-	d, _ := e.startReady(t)
+	d, notify := e.startReady(t)
 	s.d, s.pid = d, d.cmd.Process.Pid
 	s.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		DisableKeepAlives: true,
@@ -558,6 +613,7 @@ func (s *soak) run(duration time.Duration) {
 	lastProgress := began
 	for time.Since(began) < duration {
 		s.alive()
+		drain(notify) // its buffer is finite: a full one would block addond's sd_notify
 		s.steps++
 		switch r := s.rng.IntN(100); {
 		case r < 55:
@@ -604,11 +660,11 @@ func (s *soak) run(duration time.Duration) {
 	s.rollbacks = int(m["addond_rollbacks_total"])
 
 	summary := fmt.Sprintf("soak summary: seed %d, duration %v (+%v back to the initial assignment); "+
-		"RSS %.1f → %.1f MiB, goroutines %d → %d, open fds %d → %d (heap in use %.1f → %.1f MiB); "+
-		"%d steps, %d add-on crashes (kill -9), %d store outages, %d artifact faults (%d hit a download), %d rollbacks",
+		"RSS %.1f → %.1f MiB (anonymous %.1f → %.1f, file-backed %.1f → %.1f; heap in use %.1f → %.1f), goroutines %d → %d, open fds %d → %d; "+
+		"%d steps, %d add-on crashes (kill -9), %d store outages, %d artifact faults (%d requests hit), %d rollbacks",
 		s.seed, churned.Round(time.Second), (time.Since(began) - churned).Round(time.Second),
-		float64(startFig.rss)/(1<<20), float64(endFig.rss)/(1<<20), startFig.goroutines, endFig.goroutines,
-		startFig.fds, endFig.fds, float64(startFig.heap)/(1<<20), float64(endFig.heap)/(1<<20),
+		mib(startFig.rss), mib(endFig.rss), mib(startFig.anon), mib(endFig.anon), mib(startFig.file), mib(endFig.file),
+		mib(startFig.heap), mib(endFig.heap), startFig.goroutines, endFig.goroutines, startFig.fds, endFig.fds,
 		s.steps, s.crashes, s.outages, s.faults, s.faultHits, s.rollbacks)
 	t.Log(summary)
 	s.logf("%s", summary)
@@ -630,6 +686,22 @@ func (s *soak) run(duration time.Duration) {
 
 	s.checkInvariants(st)
 
+	// The loop's bookkeeping came through too: a reloaded config still
+	// takes effect (it waits for downloads in flight, so a miscounted
+	// download would hold it back for good).
+	ov := filepath.Join(e.dir, "addons.local.json")
+	if err := os.WriteFile(ov, []byte(`{"addons":[{"addon_id":"soak1","enabled":false}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.extra["local_overrides"] = ov
+	e.writeConfig(map[string]any{"status_socket": d.socket, "systemd": map[string]string{"manager": "none"}, "poll_interval": "1s"})
+	drain(notify)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	notify.waitFor(t, "RELOADING=1", 10*time.Second)
+	notify.waitFor(t, "READY=1", 10*time.Second)
+	s.desired["soak1"] = soakWant{s.desired["soak1"].version, false}
+	s.waitStatus(15*time.Second, "soak1 disabled by a reloaded config", s.converged)
+
 	// Stopping addond stops its sidecars (manager none: they are its
 	// children) and leaves no process of any add-on.
 	d.stop(t)
@@ -639,6 +711,16 @@ func (s *soak) run(duration time.Duration) {
 			t.Fatalf("soak: add-on processes outlived addond: %v", s.addonProcs())
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func drain(n *notifySocket) {
+	for {
+		select {
+		case <-n.msgs:
+		default:
+			return
+		}
 	}
 }
 
@@ -759,7 +841,7 @@ func (s *soak) crash() {
 	s.t.Helper()
 	st, err := s.status()
 	if err != nil {
-		s.t.Fatalf("soak: status: %v", err)
+		s.fatalf("soak: status: %v", err)
 	}
 	var cands []daemon.AddonStatus
 	for _, a := range st.Addons {
@@ -801,7 +883,7 @@ func (s *soak) outage() {
 	s.t.Helper()
 	st, err := s.status()
 	if err != nil {
-		s.t.Fatalf("soak: status: %v", err)
+		s.fatalf("soak: status: %v", err)
 	}
 	before := stablePIDs(st)
 	s.proxy.Down()
@@ -831,13 +913,17 @@ func (s *soak) outage() {
 }
 
 // artifactFault arms a Cut or Flip for the next artifact download and
-// churns so that one is likely.
+// churns so that one is likely (an add-on added again is downloaded
+// again).
 func (s *soak) artifactFault() {
 	s.t.Helper()
 	s.faultHits += s.proxy.Hits()
+	// A download is a HEAD, then a GET: a Flip spares the HEAD (it has no
+	// body) and corrupts the GET's body; a Cut resets the HEAD, which the
+	// S3 client retries.
 	f := faultproxy.Fault{Kind: faultproxy.Cut, Match: "/artifacts/", After: int64(s.rng.IntN(4 << 20)), Times: 1}
 	if s.rng.IntN(2) == 0 {
-		f.Kind = faultproxy.Flip
+		f.Kind, f.Times = faultproxy.Flip, 2
 	}
 	s.proxy.Inject(f)
 	s.faults++
