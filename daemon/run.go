@@ -318,31 +318,30 @@ func (r *runner) startLastKnownGood(ctx context.Context) {
 			continue
 		}
 		if cur != st.LKG.Version {
-			// addond stopped while a new version was on probation: go
+			// current is not the last-known-good: addond stopped between
+			// activating a version and proving it — on probation, right
+			// after the swap before the probation was recorded, or in the
+			// middle of a rollback (after the version was recorded failed,
+			// before current was swapped back). Nothing unproven starts:
 			// back to the last-known-good now — the store may be down —
-			// and let the next reconcile try the new version again. Or it
-			// stopped in the middle of a rollback, after current's version
-			// was recorded failed and before current was swapped back:
-			// finish the rollback (the failed version is not retried).
-			p := st.Probation
-			f, failed := st.Failed[cur]
-			failed = failed && f.SHA256 == st.Staged[cur].SHA256
-			if !failed && (p == nil || p.Version != cur || p.Previous != st.LKG.Version) {
-				continue
+			// and the next reconcile tries the new version again on
+			// probation, unless it is recorded failed.
+			why := "an activation"
+			if p := st.Probation; p != nil && p.Version == cur {
+				why = "probation"
+			}
+			if f, failed := st.Failed[cur]; failed && f.SHA256 == st.Staged[cur].SHA256 {
+				why = "a rollback"
 			}
 			if _, err := r.a.del.Activate(id, st.LKG.Version); err != nil {
-				r.log.Error("returning to last-known-good after an interrupted probation or rollback", "addon_id", id, "error", err)
+				r.log.Error("returning to last-known-good after an interrupted "+why, "addon_id", id, "version", cur, "last_known_good", st.LKG.Version, "error", err)
 				continue
 			}
 			r.a.del.UpdateState(id, func(s *state.Addon) error {
 				s.Probation = nil
 				return nil
 			})
-			if failed {
-				r.log.Warn("a rollback was interrupted by a restart; back on last-known-good", "addon_id", id, "version", cur, "last_known_good", st.LKG.Version)
-			} else {
-				r.log.Warn("probation was interrupted by a restart; back on last-known-good", "addon_id", id, "version", p.Version, "last_known_good", st.LKG.Version)
-			}
+			r.log.Warn(why+" was interrupted by a restart; back on last-known-good", "addon_id", id, "version", cur, "last_known_good", st.LKG.Version)
 		}
 		if st.HighestVersion == "" {
 			// State from before anti-rollback: what ran is the floor.

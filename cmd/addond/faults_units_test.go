@@ -448,12 +448,23 @@ func TestFaultRollback(t *testing.T) {
 		return []string{"--addon", "side@1.0.0", "--addon", "svc@" + svc, "--supervision", "svc=systemd_service"}
 	}
 
-	for _, point := range []string{"rollback-marked", "rollback-activated"} {
+	// rollback-marked and rollback-activated are in the rollback itself;
+	// after-swap kills addond as 1.1.0 becomes current, before its
+	// probation is recorded: the restarted addond must not run the
+	// unproven 1.1.0 as if it were good — it goes back to 1.0.0, tries
+	// 1.1.0 again on probation and rolls it back.
+	for _, point := range []string{"rollback-marked", "rollback-activated", "after-swap"} {
 		t.Run(point, func(t *testing.T) {
 			f := newFaultAgent(t, "rb-"+point, nil)
 			f.assign(all("1.0.0")...)
-			// The fault points are only in a rollback: armed from the start.
-			d := f.start("ADDOND_FAULT=" + point)
+			// The rollback's fault points are armed from the start;
+			// after-swap once 1.0.0 is in place.
+			var d *daemonProc
+			if point == "after-swap" {
+				d = f.start()
+			} else {
+				d = f.start("ADDOND_FAULT=" + point)
+			}
 			d.waitAddon(t, "side", 30*time.Second, "running 1.0.0", runningHealthy("1.0.0"))
 			d.waitAddon(t, "svc", 30*time.Second, "running 1.0.0", runningHealthy("1.0.0"))
 			// Promoted (last-known-good) before the new version comes.
@@ -465,6 +476,11 @@ func TestFaultRollback(t *testing.T) {
 				time.Sleep(200 * time.Millisecond)
 			}
 			before := f.unitPIDs(d.client, "side")
+			if point == "after-swap" {
+				d.stop(t)
+				d = f.start("ADDOND_FAULT=" + point)
+				d.waitAddon(t, "svc", 30*time.Second, "running 1.0.0 again", runningHealthy("1.0.0"))
+			}
 
 			f.assign(all("1.1.0")...)
 			start := time.Now()
@@ -485,8 +501,9 @@ func TestFaultRollback(t *testing.T) {
 				return a.State == "rolled_back" && a.ActiveVersion == "1.0.0" && a.Health == "healthy" && a.Version == "1.1.0"
 			})
 			t.Logf("%s: svc rolled_back on 1.0.0, healthy, %v after the restart (pid %d): last_error %q", point, time.Since(restart).Round(time.Millisecond), rb.PID, rb.LastError)
-			if point == "rollback-marked" && !strings.Contains(f.log(), "a rollback was interrupted by a restart; back on last-known-good") {
-				t.Fatal("the restarted addond did not say it finished an interrupted rollback")
+			if want := map[string]string{"rollback-marked": "a rollback", "after-swap": "an activation"}[point]; want != "" &&
+				!strings.Contains(f.log(), want+" was interrupted by a restart; back on last-known-good") {
+				t.Fatalf("the restarted addond did not say it went back from %s", want)
 			}
 			if !strings.Contains(rb.LastError, "crash-looped on probation") {
 				t.Fatalf("status does not name the failure that caused the rollback: last_error %q", rb.LastError)
@@ -507,7 +524,7 @@ func TestFaultRollback(t *testing.T) {
 			if a := d.waitAddon(t, "svc", time.Second, "still rolled back", func(daemon.AddonStatus) bool { return true }); a.State != "rolled_back" || a.PID != rb.PID {
 				t.Fatalf("1.1.0 was retried: %+v", a)
 			}
-			if strings.Count(f.log()[strings.LastIndex(f.log(), "=== test:"):], "version=1.1.0 state=starting") > 0 {
+			if point != "after-swap" && strings.Count(f.log()[strings.LastIndex(f.log(), "=== test:"):], "version=1.1.0 state=starting") > 0 {
 				t.Fatal("the restarted addond started 1.1.0 again")
 			}
 			var st struct {
