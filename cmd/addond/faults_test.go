@@ -6,11 +6,13 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/addond/addond/daemon/store"
 	"github.com/addond/addond/vmtest/faultproxy"
 	"github.com/addond/addond/vmtest/miniotest"
+	"github.com/addond/addond/vmtest/nspawn"
 )
 
 // The store faults of the fault-injection suite (`make faults`): a real
@@ -320,4 +323,141 @@ func TestFaultDiskFull(t *testing.T) {
 
 	os.Remove(filler)
 	f.recovers(t, d, time.Now())
+}
+
+// TestFaultManyAddons: 200 add-ons are assigned at once to an addond whose
+// max_concurrent_downloads is 4, in a booted Debian with each add-on a
+// service unit, the store a real MinIO behind the fault proxy (which
+// delays every artifact request by 100 ms, so downloads overlap). Never
+// more than 4 artifact requests are in flight; all 200 come up healthy,
+// each unit's MainPID the PID status reports; an add-on that ran before
+// keeps its process; every current is verified; nothing partial is left.
+func TestFaultManyAddons(t *testing.T) {
+	const n, limit = 200, 4
+	if !nspawn.InMachine() {
+		srv := miniotest.Require(t)
+		bucket := srv.NewBucket(t)
+		name := strings.TrimPrefix(bucket[:strings.Index(bucket, "?")], "s3://")
+		e := newEnv(t, "file")
+		nspawn.RunTest(t, nspawn.RunOptions{
+			Files:   []string{filepath.Join(bin, "addond"), filepath.Join(bin, "addonctl")},
+			Dirs:    map[string]string{filepath.Join(e.dir, "keys"): "/srv/keys"},
+			Setup:   "chown -R addond:addond /srv/keys",
+			Env:     append(srv.Env(), "ADDOND_FAULT_MINIO="+srv.Endpoint, "ADDOND_FAULT_BUCKET="+name),
+			Timeout: 6 * time.Minute,
+		})
+		return
+	}
+	endpoint, bucket := os.Getenv("ADDOND_FAULT_MINIO"), os.Getenv("ADDOND_FAULT_BUCKET")
+	direct := "s3://" + bucket + "?endpoint=" + endpoint + "&insecure=true"
+	p := faultproxy.Start(t, endpoint, "/artifacts/")
+	proxied := "s3://" + bucket + "?endpoint=" + p.Addr() + "&insecure=true"
+
+	// Publish n+1 small service add-ons (8 publishers at a time).
+	ids := make([]string, n+1)
+	shas := map[string]string{}
+	dir := t.TempDir()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	errs := make(chan error, n+1)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("m%03d", i)
+		wg.Add(1)
+		go func(id string) {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			script := []byte("#!/bin/sh\n# add-on " + id + "\nexec sleep infinity\n")
+			path := filepath.Join(dir, id)
+			os.WriteFile(path, script, 0o755)
+			out, err := exec.Command(filepath.Join(bin, "addonctl"), "publish", "--store", direct, "--key", faultKey,
+				"--id", id, "--version", "1.0.0", "--supervision", "systemd_service", "linux/amd64="+path).CombinedOutput()
+			if err != nil {
+				errs <- fmt.Errorf("publish %s: %v\n%s", id, err, out)
+			}
+			sum := sha256.Sum256(script)
+			mu.Lock()
+			shas[id] = hex.EncodeToString(sum[:])
+			mu.Unlock()
+		}(ids[i])
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	assign := func(ids ...string) {
+		t.Helper()
+		args := []string{"assign", "--store", direct, "--agent", "many", "--key", faultKey}
+		for _, id := range ids {
+			args = append(args, "--addon", id+"@1.0.0", "--supervision", id+"=systemd_service")
+		}
+		if out, err := exec.Command(filepath.Join(bin, "addonctl"), args...).CombinedOutput(); err != nil {
+			t.Fatalf("addonctl assign: %v\n%s", err, out)
+		}
+	}
+
+	f := newFaultAgent(t, "many", map[string]any{"store": proxied, "max_concurrent_downloads": limit})
+	keeper := ids[n]
+	assign(keeper)
+	d := f.start()
+	d.waitAddon(t, keeper, 30*time.Second, "running", runningHealthy("1.0.0"))
+	before := f.unitPIDs(d.client, keeper)
+
+	p.Inject(faultproxy.Fault{Kind: faultproxy.Delay, Match: "/artifacts/", Wait: 100 * time.Millisecond})
+	assign(ids...)
+	start := time.Now()
+	d.client.Reconcile(context.Background())
+	var st *daemon.Status
+	deadline := time.Now().Add(4 * time.Minute)
+	for {
+		var err error
+		st, err = d.client.Status(context.Background())
+		healthy := 0
+		if err == nil {
+			for _, a := range st.Addons {
+				if runningHealthy("1.0.0")(a) {
+					healthy++
+				}
+			}
+		}
+		if healthy == n+1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d add-ons running healthy after %v (%v)", healthy, n+1, time.Since(start), err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	took := time.Since(start)
+	p.Clear()
+	if got := p.MaxInFlight("/artifacts/"); got > limit || got < 2 {
+		t.Fatalf("at most %d artifact requests were in flight at once; want between 2 and the limit %d", got, limit)
+	}
+	if got := p.Count("/artifacts/"); got < n {
+		t.Fatalf("%d artifact requests for %d add-ons", got, n)
+	}
+	f.sameUnitPIDs(d.client, before)
+	all := f.unitPIDs(d.client, ids...)
+	distinct := map[int]bool{}
+	for _, pid := range all {
+		distinct[pid] = true
+	}
+	if len(distinct) != n+1 {
+		t.Fatalf("%d distinct PIDs for %d add-ons", len(distinct), n+1)
+	}
+	published := func(id, version string) string { return shas[id] }
+	for _, id := range ids {
+		checkCurrent(t, f.root, id, published)
+	}
+	checkNoPartials(t, f.root)
+	q := time.Now()
+	if _, err := d.client.Status(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d add-ons assigned at once: all running healthy after %v; at most %d of %d artifact requests in flight (%d requests); "+
+		"addond VmRSS %d KiB, VmHWM %d KiB; a status of %d add-ons in %v",
+		n, took.Round(100*time.Millisecond), p.MaxInFlight("/artifacts/"), limit, p.Count("/artifacts/"),
+		procStatusKB(t, d.cmd.Process.Pid, "VmRSS"), procStatusKB(t, d.cmd.Process.Pid, "VmHWM"), len(st.Addons), time.Since(q).Round(time.Millisecond))
 }
