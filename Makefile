@@ -17,7 +17,7 @@ STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 BINARIES := addond addonctl addond-updater
 EXAMPLES := hello pingsweep probe ticker
 
-.PHONY: all build demo test vmtest unit deps minio bench lint fuzz proto packages clean
+.PHONY: all build demo test vmtest unit deps minio bench lint fuzz fuzz-short proto packages clean
 
 all: build
 
@@ -45,10 +45,15 @@ $(MINIO_BIN):
 	GOBIN=$(dir $@) $(GO) install github.com/minio/minio@$(MINIO_VERSION)
 
 # Everything, nothing skipped: ends with "tests: N passed, M failed, K skipped".
+# After the go tests, every fuzz target for 10s (fuzz-short): a crasher
+# fails `make test` too. The summary line is held back so that it stays
+# the last line.
 test: deps build minio
-	@set -o pipefail; \
+	@set -o pipefail; sum=$$(mktemp); \
 	ADDOND_TEST_STRICT=1 ADDOND_MINIO_BIN=$(MINIO_BIN) \
-		$(GO) test -json -count=1 -timeout 30m ./... 2>&1 | $(GO) run ./vmtest/testsum -strict
+		$(GO) test -json -count=1 -timeout 30m ./... 2>&1 | $(GO) run ./vmtest/testsum -strict | tee $$sum | sed '$$d'; \
+	rc=$$?; $(MAKE) --no-print-directory fuzz-short; frc=$$?; \
+	tail -n 1 $$sum; rm -f $$sum; [ $$rc = 0 ] && [ $$frc = 0 ]
 
 # The VM tier alone (vmtest/vm, also part of `make test`): the deb `make
 # packages` put in dist/, installed and driven in Debian 12 VMs under qemu.
@@ -69,14 +74,18 @@ bench: build minio
 	cd bench && ADDOND_MINIO_BIN=$(MINIO_BIN) $(GO) run ./cmd/runbench -addond ../bin/addond
 	cd bench && $(GO) test -count=1 -timeout 20m -run '^TestUnitStartStop$$' -v ./unitbench/
 
-FUZZTIME ?= 5m
+# Fuzzing (scripts/fuzz.sh): every fuzz target of the module in turn, each
+# for FUZZTIME with FUZZPARALLEL workers, then a markdown table of the runs
+# (package, target, fuzz time, executions, new corpus entries, result).
+# A crasher lands in <pkg>/testdata/fuzz/<FuzzName>/ and fails the run.
+# `make fuzz-short` (10s each, part of `make test`) keeps the targets honest.
+FUZZTIME     ?= 3m
+FUZZPARALLEL ?= 1
 fuzz:
-	@for pkg in $$($(GO) list ./...); do \
-		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
-			echo "== $$pkg $$t ($(FUZZTIME))"; \
-			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
-		done; \
-	done
+	GO='$(GO)' FUZZTIME='$(FUZZTIME)' FUZZPARALLEL='$(FUZZPARALLEL)' bash scripts/fuzz.sh
+
+fuzz-short:
+	GO='$(GO)' FUZZTIME=10s FUZZPARALLEL='$(FUZZPARALLEL)' bash scripts/fuzz.sh
 
 # Regenerate sdk/proto with the pinned generators (protoc from Debian's
 # protobuf-compiler).

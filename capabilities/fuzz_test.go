@@ -2,15 +2,18 @@ package capabilities
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/user"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -219,4 +222,165 @@ func socketPair(t *testing.T) (client, server *net.UnixConn) {
 		return c.(*net.UnixConn)
 	}
 	return conn(fds[0]), conn(fds[1])
+}
+
+// FuzzParseCap: a capability name (from a package, an assignment, a
+// policy line or a command line) parses to a known capability whose own
+// name parses back to it, in any case, with or without "cap_"; a set of
+// names holds exactly the capabilities named.
+func FuzzParseCap(f *testing.F) {
+	for _, s := range []string{"cap_net_raw", "CAP_NET_RAW", "net_raw", " cap_bpf\t", "cap_cap_net_raw", "cap_", "", "cap_41", "checkpoint_restore", "CAP_SYS_ADMIN", "cap_net_raw,cap_bpf", "cap_net_rаw"} {
+		f.Add(s, "cap_net_admin")
+	}
+	f.Fuzz(func(t *testing.T, name, other string) {
+		c, err := Parse(name)
+		if err != nil {
+			if c != 0 {
+				t.Fatalf("refused (%v) with %d", err, c)
+			}
+			return
+		}
+		if c > Last {
+			t.Fatalf("Parse(%q) = unknown capability %d", name, c)
+		}
+		for _, n := range []string{c.String(), strings.ToUpper(c.String()), strings.TrimPrefix(c.String(), "cap_")} {
+			if again, err := Parse(n); err != nil || again != c {
+				t.Fatalf("Parse(%q) = %v, %v; want %v", n, again, err, c)
+			}
+		}
+		if !strings.EqualFold(strings.TrimPrefix(strings.ToLower(strings.TrimSpace(name)), "cap_"), strings.TrimPrefix(c.String(), "cap_")) {
+			t.Fatalf("Parse(%q) = %v, a capability it does not name", name, c)
+		}
+		s, err := ParseSet([]string{name, other})
+		o, oerr := Parse(other)
+		if (err == nil) != (oerr == nil) {
+			t.Fatalf("ParseSet(%q, %q): %v, Parse(%q): %v", name, other, err, other, oerr)
+		}
+		if err == nil && s != Set(0).Add(c).Add(o) {
+			t.Fatalf("ParseSet(%q, %q) = %s", name, other, s)
+		}
+	})
+}
+
+// FuzzCgroupOf: the updater authorizes the agent by the cgroup its
+// /proc/<pid>/cgroup names. The path it reads is one a line of the file
+// gives, on the unified hierarchy's line or v1's name=systemd line, and
+// never spans lines.
+func FuzzCgroupOf(f *testing.F) {
+	for _, s := range []string{
+		"0::/system.slice/addond.service\n",
+		"12:pids:/x\n1:name=systemd:/system.slice/addond.service\n0::/\n",
+		"0::/\n",
+		"0::/user.slice/user-1000.slice/user@1000.service/app.slice/addond-hello.service\n",
+		"1:name=systemd:/a\n0::/b\n",
+		"0::/a\n0::/b\n",
+		"",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cg := CgroupOf(data)
+		if cg == "" {
+			return
+		}
+		if strings.Contains(cg, "\n") {
+			t.Fatalf("CgroupOf(%q) = %q, more than a line", data, cg)
+		}
+		found := false
+		for _, line := range strings.Split(string(data), "\n") {
+			if line == "0::"+cg || strings.HasSuffix(line, ":name=systemd:"+cg) {
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("CgroupOf(%q) = %q, on no line", data, cg)
+		}
+	})
+}
+
+// FuzzClientResponse: the agent's client of the updater protocol decodes
+// whatever answers on the updater socket. An answer that is not one JSON
+// Response is ErrUnavailable; a Response with an error is that error;
+// an apply succeeds only with the path it was answered, and no call
+// succeeds on an answer encoding/json does not decode.
+func FuzzClientResponse(f *testing.F) {
+	for _, s := range []string{
+		`{"protocol":1,"version":"0.1.0"}`,
+		`{"applied":{"path":"/var/lib/addond-privileged/pingsweep/1.0.0/pingsweep","caps":["cap_net_raw"]}}`,
+		`{"error":"package signature does not verify"}`,
+		`{"error":"x","applied":{"path":"/p"}}`,
+		`{}`, `null`, `{"protocol":"1"}`, `{"applied":null}`, `{"protocol":1} trailing`, `[`, ``,
+	} {
+		f.Add([]byte(s))
+	}
+	sock := filepath.Join(f.TempDir(), "updater.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { ln.Close() })
+	answers := make(chan []byte)
+	go func() {
+		for answer := range answers {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, conn) // the client closes its write side
+			conn.Write(answer)
+			conn.Close()
+		}
+	}()
+	f.Cleanup(func() { close(answers) })
+	c := &Client{Socket: sock, Timeout: 10 * time.Second}
+	f.Fuzz(func(t *testing.T, answer []byte) {
+		var ref Response
+		derr := json.NewDecoder(io.LimitReader(bytes.NewReader(answer), MaxRequest)).Decode(&ref)
+		check := func(what string, err error) {
+			t.Helper()
+			switch {
+			case derr != nil:
+				if !errors.Is(err, ErrUnavailable) {
+					t.Fatalf("%s: %q answered %v, want %v", what, answer, err, ErrUnavailable)
+				}
+			case ref.Error != "":
+				if err == nil || err.Error() != ref.Error {
+					t.Fatalf("%s: %q answered %v, want %q", what, answer, err, ref.Error)
+				}
+			case what == "apply" && ref.Applied == nil:
+				if err == nil {
+					t.Fatalf("apply: %q accepted without a path", answer)
+				}
+			default:
+				if err != nil {
+					t.Fatalf("%s: %q refused: %v", what, answer, err)
+				}
+			}
+		}
+		ctx := context.Background()
+
+		answers <- answer
+		version, protocol, err := c.Ping(ctx)
+		check("ping", err)
+		if err == nil && (derr != nil || ref.Error != "" || version != ref.Version || protocol != ref.Protocol) {
+			t.Fatalf("ping of %q = %q, %d", answer, version, protocol)
+		}
+
+		answers <- answer
+		applied, err := c.Apply(ctx, ApplyRequest{AddonID: "pingsweep", Version: "1.0.0", File: "pingsweep"})
+		check("apply", err)
+		if err == nil && (applied == nil || ref.Applied == nil || !reflect.DeepEqual(*applied, *ref.Applied)) {
+			t.Fatalf("apply of %q = %+v", answer, applied)
+		}
+		if err != nil && applied != nil {
+			t.Fatalf("apply refused (%v) with %+v", err, applied)
+		}
+
+		answers <- answer
+		err = c.Remove(ctx, "pingsweep", "1.0.0")
+		check("remove", err)
+		if err == nil && (derr != nil || ref.Error != "") {
+			t.Fatalf("remove of %q succeeded", answer)
+		}
+	})
 }

@@ -1,0 +1,156 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/supervisors/helper"
+)
+
+type answerTransport struct {
+	code int
+	body []byte
+}
+
+func (a answerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body != nil {
+		io.Copy(io.Discard, req.Body)
+		req.Body.Close()
+	}
+	return &http.Response{
+		StatusCode: a.code, Status: fmt.Sprintf("%d %s", a.code, http.StatusText(a.code)),
+		Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(bytes.NewReader(a.body)),
+		ContentLength: int64(len(a.body)), Request: req, ProtoMajor: 1, ProtoMinor: 1,
+	}, nil
+}
+
+// FuzzClientDecode: addonctl decodes whatever answers on the status
+// socket (a path an operator names; anything may listen there). Any status
+// other than 200 is an error, carrying the answer's "error" when it has
+// one; a 200 decodes exactly as encoding/json decodes the body, or is an
+// error; a call that expects no body ignores it.
+func FuzzClientDecode(f *testing.F) {
+	f.Add(uint16(200), []byte(`{"agent_id":"edge-01","version":"0.1.0","ready":true,"serial":7,"addons":[{"addon_id":"hello","version":"1.0.0","active_version":"1.0.0","previous_version":"","supervision":"agent_sidecar","state":"running","health":"healthy","from_lkg":false,"last_error":"","since":"2026-01-02T03:04:05Z"}]}`))
+	f.Add(uint16(200), []byte(`{"addon_id":"probe","version":"1","unit":"addond-probe.run-1.service","exit_code":3,"stdout":"cHJvYmU6IGEgYgo=","stderr":"","duration_ns":1000}`))
+	f.Add(uint16(200), []byte(`{"exit_code":137,"signal":9,"timed_out":true,"stdout":"!!"}`))
+	f.Add(uint16(403), []byte(`{"error":"forbidden: not addond's cgroup"}`))
+	f.Add(uint16(404), []byte(`{"error":""}`))
+	f.Add(uint16(500), []byte(`not json`))
+	f.Add(uint16(200), []byte(`{"serial":-1}`))
+	f.Add(uint16(200), []byte(`{"addons":[{"since":"yesterday"}]}`))
+	f.Add(uint16(204), []byte(``))
+	f.Add(uint16(302), []byte(``))
+	f.Fuzz(func(t *testing.T, code uint16, body []byte) {
+		c := NewClient("/nonexistent/addond.sock")
+		status := int(code)%500 + 100
+		c.hc = &http.Client{Transport: answerTransport{status, body}}
+		ctx := context.Background()
+
+		var e struct{ Error string }
+		wantMsg := ""
+		if json.Unmarshal(body, &e) == nil {
+			wantMsg = e.Error
+		}
+		checkErr := func(what string, err error, decodeErr error) {
+			t.Helper()
+			if status != http.StatusOK {
+				if err == nil {
+					t.Fatalf("%s: answer %d accepted", what, status)
+				}
+				if wantMsg != "" && !strings.Contains(err.Error(), wantMsg) {
+					t.Fatalf("%s: error %q does not carry %q", what, err, wantMsg)
+				}
+				return
+			}
+			if (err == nil) != (decodeErr == nil) {
+				t.Fatalf("%s: error %v, encoding/json says %v", what, err, decodeErr)
+			}
+		}
+
+		st, err := c.Status(ctx)
+		var refSt Status
+		checkErr("status", err, json.Unmarshal(body, &refSt))
+		if err == nil && !reflect.DeepEqual(*st, refSt) {
+			t.Fatalf("status %+v, encoding/json says %+v", *st, refSt)
+		}
+
+		res, err := c.RunHelper(ctx, "probe", []string{"a", "b"})
+		var refRes helper.Result
+		checkErr("run", err, json.Unmarshal(body, &refRes))
+		if err == nil && (res == nil || !reflect.DeepEqual(*res, refRes)) {
+			t.Fatalf("run %+v, encoding/json says %+v", res, refRes)
+		}
+		if err != nil && res != nil {
+			t.Fatalf("run refused (%v) with a result", err)
+		}
+
+		err = c.Reconcile(ctx)
+		checkErr("reconcile", err, nil)
+	})
+}
+
+// FuzzAddonUnitOf: a caller's /proc/<pid>/cgroup names the unit it runs
+// in, and unit names in addond's manager are chosen by whoever talks to
+// it — add-ons too. A helper run is authorized for an add-on only when a
+// cgroup line puts the caller in exactly addond-<valid id>.service of
+// addond's user manager (or the system manager), of the caller's own uid.
+func FuzzAddonUnitOf(f *testing.F) {
+	me := os.Getuid()
+	um := fmt.Sprintf("/user.slice/user-%d.slice/user@%d.service/app.slice/", me, me)
+	for _, s := range []string{
+		"0::" + um + "addond-hello.service\n",
+		"12:pids:/x\n1:name=systemd:" + um + "addond-probe.service\n0::/\n",
+		"0::/system.slice/addond-svc.service\n",
+		"0::" + um + "addond-hello.run-0011aa.service\n",
+		"0::" + um + "addond-hello.timer\n",
+		"0::" + um + "addond-../../x.service\n",
+		"0::" + um + "addond-hello.service/sub\n",
+		"0::/user.slice/user-5.slice/user@5.service/addond-x.service\n",
+		"0::/system.slice/evil.slice/addond-x.service/../addond-y.service\n",
+		"0::" + um + "addond-a.service\n0::" + um + "addond-b.service\n",
+	} {
+		f.Add([]byte(s), true)
+	}
+	f.Add([]byte("0::"+um+"addond-hello.service\n"), false)
+	f.Fuzz(func(t *testing.T, cgroup []byte, sameUID bool) {
+		for _, line := range strings.Split(string(cgroup), "\n") {
+			if i := strings.Index(line, ":/"); i >= 0 && filepath.Clean(line[i+1:]) != line[i+1:] {
+				return // the kernel writes clean paths
+			}
+		}
+		p := peer{uid: me, pid: 1}
+		if !sameUID {
+			p.uid = me + 1
+		}
+		id := addonUnitOf(p, cgroup)
+		if id == "" {
+			return
+		}
+		if !sameUID {
+			t.Fatalf("another uid's caller is add-on %q", id)
+		}
+		if assignment.ValidAddonID(id) != nil {
+			t.Fatalf("caller is add-on %q, not a valid id", id)
+		}
+		unit := "/addond-" + id + ".service"
+		found := false
+		for _, line := range strings.Split(string(cgroup), "\n") {
+			if strings.HasSuffix(line, unit) && (strings.Contains(line, fmt.Sprintf("/user@%d.service/", me)) || strings.Contains(line, "/system.slice/")) {
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("%q makes the caller add-on %q", cgroup, id)
+		}
+	})
+}
