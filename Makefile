@@ -79,8 +79,11 @@ bench: build minio
 # (package, target, fuzz time, executions, new corpus entries, result).
 # A crasher lands in <pkg>/testdata/fuzz/<FuzzName>/ and fails the run.
 # `make fuzz-short` (10s each, part of `make test`) keeps the targets honest.
+# FUZZPKGS (packages, in the order to run them), FUZZMATCH (a regexp of
+# target names) and FUZZREPORT (a file for the table) pass through.
 FUZZTIME     ?= 3m
 FUZZPARALLEL ?= 1
+export FUZZPKGS FUZZMATCH FUZZREPORT
 fuzz:
 	GO='$(GO)' FUZZTIME='$(FUZZTIME)' FUZZPARALLEL='$(FUZZPARALLEL)' bash scripts/fuzz.sh
 
