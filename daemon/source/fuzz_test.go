@@ -22,11 +22,13 @@ var (
 
 // Flags of FuzzAccept, one bit each.
 const (
-	fRemote  = 1 << iota // the document came from the store
-	fRequire             // trust.require_signatures
-	fSig                 // a .sig file is present (its bytes are the input sig)
-	fSign                // ... and replaced by the real signature of doc by fuzzKey
-	fNoKeys              // the key ring is empty
+	fRemote     = 1 << iota // the document came from the store
+	fRequire                // trust.require_signatures
+	fSig                    // a .sig file is present (its bytes are the input sig)
+	fSign                   // ... and replaced by the real signature of doc by fuzzKey
+	fNoKeys                 // the key ring is empty
+	fDigest                 // the state knows the digest of the document applied at LastSerial
+	fSameDigest             // ... and it is the digest of this very document
 )
 
 // FuzzAccept drives Accept with a document and .sig through a key ring,
@@ -35,7 +37,9 @@ const (
 // exact bytes); a remote document without one is refused when signatures
 // are required; the document parses as assignment.Parse parses it; its
 // agent_id is this agent's (a local file may name none); with signatures
-// required, the serial never goes back. An accepted document is exactly
+// required, or for any document from the store, the serial never goes
+// back; with signatures required, the last applied serial comes back only
+// as the same bytes. An accepted document is exactly
 // what assignment.Parse returns, and an acceptable one is never refused.
 func FuzzAccept(f *testing.F) {
 	doc := `{"agent_id":"edge-01","serial":7,"config_version":"ab","addons":[{"addon_id":"hello","version":"1.0.0","enabled":true,"delivery":"pushed_artifact","supervision":"agent_sidecar","binary_path":"hello","artifact_object_key":"artifacts/hello/1.0.0/linux-amd64/hello","artifact_sha256":"` + strings.Repeat("ab", 32) + `","target_os":"linux","target_arch":"amd64"}]}`
@@ -56,6 +60,10 @@ func FuzzAccept(f *testing.F) {
 	f.Add([]byte(doc), []byte(strings.ToUpper(sig)), uint8(fRemote|fRequire|fSig), uint64(0))
 	f.Add([]byte(doc), []byte(""), uint8(fRemote|fRequire|fSig), uint64(0)) // an empty .sig
 	f.Add([]byte(doc), bytes.Repeat([]byte("0"), 128), uint8(fSig), uint64(0))
+	f.Add([]byte(doc), []byte(sig), uint8(fRemote|fRequire|fSig|fDigest|fSameDigest), uint64(7)) // fetched again
+	f.Add([]byte(doc), []byte(sig), uint8(fRemote|fRequire|fSig|fDigest), uint64(7))             // same serial, other bytes
+	f.Add([]byte(doc), []byte(sig), uint8(fRemote|fSig|fDigest), uint64(7))                      // ... without required signatures
+	f.Add([]byte(doc), []byte(sig), uint8(fSig), uint64(8))                                      // a local file may go back
 
 	pub := fuzzKey.Public().(ed25519.PublicKey)
 	keys := signing.NewKeyring(pub, otherKey.Public().(ed25519.PublicKey))
@@ -71,6 +79,12 @@ func FuzzAccept(f *testing.F) {
 			}
 		}
 		p := Policy{AgentID: "edge-01", Keys: keys, RequireSignatures: flags&fRequire != 0, LastSerial: last}
+		switch {
+		case flags&fDigest != 0 && flags&fSameDigest != 0:
+			p.LastDigest = DocumentDigest(raw)
+		case flags&fDigest != 0:
+			p.LastDigest = DocumentDigest(append(bytes.Clone(raw), '.'))
+		}
 		if flags&fNoKeys != 0 {
 			p.Keys = signing.NewKeyring()
 		}
@@ -102,7 +116,10 @@ func FuzzAccept(f *testing.F) {
 		if why == nil && want.AgentID != p.AgentID && (fetched.Remote || want.AgentID != "") {
 			why = ErrOtherAgent
 		}
-		if why == nil && p.RequireSignatures && want.Serial < last {
+		if why == nil && (p.RequireSignatures || fetched.Remote) && want.Serial < last {
+			why = ErrSerialReplay
+		}
+		if why == nil && p.RequireSignatures && want.Serial == last && flags&fDigest != 0 && flags&fSameDigest == 0 {
 			why = ErrSerialReplay
 		}
 
