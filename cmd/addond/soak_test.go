@@ -476,7 +476,7 @@ func (s *soak) scrape() (map[string]float64, error) {
 			continue
 		}
 		name := line[:i]
-		if j := strings.IndexByte(name, '{'); j >= 0 && strings.HasPrefix(name, "addond_rollbacks_total") {
+		if j := strings.IndexByte(name, '{'); j >= 0 && (strings.HasPrefix(name, "addond_rollbacks_total") || strings.HasPrefix(name, "addond_delivery_failures_total")) {
 			name = name[:j] // summed over add-ons
 		}
 		out[name] += v
@@ -661,11 +661,11 @@ func (s *soak) run(duration time.Duration) {
 
 	summary := fmt.Sprintf("soak summary: seed %d, duration %v (+%v back to the initial assignment); "+
 		"RSS %.1f → %.1f MiB (anonymous %.1f → %.1f, file-backed %.1f → %.1f; heap in use %.1f → %.1f), goroutines %d → %d, open fds %d → %d; "+
-		"%d steps, %d add-on crashes (kill -9), %d store outages, %d artifact faults (%d requests hit), %d rollbacks",
+		"%d steps, %d add-on crashes (kill -9), %d store outages, %d artifact faults (%d requests hit; %d artifact requests in all, %.0f failed deliveries), %d rollbacks",
 		s.seed, churned.Round(time.Second), (time.Since(began) - churned).Round(time.Second),
 		mib(startFig.rss), mib(endFig.rss), mib(startFig.anon), mib(endFig.anon), mib(startFig.file), mib(endFig.file),
 		mib(startFig.heap), mib(endFig.heap), startFig.goroutines, endFig.goroutines, startFig.fds, endFig.fds,
-		s.steps, s.crashes, s.outages, s.faults, s.faultHits, s.rollbacks)
+		s.steps, s.crashes, s.outages, s.faults, s.faultHits, s.proxy.Count("/artifacts/"), m["addond_delivery_failures_total"], s.rollbacks)
 	t.Log(summary)
 	s.logf("%s", summary)
 
