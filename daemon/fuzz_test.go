@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -151,6 +154,61 @@ func FuzzAddonUnitOf(f *testing.F) {
 		}
 		if !found {
 			t.Fatalf("%q makes the caller add-on %q", cgroup, id)
+		}
+	})
+}
+
+type recordingHelpers struct {
+	calls int
+	args  []string
+}
+
+func (h *recordingHelpers) Run(_ context.Context, id string, args []string, caller string) (*helper.Result, error) {
+	h.calls++
+	h.args = args
+	return &helper.Result{AddonID: id, Unit: "addond-" + id + ".run-1.service", ExitCode: len(args), Stdout: []byte(caller)}, nil
+}
+
+// FuzzServeRun: the body of POST /v1/run/<id> comes from any authorized
+// caller, add-ons included. A body that is one JSON object of known fields
+// (or nothing) with at most 256 arguments runs the helper with exactly
+// those arguments; anything else is a 400 and runs nothing.
+func FuzzServeRun(f *testing.F) {
+	for _, s := range []string{
+		`{"args":["a","b"]}`, `{"args":[]}`, `{}`, ``, `{"args":null}`, `{"args":["--exit","3"]} `,
+		`{"args":["a"]} {"args":["b"]}`, `{"args":"a"}`, `{"argv":["a"]}`, `{"args":["\u0000"]}`,
+		`{"args":[` + strings.Repeat(`"x",`, 256) + `"x"]}`, `[`, `null`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		h := &recordingHelpers{}
+		r := &runner{opts: RunOptions{Helpers: h}, log: slog.New(slog.DiscardHandler)}
+		req := httptest.NewRequest(http.MethodPost, "/v1/run/probe", bytes.NewReader(body))
+		req = req.WithContext(context.WithValue(req.Context(), peerKey{}, peer{uid: 0, pid: 1}))
+		w := httptest.NewRecorder()
+		r.serveRun(w, req, "probe")
+
+		var want runRequest
+		dec := json.NewDecoder(io.LimitReader(bytes.NewReader(body), maxRunRequest))
+		dec.DisallowUnknownFields()
+		derr := dec.Decode(&want)
+		ok := (derr == nil || errors.Is(derr, io.EOF)) && len(want.Args) <= 256 && len(body) <= maxRunRequest
+		if !ok {
+			if h.calls != 0 || w.Code != http.StatusBadRequest {
+				t.Fatalf("%q: answered %d after %d runs, want 400 and none", body, w.Code, h.calls)
+			}
+			return
+		}
+		if h.calls != 1 || w.Code != http.StatusOK {
+			t.Fatalf("%q: answered %d after %d runs: %s", body, w.Code, h.calls, w.Body)
+		}
+		if len(h.args) != len(want.Args) || (len(want.Args) > 0 && !reflect.DeepEqual(h.args, want.Args)) {
+			t.Fatalf("%q ran with %q, want %q", body, h.args, want.Args)
+		}
+		var res helper.Result
+		if err := json.Unmarshal(w.Body.Bytes(), &res); err != nil || res.ExitCode != len(want.Args) {
+			t.Fatalf("answer %s: %v", w.Body, err)
 		}
 	})
 }
