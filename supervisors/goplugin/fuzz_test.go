@@ -7,6 +7,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -176,4 +177,44 @@ func fuzzDir(t *testing.T) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// FuzzHandshakeReader: go-plugin reads the sidecar's handshake from the
+// unit's stdout file, which the add-on writes. The reader yields exactly
+// the file up to and including its first newline, bounded by
+// maxHandshake, and ends once the unit is gone.
+func FuzzHandshakeReader(f *testing.F) {
+	serverDER, _ := fuzzCert(f, 1)
+	line := "1|1|unix|/var/lib/addond/plugins/hello-1/plugin.sock|grpc|" + base64.RawStdEncoding.EncodeToString(serverDER)
+	f.Add([]byte(line + "\n"))
+	f.Add([]byte(line + "\nlater output\n"))
+	f.Add([]byte(line))
+	f.Add([]byte("\n"))
+	f.Add([]byte(""))
+	f.Add(bytes.Repeat([]byte("x"), 5000))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		path := filepath.Join(t.TempDir(), "hello.handshake")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		gone := make(chan struct{})
+		close(gone)
+		r := &unitRunner{gone: gone, detached: make(chan struct{})}
+		h := &handshakeReader{r: r, path: path, closed: make(chan struct{})}
+		got, err := io.ReadAll(h)
+		h.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := data
+		if i := bytes.IndexByte(want, '\n'); i >= 0 {
+			want = want[:i+1]
+		}
+		if len(want) > maxHandshake {
+			want = want[:maxHandshake]
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("read %q, want %q", got, want)
+		}
+	})
 }
