@@ -772,11 +772,6 @@ func (r *runner) convergeLocal(ctx context.Context, ar *addonRun) {
 
 // staged activates a freshly staged version on probation.
 func (r *runner) staged(ctx context.Context, m stagedMsg) {
-	ar, ok := r.addons[m.spec.AddonID]
-	if !ok {
-		return
-	}
-	ar.staging = ""
 	r.staging--
 	defer r.applyConfig()
 	if r.staging == 0 {
@@ -785,6 +780,20 @@ func (r *runner) staged(ctx context.Context, m stagedMsg) {
 		// so that addond's resident memory returns to its idle size.
 		defer debug.FreeOSMemory()
 	}
+	ar, ok := r.addons[m.spec.AddonID]
+	if !ok {
+		// Removed from the assignment while this version was being
+		// staged: what the late staging wrote goes as well.
+		r.log.Info("discarding a version staged for an add-on no longer assigned", "addon_id", m.spec.AddonID, "version", m.spec.Version)
+		if err := r.a.del.RemoveAddon(m.spec.AddonID); err != nil {
+			r.log.Warn("removing add-on", "addon_id", m.spec.AddonID, "error", err)
+		}
+		if m.capped != "" {
+			r.a.dropCapped(m.spec.AddonID)
+		}
+		return
+	}
+	ar.staging = ""
 	if ar.desired == nil || ar.desired.Digest() != m.spec.Digest() {
 		if ar.desired != nil {
 			r.converge(ctx, ar) // the assignment moved on meanwhile

@@ -7,12 +7,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -460,4 +462,113 @@ func TestFaultManyAddons(t *testing.T) {
 		"addond VmRSS %d KiB, VmHWM %d KiB; a status of %d add-ons in %v",
 		n, took.Round(100*time.Millisecond), p.MaxInFlight("/artifacts/"), limit, p.Count("/artifacts/"),
 		procStatusKB(t, d.cmd.Process.Pid, "VmRSS"), procStatusKB(t, d.cmd.Process.Pid, "VmHWM"), len(st.Addons), time.Since(q).Round(time.Millisecond))
+}
+
+// TestFaultRemovedWhileDownloading: an add-on is removed from the
+// assignment while its artifact is still arriving (the body stalls in the
+// fault proxy). When the download ends late, nothing of the add-on is left
+// behind, and addond is not left thinking a download is in flight: a
+// configuration reload — which waits for downloads — still takes effect.
+func TestFaultRemovedWhileDownloading(t *testing.T) {
+	f := newFaultEnv(t)
+	hello := filepath.Join(bin, "hello")
+	f.publishPadded("hello", "1.0.0", hello, 0)
+	f.publishPadded("late", "1.0.0", hello, 8<<20)
+	f.assign("hello@1.0.0")
+	d, notify := f.startReady(t)
+	d.waitAddon(t, "hello", 30*time.Second, "running healthy", runningHealthy("1.0.0"))
+	before := pids(t, d.client, "hello")
+
+	f.proxy.Inject(faultproxy.Fault{Kind: faultproxy.Stall, Match: "/artifacts/late/", After: 2 << 20})
+	f.assign("hello@1.0.0", "late@1.0.0")
+	eventually(t, 30*time.Second, "2 MiB of late on disk", func() bool { return f.partial("late", "1.0.0") >= 2<<20 })
+	f.assign("hello@1.0.0")
+	eventually(t, 30*time.Second, "late gone from status", func() bool {
+		st, err := d.client.Status(context.Background())
+		if err != nil {
+			return false
+		}
+		for _, a := range st.Addons {
+			if a.AddonID == "late" {
+				return false
+			}
+		}
+		return true
+	})
+	f.proxy.Clear() // the body flows again: the download completes late
+	eventually(t, 30*time.Second, "the late staging discarded", func() bool { return d.logged("discarding a version staged for an add-on no longer assigned") })
+	if _, err := os.Stat(filepath.Join(f.root, "addons", "late")); err == nil {
+		t.Fatal("addons/late was left behind (or made anew) by a download that ended after its removal")
+	}
+	checkNoPartials(t, f.root)
+
+	ov := filepath.Join(f.dir, "addons.local.json")
+	os.WriteFile(ov, []byte(`{"addons":[{"addon_id":"hello","enabled":false}]}`), 0o644)
+	f.extra["local_overrides"] = ov
+	f.writeConfig(map[string]any{"status_socket": d.socket, "systemd": map[string]string{"manager": "none"}, "poll_interval": "1s", "probation": "3s"})
+	drain(notify)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.waitAddon(t, "hello", 15*time.Second, "disabled by the reloaded config", func(a daemon.AddonStatus) bool { return a.State == "disabled" })
+	if alive(before["hello"]) {
+		t.Fatalf("hello's process %d outlived its disabling", before["hello"])
+	}
+}
+
+// TestFaultNotifySocketNotRead: the service manager stops reading addond's
+// notifications (its socket's queue fills up) while the watchdog keeps
+// addond sending. addond's loop must not hang on it: status still answers,
+// a reconcile still applies a new assignment, and SIGTERM still stops it.
+func TestFaultNotifySocketNotRead(t *testing.T) {
+	f := newFaultEnv(t)
+	f.publishPadded("hello", "1.0.0", filepath.Join(bin, "hello"), 0)
+	f.publishPadded("hello", "1.1.0", filepath.Join(bin, "hello"), 0)
+	f.assign("hello@1.0.0")
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	deaf, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer deaf.Close() // never read
+	sock := filepath.Join(f.dir, "addond.sock")
+	f.writeConfig(map[string]any{"status_socket": sock, "systemd": map[string]string{"manager": "none"}, "poll_interval": "1s", "probation": "3s"})
+	cmd := exec.Command(filepath.Join(bin, "addond"), "run", "--config", f.config)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+path, "WATCHDOG_USEC=100000")
+	logf, _ := os.Create(filepath.Join(f.dir, "run.log"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemonProc{cmd: cmd, log: logf, socket: sock, client: daemon.NewClient(sock)}
+	t.Cleanup(func() {
+		d.cmd.Process.Kill()
+		d.cmd.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("addond log:\n%s", b)
+		}
+	})
+	d.waitAddon(t, "hello", 30*time.Second, "running healthy", runningHealthy("1.0.0"))
+	time.Sleep(3 * time.Second) // 60 watchdog messages: the socket's queue is long full
+	q := time.Now()
+	if _, err := d.client.Status(context.Background()); err != nil || time.Since(q) > 2*time.Second {
+		t.Fatalf("status with the notification socket full: %v after %v", err, time.Since(q))
+	}
+	f.assign("hello@1.1.0")
+	d.waitAddon(t, "hello", 60*time.Second, "running 1.1.0", runningHealthy("1.1.0"))
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("addond after SIGTERM: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("addond did not stop within 10s of SIGTERM with its notification socket full")
+	}
+	if !d.logged("sd_notify") {
+		t.Fatal("the lost notifications were not logged")
+	}
+	checkCurrent(t, f.root, "hello", f.published)
+	checkNoPartials(t, f.root)
 }

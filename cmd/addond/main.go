@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -132,7 +134,7 @@ func runDaemon(ctx context.Context, cfgPath string) error {
 		Supervisors: backends.Supervisors,
 		Orphans:     backends.Orphans(),
 		Notify: func(state string) {
-			if _, err := sddaemon.SdNotify(false, state); err != nil {
+			if err := sdNotify(state); err != nil {
 				log.Warn("sd_notify", "error", err)
 			}
 		},
@@ -192,4 +194,22 @@ func logLevel() slog.Level {
 		return slog.LevelWarn
 	}
 	return l
+}
+
+// sdNotify sends state to the service manager as sd_notify(3) does, but
+// never holds addond's loop for long: a manager that does not read its
+// notification socket (its queue full) costs a message, not the daemon.
+func sdNotify(state string) error {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" {
+		return nil
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetWriteDeadline(time.Now().Add(250 * time.Millisecond))
+	_, err = conn.Write([]byte(state))
+	return err
 }
