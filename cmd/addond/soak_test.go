@@ -634,7 +634,7 @@ func (s *soak) run(duration time.Duration) {
 	churned := time.Since(began)
 
 	// Back to exactly the initial assignment, the store up, no fault.
-	s.faultHits += s.proxy.Hits()
+	s.faultHits = s.proxy.TotalHits()
 	s.proxy.Clear()
 	if !s.proxy.Reachable() {
 		t.Fatal("soak: the proxy is not up at the end")
@@ -917,10 +917,9 @@ func (s *soak) outage() {
 // again).
 func (s *soak) artifactFault() {
 	s.t.Helper()
-	s.faultHits += s.proxy.Hits()
-	// A download is a HEAD, then a GET: a Flip spares the HEAD (it has no
-	// body) and corrupts the GET's body; a Cut resets the HEAD, which the
-	// S3 client retries.
+	// A download is a HEAD, then a GET: body faults spare the HEAD and
+	// hit the GET — a Cut is resumed with a Range request, a Flip fails
+	// verification (twice: the next poll's attempt too).
 	f := faultproxy.Fault{Kind: faultproxy.Cut, Match: "/artifacts/", After: int64(s.rng.IntN(4 << 20)), Times: 1}
 	if s.rng.IntN(2) == 0 {
 		f.Kind, f.Times = faultproxy.Flip, 2

@@ -65,6 +65,7 @@ type Proxy struct {
 	srv      *http.Server
 	fault    *Fault
 	hits     int
+	total    int
 	unstall  chan struct{}
 	requests map[string]int // by path pattern counted (see Count)
 	inflight map[string]int
@@ -170,6 +171,13 @@ func (p *Proxy) Hits() int {
 	return p.hits
 }
 
+// TotalHits is how many requests every fault so far has hit.
+func (p *Proxy) TotalHits() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.total
+}
+
 // Count is how many requests whose path contains pattern (one given to
 // Start, or "" for all) were forwarded.
 func (p *Proxy) Count(pattern string) int {
@@ -198,6 +206,7 @@ func (p *Proxy) take(r *http.Request) (*Fault, chan struct{}) {
 		return nil, nil // body faults need a body: a HEAD passes
 	}
 	p.hits++
+	p.total++
 	if f.Times > 0 && p.hits >= f.Times {
 		p.fault, p.hits = f.Then, 0
 	}
