@@ -82,7 +82,9 @@ func (driver) Observe(_ context.Context, b *systemd.Backend, spec supervisors.Sp
 		e.State, e.Health, e.PID = supervisors.StateRunning, supervisors.HealthHealthy, u.MainPID
 		// Up is not yet healthy: a binary that starts and crashes is
 		// active for an instant. It proves itself by staying up.
-		if up := time.Since(u.ActiveSince); !u.ActiveSince.IsZero() && up < b.Opts.StableAfter {
+		// Measured on the monotonic clock: a step of the wall clock
+		// neither hastens nor delays it.
+		if up := u.ActiveFor(); u.ActiveSince != 0 && up < b.Opts.StableAfter {
 			e.Health = supervisors.HealthUnknown
 			e.Reason = fmt.Sprintf("up for %s; healthy once up for %s", up.Round(time.Millisecond), b.Opts.StableAfter)
 			mem.Recheck = b.Opts.StableAfter - up

@@ -62,6 +62,55 @@ func TestInMachine(t *testing.T) {
 		})
 	})
 
+	t.Run("healthy only once up for StableAfter, on the monotonic clock", func(t *testing.T) {
+		root, err := os.MkdirTemp("/var/lib/addond", "root-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		events := make(chan supervisors.Event, 64)
+		b := New(systemd.Options{
+			Manager: m, Paths: systemd.Paths{RuntimeRoot: root}, Notify: func(e supervisors.Event) { events <- e },
+			RestartDelay: 50 * time.Millisecond, StartLimitBurst: 3, StartLimitInterval: 10 * time.Second, StableAfter: 2 * time.Second,
+			BreakerCooldown: 500 * time.Millisecond, JobTimeout: 10 * time.Second,
+		})
+		ctx := context.Background()
+		start := time.Now()
+		if err := b.Start(ctx, supervisors.Spec{AddonID: "stable", Version: "1.0.0", Binary: hello}); err != nil {
+			t.Fatal(err)
+		}
+		defer b.Stop(ctx, "stable")
+		settling := false
+		for healthy := false; !healthy; {
+			select {
+			case e := <-events:
+				if e.AddonID != "stable" {
+					continue
+				}
+				if e.State == supervisors.StateRunning && e.Health == supervisors.HealthUnknown && strings.Contains(e.Reason, "healthy once up for 2s") {
+					settling = true
+				}
+				healthy = e.Health == supervisors.HealthHealthy
+			case <-time.After(15 * time.Second):
+				t.Fatal("not healthy within 15s")
+			}
+		}
+		took := time.Since(start)
+		if !settling || took < 2*time.Second {
+			t.Fatalf("healthy after %v (settling reported: %v), want only once up for 2s", took, settling)
+		}
+		conn, err := m.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, err := systemd.ReadUnit(ctx, conn, "addond-stable.service")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if up := u.ActiveFor(); up < 2*time.Second || up > time.Since(start) {
+			t.Fatalf("ActiveFor %v, %v after the start", up, time.Since(start))
+		}
+	})
+
 	t.Run("resources and sandbox appear on the unit", func(t *testing.T) {
 		events := make(chan supervisors.Event, 64)
 		b := newBackend(t, func(e supervisors.Event) { events <- e })

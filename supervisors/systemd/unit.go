@@ -15,6 +15,7 @@ import (
 
 	sd "github.com/coreos/go-systemd/v22/dbus"
 	godbus "github.com/godbus/dbus/v5"
+	"golang.org/x/sys/unix"
 
 	"github.com/addond/addond/supervisors"
 )
@@ -297,8 +298,26 @@ type UnitState struct {
 	ExecCode     int    // CLD_EXITED 1, CLD_KILLED 2, CLD_DUMPED 3
 	ExecStatus   int    // exit status, or the signal
 	ExitTime     uint64 // ExecMainExitTimestamp (µs)
-	// ActiveSince is when the unit last became active (zero: never).
-	ActiveSince time.Time
+	// ActiveSince is when the unit last became active, on the monotonic
+	// clock (CLOCK_MONOTONIC, which the manager shares with addond): unlike
+	// the wall clock it never steps. Zero: never active.
+	ActiveSince time.Duration
+}
+
+// ActiveFor is how long the unit has been active (zero if it never was).
+func (u UnitState) ActiveFor() time.Duration {
+	if u.ActiveSince == 0 {
+		return 0
+	}
+	return monotonicNow() - u.ActiveSince
+}
+
+// monotonicNow reads CLOCK_MONOTONIC, the clock of systemd's *Monotonic
+// timestamps.
+func monotonicNow() time.Duration {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return time.Duration(ts.Nano())
 }
 
 // Exists is whether the manager knows the unit.
@@ -340,8 +359,8 @@ func ReadUnit(ctx context.Context, conn *sd.Conn, unit string) (UnitState, error
 	if id, ok := props["InvocationID"].([]byte); ok {
 		u.InvocationID = hex.EncodeToString(id)
 	}
-	if t, ok := props["ActiveEnterTimestamp"].(uint64); ok && t > 0 {
-		u.ActiveSince = time.UnixMicro(int64(t))
+	if t, ok := props["ActiveEnterTimestampMonotonic"].(uint64); ok && t > 0 {
+		u.ActiveSince = time.Duration(t) * time.Microsecond
 	}
 	if !u.Exists() || !strings.HasSuffix(unit, ".service") {
 		return u, nil
