@@ -265,6 +265,18 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 				r.sweeping = false
 			}
 		case <-tick.C:
+			// Events already queued come first: a version that said it is
+			// healthy before its deadline must not be rolled back because
+			// the tick won the select (or the loop was busy starting
+			// other add-ons when the event came).
+			for pending := true; pending; {
+				select {
+				case e := <-r.events:
+					r.event(ctx, e)
+				default:
+					pending = false
+				}
+			}
 			r.checkProbation(ctx)
 			if !r.onProbation() {
 				tick.Stop()
