@@ -43,7 +43,7 @@ func TestClockJump(t *testing.T) {
 	// The probation first, before anything is assigned: configure's 10 s
 	// is too short for a first start of a sidecar under TCG.
 	configure(t, fileStore)
-	setConfig(t, "probation", clockProbation.String())
+	setConfig(t, map[string]any{"probation": clockProbation.String()})
 	publishExamples(t, p)
 	// svc: hello again, as a systemd_service (its health is its unit's
 	// state, up for a while).
@@ -410,28 +410,6 @@ func onProbation(version, health string) func(a addonStatus) string {
 		}
 		return ""
 	}
-}
-
-// setConfig sets one key of /etc/addond/addond.json and reloads addond.
-func setConfig(t testing.TB, key string, value any) {
-	t.Helper()
-	const path = "/etc/addond/addond.json"
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := map[string]any{}
-	if err := json.Unmarshal(data, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	cfg[key] = value
-	if data, err = json.MarshalIndent(cfg, "", "  "); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	sh(t, "systemctl reload addond")
 }
 
 // monoNow is the guest's CLOCK_MONOTONIC, the clock of systemd's

@@ -409,6 +409,16 @@ func (p *publisher) withResources(t testing.TB, res map[string]assignment.Resour
 // addond.
 func configure(t testing.TB, store string) {
 	t.Helper()
+	setConfig(t, map[string]any{
+		"agent_id": agentID, "store": store,
+		"assignments":   map[string]string{"store_key": "agents/" + agentID + "/assignments.json"},
+		"poll_interval": "2s", "probation": "10s",
+	})
+}
+
+// setConfig sets keys of /etc/addond/addond.json and reloads addond.
+func setConfig(t testing.TB, keys map[string]any) {
+	t.Helper()
 	const path = "/etc/addond/addond.json"
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -418,11 +428,9 @@ func configure(t testing.TB, store string) {
 	if err := json.Unmarshal(data, &cfg); err != nil {
 		t.Fatal(err)
 	}
-	cfg["agent_id"] = agentID
-	cfg["store"] = store
-	cfg["assignments"] = map[string]string{"store_key": "agents/" + agentID + "/assignments.json"}
-	cfg["poll_interval"] = "2s"
-	cfg["probation"] = "10s"
+	for k, v := range keys {
+		cfg[k] = v
+	}
 	if data, err = json.MarshalIndent(cfg, "", "  "); err != nil {
 		t.Fatal(err)
 	}
