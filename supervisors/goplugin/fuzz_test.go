@@ -3,6 +3,7 @@ package goplugin
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
@@ -17,8 +18,8 @@ import (
 	"time"
 )
 
-// fuzzCert is a fixed self-signed certificate and its PKCS #8 key, as
-// AutoMTLS makes them (deterministic: Ed25519 signatures are).
+// fuzzCert is a fixed self-signed certificate and its PKCS #8 key, like
+// those of a sidecar's mutual TLS (deterministic: Ed25519 signatures are).
 func fuzzCert(f *testing.F, seed byte) (certDER, keyDER []byte) {
 	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{seed}, ed25519.SeedSize))
 	tmpl := &x509.Certificate{
@@ -111,7 +112,7 @@ func FuzzLoadReattach(f *testing.F) {
 			}
 			return
 		}
-		if len(cfg.Certificates) != 1 || cfg.Certificates[0].PrivateKey == nil || cfg.Certificates[0].Leaf == nil || cfg.RootCAs == nil {
+		if len(cfg.Certificates) != 1 || cfg.Certificates[0].PrivateKey == nil || cfg.Certificates[0].Leaf == nil || cfg.VerifyConnection == nil {
 			t.Fatalf("TLS configuration without its material: %+v", cfg)
 		}
 		server, _ := base64.RawStdEncoding.DecodeString(strings.TrimRight(st.ServerCert, "="))
@@ -119,8 +120,16 @@ func FuzzLoadReattach(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !cfg.RootCAs.Equal(func() *x509.CertPool { p := x509.NewCertPool(); p.AddCert(cert); return p }()) {
-			t.Fatal("the pool is not exactly the recorded server certificate")
+		peer := func(c *x509.Certificate) tls.ConnectionState {
+			return tls.ConnectionState{PeerCertificates: []*x509.Certificate{c}}
+		}
+		if err := cfg.VerifyConnection(peer(cert)); err != nil {
+			t.Fatalf("the recorded server certificate is refused: %v", err)
+		}
+		if !bytes.Equal(cert.Raw, cfg.Certificates[0].Leaf.Raw) {
+			if err := cfg.VerifyConnection(peer(cfg.Certificates[0].Leaf)); err == nil {
+				t.Fatal("a certificate other than the recorded server certificate is accepted")
+			}
 		}
 	})
 }

@@ -1,6 +1,7 @@
 // Package goplugin supervises agent_sidecar add-ons: go-plugin processes
-// speaking addond's gRPC contract (sdk.Handshake, AutoMTLS over a unix
-// socket). It starts the staged binary, configures it, checks its health
+// speaking addond's gRPC contract (sdk.Handshake, mutual TLS over a unix
+// socket: go-plugin's AutoMTLS as far as the add-on can tell, made
+// independent of the wall clock on addond's side, mtls.go). It starts the staged binary, configures it, checks its health
 // every HealthInterval, restarts it with exponential backoff when it dies
 // or stops answering, and opens a circuit breaker when it crash-loops.
 //
@@ -321,29 +322,39 @@ func (i *instance) launch(spec supervisors.Spec) (*proc, error) {
 	if o.Units != nil {
 		return i.launchUnit(spec)
 	}
-	cmd := exec.Command(spec.Binary, spec.Args...)
+	cert, certPEM, err := newClientCert()
+	if err != nil {
+		return nil, fmt.Errorf("client certificate: %w", err)
+	}
+	pin := &serverPin{}
+	start := o.RunnerFunc
+	if start == nil {
+		start = newChildRunner
+	}
+	var cmd *exec.Cmd // the command that runs, once the runner is made
 	config := &plugin.ClientConfig{
-		HandshakeConfig:  sdk.Handshake,
-		Plugins:          plugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{}},
+		HandshakeConfig: sdk.Handshake,
+		Plugins:         plugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{}},
+		// go-plugin takes Cmd or RunnerFunc, not both: the runner gets
+		// the command go-plugin builds (its environment), running ours.
+		RunnerFunc: func(l hclog.Logger, c *exec.Cmd, tmpDir string) (runner.Runner, error) {
+			want := exec.Command(spec.Binary, spec.Args...)
+			c.Path, c.Args, c.Err = want.Path, want.Args, want.Err
+			c.Env = append(c.Env, clientCertEnv+"="+string(certPEM))
+			r, err := start(l, c, tmpDir)
+			if err != nil {
+				return nil, err
+			}
+			if _, ok := r.(*childRunner); ok {
+				cmd = c
+			}
+			return &pinRunner{Runner: r, pin: pin}, nil
+		},
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		AutoMTLS:         true,
+		TLSConfig:        clientTLS(cert, pin), // mtls.go: not AutoMTLS
 		StartTimeout:     o.StartTimeout,
 		SkipHostEnv:      true,
 		Logger:           newHCLogger(i.log),
-	}
-	if o.RunnerFunc == nil {
-		// A child process: its own process group (killed as a whole),
-		// and killed should addond itself die.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-		config.Cmd = cmd
-	} else {
-		// go-plugin takes Cmd or RunnerFunc, not both: the runner gets
-		// the command in the one go-plugin builds.
-		config.RunnerFunc = func(l hclog.Logger, c *exec.Cmd, tmpDir string) (runner.Runner, error) {
-			c.Path, c.Args, c.Err = cmd.Path, cmd.Args, cmd.Err
-			return o.RunnerFunc(l, c, tmpDir)
-		}
-		cmd = nil
 	}
 	client := plugin.NewClient(config)
 	p, err := connect(client, spec)

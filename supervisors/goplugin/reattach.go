@@ -1,11 +1,13 @@
 package goplugin
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -28,10 +30,10 @@ import (
 
 // reattachState is what a new addond needs to talk to a sidecar unit an
 // earlier one started: which run of which unit it is, what it runs, where
-// it listens, and both ends of the mutual TLS go-plugin negotiated (the
-// server's certificate from the handshake line, the client certificate and
-// key AutoMTLS made). It holds a private key: the file is 0600, and one
-// that is not is not used.
+// it listens, and both ends of its mutual TLS (mtls.go): the server's
+// certificate from the handshake line, which is pinned, and addond's client
+// certificate and key, which the sidecar trusts. It holds a private key:
+// the file is 0600, and one that is not is not used.
 type reattachState struct {
 	Unit            string `json:"unit"`
 	InvocationID    string `json:"invocation_id"`
@@ -49,19 +51,23 @@ type reattachState struct {
 const maxReattachFile = 64 << 10
 
 // newReattachState collects the reattach data of a sidecar unit r that
-// has just completed its handshake with client (started with config).
-func newReattachState(client *plugin.Client, config *plugin.ClientConfig, r *unitRunner) (*reattachState, error) {
+// has just completed its handshake with client, which talks to it with
+// cert and the server certificate pin.
+func newReattachState(client *plugin.Client, cert tls.Certificate, pin *serverPin, r *unitRunner) (*reattachState, error) {
 	rc := client.ReattachConfig()
 	if rc == nil || rc.Addr == nil || rc.Addr.Network() != "unix" {
 		return nil, errors.New("no unix socket address")
 	}
-	if config.TLSConfig == nil || len(config.TLSConfig.Certificates) == 0 || len(config.TLSConfig.Certificates[0].Certificate) == 0 {
+	if len(cert.Certificate) == 0 {
 		return nil, errors.New("no client certificate")
 	}
-	cert := config.TLSConfig.Certificates[0]
 	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
 	if err != nil {
 		return nil, fmt.Errorf("client key: %w", err)
+	}
+	server := pin.get()
+	if server == nil {
+		return nil, errors.New("no server certificate pinned")
 	}
 	parts, err := readHandshake(r.opts.HandshakeFile(r.spec.AddonID))
 	if err != nil {
@@ -70,13 +76,16 @@ func newReattachState(client *plugin.Client, config *plugin.ClientConfig, r *uni
 	if parts[3] != rc.Addr.String() {
 		return nil, fmt.Errorf("handshake file names %s, the client connected to %s", parts[3], rc.Addr)
 	}
+	if der, err := handshakeCert(parts); err != nil || !bytes.Equal(der, server) {
+		return nil, errors.New("the handshake file's server certificate is not the one the client pinned")
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return &reattachState{
 		Unit: r.unit, InvocationID: r.invocation, Fingerprint: r.fingerprint,
 		Protocol: string(rc.Protocol), ProtocolVersion: client.NegotiatedVersion(),
 		Addr: rc.Addr.String(), PID: r.pid,
-		ServerCert: parts[5],
+		ServerCert: base64.RawStdEncoding.EncodeToString(server),
 		ClientCert: base64.StdEncoding.EncodeToString(cert.Certificate[0]),
 		ClientKey:  base64.StdEncoding.EncodeToString(key),
 	}, nil
@@ -170,15 +179,12 @@ func loadReattach(path string) (*reattachState, error) {
 }
 
 // tlsConfig is the client side of the mutual TLS the sidecar was started
-// with.
+// with: the recorded client certificate, and the recorded server
+// certificate pinned (mtls.go) — whatever the wall clock says now.
 func (st *reattachState) tlsConfig() (*tls.Config, error) {
-	serverDER, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(st.ServerCert, "="))
+	serverDER, err := handshakeCert([]string{5: st.ServerCert})
 	if err != nil {
-		return nil, fmt.Errorf("server certificate: %w", err)
-	}
-	server, err := x509.ParseCertificate(serverDER)
-	if err != nil {
-		return nil, fmt.Errorf("server certificate: %w", err)
+		return nil, err
 	}
 	clientDER, err := base64.StdEncoding.DecodeString(st.ClientCert)
 	if err != nil {
@@ -196,14 +202,13 @@ func (st *reattachState) tlsConfig() (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client key: %w", err)
 	}
-	pool := x509.NewCertPool()
-	pool.AddCert(server)
-	return &tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{clientDER}, PrivateKey: key, Leaf: leaf}},
-		RootCAs:      pool,
-		ServerName:   "localhost",
-		MinVersion:   tls.VersionTLS12,
-	}, nil
+	cert := tls.Certificate{Certificate: [][]byte{clientDER}, PrivateKey: key, Leaf: leaf}
+	if _, err := tls.X509KeyPair(
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: clientDER}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})); err != nil {
+		return nil, fmt.Errorf("client certificate and key: %w", err)
+	}
+	return clientTLS(cert, pinned(serverDER)), nil
 }
 
 // reattach connects to the sidecar unit st describes, if it is still the

@@ -138,17 +138,22 @@ func (i *instance) launchUnit(spec supervisors.Spec) (*proc, error) {
 	if err := os.MkdirAll(u.Dir(), 0o700); err != nil {
 		return nil, fmt.Errorf("plugin directory: %w", err)
 	}
+	cert, certPEM, err := newClientCert()
+	if err != nil {
+		return nil, fmt.Errorf("client certificate: %w", err)
+	}
+	pin := &serverPin{}
 	var r *unitRunner
 	config := &plugin.ClientConfig{
 		HandshakeConfig: sdk.Handshake,
 		Plugins:         plugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{}},
 		RunnerFunc: func(_ hclog.Logger, cmd *exec.Cmd, tmpDir string) (runner.Runner, error) {
-			r = newUnitRunner(u, spec, fp, cmd.Env, tmpDir)
-			return r, nil
+			r = newUnitRunner(u, spec, fp, append(cmd.Env, clientCertEnv+"="+string(certPEM)), tmpDir)
+			return &pinRunner{Runner: r, pin: pin}, nil
 		},
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: u.Dir()},
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		AutoMTLS:         true,
+		TLSConfig:        clientTLS(cert, pin), // mtls.go: not AutoMTLS
 		StartTimeout:     o.StartTimeout,
 		SkipHostEnv:      true,
 		Logger:           newHCLogger(i.log),
@@ -163,7 +168,7 @@ func (i *instance) launchUnit(spec supervisors.Spec) (*proc, error) {
 		return nil, err
 	}
 	p.unit = r
-	st, err = newReattachState(client, config, r)
+	st, err = newReattachState(client, cert, pin, r)
 	if err == nil {
 		err = saveReattach(u.ReattachFile(spec.AddonID), st)
 	}

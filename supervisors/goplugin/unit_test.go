@@ -3,6 +3,7 @@ package goplugin
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -250,6 +251,23 @@ func TestUnits(t *testing.T) {
 			return 0
 		}, spec("1.0.0", `{}`), "was restarted since"},
 		{"new version", func(*testing.T, *UnitOptions) int { return 0 }, spec("1.0.1", `{}`), "the add-on changed"},
+		{"other server certificate", func(t *testing.T, u *UnitOptions) int {
+			// Both records name another certificate (with the same
+			// subject): the sidecar's real one is refused by the pin.
+			now := time.Now()
+			other := base64.RawStdEncoding.EncodeToString(pluginCert(t, nil, now.Add(-30*time.Second), now.Add(time.Hour)).Certificate[0])
+			rewrite(t, u.ReattachFile("hello"), func(st *reattachState) { st.ServerCert = other })
+			hs, err := os.ReadFile(u.HandshakeFile("hello"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			parts := strings.Split(strings.TrimSpace(string(hs)), "|")
+			parts[5] = other
+			if err := os.WriteFile(u.HandshakeFile("hello"), []byte(strings.Join(parts, "|")+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return 0
+		}, spec("1.0.0", `{}`), "not the one its handshake announced"},
 		{"file not 0600", func(t *testing.T, u *UnitOptions) int {
 			if err := os.Chmod(u.ReattachFile("hello"), 0o644); err != nil {
 				t.Fatal(err)
