@@ -127,8 +127,12 @@ func FuzzAddonUnitOf(f *testing.F) {
 	f.Add([]byte("0::"+um+"addond-hello.service\n"), false)
 	f.Fuzz(func(t *testing.T, cgroup []byte, sameUID bool) {
 		for _, line := range strings.Split(string(cgroup), "\n") {
-			if i := strings.Index(line, ":/"); i >= 0 && filepath.Clean(line[i+1:]) != line[i+1:] {
-				return // the kernel writes clean paths
+			_, path, found := strings.Cut(line, "::")
+			if !found {
+				_, path, found = strings.Cut(line, ":name=systemd:")
+			}
+			if found && (!strings.HasPrefix(path, "/") || filepath.Clean(path) != path) {
+				return // the kernel writes clean absolute paths
 			}
 		}
 		p := peer{uid: me, pid: 1}
