@@ -70,10 +70,13 @@ vmtest: deps minio packages
 # add-ons in booted Debian machines, the updater missing, a clock jump in a
 # VM. docs/RELIABILITY.md has the matrix. Ends with "tests: N passed, ...".
 FAULTS := ^(TestFault.*|TestCrashConsistency|TestCapsInMachine|TestClockJump)$$
+FAULTS_LOG ?= $(TEST_CACHE)/faults.json
 faults: deps build minio
-	@set -o pipefail; \
+	@set -o pipefail; mkdir -p $(dir $(FAULTS_LOG)); \
 	ADDOND_TEST_STRICT=1 ADDOND_MINIO_BIN=$(MINIO_BIN) \
-		$(GO) test -json -count=1 -timeout 30m -run '$(FAULTS)' ./cmd/addond ./vmtest/vm 2>&1 | $(GO) run ./vmtest/testsum -strict -v
+		$(GO) test -json -count=1 -timeout 30m -run '$(FAULTS)' ./cmd/addond ./vmtest/vm 2>&1 | tee $(FAULTS_LOG) | \
+		$(GO) run ./vmtest/testsum -strict -v; rc=$$?; \
+	echo "every case's output (go test -json; its measurements are the t.Logf lines): $(FAULTS_LOG)"; exit $$rc
 
 # The soak (a short one is part of `make test`): assignment churn, add-on
 # kills, store outages and artifact faults for SOAK, then addond's RSS,

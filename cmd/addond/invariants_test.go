@@ -99,6 +99,13 @@ func checkCurrent(t *testing.T, root, id string, published func(id, version stri
 // current.new from an interrupted swap.
 func checkNoPartials(t *testing.T, root string) {
 	t.Helper()
+	if left := partials(root); len(left) > 0 {
+		t.Fatalf("partial or temporary files left in %s: %v", root, left)
+	}
+}
+
+// partials lists the partial and temporary files under root.
+func partials(root string) []string {
 	var left []string
 	filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -114,9 +121,7 @@ func checkNoPartials(t *testing.T, root string) {
 		}
 		return nil
 	})
-	if len(left) > 0 {
-		t.Fatalf("partial or temporary files left in %s: %v", root, left)
-	}
+	return left
 }
 
 // pids returns the main PID of each running add-on in ids, from status.

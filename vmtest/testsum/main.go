@@ -7,7 +7,9 @@
 // It exits 1 when anything failed, or — with -strict, as in `make test`,
 // where every dependency is provided — when anything skipped. A package
 // that fails without a failing test (a build error, a panic in TestMain)
-// counts as one failure.
+// counts as one failure. With -logs, each passed test's own log lines
+// (its t.Log output, where the fault suite writes what it measured)
+// follow its result line.
 package main
 
 import (
@@ -16,9 +18,14 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 )
+
+// logLine is a t.Log line: "<file>_test.go:<line>: …", indented, possibly
+// from a test run inside a machine.
+var logLine = regexp.MustCompile(`^\s*[\w.-]+_test\.go:\d+: `)
 
 type event struct {
 	Action  string
@@ -31,7 +38,9 @@ type event struct {
 func main() {
 	strict := flag.Bool("strict", false, "fail when any test skipped")
 	verbose := flag.Bool("v", false, "print every test result line")
+	logs := flag.Bool("logs", false, "with each passed test, its log lines (implies -v)")
 	flag.Parse()
+	*verbose = *verbose || *logs
 
 	output := map[string]*strings.Builder{} // package/test → output
 	key := func(e event) string { return e.Package + " " + e.Test }
@@ -63,6 +72,13 @@ func main() {
 				passed++
 				if *verbose {
 					fmt.Printf("ok   %s %s (%.2fs)\n", e.Package, e.Test, e.Elapsed)
+				}
+				if b := output[key(e)]; *logs && b != nil {
+					for _, l := range strings.Split(b.String(), "\n") {
+						if logLine.MatchString(l) {
+							fmt.Println("     " + strings.TrimSpace(l))
+						}
+					}
 				}
 			} else {
 				fmt.Printf("ok   %s (%.1fs)\n", e.Package, e.Elapsed)
