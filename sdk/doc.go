@@ -9,8 +9,9 @@
 //
 //	func main() { sdk.Serve(hello{}) }
 //
-// Under addond the program speaks go-plugin's gRPC protocol (AutoMTLS over a
-// unix socket, a magic-cookie handshake, grpc.health.v1). Started any other
+// Under addond the program speaks go-plugin's gRPC protocol (mutual TLS over
+// a unix socket, as go-plugin's AutoMTLS sets it up on the add-on's side; a
+// magic-cookie handshake; grpc.health.v1). Started any other
 // way — by hand, or as a systemd unit — Serve runs it standalone: it reads
 // its configuration from the file named by $ADDOND_CONFIG, calls Configure
 // once, and runs until SIGTERM or SIGINT.
