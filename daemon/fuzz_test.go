@@ -149,11 +149,26 @@ func FuzzAddonUnitOf(f *testing.F) {
 		if assignment.ValidAddonID(id) != nil {
 			t.Fatalf("caller is add-on %q, not a valid id", id)
 		}
-		unit := "/addond-" + id + ".service"
+		// The unit is the first component below the manager that is not
+		// a slice; what follows it (the unit's own sub-cgroups) names
+		// nothing.
+		unit := "addond-" + id + ".service"
 		found := false
 		for _, line := range strings.Split(string(cgroup), "\n") {
-			if strings.HasSuffix(line, unit) && (strings.Contains(line, fmt.Sprintf("/user@%d.service/", me)) || strings.Contains(line, "/system.slice/")) {
-				found = true
+			for _, below := range []string{fmt.Sprintf("/user@%d.service/", me), "/system.slice/"} {
+				_, rest, ok := strings.Cut(line, below)
+				if below == "/system.slice/" {
+					_, path, _ := strings.Cut(line, ":/")
+					rest, ok = strings.CutPrefix("/"+path, below)
+				}
+				for ok && rest != "" {
+					c, tail, _ := strings.Cut(rest, "/")
+					if !strings.HasSuffix(c, ".slice") {
+						found = found || c == unit
+						break
+					}
+					rest = tail
+				}
 			}
 		}
 		if !found {

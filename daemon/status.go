@@ -212,18 +212,33 @@ func addonUnitOf(p peer, cgroup []byte) string {
 		if !ok {
 			continue
 		}
-		inUserManager := strings.Contains(path, fmt.Sprintf("/user@%d.service/", p.uid))
-		inSystemManager := strings.HasPrefix(path, "/system.slice/")
-		if !inUserManager && !inSystemManager {
-			continue
-		}
-		unit := filepath.Base(path)
-		id, ok := strings.CutPrefix(unit, "addond-")
+		id, ok := strings.CutPrefix(unitIn(path, p.uid), "addond-")
 		if !ok {
 			continue
 		}
 		if id, ok = strings.CutSuffix(id, ".service"); ok && assignment.ValidAddonID(id) == nil {
 			return id
+		}
+	}
+	return ""
+}
+
+// unitIn returns the unit a cgroup path belongs to, in uid's user manager
+// or in the system manager: the first component below the manager that is
+// not a slice. Deeper components are the unit's own sub-cgroups, which its
+// processes may create (the user manager's subtree is delegated to the
+// user) and so name nothing: an add-on cannot pass for another by moving
+// into …/addond-<it>.service/addond-<other>.service.
+func unitIn(path string, uid int) string {
+	rest, ok := strings.CutPrefix(path, "/system.slice/")
+	if !ok {
+		if _, rest, ok = strings.Cut(path, fmt.Sprintf("/user@%d.service/", uid)); !ok {
+			return ""
+		}
+	}
+	for c := range strings.SplitSeq(rest, "/") {
+		if !strings.HasSuffix(c, ".slice") {
+			return c
 		}
 	}
 	return ""

@@ -74,6 +74,11 @@ func TestAddonUnitOf(t *testing.T) {
 		{me + 1, "0::" + um + "addond-hello.service\n", ""},                       // another uid
 		{me, "0::" + um + "addond-../../x.service\n", ""},
 		{me, "0::/addond-hello.service\n", ""}, // in no manager
+		// An add-on's own sub-cgroups name nothing: it stays itself.
+		{me, "0::" + um + "addond-hello.service/addond-root.service\n", "hello"},
+		{me, "0::" + um + "addond-hello.service/user@" + fmt.Sprint(me) + ".service/addond-root.service\n", "hello"},
+		{me, "0::" + um + "other.service/addond-root.service\n", ""},
+		{me, "0::/user.slice/user-" + fmt.Sprint(me) + ".slice/user@" + fmt.Sprint(me) + ".service/addond-x.service\n", "x"},
 	} {
 		if got := addonUnitOf(peer{uid: c.uid, pid: 1}, []byte(c.cgroup)); got != c.want {
 			t.Errorf("addonUnitOf(uid %d, %q) = %q, want %q", c.uid, c.cgroup, got, c.want)
