@@ -39,7 +39,10 @@ func RunHelper(ctx context.Context, id string, args ...string) (*HelperResult, e
 	if sock == "" {
 		return nil, errors.New("run helper: $" + StatusSocketEnv + " is not set (not started by addond?)")
 	}
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	// One connection per run, closed with it: an add-on may call this for
+	// as long as it lives, and an idle keep-alive connection (and its two
+	// goroutines) per call would pile up.
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
 	}}}

@@ -407,7 +407,7 @@ func TestFaultManyAddons(t *testing.T) {
 		}
 	}
 
-	f := newFaultAgent(t, "many", map[string]any{"store": proxied, "max_concurrent_downloads": limit})
+	f := newFaultAgent(t, "many", map[string]any{"store": proxied, "max_concurrent_downloads": limit, "probation": "60s"})
 	keeper := ids[n]
 	assign(keeper)
 	d := f.start()
