@@ -271,8 +271,17 @@ func (a *Agent) document(ctx context.Context, ast *state.Agent, rep *Report) (*a
 		rep.Fresh = true
 		return &assignment.Document{AgentID: a.cfg.AgentID}, true, nil
 	}
-	policy := source.Policy{AgentID: a.cfg.AgentID, Keys: a.keys, RequireSignatures: a.cfg.Trust.Required(), LastSerial: ast.LastSerial, LastDigest: ast.DocumentDigest}
-	f, err := a.src.Fetch(ctx, ast.DocumentToken)
+	// Serials (and the conditional-fetch token) are the source's own: when
+	// the operator points addond at another source, its documents are
+	// judged afresh — not as replays of the old one's.
+	id := a.sourceID()
+	last := *ast
+	if last.Source != "" && last.Source != id {
+		a.log.Info("the assignment source changed; its serials are its own", "was", last.Source, "now", id, "last_serial_there", last.LastSerial)
+		last = state.Agent{AppliedAt: ast.AppliedAt}
+	}
+	policy := source.Policy{AgentID: a.cfg.AgentID, Keys: a.keys, RequireSignatures: a.cfg.Trust.Required(), LastSerial: last.LastSerial, LastDigest: last.DocumentDigest}
+	f, err := a.src.Fetch(ctx, last.DocumentToken)
 	if err == nil {
 		doc, aerr := source.Accept(f, policy)
 		if aerr == nil {
@@ -281,7 +290,7 @@ func (a *Agent) document(ctx context.Context, ast *state.Agent, rep *Report) (*a
 				return nil, false, err
 			}
 			now := time.Now().UTC()
-			*ast = state.Agent{LastSerial: max(doc.Serial, ast.LastSerial), ConfigVersion: cv, DocumentToken: f.Token, DocumentDigest: source.DocumentDigest(f.Raw), AppliedAt: now}
+			*ast = state.Agent{Source: id, LastSerial: max(doc.Serial, last.LastSerial), ConfigVersion: cv, DocumentToken: f.Token, DocumentDigest: source.DocumentDigest(f.Raw), AppliedAt: now}
 			if err := state.SaveAgent(a.cfg.RuntimeRoot, ast); err != nil {
 				return nil, false, err
 			}
@@ -320,6 +329,14 @@ func (a *Agent) document(ctx context.Context, ast *state.Agent, rep *Report) (*a
 	}
 	rep.FromCache = rep.DocumentErr != nil
 	return doc, true, nil
+}
+
+// sourceID names the configured assignment source for state.Agent.Source.
+func (a *Agent) sourceID() string {
+	if a.cfg.Assignments.StoreKey != "" {
+		return a.cfg.Store + "#" + a.cfg.Assignments.StoreKey
+	}
+	return "file:" + a.cfg.Assignments.File
 }
 
 // checked records t (unless zero) as the last fresh answer of the source

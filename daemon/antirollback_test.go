@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/daemon/config"
 	"github.com/addond/addond/daemon/source"
 	"github.com/addond/addond/daemon/state"
 	"github.com/addond/addond/daemon/store"
@@ -324,5 +325,38 @@ func TestFreshness(t *testing.T) {
 	os.Rename(dir+".away", dir)
 	if rep, _ = a.Stage(context.Background()); !rep.Fresh {
 		t.Fatalf("store back: %+v", rep)
+	}
+}
+
+// TestSerialsPerSource: serials belong to the source that numbered them.
+// When the operator points addond at another source (here a store key of
+// another agent's stream, then a local file), the first document there is
+// judged afresh, not refused as a replay of the old source's serial; within
+// one source a lower serial is still a replay.
+func TestSerialsPerSource(t *testing.T) {
+	f := newFixture(t, "file")
+	f.publish("hello", "1.0.0", randomBytes(1000))
+	pkg := f.publish("hello", "1.1.0", randomBytes(1000))
+	for range 3 {
+		f.assign("hello@1.0.0") // serial 3 in the store
+	}
+	if rep := f.stage(); !rep.Converged() || rep.Serial != 3 {
+		t.Fatalf("first source: %v, serial %d", rep.Errors(), rep.Serial)
+	}
+
+	// Another source: a local file with serial 1.
+	doc, _ := json.Marshal(assignment.Document{AgentID: "edge-01", Serial: 1, Addons: []assignment.Addon{f.addonFor(pkg)}})
+	file := filepath.Join(f.base, "assignments.json")
+	os.WriteFile(file, doc, 0o644)
+	f.cfg.Assignments = config.Assignments{File: file}
+	rep := f.stage()
+	if !rep.Converged() || !rep.Fresh || rep.Serial != 1 || f.current("hello") != "1.1.0" {
+		t.Fatalf("a new source's first document: %v, fresh %v, serial %d, current %s", rep.Errors(), rep.Fresh, rep.Serial, f.current("hello"))
+	}
+	// Within it, a lower serial is a replay again.
+	doc0, _ := json.Marshal(assignment.Document{AgentID: "edge-01", Serial: 0})
+	os.WriteFile(file, doc0, 0o644)
+	if rep := f.stage(); rep.Replay == nil || f.current("hello") != "1.1.0" {
+		t.Fatalf("serial 0 after 1 from the same file: replay %v, current %s", rep.Replay, f.current("hello"))
 	}
 }

@@ -147,6 +147,11 @@ func SaveAddon(root, id string, a *Addon) error {
 
 // Agent is state/agent.json.
 type Agent struct {
+	// Source names the assignment source the fields below are about (the
+	// store URL and key, or the file): serials are a source's own, so a
+	// new source in the configuration starts afresh. Empty: state from
+	// before it was recorded, taken as the configured source.
+	Source        string `json:"source,omitempty"`
 	LastSerial    uint64 `json:"last_serial"`
 	ConfigVersion string `json:"config_version,omitempty"`
 	DocumentToken string `json:"document_token,omitempty"` // ETag or file identity of the accepted document
