@@ -700,6 +700,12 @@ func (r *runner) converge(ctx context.Context, ar *addonRun) {
 	}
 	if ar.running != nil && ar.running.Version == d.Version && ar.running.Artifact != nil && ar.running.Artifact.SHA256 == d.Artifact.SHA256 {
 		ar.fromLKG = false
+		if ar.state == "rolled_back" {
+			// The assignment now asks for the version that runs: the
+			// rollback is over (it lasts only until the assignment
+			// changes).
+			ar.set("running", "")
+		}
 		if ar.running.Digest() != d.Digest() {
 			if err := r.start(ctx, ar, *d); err != nil {
 				ar.lastErr = err.Error()

@@ -241,9 +241,20 @@ func TestRunRollback(t *testing.T) {
 	}
 	d = e.startDaemon(t, notify)
 	notify.waitFor(t, "READY=1", 10*time.Second)
-	d.waitAddon(t, "hello", 15*time.Second, "rolled back after a restart", func(a daemon.AddonStatus) bool {
-		return a.State == "rolled_back" && a.ActiveVersion == "1.0.0" && a.Version == "1.1.0"
+	rbr := d.waitAddon(t, "hello", 15*time.Second, "rolled back after a restart", func(a daemon.AddonStatus) bool {
+		return a.State == "rolled_back" && a.ActiveVersion == "1.0.0" && a.Version == "1.1.0" && a.PID != 0
 	})
+
+	// The assignment goes back to the version that runs: the rollback is
+	// over, nothing restarts.
+	e.assignWithConfig("hello@1.0.0", "hello", `{}`)
+	d.client.Reconcile(context.Background())
+	back := d.waitAddon(t, "hello", 15*time.Second, "running 1.0.0, no longer rolled back", func(a daemon.AddonStatus) bool {
+		return runningHealthy("1.0.0")(a) && a.Version == "1.0.0" && a.LastError == "" && !a.FromLKG
+	})
+	if back.PID != rbr.PID || !alive(back.PID) {
+		t.Fatalf("hello restarted (pid %d → %d) when the assignment came back to what runs", rbr.PID, back.PID)
+	}
 
 	// A new assignment is tried.
 	e.assignWithConfig("hello@1.2.0", "hello", `{}`)
