@@ -388,23 +388,33 @@ func procPPID(stat string) int {
 	return n
 }
 
-// children lists addond's child processes (zombies included: an unreaped
-// child is a leak too).
-func (s *soak) children() map[int]string {
-	out := map[int]string{}
+// eachProc calls fn for every process on the host with its stat line and
+// its command line (NULs as spaces).
+func eachProc(fn func(pid int, stat, cmdline string)) {
 	ents, _ := os.ReadDir("/proc")
 	for _, ent := range ents {
 		pid, err := strconv.Atoi(ent.Name())
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil || procPPID(string(b)) != s.pid {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
 			continue
 		}
 		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		out[pid] = procState(string(b)) + " " + strings.ReplaceAll(string(cmd), "\x00", " ")
+		fn(pid, string(stat), strings.ReplaceAll(string(cmd), "\x00", " "))
 	}
+}
+
+// children lists addond's child processes (zombies included: an unreaped
+// child is a leak too).
+func (s *soak) children() map[int]string {
+	out := map[int]string{}
+	eachProc(func(pid int, stat, cmdline string) {
+		if procPPID(stat) == s.pid {
+			out[pid] = procState(stat) + " " + cmdline
+		}
+	})
 	return out
 }
 
@@ -413,19 +423,15 @@ func (s *soak) children() map[int]string {
 // parent.
 func (s *soak) addonProcs() map[int]string {
 	out := map[int]string{}
-	ents, _ := os.ReadDir("/proc")
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil || pid == s.pid {
-			continue
+	eachProc(func(pid int, _, cmdline string) {
+		if pid == s.pid {
+			return
 		}
 		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		line := strings.ReplaceAll(string(cmd), "\x00", " ")
-		if strings.HasPrefix(exe, s.e.root+"/") || strings.Contains(line, s.e.root+"/") {
-			out[pid] = exe + ": " + line
+		if strings.HasPrefix(exe, s.e.root+"/") || strings.Contains(cmdline, s.e.root+"/") {
+			out[pid] = exe + ": " + cmdline
 		}
-	}
+	})
 	return out
 }
 
