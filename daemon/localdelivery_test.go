@@ -106,7 +106,9 @@ type running struct {
 	stop    func()
 }
 
-func (f *fixture) run(t *testing.T) *running {
+// run starts it; each opt may change the agent (its store, say) and the
+// run's options before Run.
+func (f *fixture) run(t *testing.T, opts ...func(*Agent, *RunOptions)) *running {
 	t.Helper()
 	f.cfg.StatusSocket = filepath.Join(f.base, "s.sock")
 	f.cfg.PollInterval = config.Duration(time.Hour) // reconciles on request only
@@ -123,15 +125,17 @@ func (f *fixture) run(t *testing.T) *running {
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan struct{})
 	done := make(chan error, 1)
-	go func() {
-		done <- a.Run(ctx, RunOptions{
-			Supervisors: map[string]supervisors.Supervisor{
-				assignment.SupervisionAgentSidecar: sidecar,
-				assignment.SupervisionConfigToggle: toggles,
-			},
-			Ready: ready,
-		})
-	}()
+	o := RunOptions{
+		Supervisors: map[string]supervisors.Supervisor{
+			assignment.SupervisionAgentSidecar: sidecar,
+			assignment.SupervisionConfigToggle: toggles,
+		},
+		Ready: ready,
+	}
+	for _, fn := range opts {
+		fn(a, &o)
+	}
+	go func() { done <- a.Run(ctx, o) }()
 	select {
 	case <-ready:
 	case err := <-done:

@@ -24,6 +24,7 @@ type metrics struct {
 	reconcile         prometheus.Histogram
 	downgradesRefused *prometheus.CounterVec
 	replays           prometheus.Counter
+	downloads         prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -51,11 +52,14 @@ func newMetrics() *metrics {
 		downgradesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "addond_downgrades_refused_total", Help: "Desired versions refused as downgrades (lower than the highest ever activated), once per refused version.",
 		}, []string{"addon_id"}),
+		downloads: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "addond_downloads_in_flight", Help: "Stagings (downloads and their verification) in flight.",
+		}),
 		replays: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "addond_assignment_replays_total", Help: "Assignment documents refused as replays (a lower serial, or the last serial with other content), once per distinct document.",
 		}),
 	}
-	m.reg.MustRegister(m.state, m.restarts, m.rollbacks, m.deliveryBytes, m.deliveryFailures, m.reconcile, m.downgradesRefused, m.replays,
+	m.reg.MustRegister(m.state, m.restarts, m.rollbacks, m.deliveryBytes, m.deliveryFailures, m.reconcile, m.downgradesRefused, m.replays, m.downloads,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

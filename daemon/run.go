@@ -45,6 +45,11 @@ type RunOptions struct {
 	// Orphans stops add-on units that nothing claims, once, after the
 	// last-known-good add-ons were started (nil: add-ons are children).
 	Orphans func(ctx context.Context, keep func(id string) bool) ([]string, error)
+
+	// beforeStaged, in tests, runs in a staging's goroutine after it ended
+	// and before its result reaches the loop: a fault point that orders
+	// the result after other inputs.
+	beforeStaged func(assignment.Spec)
 }
 
 // HelperRunner runs an ephemeral helper once.
@@ -55,25 +60,30 @@ type HelperRunner interface {
 // addonRun is the loop's view of one add-on. Only the loop goroutine
 // touches it.
 type addonRun struct {
-	id        string
-	desired   *assignment.Spec // nil: not (validly) assigned
-	running   *assignment.Spec // what the supervisor runs
-	model     string
-	state     string
-	health    string
-	lastErr   string
-	since     time.Time
-	fromLKG   bool
-	staging   string // version being staged
-	previous  string // the version before the current one
-	probation *state.Probation
-	restarts  int
-	pid       int
-	installed *delivery.Installed // os_package: the binary as last verified
-	waiting   bool                // the backend waits for the systemd manager
-	capped    map[string]string   // version → its capped copy (os_capabilities)
-	pinned    bool                // the local overrides set the desired version
-	refused   string              // the desired version refused as a downgrade
+	id      string
+	desired *assignment.Spec // nil: not (validly) assigned
+	running *assignment.Spec // what the supervisor runs
+	model   string
+	state   string
+	health  string
+	lastErr string
+	since   time.Time
+	fromLKG bool
+	// staging is the version being staged, by the staging numbered
+	// stageSeq (0: none); cancelStage cancels it. One staging per add-on
+	// at a time: two would write the same partial file.
+	staging     string
+	stageSeq    uint64
+	cancelStage context.CancelFunc
+	previous    string // the version before the current one
+	probation   *state.Probation
+	restarts    int
+	pid         int
+	installed   *delivery.Installed // os_package: the binary as last verified
+	waiting     bool                // the backend waits for the systemd manager
+	capped      map[string]string   // version → its capped copy (os_capabilities)
+	pinned      bool                // the local overrides set the desired version
+	refused     string              // the desired version refused as a downgrade
 }
 
 // unsupported reports a model (delivery or supervision) this host lacks.
@@ -104,6 +114,7 @@ type (
 	}
 	sweptMsg  struct{}
 	stagedMsg struct {
+		seq    uint64 // the staging's number (addonRun.stageSeq)
 		spec   assignment.Spec
 		err    error
 		capped string // the capped copy, for a spec with os_capabilities
@@ -139,8 +150,14 @@ type runner struct {
 	metrics        *metrics
 	reconcileStart time.Time
 	lastSummary    string
-	staging        int            // downloads in flight
-	pendingConfig  *config.Config // a reloaded config waiting for them
+	staging        int    // downloads in flight
+	stageSeq       uint64 // the last staging's number
+	// draining: stagings still in flight for add-ons that were removed
+	// (id → the staging's number). Until their result is in, the add-on's
+	// directory is not theirs to recreate, nor a re-added add-on's to
+	// stage into.
+	draining      map[string]uint64
+	pendingConfig *config.Config // a reloaded config waiting for them
 }
 
 // applyConfig switches to a reloaded config once nothing in flight uses
@@ -181,11 +198,12 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 	}
 	r := &runner{
 		a: a, opts: o, log: a.log,
-		addons:  map[string]*addonRun{},
-		events:  make(chan supervisors.Event, 256),
-		msgs:    make(chan any, 64),
-		reqs:    make(chan request),
-		metrics: newMetrics(),
+		addons:   map[string]*addonRun{},
+		draining: map[string]uint64{},
+		events:   make(chan supervisors.Event, 256),
+		msgs:     make(chan any, 64),
+		reqs:     make(chan request),
+		metrics:  newMetrics(),
 	}
 	a.runner.Store(r)
 	defer a.runner.Store(nil)
@@ -632,6 +650,11 @@ func (r *runner) apply(ctx context.Context, m desiredMsg) {
 	for id, ar := range r.addons {
 		if !assigned[id] {
 			r.log.Info("add-on no longer assigned", "addon_id", id)
+			if ar.stageSeq != 0 {
+				// Its staging ends on its own, and removes what it wrote.
+				ar.cancelStage()
+				r.draining[id] = ar.stageSeq
+			}
 			r.stop(ctx, ar)
 			if err := r.a.del.RemoveAddon(id); err != nil {
 				r.log.Warn("removing add-on", "addon_id", id, "error", err)
@@ -663,6 +686,12 @@ func (r *runner) refuseDowngrade(ar *addonRun, version string, err error) {
 // converge takes one add-on one step toward its desired spec.
 func (r *runner) converge(ctx context.Context, ar *addonRun) {
 	d := ar.desired
+	if ar.stageSeq != 0 && (!d.Enabled || d.Delivery != assignment.DeliveryPushedArtifact || ar.staging != d.Version) {
+		// The assignment moved on from the version being staged: its
+		// staging is cancelled (a partial download stays for a resume),
+		// and its result converges again.
+		ar.cancelStage()
+	}
 	switch {
 	case !d.Enabled:
 		r.stop(ctx, ar)
@@ -713,25 +742,43 @@ func (r *runner) converge(ctx context.Context, ar *addonRun) {
 		}
 		return
 	}
-	if ar.staging == d.Version {
+	if _, busy := r.draining[ar.id]; busy {
+		// A staging of the add-on as it was before its removal is still
+		// in flight: its result converges this one again.
+		if ar.running == nil {
+			ar.set("downloading", "")
+		}
 		return
 	}
-	ar.staging = d.Version
+	if ar.stageSeq != 0 {
+		return // its result converges again
+	}
+	r.stageSeq++
+	sctx, cancel := context.WithCancel(ctx)
+	ar.staging, ar.stageSeq, ar.cancelStage = d.Version, r.stageSeq, cancel
 	r.staging++
+	r.metrics.downloads.Set(float64(r.staging))
 	if ar.running == nil {
 		ar.set("downloading", "")
 	}
-	spec := *d
+	spec, seq := *d, ar.stageSeq
 	go func() {
-		staged, err := r.a.del.Stage(ctx, spec)
+		defer cancel()
+		staged, err := r.a.del.Stage(sctx, spec)
 		if staged.Downloaded {
 			r.metrics.deliveryBytes.Add(float64(staged.Bytes))
 		}
-		m := stagedMsg{spec: spec, err: err}
+		m := stagedMsg{seq: seq, spec: spec, err: err}
 		if err == nil && needsCaps(spec) {
-			m.capped, m.capErr = r.a.cappedCopy(ctx, spec)
+			m.capped, m.capErr = r.a.cappedCopy(sctx, spec)
 		}
-		r.msgs <- m
+		if r.opts.beforeStaged != nil {
+			r.opts.beforeStaged(spec)
+		}
+		select {
+		case r.msgs <- m:
+		case <-ctx.Done():
+		}
 	}()
 }
 
@@ -791,6 +838,7 @@ func (r *runner) convergeLocal(ctx context.Context, ar *addonRun) {
 // staged activates a freshly staged version on probation.
 func (r *runner) staged(ctx context.Context, m stagedMsg) {
 	r.staging--
+	r.metrics.downloads.Set(float64(r.staging))
 	defer r.applyConfig()
 	if r.staging == 0 {
 		// A burst of downloads is over: hand the pipeline's buffers back
@@ -798,20 +846,36 @@ func (r *runner) staged(ctx context.Context, m stagedMsg) {
 		// so that addond's resident memory returns to its idle size.
 		defer debug.FreeOSMemory()
 	}
-	ar, ok := r.addons[m.spec.AddonID]
-	if !ok {
+	id := m.spec.AddonID
+	ar, ok := r.addons[id]
+	if seq, drained := r.draining[id]; drained && seq == m.seq {
 		// Removed from the assignment while this version was being
-		// staged: what the late staging wrote goes as well.
-		r.log.Info("discarding a version staged for an add-on no longer assigned", "addon_id", m.spec.AddonID, "version", m.spec.Version)
-		if err := r.a.del.RemoveAddon(m.spec.AddonID); err != nil {
-			r.log.Warn("removing add-on", "addon_id", m.spec.AddonID, "error", err)
+		// staged.
+		delete(r.draining, id)
+		if ok {
+			// Assigned again meanwhile: the directory is the new
+			// assignment's, which waited for this staging to end.
+			if ar.desired != nil {
+				r.converge(ctx, ar)
+			}
+			return
+		}
+		// What the late staging wrote (the version, a partial download,
+		// a capped copy) goes as well.
+		if err := r.a.del.RemoveAddon(id); err != nil {
+			r.log.Warn("removing add-on", "addon_id", id, "error", err)
 		}
 		if m.capped != "" {
-			r.a.dropCapped(m.spec.AddonID)
+			r.a.dropCapped(id)
 		}
+		r.log.Info("discarded a version staged for an add-on no longer assigned", "addon_id", id, "version", m.spec.Version, "staging_error", m.err)
 		return
 	}
-	ar.staging = ""
+	if !ok || ar.stageSeq != m.seq {
+		r.log.Error("a staging result nobody waits for (a bug)", "addon_id", id, "version", m.spec.Version)
+		return
+	}
+	ar.staging, ar.stageSeq, ar.cancelStage = "", 0, nil
 	if ar.desired == nil || ar.desired.Digest() != m.spec.Digest() {
 		if ar.desired != nil {
 			r.converge(ctx, ar) // the assignment moved on meanwhile

@@ -138,12 +138,18 @@ func (d *Deliverer) GC(id string, keep ...string) ([]string, error) {
 
 // RemoveAddon deletes everything addond keeps for id: an add-on that is no
 // longer assigned leaves no state, so a re-added one cannot reuse a stale
-// last-known-good spec.
+// last-known-good spec, and no partial download.
 func (d *Deliverer) RemoveAddon(id string) error {
 	if err := assignment.ValidAddonID(id); err != nil {
 		return err
 	}
 	defer d.lock(id)()
+	// Partial downloads are "<id>@<version>.part" (and ".part.json"); ids
+	// hold no "@".
+	parts, _ := filepath.Glob(filepath.Join(d.tmpDir(), id+"@*"))
+	for _, p := range parts {
+		os.Remove(p)
+	}
 	return os.RemoveAll(d.addonDir(id))
 }
 
