@@ -12,11 +12,18 @@ import (
 	"github.com/addond/addond/vmtest/miniotest"
 )
 
-// The package's life in a real machine: each test boots a fresh Debian 12
-// VM with the addond deb from `make packages`, installs it with dpkg as an
-// administrator would, and drives the packaged, hardened addond.service
-// with the packaged addonctl — add-ons published into a store inside the
-// guest (no network), signed by a publisher key addond trusts.
+// The package's life in a real machine: a fresh Debian 12 VM with the
+// addond deb from `make packages`, installed with dpkg as an administrator
+// would, driving the packaged, hardened addond.service with the packaged
+// addonctl — add-ons published into a store inside the guest (no
+// network), signed by a publisher key addond trusts.
+//
+// A boot costs about 25 s of TCG time before a test does anything, so the
+// steps that need no boot of their own share one: TestPackageLifecycle runs
+// them in order in one machine, each step a subtest that starts from what
+// the ones before left (as an administrator's host would). Reboots
+// (TestStoreOutageReboot) and the clock (TestClockJump) get machines of
+// their own.
 
 // publishExamples publishes hello (1.0.0), pingsweep (with cap_net_raw)
 // and ticker into the store and assigns all three: hello and pingsweep as
@@ -56,13 +63,42 @@ func checkPackagedUnit(t *testing.T) {
 	}
 }
 
-// TestFreshInstall: the shipped configuration (no store, no keys) reaches
-// READY under the packaged unit and says so.
-func TestFreshInstall(t *testing.T) {
+// lifecycle is what the steps of TestPackageLifecycle hand on.
+type lifecycle struct {
+	p *publisher // from addons on
+}
+
+// TestPackageLifecycle: the package from install to purge in one machine,
+// step by step; a step that fails ends the run (the later ones would only
+// fail for its sake).
+func TestPackageLifecycle(t *testing.T) {
 	if !InVM() {
-		boot(t, scenario{})
+		boot(t, scenario{upgrade: true, timeout: 15 * time.Minute})
 		return
 	}
+	l := &lifecycle{}
+	for _, step := range []struct {
+		name string
+		run  func(*testing.T, *lifecycle)
+	}{
+		{"FreshInstall", freshInstall},
+		{"Addons", addons},
+		{"PackageUpgrade", packageUpgrade},
+		{"MemoryLimit", memoryLimit},
+		{"UpgradeRollback", upgradeRollback},
+		{"Purge", purge},
+	} {
+		start := time.Now()
+		if !t.Run(step.name, func(t *testing.T) { step.run(t, l) }) {
+			t.Fatalf("step %s failed; the later steps build on it and were not run", step.name)
+		}
+		t.Logf("step %s: %v", step.name, time.Since(start).Round(100*time.Millisecond))
+	}
+}
+
+// freshInstall: the shipped configuration (no store, no keys) reaches
+// READY under the packaged unit and says so.
+func freshInstall(t *testing.T, l *lifecycle) {
 	start := time.Now()
 	install(t, debPath)
 	t.Logf("dpkg -i to active: %v", time.Since(start).Round(100*time.Millisecond))
@@ -125,17 +161,12 @@ func TestFreshInstall(t *testing.T) {
 	}
 }
 
-// TestAddons: hello and pingsweep as sidecars and ticker as a timer, from
-// a file:// store, all run under the packaged hardened unit; pingsweep
-// gets cap_net_raw from addond-updater.
-func TestAddons(t *testing.T) {
-	if !InVM() {
-		boot(t, scenario{})
-		return
-	}
-	install(t, debPath)
-	p := newPublisher(t, fileStore)
-	publishExamples(t, p)
+// addons: hello and pingsweep as sidecars and ticker as a timer, from a
+// file:// store, all run under the packaged hardened unit; pingsweep gets
+// cap_net_raw from addond-updater.
+func addons(t *testing.T, l *lifecycle) {
+	l.p = newPublisher(t, fileStore)
+	publishExamples(t, l.p)
 	start := time.Now()
 	configure(t, fileStore)
 	waitExamples(t, 2*time.Minute)
@@ -189,20 +220,14 @@ hog=$(head -c 134217728 /dev/zero | tr '\0' x)
 exec sleep infinity
 `
 
-// TestMemoryLimit: an add-on whose memory_max_bytes is smaller than it
+// memoryLimit: an add-on whose memory_max_bytes is smaller than it
 // needs is OOM-killed (cgroup v2 enforces MemoryMax in the VM) and
 // reported; addond and the other add-ons are unaffected.
-func TestMemoryLimit(t *testing.T) {
-	if !InVM() {
-		boot(t, scenario{})
-		return
-	}
-	install(t, debPath)
-	p := newPublisher(t, fileStore)
+func memoryLimit(t *testing.T, l *lifecycle) {
+	p := l.p
 	if err := os.WriteFile("/root/memhog", []byte(memhog), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	p.publish(t, "hello", "1.0.0", "agent_sidecar", BinDir+"/hello")
 	p.publish(t, "memhog", "1.0.0", "systemd_service", "/root/memhog")
 	p.assign(t, "--addon", "hello@1.0.0", "--addon", "memhog@1.0.0")
 	p.withResources(t, map[string]assignment.Resources{
@@ -210,7 +235,8 @@ func TestMemoryLimit(t *testing.T) {
 		"hello":  {MemoryMaxBytes: 256 << 20},
 	})
 	agentPID := mainPID(t, "addond")
-	configure(t, fileStore)
+	restarts := unitProp(t, "addond", "NRestarts")
+	sh(t, "addonctl reconcile")
 
 	waitAddon(t, "hello", 2*time.Minute, "running", runningHealthy("1.0.0"))
 	eventually(t, 2*time.Minute, "memhog OOM-killed", func() error {
@@ -231,8 +257,8 @@ func TestMemoryLimit(t *testing.T) {
 	if got := unitProp(t, "addond", "MainPID"); got != agentPID {
 		t.Errorf("addond's MainPID went from %s to %s", agentPID, got)
 	}
-	if got := unitProp(t, "addond", "NRestarts"); got != "0" {
-		t.Errorf("addond restarted %s times", got)
+	if got := unitProp(t, "addond", "NRestarts"); got != restarts {
+		t.Errorf("addond restarted: NRestarts %s, %s before", got, restarts)
 	}
 	waitAddon(t, "hello", 10*time.Second, "still running", runningHealthy("1.0.0"))
 	if got := userUnitProp(t, "addond-hello.service", "MemoryMax"); got != fmt.Sprint(256<<20) {
@@ -240,20 +266,15 @@ func TestMemoryLimit(t *testing.T) {
 	}
 }
 
-// TestUpgradeRollback: a new version that stays unhealthy through its
+// upgradeRollback: a new version that stays unhealthy through its
 // probation is rolled back; a healthy one is promoted.
-func TestUpgradeRollback(t *testing.T) {
-	if !InVM() {
-		boot(t, scenario{})
-		return
-	}
-	install(t, debPath)
-	p := newPublisher(t, fileStore)
-	for _, v := range []string{"1.0.0", "1.1.0", "1.2.0"} {
+func upgradeRollback(t *testing.T, l *lifecycle) {
+	p := l.p
+	for _, v := range []string{"1.1.0", "1.2.0"} {
 		p.publish(t, "hello", v, "agent_sidecar", BinDir+"/hello")
 	}
 	p.assign(t, "--addon", "hello@1.0.0")
-	configure(t, fileStore)
+	sh(t, "addonctl reconcile")
 	waitAddon(t, "hello", 2*time.Minute, "running", runningHealthy("1.0.0"))
 
 	if err := os.WriteFile("/root/unhealthy.json", []byte(`{"health": "unhealthy"}`), 0o644); err != nil {
@@ -288,14 +309,27 @@ func TestUpgradeRollback(t *testing.T) {
 
 // TestStoreOutageReboot: with the store (MinIO on the guest's loopback)
 // gone, a rebooted machine brings addond to READY and its add-ons back
-// from last-known-good.
+// from last-known-good. It also proves the harness: the guest boots its
+// own kernel with systemd as PID 1 on cgroup v2, and the test goes on
+// after a reboot on the same disk.
 func TestStoreOutageReboot(t *testing.T) {
 	if !InVM() {
 		boot(t, scenario{boots: 2, minio: true})
 		return
 	}
+	comm, _ := os.ReadFile("/proc/1/comm")
+	if strings.TrimSpace(string(comm)) != "systemd" {
+		t.Fatalf("PID 1 is %q", comm)
+	}
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
+		t.Fatalf("no cgroup v2: %v", err)
+	}
+	const marker = "/var/lib/addond-vmtest/marker"
 	switch Phase() {
 	case 1:
+		if err := os.WriteFile(marker, []byte("phase 1"), 0o644); err != nil {
+			t.Fatal(err)
+		}
 		srv, err := miniotest.Start()
 		if err != nil {
 			t.Fatal(err)
@@ -329,6 +363,9 @@ func TestStoreOutageReboot(t *testing.T) {
 		waitExamples(t, 10*time.Second)
 		RequestReboot(t)
 	case 2:
+		if data, err := os.ReadFile(marker); err != nil || string(data) != "phase 1" {
+			t.Fatalf("phase 1's file after the reboot: %q, %v", data, err)
+		}
 		eventually(t, 2*time.Minute, "addond READY after the reboot", func() error {
 			st, err := status()
 			if err != nil || !st.Ready {
@@ -364,17 +401,9 @@ func TestStoreOutageReboot(t *testing.T) {
 	}
 }
 
-// TestPackageUpgrade: installing a newer build of the package restarts
+// packageUpgrade: installing a newer build of the package restarts
 // addond, and every add-on unit (sidecars included) keeps its process.
-func TestPackageUpgrade(t *testing.T) {
-	if !InVM() {
-		boot(t, scenario{upgrade: true})
-		return
-	}
-	install(t, debPath)
-	p := newPublisher(t, fileStore)
-	publishExamples(t, p)
-	configure(t, fileStore)
+func packageUpgrade(t *testing.T, l *lifecycle) {
 	waitExamples(t, 2*time.Minute)
 	units := []string{"addond-hello.service", "addond-pingsweep.service"}
 	before := addonUnitPIDs(t, units...)
@@ -406,18 +435,16 @@ func TestPackageUpgrade(t *testing.T) {
 	t.Logf("%s -> %s; add-on PIDs kept: %v", oldVersion, newVersion, before)
 }
 
-// TestPurge: dpkg --purge stops the add-on units, disables lingering and
+// purge: dpkg --purge stops the add-on units, disables lingering and
 // deletes addond's state.
-func TestPurge(t *testing.T) {
-	if !InVM() {
-		boot(t, scenario{})
-		return
-	}
-	install(t, debPath)
-	p := newPublisher(t, fileStore)
-	publishExamples(t, p)
-	configure(t, fileStore)
-	waitExamples(t, 2*time.Minute)
+func purge(t *testing.T, l *lifecycle) {
+	// Every kind of add-on runs when the package goes: a sandboxed
+	// sidecar, a capped one, a timer.
+	l.p.assign(t, "--addon", "hello@1.2.0", "--addon", "pingsweep@1.0.0", "--addon", "ticker@1.0.0",
+		"--schedule", "ticker=*:*:0/5", "--arg", "ticker=ticks")
+	sh(t, "addonctl reconcile")
+	waitAddon(t, "hello", 2*time.Minute, "running", runningHealthy("1.2.0"))
+	waitAddon(t, "pingsweep", 2*time.Minute, "running with cap_net_raw", runningHealthy("1.0.0"))
 	uid := sh(t, "id -u addond")
 
 	sh(t, "DEBIAN_FRONTEND=noninteractive dpkg --purge addond")
