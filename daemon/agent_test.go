@@ -440,7 +440,9 @@ func TestResumeAndETagChange(t *testing.T) {
 			os.WriteFile(part+".json", meta, 0o600)
 			counting := &countingStore{Store: f.st}
 			a := f.open()
-			a.del = delivery.New(delivery.Options{Root: f.root, Store: counting, Keys: a.keys, RequireSignatures: true, MinFree: 1})
+			a.setDeliverer(func(o delivery.Options) delivery.Options {
+				return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
+			})
 			rep, err := a.Stage(context.Background())
 			a.Close()
 			if err != nil || !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
@@ -457,7 +459,9 @@ func TestResumeAndETagChange(t *testing.T) {
 			os.WriteFile(part+".json", meta, 0o600)
 			counting := &countingStore{Store: f.st}
 			a := f.open()
-			a.del = delivery.New(delivery.Options{Root: f.root, Store: counting, Keys: a.keys, RequireSignatures: true, MinFree: 1})
+			a.setDeliverer(func(o delivery.Options) delivery.Options {
+				return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
+			})
 			rep, _ := a.Stage(context.Background())
 			a.Close()
 			if !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
@@ -474,7 +478,9 @@ func TestResumeAndETagChange(t *testing.T) {
 			os.WriteFile(part+".json", stale, 0o600)
 			counting := &countingStore{Store: f.st}
 			a := f.open()
-			a.del = delivery.New(delivery.Options{Root: f.root, Store: counting, Keys: a.keys, RequireSignatures: true, MinFree: 1})
+			a.setDeliverer(func(o delivery.Options) delivery.Options {
+				return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
+			})
 			rep, _ := a.Stage(context.Background())
 			a.Close()
 			if !rep.Converged() || counting.offsets[0] != 0 {
@@ -487,7 +493,9 @@ func TestResumeAndETagChange(t *testing.T) {
 			os.Remove(part + ".json")
 			s := &breakingStore{Store: f.st, breakAfter: 1 << 20}
 			a := f.open()
-			a.del = delivery.New(delivery.Options{Root: f.root, Store: s, Keys: a.keys, RequireSignatures: true, MinFree: 1, Retries: 0})
+			a.setDeliverer(func(o delivery.Options) delivery.Options {
+				return delivery.Options{Root: f.root, Store: s, Keys: o.Keys, RequireSignatures: true, MinFree: 1, Retries: 0}
+			})
 			rep, _ := a.Stage(context.Background())
 			a.Close()
 			if r := reportFor(t, rep, "hello"); r.Err == nil || !strings.Contains(r.Err.Error(), "kept to resume") {
@@ -498,7 +506,9 @@ func TestResumeAndETagChange(t *testing.T) {
 			}
 			counting := &countingStore{Store: f.st}
 			a = f.open()
-			a.del = delivery.New(delivery.Options{Root: f.root, Store: counting, Keys: a.keys, RequireSignatures: true, MinFree: 1})
+			a.setDeliverer(func(o delivery.Options) delivery.Options {
+				return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
+			})
 			rep, _ = a.Stage(context.Background())
 			a.Close()
 			if !rep.Converged() || counting.offsets[0] != 1<<20 || !bytes.Equal(f.binary("hello"), content) {
@@ -518,7 +528,9 @@ func TestResumeAndETagChange(t *testing.T) {
 				f.st.Put(context.Background(), art.ObjectKey, bytes.NewReader(replaced), int64(len(replaced)))
 			}}
 			a := f.open()
-			a.del = delivery.New(delivery.Options{Root: f.root, Store: s, Keys: a.keys, RequireSignatures: true, MinFree: 1, Retries: 3, Sleep: func(context.Context, time.Duration) error { return nil }})
+			a.setDeliverer(func(o delivery.Options) delivery.Options {
+				return delivery.Options{Root: f.root, Store: s, Keys: o.Keys, RequireSignatures: true, MinFree: 1, Retries: 3, Sleep: func(context.Context, time.Duration) error { return nil }}
+			})
 			rep, _ := a.Stage(context.Background())
 			a.Close()
 			r := reportFor(t, rep, "hello")

@@ -24,7 +24,7 @@ func (f *fixture) stageCounting() (*Report, *countingStore) {
 	a := f.open()
 	defer a.Close()
 	counting := &countingStore{Store: f.st}
-	a.del = newDelivererFor(a, counting)
+	a.useStore(counting)
 	rep, err := a.Stage(context.Background())
 	if err != nil {
 		f.t.Fatalf("Stage: %v", err)

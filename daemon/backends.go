@@ -54,7 +54,7 @@ func (b *Backends) Close() {
 // the unit models are missing (reported unsupported).
 func (a *Agent) NewBackends(log *slog.Logger) (*Backends, error) {
 	notify := a.Notify
-	cfg := a.cfg
+	cfg := a.cfg()
 	if cfg.Systemd.Manager == "none" {
 		return &Backends{Supervisors: map[string]supervisors.Supervisor{
 			assignment.SupervisionAgentSidecar: goplugin.New(goplugin.Options{Log: log, Notify: notify}),

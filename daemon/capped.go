@@ -14,6 +14,7 @@ import (
 
 	"github.com/addond/addond/capabilities"
 	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/internal/atomicfile"
 )
 
 // An add-on whose package asks for os_capabilities runs from a capped,
@@ -27,54 +28,42 @@ import (
 // version's fault.
 var ErrCapsUnavailable = errors.New("capped copy unavailable")
 
-func (a *Agent) packageCache(id, version string) string {
-	return filepath.Join(a.cfg.RuntimeRoot, "addons", id, "package-"+version+".json")
+func (e *env) packageCache(id, version string) string {
+	return filepath.Join(e.cfg.RuntimeRoot, "addons", id, "package-"+version+".json")
 }
 
 // signedPackage returns the version's package.json and signature: cached,
 // else fetched (and verified) from the store and cached.
-func (a *Agent) signedPackage(ctx context.Context, spec assignment.Spec) (raw, sig []byte, err error) {
-	path := a.packageCache(spec.AddonID, spec.Version)
+func (a *Agent) signedPackage(ctx context.Context, e *env, spec assignment.Spec) (raw, sig []byte, err error) {
+	path := e.packageCache(spec.AddonID, spec.Version)
 	raw, rerr := os.ReadFile(path)
 	sig, serr := os.ReadFile(path + ".sig")
 	if rerr == nil && serr == nil {
 		return raw, sig, nil
 	}
-	_, raw, sigBytes, err := a.del.FetchPackage(ctx, spec.AddonID, spec.Version)
+	_, raw, sigBytes, err := e.del.FetchPackage(ctx, spec.AddonID, spec.Version)
 	if err != nil {
 		return nil, nil, err
 	}
 	sig = []byte(hex.EncodeToString(sigBytes) + "\n") // as the .sig file has it
 	for p, data := range map[string][]byte{path: raw, path + ".sig": sig} {
-		if err := writeFileAtomic(p, data); err != nil {
+		if err := atomicfile.Write(p, data, 0o600); err != nil {
 			a.log.Warn("caching the signed package", "addon_id", spec.AddonID, "error", err)
 		}
 	}
 	return raw, sig, nil
 }
 
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
-}
-
 // cappedCopy asks addond-updater for the capped copy of spec's staged
 // binary and returns its path. When the updater cannot be reached, an
 // existing copy that still has the signed bytes is used; otherwise the
 // error wraps ErrCapsUnavailable.
-func (a *Agent) cappedCopy(ctx context.Context, spec assignment.Spec) (string, error) {
-	raw, sig, err := a.signedPackage(ctx, spec)
+func (a *Agent) cappedCopy(ctx context.Context, e *env, spec assignment.Spec) (string, error) {
+	raw, sig, err := a.signedPackage(ctx, e, spec)
 	if err != nil {
 		return "", fmt.Errorf("addon %q: capped copy: %w", spec.AddonID, err)
 	}
-	c := &capabilities.Client{Socket: a.cfg.UpdaterSocket, Timeout: time.Minute}
+	c := &capabilities.Client{Socket: e.cfg.UpdaterSocket, Timeout: time.Minute}
 	applied, err := c.Apply(ctx, capabilities.ApplyRequest{
 		AddonID: spec.AddonID, Version: spec.Version, File: spec.BinaryName, Platform: a.platform.String(),
 		Caps: spec.OSCapabilities, Package: raw, Signature: string(sig),
@@ -116,17 +105,17 @@ func (a *Agent) existingCopy(spec assignment.Spec) (string, bool) {
 }
 
 // dropCapped asks addond-updater to remove the capped copies of versions
-// of id (all of them when versions is empty), in the background, and
-// forgets their cached packages.
-func (a *Agent) dropCapped(id string, versions ...string) {
+// of id (all of them when versions is empty), and forgets their cached
+// packages.
+func (a *Agent) dropCapped(e *env, id string, versions ...string) {
 	if len(versions) == 0 {
 		versions = []string{""}
 	} else {
 		// Only versions that had a capped copy (their package is cached).
 		var had []string
 		for _, v := range versions {
-			if os.Remove(a.packageCache(id, v)) == nil {
-				os.Remove(a.packageCache(id, v) + ".sig")
+			if os.Remove(e.packageCache(id, v)) == nil {
+				os.Remove(e.packageCache(id, v) + ".sig")
 				had = append(had, v)
 			}
 		}
@@ -134,12 +123,10 @@ func (a *Agent) dropCapped(id string, versions ...string) {
 			return
 		}
 	}
-	go func() {
-		c := &capabilities.Client{Socket: a.cfg.UpdaterSocket, Timeout: 10 * time.Second}
-		for _, v := range versions {
-			if err := c.Remove(context.Background(), id, v); err != nil && !errors.Is(err, capabilities.ErrUnavailable) {
-				a.log.Warn("removing capped copies", "addon_id", id, "version", v, "error", err)
-			}
+	c := &capabilities.Client{Socket: e.cfg.UpdaterSocket, Timeout: 10 * time.Second}
+	for _, v := range versions {
+		if err := c.Remove(context.Background(), id, v); err != nil && !errors.Is(err, capabilities.ErrUnavailable) {
+			a.log.Warn("removing capped copies", "addon_id", id, "version", v, "error", err)
 		}
-	}()
+	}
 }

@@ -66,8 +66,7 @@ func TestDownloadConcurrencyLimit(t *testing.T) {
 	gate := &gatedStore{Store: f.st}
 	a := f.open()
 	defer a.Close()
-	a.store = gate
-	a.del = newDelivererFor(a, gate)
+	a.useStore(gate)
 	rep, err := a.Stage(context.Background())
 	if err != nil || !rep.Converged() {
 		t.Fatal(err, rep.Errors())

@@ -5,10 +5,24 @@ import (
 	"github.com/addond/addond/daemon/store"
 )
 
-// newDelivererFor rebuilds a's deliverer over st (tests wrap real stores).
-func newDelivererFor(a *Agent, st store.Store) *delivery.Deliverer {
-	return delivery.New(delivery.Options{
-		Root: a.cfg.RuntimeRoot, Store: st, Keys: a.keys, RequireSignatures: a.cfg.Trust.Required(),
-		MaxConcurrent: a.cfg.MaxConcurrentDownloads, Retries: a.cfg.DownloadRetries, MinFree: a.cfg.MinFreeBytes,
+// withEnv changes a's env (tests, before Run or Stage).
+func (a *Agent) withEnv(fn func(e *env)) {
+	e := *a.env.Load()
+	fn(&e)
+	a.env.Store(&e)
+}
+
+// useStore makes a read and deliver through st (tests wrap real stores).
+func (a *Agent) useStore(st store.Store) {
+	a.withEnv(func(e *env) {
+		e.store = st
+		e.del = a.deliverer(e.cfg, e.keys, st)
+	})
+}
+
+// setDeliverer gives a the deliverer made from opts, with its keys.
+func (a *Agent) setDeliverer(fn func(keys delivery.Options) delivery.Options) {
+	a.withEnv(func(e *env) {
+		e.del = delivery.New(fn(delivery.Options{Keys: e.keys}))
 	})
 }

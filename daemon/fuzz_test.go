@@ -202,7 +202,7 @@ func FuzzServeRun(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		h := &recordingHelpers{}
-		r := &runner{opts: RunOptions{Helpers: h}, log: slog.New(slog.DiscardHandler)}
+		r := &loop{opts: RunOptions{Helpers: h}, log: slog.New(slog.DiscardHandler)}
 		req := httptest.NewRequest(http.MethodPost, "/v1/run/probe", bytes.NewReader(body))
 		req = req.WithContext(context.WithValue(req.Context(), peerKey{}, peer{uid: 0, pid: 1}))
 		w := httptest.NewRecorder()

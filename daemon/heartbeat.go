@@ -6,12 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/addond/addond/internal/atomicfile"
 	"github.com/addond/addond/supervisors"
 	"github.com/addond/addond/supervisors/toggle"
 )
@@ -109,7 +109,7 @@ func NewHeartbeat(status func() Status, root string) *Heartbeat {
 // Heartbeat returns the heartbeat feature for this agent, to be
 // registered with the config_toggle backend under HeartbeatFeature.
 func (a *Agent) Heartbeat() *Heartbeat {
-	return NewHeartbeat(a.Status, a.cfg.RuntimeRoot)
+	return NewHeartbeat(a.Status, a.cfg().RuntimeRoot)
 }
 
 // heartbeatDoc is what the file holds.
@@ -193,25 +193,7 @@ func (h *Heartbeat) write(path string) error {
 	if err != nil {
 		return err
 	}
-	b = append(b, '\n')
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("heartbeat %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.Write(path, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("heartbeat %s: %w", path, err)
 	}
 	return nil
@@ -220,12 +202,12 @@ func (h *Heartbeat) write(path string) error {
 // Status is the agent's current status, as GET /v1/status serves it;
 // before Run (or after it) only the agent's id and version.
 func (a *Agent) Status() Status {
-	if r := a.runner.Load(); r != nil {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		st := r.status
+	if l := a.loop.Load(); l != nil {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		st := l.status
 		st.Addons = append([]AddonStatus(nil), st.Addons...)
 		return st
 	}
-	return Status{AgentID: a.cfg.AgentID, Version: Version, Addons: []AddonStatus{}}
+	return Status{AgentID: a.cfg().AgentID, Version: Version, Addons: []AddonStatus{}}
 }

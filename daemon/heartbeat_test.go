@@ -14,6 +14,7 @@ import (
 
 	"github.com/addond/addond/supervisors"
 	"github.com/addond/addond/supervisors/toggle"
+	"github.com/addond/addond/vmtest"
 )
 
 type heartbeatFile struct {
@@ -52,18 +53,6 @@ func waitHeartbeat(t *testing.T, path string, after time.Time) heartbeatFile {
 	}
 	t.Fatalf("%s: no heartbeat after %v", path, after)
 	return heartbeatFile{}
-}
-
-func waitGoroutines(t *testing.T, n int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > n {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines, want at most %d:\n%s", runtime.NumGoroutine(), n, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func TestHeartbeatWritesUpdatesStops(t *testing.T) {
@@ -124,7 +113,7 @@ func TestHeartbeatWritesUpdatesStops(t *testing.T) {
 	if err := hb.Disable(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitGoroutines(t, baseline)
+	vmtest.Goroutines(t, baseline)
 	last := readHeartbeat(t, path2).Time
 	time.Sleep(1500 * time.Millisecond)
 	if got := readHeartbeat(t, path2).Time; !got.Equal(last) {

@@ -75,7 +75,7 @@ func TestReadyBeforeTheManager(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if sta, _ := a.del.State("svc"); len(sta.Failed) != 0 {
+	if sta, _ := a.env.Load().del.State("svc"); len(sta.Failed) != 0 {
 		t.Fatalf("a version was marked failed for the manager's absence: %+v", sta.Failed)
 	}
 }

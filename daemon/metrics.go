@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"errors"
 	"net"
 	"net/http"
 	"time"
@@ -10,7 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/addond/addond/daemon/delivery"
+	"github.com/addond/addond/daemon/reconcile"
 )
 
 // metrics are addond's Prometheus metrics, on their own registry.
@@ -64,17 +63,24 @@ func newMetrics() *metrics {
 	return m
 }
 
-// failure counts a delivery failure under its reason.
-func (m *metrics) failure(err error) {
-	reason := "other"
-	var de *delivery.Error
-	if errors.As(err, &de) {
-		reason = de.Op
-		if de.Environment {
-			reason += "_environment"
-		}
+// count counts what the Core counts.
+func (m *metrics) count(c reconcile.Count) {
+	n := c.N
+	if n == 0 {
+		n = 1
 	}
-	m.deliveryFailures.WithLabelValues(reason).Inc()
+	switch c.Metric {
+	case reconcile.MetricRollbacks:
+		m.rollbacks.WithLabelValues(c.Label).Add(n)
+	case reconcile.MetricDowngradesRefused:
+		m.downgradesRefused.WithLabelValues(c.Label).Add(n)
+	case reconcile.MetricReplays:
+		m.replays.Add(n)
+	case reconcile.MetricDeliveryFailures:
+		m.deliveryFailures.WithLabelValues(c.Label).Add(n)
+	case reconcile.MetricDeliveryBytes:
+		m.deliveryBytes.Add(n)
+	}
 }
 
 // observe sets the state gauges from a status snapshot.
@@ -82,7 +88,7 @@ func (m *metrics) observe(st Status) {
 	m.state.Reset()
 	m.restarts.Reset()
 	for _, a := range st.Addons {
-		m.state.WithLabelValues(a.AddonID, a.State).Set(1)
+		m.state.WithLabelValues(a.AddonID, string(a.State)).Set(1)
 		m.restarts.WithLabelValues(a.AddonID).Set(float64(a.Restarts))
 	}
 }

@@ -53,7 +53,7 @@ func (b *stallingBody) Close() error { return b.c.Close() }
 
 // inFlight is the addond_downloads_in_flight gauge of a running agent.
 func (r *running) inFlight() float64 {
-	return testutil.ToFloat64(r.a.runner.Load().metrics.downloads)
+	return testutil.ToFloat64(r.a.loop.Load().metrics.downloads)
 }
 
 // waitSettled waits until no staging is in flight.
@@ -114,8 +114,7 @@ func TestRemovedWhileStaging(t *testing.T) {
 		f.assign("late@1.0.0")
 		stall := &stallingStore{Store: f.st, match: "artifacts/late/", opened: make(chan struct{})}
 		r := f.run(t, func(a *Agent, _ *RunOptions) {
-			a.store = stall
-			a.del = newDelivererFor(a, stall)
+			a.useStore(stall)
 		})
 		r.client.Reconcile(ctx)
 		select {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/daemon/reconcile"
 	"github.com/addond/addond/supervisors/helper"
 )
 
@@ -50,20 +51,7 @@ func timePtr(t time.Time) *time.Time {
 }
 
 // AddonStatus is one add-on in Status.
-type AddonStatus struct {
-	AddonID         string    `json:"addon_id"`
-	Version         string    `json:"version"`
-	ActiveVersion   string    `json:"active_version"`
-	PreviousVersion string    `json:"previous_version"`
-	Supervision     string    `json:"supervision"`
-	State           string    `json:"state"`
-	Health          string    `json:"health"`
-	FromLKG         bool      `json:"from_lkg"`
-	LastError       string    `json:"last_error"`
-	Since           time.Time `json:"since"`
-	Restarts        int       `json:"restarts"`
-	PID             int       `json:"pid,omitempty"`
-}
+type AddonStatus = reconcile.AddonStatus
 
 // StatusGroup owns the status socket: its members (operators) may read.
 const StatusGroup = "addond-status"
@@ -114,8 +102,8 @@ type peer struct {
 
 // serveStatus listens on the status socket: mode 0660, group addond-status
 // when that group exists.
-func (r *runner) serveStatus() (*http.Server, error) {
-	path := r.a.cfg.StatusSocket
+func (l *loop) serveStatus() (*http.Server, error) {
+	path := l.a.cfg().StatusSocket
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
@@ -133,12 +121,12 @@ func (r *runner) serveStatus() (*http.Server, error) {
 	if g, err := user.LookupGroup(StatusGroup); err == nil {
 		if gid, err := strconv.Atoi(g.Gid); err == nil {
 			if err := os.Chown(path, -1, gid); err != nil {
-				r.log.Warn("status socket: operators (group "+StatusGroup+") cannot read it", "error", err)
+				l.log.Warn("status socket: operators (group "+StatusGroup+") cannot read it", "error", err)
 			}
 		}
 	}
 	srv := &http.Server{
-		Handler:           r.routes(),
+		Handler:           l.routes(),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -274,14 +262,14 @@ type runRequest struct {
 // maxRunRequest bounds a run request's body.
 const maxRunRequest = 64 << 10
 
-func (r *runner) serveRun(w http.ResponseWriter, hr *http.Request, id string) {
+func (l *loop) serveRun(w http.ResponseWriter, hr *http.Request, id string) {
 	p, ok := hr.Context().Value(peerKey{}).(peer)
 	caller, err := authorizeRun(p, ok)
 	if err != nil {
 		writeError(w, http.StatusForbidden, err)
 		return
 	}
-	if r.opts.Helpers == nil {
+	if l.opts.Helpers == nil {
 		writeError(w, http.StatusNotFound, fmt.Errorf("addon %q: ephemeral helpers are not available on this host", id))
 		return
 	}
@@ -299,8 +287,8 @@ func (r *runner) serveRun(w http.ResponseWriter, hr *http.Request, id string) {
 	// The run is bounded by the helper's own timeout, not by the
 	// server's write timeout.
 	http.NewResponseController(w).SetWriteDeadline(time.Time{})
-	r.log.Info("helper run requested", "addon_id", id, "caller", caller, "pid", p.pid)
-	res, err := r.opts.Helpers.Run(hr.Context(), id, body.Args, caller)
+	l.log.Info("helper run requested", "addon_id", id, "caller", caller, "pid", p.pid)
+	res, err := l.opts.Helpers.Run(hr.Context(), id, body.Args, caller)
 	if err != nil {
 		code := http.StatusInternalServerError
 		if errors.Is(err, helper.ErrNotHelper) {
@@ -312,7 +300,7 @@ func (r *runner) serveRun(w http.ResponseWriter, hr *http.Request, id string) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-func (r *runner) routes() http.Handler {
+func (l *loop) routes() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, hr *http.Request) {
 		req, change, code, err := parseRequest(hr.Method, hr.URL.Path)
 		if err != nil {
@@ -320,7 +308,7 @@ func (r *runner) routes() http.Handler {
 			return
 		}
 		if req.kind == "run" {
-			r.serveRun(w, hr, req.id)
+			l.serveRun(w, hr, req.id)
 			return
 		}
 		if change {
@@ -331,15 +319,15 @@ func (r *runner) routes() http.Handler {
 			}
 		}
 		if req.kind == "status" {
-			r.mu.Lock()
-			st := r.status
-			r.mu.Unlock()
+			l.mu.Lock()
+			st := l.status
+			l.mu.Unlock()
 			writeJSON(w, http.StatusOK, st)
 			return
 		}
 		req.reply = make(chan error, 1)
 		select {
-		case r.reqs <- req:
+		case l.reqs <- req:
 		case <-hr.Context().Done():
 			return
 		case <-time.After(10 * time.Second):

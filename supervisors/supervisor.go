@@ -44,6 +44,18 @@ const (
 	HealthUnhealthy Health = "unhealthy"
 )
 
+// Model is a supervision model: how an add-on runs. The names are the
+// assignment's "supervision" values (DESIGN.md).
+type Model string
+
+const (
+	ModelConfigToggle Model = "config_toggle"    // a compiled-in feature of addond (supervisors/toggle)
+	ModelAgentSidecar Model = "agent_sidecar"    // a go-plugin sidecar (supervisors/goplugin)
+	ModelService      Model = "systemd_service"  // a long-running unit (supervisors/service)
+	ModelTimer        Model = "systemd_timer"    // a job a timer runs (supervisors/timer)
+	ModelHelper       Model = "ephemeral_helper" // a job run on request (supervisors/helper)
+)
+
 // Resources are limits for unit-based add-ons.
 type Resources struct {
 	CPUMaxPercent   int
@@ -95,13 +107,32 @@ func sameResources(a, b *Resources) bool {
 	return *a == *b
 }
 
+// Cause is why an add-on is not running and healthy, as its backend knows
+// it: what the reconciler decides by, where Reason is for people.
+type Cause string
+
+const (
+	CauseNone        Cause = ""
+	CauseExited      Cause = "exited"       // the process ended: an exit code, or a signal
+	CauseOOM         Cause = "oom"          // the kernel's OOM killer ended it
+	CauseStartFailed Cause = "start_failed" // it could not be started (exec, unit creation)
+	CauseHandshake   Cause = "handshake"    // a sidecar never completed go-plugin's handshake
+	CauseUnhealthy   Cause = "unhealthy"    // it reports itself unhealthy, or fails its health checks
+	CauseConfigure   Cause = "configure"    // it refused its configuration
+	CauseStartLimit  Cause = "start_limit"  // restarted too often: its circuit is open
+	CauseRunFailed   Cause = "run_failed"   // a timer job's last runs failed
+	CauseManagerGone Cause = "manager_gone" // the systemd manager is away (Waiting)
+	CauseUnsupported Cause = "unsupported"  // the model or feature is missing here
+)
+
 // Event is a change of an add-on's state or health.
 type Event struct {
 	AddonID  string
 	Version  string
 	State    State
 	Health   Health
-	Reason   string // why, when not running and healthy
+	Cause    Cause  // why, when not running and healthy
+	Reason   string // why, in words
 	Restarts int    // restarts since Start
 	PID      int    // 0 when not running
 	// Waiting: the backend cannot act because its environment is away

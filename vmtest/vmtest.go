@@ -8,7 +8,9 @@ package vmtest
 
 import (
 	"os"
+	"runtime"
 	"testing"
+	"time"
 )
 
 // Unavailable fails (under `make test`) or skips t because what it needs
@@ -26,5 +28,28 @@ func RequireRoot(t testing.TB, why string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		Unavailable(t, "needs root ("+why+")")
+	}
+}
+
+// Eventually polls cond every 20 ms until it holds, failing t after
+// timeout: tests wait for the state they assert, never for a fixed time.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not %s within %v", what, timeout)
+		}
+	}
+}
+
+// Goroutines waits until at most n goroutines run in this process,
+// failing t with every goroutine's stack after 5 s.
+func Goroutines(t testing.TB, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); runtime.NumGoroutine() > n; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, want at most %d:\n%s", runtime.NumGoroutine(), n, buf[:runtime.Stack(buf, true)])
+		}
 	}
 }

@@ -11,7 +11,7 @@ import (
 
 	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/config"
-	"github.com/addond/addond/daemon/state"
+	"github.com/addond/addond/internal/atomicfile"
 )
 
 func newOverride() *cobra.Command {
@@ -57,7 +57,7 @@ func overridesFile(sf *socketFlags) (string, *assignment.Overrides, error) {
 // writeOverrides replaces the file atomically and asks addond to
 // reconcile; an addond that is not running applies it when it starts.
 func writeOverrides(cmd *cobra.Command, sf *socketFlags, path string, data []byte) error {
-	if err := state.WriteFile(path, data, 0o644); err != nil {
+	if err := atomicfile.Write(path, data, 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "wrote %s\n", path)

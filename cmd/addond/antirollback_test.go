@@ -58,16 +58,6 @@ func arWaitStatus(t *testing.T, d *daemonProc, timeout time.Duration, what strin
 	return nil
 }
 
-// arEventually waits until cond holds.
-func arEventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("not %s within %v", what, timeout)
-		}
-	}
-}
-
 // arHighest is the add-on's persisted highest_version.
 func (e *env) arHighest(id string) string {
 	e.t.Helper()
@@ -102,7 +92,7 @@ func TestAntirollbackEndToEnd(t *testing.T) {
 	d.client.Reconcile(context.Background())
 	d.waitAddon(t, "hello", 20*time.Second, "running 1.2.0", runningHealthy("1.2.0"))
 	// Probation over: 1.2.0 is the last-known-good.
-	arEventually(t, 10*time.Second, "1.2.0 promoted", func() bool {
+	eventually(t, 10*time.Second, "1.2.0 promoted", func() bool {
 		b, _ := os.ReadFile(filepath.Join(e.root, "addons/hello/state.json"))
 		return strings.Contains(string(b), `"version": "1.2.0"`) && !strings.Contains(string(b), `"probation"`)
 	})

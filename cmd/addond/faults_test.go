@@ -167,18 +167,6 @@ func (d *daemonProc) logged(s string) bool {
 	return strings.Contains(string(b), s)
 }
 
-// eventually polls cond until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not %s within %v", what, timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // refusedLeavesNothing waits for a moment between attempts at which no
 // partial file exists: a download refused by verification (or a full disk)
 // removes its file — while the store still serves the bad bytes, addond

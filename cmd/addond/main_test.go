@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/addond/addond/vmtest"
 	"github.com/addond/addond/vmtest/miniotest"
 	"github.com/addond/addond/vmtest/nspawn"
 )
@@ -22,6 +23,10 @@ import (
 var bin string
 
 func TestMain(m *testing.M) {
+	if raceBuild {
+		// A race in any process this test starts stops it at once.
+		os.Setenv("GORACE", "halt_on_error=1 exitcode=66")
+	}
 	if nspawn.InMachine() {
 		bin = nspawn.BinDir // copied in by the host side of the test
 		os.Exit(m.Run())
@@ -30,8 +35,12 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
+	addond := []string{"build", "-tags", "faultinject", "-o", filepath.Join(dir, "addond"), "."}
+	if raceBuild {
+		addond = append(addond[:1], append([]string{"-race"}, addond[1:]...)...)
+	}
 	for _, b := range [][]string{
-		{"build", "-tags", "faultinject", "-o", filepath.Join(dir, "addond"), "."},
+		addond,
 		{"build", "-o", filepath.Join(dir, "addonctl"), "../addonctl"},
 		{"build", "-o", filepath.Join(dir, "hello"), "../../sdk/examples/hello"},
 		{"build", "-o", filepath.Join(dir, "probe"), "../../sdk/examples/probe"},
@@ -50,6 +59,9 @@ func TestMain(m *testing.M) {
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
+
+// eventually waits for the state a test asserts (vmtest.Eventually).
+var eventually = vmtest.Eventually
 
 // env is a publisher's key pair, a store and an agent config, driven
 // through the binaries exactly as DESIGN.md's contract names them.

@@ -108,8 +108,25 @@ func resolve(a Addon, p Platform) (Spec, error) {
 		AllowDowngrade: a.AllowDowngrade,
 		Resources:      a.Resources,
 	}
-	// A compiled-in feature is toggled, and only a compiled-in feature
-	// can be: either model implies the other when the other is empty.
+	for _, step := range []func(*Spec, Addon) error{resolveModels, resolveSettings} {
+		if err := step(&s, a); err != nil {
+			return Spec{}, err
+		}
+	}
+	complete := resolveInstalled
+	if s.Delivery == DeliveryPushedArtifact {
+		complete = func(s *Spec, a Addon) error { return resolveArtifact(s, a, p) }
+	}
+	if err := complete(&s, a); err != nil {
+		return Spec{}, err
+	}
+	return s, nil
+}
+
+// resolveModels completes and checks delivery and supervision. A
+// compiled-in feature is toggled, and only a compiled-in feature can be:
+// either model implies the other when the other is empty.
+func resolveModels(s *Spec, _ Addon) error {
 	switch {
 	case s.Delivery == "" && s.Supervision == SupervisionConfigToggle:
 		s.Delivery = DeliveryCompiledIn
@@ -123,40 +140,52 @@ func resolve(a Addon, p Platform) (Spec, error) {
 		s.Supervision = SupervisionAgentSidecar
 	}
 	if !slices.Contains(deliveries, s.Delivery) {
-		return Spec{}, fmt.Errorf("unknown delivery %q (want one of %s)", s.Delivery, strings.Join(deliveries, ", "))
+		return fmt.Errorf("unknown delivery %q (want one of %s)", s.Delivery, strings.Join(deliveries, ", "))
 	}
 	if err := ValidSupervision(s.Supervision); err != nil {
-		return Spec{}, err
+		return err
 	}
 	if (s.Delivery == DeliveryCompiledIn) != (s.Supervision == SupervisionConfigToggle) {
-		return Spec{}, fmt.Errorf("delivery %q cannot be supervised by %q: %q goes with %q only", s.Delivery, s.Supervision, DeliveryCompiledIn, SupervisionConfigToggle)
+		return fmt.Errorf("delivery %q cannot be supervised by %q: %q goes with %q only", s.Delivery, s.Supervision, DeliveryCompiledIn, SupervisionConfigToggle)
 	}
+	return nil
+}
+
+// resolveSettings checks what the add-on runs with: its configuration
+// (compacted), arguments, timeout and resources.
+func resolveSettings(s *Spec, a Addon) error {
 	if len(a.ConfigJSON) > 0 && !bytes.Equal(bytes.TrimSpace(a.ConfigJSON), []byte("null")) {
 		var obj map[string]json.RawMessage
 		if err := json.Unmarshal(a.ConfigJSON, &obj); err != nil {
-			return Spec{}, fmt.Errorf("config_json is not a JSON object: %v", err)
+			return fmt.Errorf("config_json is not a JSON object: %v", err)
 		}
 		var buf bytes.Buffer
 		if err := json.Compact(&buf, a.ConfigJSON); err != nil {
-			return Spec{}, fmt.Errorf("config_json: %v", err)
+			return fmt.Errorf("config_json: %v", err)
 		}
 		s.ConfigJSON = buf.Bytes()
 	}
 	for _, arg := range a.Args {
 		if strings.ContainsRune(arg, 0) {
-			return Spec{}, fmt.Errorf("args contain a NUL byte")
+			return fmt.Errorf("args contain a NUL byte")
 		}
 	}
 	if a.Timeout != "" {
 		if d, err := time.ParseDuration(a.Timeout); err != nil || d <= 0 {
-			return Spec{}, fmt.Errorf("timeout %q is not a positive duration", a.Timeout)
+			return fmt.Errorf("timeout %q is not a positive duration", a.Timeout)
 		}
 	}
 	if r := a.Resources; r != nil {
 		if r.CPUMaxPercent < 0 || r.MemoryMaxBytes < 0 || r.MemoryHighBytes < 0 || r.TasksMax < 0 {
-			return Spec{}, fmt.Errorf("resources must not be negative")
+			return fmt.Errorf("resources must not be negative")
 		}
 	}
+	return nil
+}
+
+// resolveInstalled completes an add-on addond does not deliver: a
+// compiled-in feature, or a binary an OS package installed.
+func resolveInstalled(s *Spec, a Addon) error {
 	switch s.Delivery {
 	case DeliveryCompiledIn:
 		s.Feature = a.BinaryPath
@@ -164,17 +193,17 @@ func resolve(a Addon, p Platform) (Spec, error) {
 			s.Feature = a.AddonID
 		}
 		if err := ValidFeature(s.Feature); err != nil {
-			return Spec{}, err
+			return err
 		}
 	case DeliveryOSPackage:
 		if err := ValidInstalledPath(a.BinaryPath); err != nil {
-			return Spec{}, err
+			return err
 		}
 		s.BinaryPath = a.BinaryPath
 		if a.ArtifactSHA256 != "" {
 			sum, err := signing.NormalizeSHA256(a.ArtifactSHA256)
 			if err != nil {
-				return Spec{}, fmt.Errorf("artifact %w", err)
+				return fmt.Errorf("artifact %w", err)
 			}
 			s.BinarySHA256 = sum
 			if s.Version == "" {
@@ -182,23 +211,23 @@ func resolve(a Addon, p Platform) (Spec, error) {
 			}
 		}
 	}
-	if s.Delivery != DeliveryPushedArtifact {
-		if s.Version != "" {
-			if err := ValidVersion(s.Version); err != nil {
-				return Spec{}, err
-			}
-		}
-		return s, nil
+	if s.Version != "" {
+		return ValidVersion(s.Version)
 	}
+	return nil
+}
 
+// resolveArtifact completes a pushed artifact for platform p: the
+// artifact reference, the version and the binary's name.
+func resolveArtifact(s *Spec, a Addon, p Platform) error {
 	art, err := pickArtifact(a, p)
 	if err != nil {
-		return Spec{}, err
+		return err
 	}
 	s.Platform = p.String()
 	if art != nil {
 		if err := validateArtifact(art); err != nil {
-			return Spec{}, err
+			return err
 		}
 		s.Artifact = art
 		if s.Version == "" {
@@ -206,13 +235,10 @@ func resolve(a Addon, p Platform) (Spec, error) {
 		}
 	}
 	if err := ValidVersion(s.Version); err != nil {
-		return Spec{}, err
+		return err
 	}
 	s.BinaryName = binaryName(a, art)
-	if err := ValidBinaryName(s.BinaryName); err != nil {
-		return Spec{}, err
-	}
-	return s, nil
+	return ValidBinaryName(s.BinaryName)
 }
 
 // pickArtifact returns the artifact for p: from the artifacts map when it

@@ -9,6 +9,8 @@ import (
 	"io"
 	"runtime"
 	"strings"
+
+	"github.com/addond/addond/supervisors"
 )
 
 // Limits on outside input.
@@ -26,13 +28,13 @@ const (
 	DeliveryOSPackage      = "os_package"
 )
 
-// Supervision models.
+// Supervision models (supervisors.Model's names).
 const (
-	SupervisionConfigToggle    = "config_toggle"
-	SupervisionAgentSidecar    = "agent_sidecar"
-	SupervisionSystemdService  = "systemd_service"
-	SupervisionSystemdTimer    = "systemd_timer"
-	SupervisionEphemeralHelper = "ephemeral_helper"
+	SupervisionConfigToggle    = string(supervisors.ModelConfigToggle)
+	SupervisionAgentSidecar    = string(supervisors.ModelAgentSidecar)
+	SupervisionSystemdService  = string(supervisors.ModelService)
+	SupervisionSystemdTimer    = string(supervisors.ModelTimer)
+	SupervisionEphemeralHelper = string(supervisors.ModelHelper)
 )
 
 var (

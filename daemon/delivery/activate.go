@@ -9,6 +9,7 @@ import (
 
 	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/state"
+	"github.com/addond/addond/internal/atomicfile"
 )
 
 // Current returns the version addons/<id>/current points to ("" when there
@@ -78,7 +79,7 @@ func (d *Deliverer) Activate(id, version string) (string, error) {
 		os.Remove(tmp)
 		return "", err
 	}
-	if err := state.SyncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return "", err
 	}
 	FaultPoint("after-swap")
@@ -131,7 +132,7 @@ func (d *Deliverer) GC(id string, keep ...string) ([]string, error) {
 		}
 	}
 	if len(removed) > 0 {
-		state.SyncDir(d.versionsDir(id))
+		atomicfile.SyncDir(d.versionsDir(id))
 	}
 	return removed, state.SaveAddon(d.opts.Root, id, st)
 }

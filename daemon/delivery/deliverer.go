@@ -20,6 +20,7 @@ import (
 	"github.com/addond/addond/daemon/signing"
 	"github.com/addond/addond/daemon/state"
 	"github.com/addond/addond/daemon/store"
+	"github.com/addond/addond/internal/atomicfile"
 )
 
 // Options configure a Deliverer.
@@ -248,10 +249,10 @@ func (d *Deliverer) install(spec assignment.Spec, part, bin string) error {
 		return err
 	}
 	os.Remove(part + ".json")
-	if err := state.SyncDir(vdir); err != nil {
+	if err := atomicfile.SyncDir(vdir); err != nil {
 		return err
 	}
-	return state.SyncDir(filepath.Dir(vdir))
+	return atomicfile.SyncDir(filepath.Dir(vdir))
 }
 
 // hashes returns a constructor for the pass's hashes: SHA-256 first, then

@@ -66,8 +66,7 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 	if art.Size > 0 && info.Size != art.Size {
 		return fail("verify", false, fmt.Errorf("object %s is %d bytes, the assignment says %d", art.ObjectKey, info.Size, art.Size))
 	}
-
-	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o600)
+	f, off, err := openPart(part, partMeta{ObjectKey: art.ObjectKey, SHA256: art.SHA256, ETag: info.ETag, Size: info.Size}, fresh)
 	if err != nil {
 		return fail("fetch", true, err)
 	}
@@ -79,25 +78,7 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 			os.Remove(part + ".json")
 		}
 	}()
-
-	// Resume only what provably belongs to this very object.
-	var off int64
-	meta := partMeta{ObjectKey: art.ObjectKey, SHA256: art.SHA256, ETag: info.ETag, Size: info.Size}
-	if old, ok := readMeta(part); ok && !fresh && old == meta {
-		if fi, err := f.Stat(); err == nil && fi.Size() <= info.Size {
-			off = fi.Size()
-		}
-	}
-	if off == 0 {
-		if err := f.Truncate(0); err != nil {
-			return fail("fetch", true, err)
-		}
-		if err := writeMeta(part, meta); err != nil {
-			return fail("fetch", true, err)
-		}
-	}
 	resumed := off > 0
-
 	if err := d.checkSpace(info.Size - off); err != nil {
 		return fail("fetch", true, err)
 	}
@@ -120,54 +101,16 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 	if off > 0 {
 		// Hash what is already on disk; the final digest covers it all.
 		if n, err := p.feed(io.NewSectionReader(f, 0, off), 0, true); err != nil || n != off {
-			off = 0
 			return fail("fetch", true, fmt.Errorf("reading the partial download: %v", err))
 		}
 		d.opts.Log.Info("resuming download", "addon_id", spec.AddonID, "version", spec.Version, "offset", off, "size", info.Size)
 	}
-
-	for attempt := 0; off < info.Size; attempt++ {
-		rc, _, err := d.opts.Store.Open(ctx, art.ObjectKey, store.OpenOptions{Offset: off, IfMatch: info.ETag})
-		if errors.Is(err, store.ErrChanged) {
-			return 0, fmt.Errorf("%w: %v", errRestart, err)
+	if err := d.fetchBody(ctx, spec, part, p, info, off); err != nil {
+		var kept *keptError
+		if keep = errors.As(err, &kept); keep {
+			err = kept.error
 		}
-		if err == nil {
-			off, err = p.feed(store.ContextReader(ctx, rc), off, false)
-			rc.Close()
-			if err == nil && off < info.Size {
-				err = fmt.Errorf("body ended at byte %d of %d", off, info.Size)
-			}
-		}
-		if err == nil {
-			break
-		}
-		if werr := p.wait(); werr != nil {
-			if isDiskFull(werr) {
-				return fail("fetch", true, fmt.Errorf("disk full writing %s: %w", part, werr))
-			}
-			return fail("fetch", true, werr)
-		}
-		// Everything before off is on disk now: an interrupted download
-		// keeps its partial file, and the next attempt — in this run or
-		// after a restart — resumes from there.
-		if ctx.Err() != nil {
-			keep = true
-			return fail("fetch", true, ctx.Err())
-		}
-		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalidKey) {
-			return fail("fetch", !errors.Is(err, store.ErrNotFound), err)
-		}
-		if attempt >= d.opts.Retries {
-			keep = true
-			return fail("fetch", true, fmt.Errorf("%w (after %d attempts; %d of %d bytes kept to resume)", err, attempt+1, off, info.Size))
-		}
-		wait := backoff(attempt)
-		d.opts.Log.Warn("download interrupted, retrying", "addon_id", spec.AddonID, "version", spec.Version,
-			"offset", off, "size", info.Size, "attempt", attempt+1, "retry_in", wait.String(), "error", err)
-		if err := d.opts.Sleep(ctx, wait); err != nil {
-			keep = true
-			return fail("fetch", true, err)
-		}
+		return 0, err
 	}
 	closed = true
 	if err := p.close(); err != nil {
@@ -188,6 +131,90 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 	}
 	keep = true
 	return info.Size, nil
+}
+
+// openPart opens the partial download part for the object meta
+// describes, and returns where to resume: only what provably belongs to
+// this very object is kept (fresh: nothing).
+func openPart(part string, meta partMeta, fresh bool) (*os.File, int64, error) {
+	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, 0, err
+	}
+	var off int64
+	if old, ok := readMeta(part); ok && !fresh && old == meta {
+		if fi, err := f.Stat(); err == nil && fi.Size() <= meta.Size {
+			off = fi.Size()
+		}
+	}
+	if off == 0 {
+		err = f.Truncate(0)
+		if err == nil {
+			err = writeMeta(part, meta)
+		}
+		if err != nil {
+			f.Close()
+			os.Remove(part)
+			os.Remove(part + ".json")
+			return nil, 0, err
+		}
+	}
+	return f, off, nil
+}
+
+// keptError is a download that failed with its partial file kept for a
+// resume.
+type keptError struct{ error }
+
+func (e *keptError) Unwrap() error { return e.error }
+
+// fetchBody feeds the object's bytes from off on into p, resuming with a
+// Range read (If-Match its ETag) after a transient failure, up to
+// Retries times. Everything fed before a failure is on disk: an
+// interrupted download keeps its partial file (a *keptError), and the next
+// attempt — in this run or after a restart — resumes from there.
+func (d *Deliverer) fetchBody(ctx context.Context, spec assignment.Spec, part string, p *pipeline, info store.Info, off int64) error {
+	art := spec.Artifact
+	fail := func(env bool, err error) error {
+		return &Error{AddonID: spec.AddonID, Version: spec.Version, Op: "fetch", Err: err, Environment: env}
+	}
+	for attempt := 0; off < info.Size; attempt++ {
+		rc, _, err := d.opts.Store.Open(ctx, art.ObjectKey, store.OpenOptions{Offset: off, IfMatch: info.ETag})
+		if errors.Is(err, store.ErrChanged) {
+			return fmt.Errorf("%w: %v", errRestart, err)
+		}
+		if err == nil {
+			off, err = p.feed(store.ContextReader(ctx, rc), off, false)
+			rc.Close()
+			if err == nil && off < info.Size {
+				err = fmt.Errorf("body ended at byte %d of %d", off, info.Size)
+			}
+		}
+		if err == nil {
+			return nil
+		}
+		if werr := p.wait(); werr != nil {
+			if isDiskFull(werr) {
+				return fail(true, fmt.Errorf("disk full writing %s: %w", part, werr))
+			}
+			return fail(true, werr)
+		}
+		switch {
+		case ctx.Err() != nil:
+			return &keptError{fail(true, ctx.Err())}
+		case errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalidKey):
+			return fail(!errors.Is(err, store.ErrNotFound), err)
+		case attempt >= d.opts.Retries:
+			return &keptError{fail(true, fmt.Errorf("%w (after %d attempts; %d of %d bytes kept to resume)", err, attempt+1, off, info.Size))}
+		}
+		wait := backoff(attempt)
+		d.opts.Log.Warn("download interrupted, retrying", "addon_id", spec.AddonID, "version", spec.Version,
+			"offset", off, "size", info.Size, "attempt", attempt+1, "retry_in", wait.String(), "error", err)
+		if err := d.opts.Sleep(ctx, wait); err != nil {
+			return &keptError{fail(true, err)}
+		}
+	}
+	return nil
 }
 
 // stat retries transient failures like the body reads do.

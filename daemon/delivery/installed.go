@@ -93,20 +93,8 @@ func CheckInstalled(path, wantSHA256 string, prev *Installed) (Installed, error)
 	if msg := ownerProblem(&st); msg != "" {
 		return refuse("%s", msg)
 	}
-	for d := dir; ; d = filepath.Dir(d) {
-		var ds syscall.Stat_t
-		if err := syscall.Lstat(d, &ds); err != nil {
-			return refuse("directory %s: %v", d, err)
-		}
-		if ds.Mode&syscall.S_IFMT != syscall.S_IFDIR {
-			return refuse("%s is not a directory", d) // replaced by a link since EvalSymlinks
-		}
-		if msg := ownerProblem(&ds); msg != "" {
-			return refuse("directory %s %s", d, msg)
-		}
-		if d == "/" {
-			break
-		}
+	if msg := dirsProblem(dir); msg != "" {
+		return refuse("%s", msg)
 	}
 
 	in := Installed{Path: path, SHA256: wantSHA256, id: fileIDOf(&st)}
@@ -129,6 +117,27 @@ func CheckInstalled(path, wantSHA256 string, prev *Installed) (Installed, error)
 		return refuse("changed while its sha256 was being computed")
 	}
 	return in, nil
+}
+
+// dirsProblem says what is wrong with dir or a directory above it: each
+// must be a directory (not replaced by a link since EvalSymlinks) that only
+// root may change.
+func dirsProblem(dir string) string {
+	for d := dir; ; d = filepath.Dir(d) {
+		var ds syscall.Stat_t
+		if err := syscall.Lstat(d, &ds); err != nil {
+			return fmt.Sprintf("directory %s: %v", d, err)
+		}
+		if ds.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+			return fmt.Sprintf("%s is not a directory", d)
+		}
+		if msg := ownerProblem(&ds); msg != "" {
+			return fmt.Sprintf("directory %s %s", d, msg)
+		}
+		if d == "/" {
+			return ""
+		}
+	}
 }
 
 // fileProblem says what is wrong with the file's type, or "".

@@ -5,14 +5,11 @@
 // last applied serial and the last accepted assignment document, so that a
 // restart while the store is down still knows what to run.
 //
-// Every write is atomic and durable: a temporary file beside the target,
-// fsync, rename, fsync of the directory. A crash leaves the old file or the
-// new one, never a torn one.
+// Every write is atomic and durable (internal/atomicfile): a crash leaves
+// the old file or the new one, never a torn one.
 package state
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,45 +19,8 @@ import (
 	"time"
 
 	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/internal/atomicfile"
 )
-
-// WriteFile atomically replaces path with data.
-func WriteFile(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	var rnd [6]byte
-	rand.Read(rnd[:])
-	tmp := filepath.Join(dir, "."+filepath.Base(path)+".tmp-"+hex.EncodeToString(rnd[:]))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return SyncDir(dir)
-}
-
-// SyncDir fsyncs a directory so that renames and creations in it are
-// durable.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
 
 // StagedVersion is a version whose artifact was verified and renamed into
 // versions/<version>/<binary>.
@@ -189,10 +149,10 @@ func SaveDocument(root string, doc, sig []byte) error {
 		if err := os.Remove(sigPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
-	} else if err := WriteFile(sigPath, sig, 0o600); err != nil {
+	} else if err := atomicfile.Write(sigPath, sig, 0o600); err != nil {
 		return err
 	}
-	return WriteFile(filepath.Join(agentDir(root), "assignments.json"), doc, 0o600)
+	return atomicfile.Write(filepath.Join(agentDir(root), "assignments.json"), doc, 0o600)
 }
 
 // LoadDocument returns the cached document and signature; ok is false when
@@ -231,5 +191,5 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	return WriteFile(path, append(data, '\n'), 0o600)
+	return atomicfile.Write(path, append(data, '\n'), 0o600)
 }

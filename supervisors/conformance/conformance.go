@@ -1,6 +1,9 @@
 // Package conformance is the one test suite every supervisors backend
 // passes: run it from the backend's tests with a Harness that builds the
-// backend with fast timings.
+// backend with fast timings. The suite is a table of named checks (Checks),
+// one function per behaviour, in the manner of containerd's snapshotter
+// test suite; each check says which models promise its behaviour (When),
+// and Run runs those that apply as subtests by name.
 package conformance
 
 import (
@@ -17,6 +20,7 @@ import (
 	"time"
 
 	"github.com/addond/addond/supervisors"
+	"github.com/addond/addond/vmtest"
 )
 
 // Harness builds the backend under test and says what its model promises.
@@ -145,6 +149,22 @@ func (r *Recorder) WaitFrom(t *testing.T, mark int, id string, timeout time.Dura
 	}
 }
 
+// Events are the events of id so far.
+func (r *Recorder) Events(id string) []supervisors.Event { return r.Since(0, id) }
+
+// Since are the events of id from index mark on.
+func (r *Recorder) Since(mark int, id string) []supervisors.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []supervisors.Event
+	for _, e := range r.events[mark:] {
+		if e.AddonID == id {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // Mark is the index of the next event.
 func (r *Recorder) Mark() int {
 	r.mu.Lock()
@@ -156,323 +176,367 @@ func alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
 
 const wait = 15 * time.Second
 
-// Run runs the suite.
+// Check is one behaviour a backend promises.
+type Check struct {
+	Name string
+	// When says whether the model promises it (nil: every model does).
+	When func(Harness) bool
+	Run  func(t *testing.T, s *Suite)
+}
+
+// Model properties, for Check.When.
+func asksAddon(h Harness) bool     { return h.AsksAddon }
+func runsProcesses(h Harness) bool { return !h.Job }
+func makesUnits(h Harness) bool    { return h.Units }
+func diesWithAgent(h Harness) bool { return !h.Job && !h.OutlivesAgent }
+func outlivesAgent(h Harness) bool { return !h.Job && h.OutlivesAgent }
+
+// Checks is the suite, in the order it runs.
+var Checks = []Check{
+	{"StartHealthyStop", nil, checkStartHealthyStop},
+	{"ConfigReachesAddon", runsProcesses, checkConfigReachesAddon},
+	{"ConfigAppliesInPlace", asksAddon, checkConfigAppliesInPlace},
+	{"VersionChangeRestarts", nil, checkVersionChangeRestarts},
+	{"UnhealthyReport", asksAddon, checkUnhealthyReport},
+	{"ConfigureRejected", asksAddon, checkConfigureRejected},
+	{"CrashBackoffCircuit", runsProcesses, checkCrashBackoffCircuit},
+	{"HungHealthChecksRestart", asksAddon, checkHungHealthChecksRestart},
+	{"BadBinariesReported", nil, checkBadBinariesReported},
+	{"ResourcesOutOfRangeRefused", makesUnits, checkResourcesOutOfRange},
+	{"CloseStopsEverything", diesWithAgent, checkCloseStopsEverything},
+	{"CloseLeavesAddonsRunning", outlivesAgent, checkCloseLeavesAddonsRunning},
+}
+
+// Run runs every check the harness's model promises.
 func Run(t *testing.T, h Harness) {
-	spec := func(id, version, config string) supervisors.Spec {
-		s := supervisors.Spec{AddonID: id, Version: version, Binary: h.Hello, ConfigJSON: []byte(config)}
-		if h.Job {
-			s.Binary = h.Binary
+	for _, c := range Checks {
+		if c.When != nil && !c.When(h) {
+			continue
 		}
-		if h.Spec != nil {
-			h.Spec(&s)
-		}
-		return s
+		t.Run(c.Name, func(t *testing.T) { c.Run(t, &Suite{h: h}) })
 	}
-	healthy := func(e supervisors.Event) bool {
-		return e.State == supervisors.StateRunning && e.Health == supervisors.HealthHealthy && (h.Job || e.PID > 0)
+}
+
+// Suite is what a check works with: the harness and helpers over it.
+type Suite struct {
+	h Harness
+}
+
+var ctx = context.Background()
+
+// spec is the add-on id@version with config, of the harness's kind.
+func (s *Suite) spec(id, version, config string) supervisors.Spec {
+	sp := supervisors.Spec{AddonID: id, Version: version, Binary: s.h.Hello, ConfigJSON: []byte(config)}
+	if s.h.Job {
+		sp.Binary = s.h.Binary
 	}
-	alive := func(pid int) bool { return h.Job || alive(pid) }
-	dead := func(pid int) bool { return h.Job || !alive(pid) }
-	setup := func(t *testing.T) (supervisors.Supervisor, *Recorder) {
-		rec := NewRecorder()
-		s := &tracked{Supervisor: h.New(t, rec.Notify), ids: map[string]bool{}}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if h.OutlivesAgent {
-				for id := range s.started() {
-					s.Stop(ctx, id)
-				}
-			}
-			s.Close(ctx)
-		})
-		return s, rec
+	if s.h.Spec != nil {
+		s.h.Spec(&sp)
 	}
-	ctx := context.Background()
+	return sp
+}
 
-	t.Run("start, healthy, stop", func(t *testing.T) {
-		s, rec := setup(t)
-		if err := s.Start(ctx, spec("hello", "1.0.0", `{}`)); err != nil {
-			t.Fatal(err)
-		}
-		e := rec.WaitFor(t, "hello", wait, "running and healthy", healthy)
-		if e.Version != "1.0.0" || !alive(e.PID) {
-			t.Fatalf("event %+v: want version 1.0.0 and a live process", e)
-		}
-		if st, ok := s.Status("hello"); !ok || st.PID != e.PID {
-			t.Fatalf("Status = %+v, %v", st, ok)
-		}
-		if err := s.Stop(ctx, "hello"); err != nil {
-			t.Fatal(err)
-		}
-		rec.WaitFor(t, "hello", wait, "stopped", func(e supervisors.Event) bool { return e.State == supervisors.StateStopped })
-		if !dead(e.PID) {
-			t.Fatalf("process %d still alive after Stop", e.PID)
-		}
-		if _, ok := s.Status("hello"); ok {
-			t.Fatal("Status still knows a stopped add-on")
-		}
-	})
+// healthy: running and healthy (with a process, for models that keep one).
+func (s *Suite) healthy(e supervisors.Event) bool {
+	return e.State == supervisors.StateRunning && e.Health == supervisors.HealthHealthy && (s.h.Job || e.PID > 0)
+}
 
-	if !h.Job {
-		t.Run("configuration change reaches the add-on", func(t *testing.T) {
-			s, rec := setup(t)
-			s.Start(ctx, spec("hello", "1.0.0", `{}`))
-			first := rec.WaitFor(t, "hello", wait, "healthy", healthy)
-			m := rec.Mark()
-			if err := s.Update(ctx, spec("hello", "1.0.0", `{"crash_after":"20ms","exit_code":4}`)); err != nil {
-				t.Fatal(err)
-			}
-			e := rec.WaitFrom(t, m, "hello", wait, "restarting after the configured crash", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
-			t.Logf("pid %d → restarting: %s", first.PID, e.Reason)
-		})
-	}
+func (s *Suite) alive(pid int) bool { return s.h.Job || alive(pid) }
+func (s *Suite) dead(pid int) bool  { return s.h.Job || !alive(pid) }
 
-	if h.AsksAddon {
-		t.Run("configuration change applies in place", func(t *testing.T) {
-			s, rec := setup(t)
-			s.Start(ctx, spec("hello", "1.0.0", `{}`))
-			first := rec.WaitFor(t, "hello", wait, "healthy", healthy)
-			m := rec.Mark()
-			if err := s.Update(ctx, spec("hello", "1.0.0", `{"health":"degraded"}`)); err != nil {
-				t.Fatal(err)
-			}
-			e := rec.WaitFrom(t, m, "hello", wait, "degraded", func(e supervisors.Event) bool { return e.State == supervisors.StateDegraded })
-			if e.PID != first.PID || e.Restarts != 0 {
-				t.Fatalf("configuration change restarted the add-on: pid %d → %d, restarts %d", first.PID, e.PID, e.Restarts)
-			}
-		})
-	}
-
-	t.Run("version change restarts", func(t *testing.T) {
-		s, rec := setup(t)
-		s.Start(ctx, spec("hello", "1.0.0", `{}`))
-		first := rec.WaitFor(t, "hello", wait, "healthy", healthy)
-		m := rec.Mark()
-		if err := s.Update(ctx, spec("hello", "1.1.0", `{}`)); err != nil {
-			t.Fatal(err)
-		}
-		e := rec.WaitFrom(t, m, "hello", wait, "healthy 1.1.0", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.1.0" })
-		if e.PID == first.PID && !h.Job {
-			t.Fatal("version change kept the old process")
-		}
-		time.Sleep(100 * time.Millisecond)
-		if !dead(first.PID) {
-			t.Fatalf("old process %d still alive", first.PID)
-		}
-	})
-
-	if h.AsksAddon {
-		t.Run("unhealthy report", func(t *testing.T) {
-			s, rec := setup(t)
-			s.Start(ctx, spec("hello", "1.0.0", `{"health":"unhealthy"}`))
-			e := rec.WaitFor(t, "hello", wait, "unhealthy", func(e supervisors.Event) bool {
-				return e.State == supervisors.StateUnhealthy && e.Health == supervisors.HealthUnhealthy
-			})
-			if !strings.Contains(e.Reason, "configured to be unhealthy") {
-				t.Fatalf("reason %q, want the add-on's own", e.Reason)
-			}
-		})
-	}
-
-	if h.AsksAddon {
-		t.Run("configure rejected", func(t *testing.T) {
-			s, rec := setup(t)
-			s.Start(ctx, spec("hello", "1.0.0", `{"configure_error":"no such target"}`))
-			e := rec.WaitFor(t, "hello", wait, "unhealthy", func(e supervisors.Event) bool { return e.State == supervisors.StateUnhealthy })
-			if !strings.Contains(e.Reason, "no such target") {
-				t.Fatalf("reason %q, want the add-on's refusal", e.Reason)
-			}
-		})
-	}
-
-	if !h.Job {
-		t.Run("crash restarts with backoff, then the circuit opens", func(t *testing.T) {
-			s, rec := setup(t)
-			s.Start(ctx, spec("hello", "1.0.0", `{"crash_after":"50ms","exit_code":3}`))
-			e := rec.WaitFor(t, "hello", wait, "restarting", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
-			if e.Reason == "" {
-				t.Fatal("restarting without a reason")
-			}
-			rec.WaitFor(t, "hello", wait, "circuit_open", func(e supervisors.Event) bool {
-				return e.State == supervisors.StateCircuitOpen && strings.Contains(e.Reason, "restarts within")
-			})
-			// An update (a fix) closes the circuit at once.
-			m := rec.Mark()
-			s.Update(ctx, spec("hello", "1.0.1", `{}`))
-			rec.WaitFrom(t, m, "hello", wait, "healthy after the fix", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.0.1" })
-		})
-	}
-
-	if h.AsksAddon {
-		t.Run("hung health checks restart", func(t *testing.T) {
-			s, rec := setup(t)
-			s.Start(ctx, spec("hello", "1.0.0", `{"hang_health":true}`))
-			e := rec.WaitFor(t, "hello", wait, "restarting", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
-			if !strings.Contains(e.Reason, "health") {
-				t.Fatalf("reason %q, want the failed health checks", e.Reason)
-			}
-		})
-	}
-
-	t.Run("bad binaries are reported, others unaffected", func(t *testing.T) {
-		s, rec := setup(t)
-		dir := t.TempDir()
-		script := func(name, body string, mode os.FileMode) string {
-			p := filepath.Join(dir, name)
-			os.WriteFile(p, []byte(body), mode)
-			return p
-		}
-		refused := map[string]string{ // Start itself fails
-			"missing": filepath.Join(dir, "missing"),
-			"noexec":  script("noexec", "#!/bin/sh\nexit 0\n", 0o644),
-		}
-		failing := map[string]string{} // reported as it fails
-		if !h.Job {
-			failing["exits"] = script("exits", "#!/bin/sh\nexit 3\n", 0o755)
-		}
-		if h.AsksAddon {
-			// No handshake: for a sidecar these fail to start.
-			refused["exits"] = failing["exits"]
-			refused["garbage"] = script("garbage", "#!/bin/sh\necho 'this is not a handshake'\nsleep 30\n", 0o755)
-			refused["hangs"] = script("hangs", "#!/bin/sh\nsleep 30\n", 0o755)
-		}
-		s.Start(ctx, spec("good", "1.0.0", `{}`))
-		for id, bin := range refused {
-			sp := spec(id, "1.0.0", `{}`)
-			sp.Binary = bin
-			if err := s.Start(ctx, sp); err == nil || !strings.Contains(err.Error(), id) {
-				t.Errorf("Start(%s) = %v, want an error naming the add-on", id, err)
-			}
-		}
-		for id, bin := range failing {
-			if _, ok := refused[id]; !ok {
-				sp := spec(id, "1.0.0", `{}`)
-				sp.Binary = bin
-				s.Start(ctx, sp)
-			}
-		}
-		if h.AsksAddon {
-			for id, bin := range refused {
-				failing[id] = bin // reported as events as well
-			}
-		}
-		for id := range failing {
-			e := rec.WaitFor(t, id, wait, "a failure with a reason", func(e supervisors.Event) bool {
-				return (e.State == supervisors.StateRestarting || e.State == supervisors.StateCircuitOpen || e.State == supervisors.StateFailed) && e.Reason != ""
-			})
-			t.Logf("%s: %s: %s", id, e.State, e.Reason)
-		}
-		// A program that starts and exits at once is never healthy, not
-		// even for an instant (it would be promoted on probation).
-		if _, ok := failing["exits"]; ok {
-			rec.WaitFor(t, "exits", wait, "a restart", func(e supervisors.Event) bool { return e.Restarts >= 2 })
-			rec.mu.Lock()
-			for _, e := range rec.events {
-				if e.AddonID == "exits" && e.Health == supervisors.HealthHealthy {
-					t.Errorf("a program that exits at once was reported healthy: %+v", e)
-				}
-			}
-			rec.mu.Unlock()
-		}
-		e := rec.WaitFor(t, "good", wait, "healthy", healthy)
-		if st, _ := s.Status("good"); st.PID != e.PID || !alive(e.PID) {
-			t.Fatalf("the good add-on was disturbed: %+v", st)
-		}
-	})
-
-	if h.Units {
-		t.Run("resources out of range are refused", func(t *testing.T) {
-			s, _ := setup(t)
-			for field, r := range map[string]supervisors.Resources{
-				"cpu_max_percent":   {CPUMaxPercent: -5},
-				"memory_max_bytes":  {MemoryMaxBytes: 100},
-				"memory_high_bytes": {MemoryMaxBytes: 64 << 20, MemoryHighBytes: 128 << 20},
-				"tasks_max":         {TasksMax: -1},
-			} {
-				sp := spec("limits", "1.0.0", `{}`)
-				sp.Resources = &r
-				err := s.Start(ctx, sp)
-				if err == nil || !strings.Contains(err.Error(), field) || !strings.Contains(err.Error(), "limits") {
-					t.Errorf("Start with bad %s = %v, want an error naming the add-on and the field", field, err)
-				}
-				if _, ok := s.Status("limits"); ok {
-					t.Errorf("a refused add-on is supervised")
-				}
-			}
-		})
-	}
-
-	if h.Job {
-		return // what outlives the backend is the model's own test
-	}
-	if !h.OutlivesAgent {
-		t.Run("close stops everything", func(t *testing.T) {
-			s, rec := setup(t)
-			var pids []int
-			for _, id := range []string{"a", "b", "c"} {
-				s.Start(ctx, spec(id, "1.0.0", `{}`))
-				pids = append(pids, rec.WaitFor(t, id, wait, "healthy", healthy).PID)
-			}
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			if err := s.Close(cctx); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(100 * time.Millisecond)
-			for _, pid := range pids {
-				if alive(pid) {
-					t.Fatalf("process %d left behind by Close", pid)
-				}
-			}
-		})
-		return
-	}
-
-	t.Run("close leaves add-ons running; a new backend adopts them", func(t *testing.T) {
-		s, rec := setup(t)
-		pids := map[string]int{}
-		for _, id := range []string{"a", "b", "c"} {
-			s.Start(ctx, spec(id, "1.0.0", `{}`))
-			pids[id] = rec.WaitFor(t, id, wait, "healthy", healthy).PID
-		}
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+// backend builds a backend reporting to a new Recorder; what it started is
+// stopped and the backend closed when the test ends.
+func (s *Suite) backend(t *testing.T) (supervisors.Supervisor, *Recorder) {
+	rec := NewRecorder()
+	b := &tracked{Supervisor: s.h.New(t, rec.Notify), ids: map[string]bool{}}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := s.Close(cctx); err != nil {
+		if s.h.OutlivesAgent {
+			for id := range b.started() {
+				b.Stop(ctx, id)
+			}
+		}
+		b.Close(ctx)
+	})
+	return b, rec
+}
+
+// started starts id@1.0.0 with config and waits until it is healthy.
+func (s *Suite) started(t *testing.T, b supervisors.Supervisor, rec *Recorder, id, config string) supervisors.Event {
+	t.Helper()
+	if err := b.Start(ctx, s.spec(id, "1.0.0", config)); err != nil {
+		t.Fatal(err)
+	}
+	return rec.WaitFor(t, id, wait, "running and healthy", s.healthy)
+}
+
+// checkStartHealthyStop: a started add-on becomes healthy, Status says
+// so, and Stop ends it and forgets it.
+func checkStartHealthyStop(t *testing.T, s *Suite) {
+	b, rec := s.backend(t)
+	e := s.started(t, b, rec, "hello", `{}`)
+	if e.Version != "1.0.0" || !s.alive(e.PID) {
+		t.Fatalf("event %+v: want version 1.0.0 and a live process", e)
+	}
+	if st, ok := b.Status("hello"); !ok || st.PID != e.PID {
+		t.Fatalf("Status = %+v, %v", st, ok)
+	}
+	if err := b.Stop(ctx, "hello"); err != nil {
+		t.Fatal(err)
+	}
+	rec.WaitFor(t, "hello", wait, "stopped", func(e supervisors.Event) bool { return e.State == supervisors.StateStopped })
+	if !s.dead(e.PID) {
+		t.Fatalf("process %d still alive after Stop", e.PID)
+	}
+	if _, ok := b.Status("hello"); ok {
+		t.Fatal("Status still knows a stopped add-on")
+	}
+}
+
+// checkConfigReachesAddon: a new configuration reaches the running
+// add-on (here: one that makes it crash).
+func checkConfigReachesAddon(t *testing.T, s *Suite) {
+	b, rec := s.backend(t)
+	first := s.started(t, b, rec, "hello", `{}`)
+	m := rec.Mark()
+	if err := b.Update(ctx, s.spec("hello", "1.0.0", `{"crash_after":"20ms","exit_code":4}`)); err != nil {
+		t.Fatal(err)
+	}
+	e := rec.WaitFrom(t, m, "hello", wait, "restarting after the configured crash", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
+	if e.Cause != supervisors.CauseExited {
+		t.Fatalf("cause %q, want %q", e.Cause, supervisors.CauseExited)
+	}
+	t.Logf("pid %d → restarting: %s", first.PID, e.Reason)
+}
+
+// checkConfigAppliesInPlace: a configuration change alone reaches an
+// add-on that is asked (Configure) without a restart.
+func checkConfigAppliesInPlace(t *testing.T, s *Suite) {
+	b, rec := s.backend(t)
+	first := s.started(t, b, rec, "hello", `{}`)
+	m := rec.Mark()
+	if err := b.Update(ctx, s.spec("hello", "1.0.0", `{"health":"degraded"}`)); err != nil {
+		t.Fatal(err)
+	}
+	e := rec.WaitFrom(t, m, "hello", wait, "degraded", func(e supervisors.Event) bool { return e.State == supervisors.StateDegraded })
+	if e.PID != first.PID || e.Restarts != 0 {
+		t.Fatalf("configuration change restarted the add-on: pid %d → %d, restarts %d", first.PID, e.PID, e.Restarts)
+	}
+}
+
+// checkVersionChangeRestarts: a new version replaces the old process.
+func checkVersionChangeRestarts(t *testing.T, s *Suite) {
+	b, rec := s.backend(t)
+	first := s.started(t, b, rec, "hello", `{}`)
+	m := rec.Mark()
+	if err := b.Update(ctx, s.spec("hello", "1.1.0", `{}`)); err != nil {
+		t.Fatal(err)
+	}
+	e := rec.WaitFrom(t, m, "hello", wait, "healthy 1.1.0", func(e supervisors.Event) bool { return s.healthy(e) && e.Version == "1.1.0" })
+	if e.PID == first.PID && !s.h.Job {
+		t.Fatal("version change kept the old process")
+	}
+	vmtest.Eventually(t, wait, fmt.Sprintf("old process %d gone", first.PID), func() bool { return s.dead(first.PID) })
+}
+
+// checkUnhealthyReport: an add-on's own unhealthy report, with its reason.
+func checkUnhealthyReport(t *testing.T, s *Suite) {
+	b, rec := s.backend(t)
+	b.Start(ctx, s.spec("hello", "1.0.0", `{"health":"unhealthy"}`))
+	e := rec.WaitFor(t, "hello", wait, "unhealthy", func(e supervisors.Event) bool {
+		return e.State == supervisors.StateUnhealthy && e.Health == supervisors.HealthUnhealthy
+	})
+	if !strings.Contains(e.Reason, "configured to be unhealthy") || e.Cause != supervisors.CauseUnhealthy {
+		t.Fatalf("reason %q, cause %q: want the add-on's own, %q", e.Reason, e.Cause, supervisors.CauseUnhealthy)
+	}
+}
+
+// checkConfigureRejected: a configuration the add-on refuses makes it
+// unhealthy, with its refusal and the cause the reconciler rolls back on.
+func checkConfigureRejected(t *testing.T, s *Suite) {
+	b, rec := s.backend(t)
+	b.Start(ctx, s.spec("hello", "1.0.0", `{"configure_error":"no such target"}`))
+	e := rec.WaitFor(t, "hello", wait, "unhealthy", func(e supervisors.Event) bool { return e.State == supervisors.StateUnhealthy })
+	if !strings.Contains(e.Reason, "no such target") || e.Cause != supervisors.CauseConfigure {
+		t.Fatalf("reason %q, cause %q: want the add-on's refusal, %q", e.Reason, e.Cause, supervisors.CauseConfigure)
+	}
+}
+
+// checkCrashBackoffCircuit: a crashing add-on is restarted with backoff,
+// its circuit opens, and an update (a fix) closes it at once.
+func checkCrashBackoffCircuit(t *testing.T, s *Suite) {
+	b, rec := s.backend(t)
+	b.Start(ctx, s.spec("hello", "1.0.0", `{"crash_after":"50ms","exit_code":3}`))
+	e := rec.WaitFor(t, "hello", wait, "restarting", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
+	if e.Reason == "" || e.Cause != supervisors.CauseExited {
+		t.Fatalf("restarting with reason %q, cause %q", e.Reason, e.Cause)
+	}
+	rec.WaitFor(t, "hello", wait, "circuit_open", func(e supervisors.Event) bool {
+		return e.State == supervisors.StateCircuitOpen && strings.Contains(e.Reason, "restarts within") && e.Cause == supervisors.CauseStartLimit
+	})
+	m := rec.Mark()
+	b.Update(ctx, s.spec("hello", "1.0.1", `{}`))
+	rec.WaitFrom(t, m, "hello", wait, "healthy after the fix", func(e supervisors.Event) bool { return s.healthy(e) && e.Version == "1.0.1" })
+}
+
+// checkHungHealthChecksRestart: an add-on that stops answering its health
+// checks is restarted.
+func checkHungHealthChecksRestart(t *testing.T, s *Suite) {
+	b, rec := s.backend(t)
+	b.Start(ctx, s.spec("hello", "1.0.0", `{"hang_health":true}`))
+	e := rec.WaitFor(t, "hello", wait, "restarting", func(e supervisors.Event) bool { return e.State == supervisors.StateRestarting })
+	if !strings.Contains(e.Reason, "health") || e.Cause != supervisors.CauseUnhealthy {
+		t.Fatalf("reason %q, cause %q: want the failed health checks", e.Reason, e.Cause)
+	}
+}
+
+// checkBadBinariesReported: binaries that cannot run are refused or
+// reported, each with a reason, and leave a good add-on alone.
+func checkBadBinariesReported(t *testing.T, s *Suite) {
+	b, rec := s.backend(t)
+	dir := t.TempDir()
+	script := func(name, body string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(body), mode)
+		return p
+	}
+	refused := map[string]string{ // Start itself fails
+		"missing": filepath.Join(dir, "missing"),
+		"noexec":  script("noexec", "#!/bin/sh\nexit 0\n", 0o644),
+	}
+	failing := map[string]string{} // reported as it fails
+	if !s.h.Job {
+		failing["exits"] = script("exits", "#!/bin/sh\nexit 3\n", 0o755)
+	}
+	if s.h.AsksAddon {
+		// No handshake: for a sidecar these fail to start.
+		refused["exits"] = failing["exits"]
+		refused["garbage"] = script("garbage", "#!/bin/sh\necho 'this is not a handshake'\nsleep 30\n", 0o755)
+		refused["hangs"] = script("hangs", "#!/bin/sh\nsleep 30\n", 0o755)
+	}
+	b.Start(ctx, s.spec("good", "1.0.0", `{}`))
+	for id, bin := range refused {
+		sp := s.spec(id, "1.0.0", `{}`)
+		sp.Binary = bin
+		if err := b.Start(ctx, sp); err == nil || !strings.Contains(err.Error(), id) {
+			t.Errorf("Start(%s) = %v, want an error naming the add-on", id, err)
+		}
+	}
+	for id, bin := range failing {
+		if _, ok := refused[id]; !ok {
+			sp := s.spec(id, "1.0.0", `{}`)
+			sp.Binary = bin
+			b.Start(ctx, sp)
+		}
+	}
+	if s.h.AsksAddon {
+		for id, bin := range refused {
+			failing[id] = bin // reported as events as well
+		}
+	}
+	for id := range failing {
+		e := rec.WaitFor(t, id, wait, "a failure with a reason", func(e supervisors.Event) bool {
+			return (e.State == supervisors.StateRestarting || e.State == supervisors.StateCircuitOpen || e.State == supervisors.StateFailed) && e.Reason != ""
+		})
+		if e.Cause == supervisors.CauseNone {
+			t.Errorf("%s: %s without a cause: %s", id, e.State, e.Reason)
+		}
+		t.Logf("%s: %s (%s): %s", id, e.State, e.Cause, e.Reason)
+	}
+	// A program that starts and exits at once is never healthy, not even
+	// for an instant (it would be promoted on probation).
+	if _, ok := failing["exits"]; ok {
+		rec.WaitFor(t, "exits", wait, "a restart", func(e supervisors.Event) bool { return e.Restarts >= 2 })
+		for _, e := range rec.Events("exits") {
+			if e.Health == supervisors.HealthHealthy {
+				t.Errorf("a program that exits at once was reported healthy: %+v", e)
+			}
+		}
+	}
+	e := rec.WaitFor(t, "good", wait, "healthy", s.healthy)
+	if st, _ := b.Status("good"); st.PID != e.PID || !s.alive(e.PID) {
+		t.Fatalf("the good add-on was disturbed: %+v", st)
+	}
+}
+
+// checkResourcesOutOfRange: limits out of range are refused, naming the
+// add-on and the field, and nothing is supervised.
+func checkResourcesOutOfRange(t *testing.T, s *Suite) {
+	b, _ := s.backend(t)
+	for field, r := range map[string]supervisors.Resources{
+		"cpu_max_percent":   {CPUMaxPercent: -5},
+		"memory_max_bytes":  {MemoryMaxBytes: 100},
+		"memory_high_bytes": {MemoryMaxBytes: 64 << 20, MemoryHighBytes: 128 << 20},
+		"tasks_max":         {TasksMax: -1},
+	} {
+		sp := s.spec("limits", "1.0.0", `{}`)
+		sp.Resources = &r
+		err := b.Start(ctx, sp)
+		if err == nil || !strings.Contains(err.Error(), field) || !strings.Contains(err.Error(), "limits") {
+			t.Errorf("Start with bad %s = %v, want an error naming the add-on and the field", field, err)
+		}
+		if _, ok := b.Status("limits"); ok {
+			t.Errorf("a refused add-on is supervised")
+		}
+	}
+}
+
+// checkCloseStopsEverything: a backend whose add-ons are addond's children
+// stops them all on Close.
+func checkCloseStopsEverything(t *testing.T, s *Suite) {
+	b, rec := s.backend(t)
+	var pids []int
+	for _, id := range []string{"a", "b", "c"} {
+		pids = append(pids, s.started(t, b, rec, id, `{}`).PID)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := b.Close(cctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range pids {
+		vmtest.Eventually(t, wait, fmt.Sprintf("process %d gone after Close", pid), func() bool { return !alive(pid) })
+	}
+}
+
+// checkCloseLeavesAddonsRunning: units outlive a closed backend, and a new
+// backend adopts them without a restart; a changed spec replaces them.
+func checkCloseLeavesAddonsRunning(t *testing.T, s *Suite) {
+	b, rec := s.backend(t)
+	pids := map[string]int{}
+	for _, id := range []string{"a", "b", "c"} {
+		pids[id] = s.started(t, b, rec, id, `{}`).PID
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := b.Close(cctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // a Close that stops them would show by now
+	for id, pid := range pids {
+		if !alive(pid) {
+			t.Fatalf("%s: process %d stopped by Close", id, pid)
+		}
+	}
+	b2, rec2 := s.backend(t)
+	for id, pid := range pids {
+		e := s.started(t, b2, rec2, id, `{}`)
+		if e.PID != pid {
+			t.Fatalf("%s: adopted as pid %d, was %d: restarted instead of adopted", id, e.PID, pid)
+		}
+	}
+	b2.Update(ctx, s.spec("a", "1.0.1", `{}`))
+	e := rec2.WaitFor(t, "a", wait, "healthy 1.0.1", func(e supervisors.Event) bool { return s.healthy(e) && e.Version == "1.0.1" })
+	if e.PID == pids["a"] {
+		t.Fatal("a new version kept the old process")
+	}
+	for id := range pids {
+		if err := b2.Stop(ctx, id); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(200 * time.Millisecond)
-		for id, pid := range pids {
-			if !alive(pid) {
-				t.Fatalf("%s: process %d stopped by Close", id, pid)
-			}
-		}
-		s2, rec2 := setup(t)
-		for id, pid := range pids {
-			if err := s2.Start(ctx, spec(id, "1.0.0", `{}`)); err != nil {
-				t.Fatal(err)
-			}
-			e := rec2.WaitFor(t, id, wait, "healthy", healthy)
-			if e.PID != pid {
-				t.Fatalf("%s: adopted as pid %d, was %d: restarted instead of adopted", id, e.PID, pid)
-			}
-		}
-		// A changed spec is not adopted: it replaces the unit.
-		s2.Update(ctx, spec("a", "1.0.1", `{}`))
-		e := rec2.WaitFor(t, "a", wait, "healthy 1.0.1", func(e supervisors.Event) bool { return healthy(e) && e.Version == "1.0.1" })
-		if e.PID == pids["a"] {
-			t.Fatal("a new version kept the old process")
-		}
-		for id := range pids {
-			if err := s2.Stop(ctx, id); err != nil {
-				t.Fatal(err)
-			}
-		}
-		time.Sleep(200 * time.Millisecond)
-		for id, pid := range pids {
-			if alive(pid) {
-				t.Fatalf("%s: process %d alive after Stop", id, pid)
-			}
-		}
-	})
+	}
+	for id, pid := range pids {
+		vmtest.Eventually(t, wait, fmt.Sprintf("%s: process %d gone after Stop", id, pid), func() bool { return !alive(pid) })
+	}
 }

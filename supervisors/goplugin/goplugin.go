@@ -14,6 +14,7 @@ package goplugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -181,13 +182,14 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 		p, err := i.launch(spec)
 		var out outcome
 		var reason string
+		var cause supervisors.Cause
 		if err != nil {
-			reason = err.Error()
+			reason, cause = err.Error(), launchCause(err)
 			out = outFailed
 			reportFirst(fmt.Errorf("addon %q: %w", i.id, err))
 		} else {
 			reportFirst(nil)
-			out, reason = i.supervise(p, &spec, restarts)
+			out, reason, cause = i.supervise(p, &spec, restarts)
 			if out == outDetached {
 				p.detach()
 				return
@@ -218,11 +220,11 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 		}
 		state, wait := supervisors.StateRestarting, i.backoff(failures)
 		if len(recent) > o.BreakerRestarts {
-			state, wait = supervisors.StateCircuitOpen, o.BreakerCooldown
+			state, wait, cause = supervisors.StateCircuitOpen, o.BreakerCooldown, supervisors.CauseStartLimit
 			reason = fmt.Sprintf("%s (%d restarts within %s; retrying in %s)", reason, len(recent), o.BreakerWindow, o.BreakerCooldown)
 			recent = nil
 		}
-		i.Emit(supervisors.Event{Version: spec.Version, State: state, Health: supervisors.HealthUnhealthy, Reason: reason, Restarts: restarts})
+		i.Emit(supervisors.Event{Version: spec.Version, State: state, Health: supervisors.HealthUnhealthy, Cause: cause, Reason: reason, Restarts: restarts})
 		i.log.Warn("add-on failed", "version", spec.Version, "reason", reason, "retry_in", wait.String())
 		t := time.NewTimer(wait)
 		select {
@@ -297,6 +299,36 @@ func (p *proc) exitReason() string {
 	return "process exited"
 }
 
+// exitCause is why the sidecar's process ended, for the reconciler.
+func (p *proc) exitCause() supervisors.Cause {
+	if p.unit != nil {
+		p.unit.mu.Lock()
+		defer p.unit.mu.Unlock()
+		return p.unit.final.ExitCause()
+	}
+	return supervisors.CauseExited
+}
+
+// launchError is a launch that failed, with why.
+type launchError struct {
+	cause supervisors.Cause
+	err   error
+}
+
+func (e *launchError) Error() string { return e.err.Error() }
+func (e *launchError) Unwrap() error { return e.err }
+
+// launchCause is why a sidecar could not be launched: its process could
+// not be started, or it never completed go-plugin's handshake (in time, or
+// at all: it exited first).
+func launchCause(err error) supervisors.Cause {
+	var le *launchError
+	if errors.As(err, &le) {
+		return le.cause
+	}
+	return supervisors.CauseStartFailed
+}
+
 // stopClient waits up to grace for go-plugin's shutdown (0 for a sidecar
 // that never completed its handshake: there is nothing to talk to).
 func stopClient(client *plugin.Client, cmd *exec.Cmd, grace time.Duration) {
@@ -357,7 +389,7 @@ func (i *instance) launch(spec supervisors.Spec) (*proc, error) {
 		Logger:           newHCLogger(i.log),
 	}
 	client := plugin.NewClient(config)
-	p, err := connect(client, spec)
+	p, err := connect(client, spec, pin)
 	if err != nil {
 		stopClient(client, cmd, 0)
 		return nil, err
@@ -368,10 +400,14 @@ func (i *instance) launch(spec supervisors.Spec) (*proc, error) {
 
 // connect completes the handshake (or the reattachment) and dispenses the
 // add-on service. On an error the caller cleans up client.
-func connect(client *plugin.Client, spec supervisors.Spec) (*proc, error) {
+func connect(client *plugin.Client, spec supervisors.Spec, pin *serverPin) (*proc, error) {
 	rpc, err := client.Client()
 	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", spec.Binary, err)
+		cause := supervisors.CauseStartFailed
+		if pin.started.Load() {
+			cause = supervisors.CauseHandshake
+		}
+		return nil, &launchError{cause: cause, err: fmt.Errorf("start %s: %w", spec.Binary, err)}
 	}
 	raw, err := rpc.Dispense(sdk.PluginName)
 	if err != nil {
@@ -387,7 +423,7 @@ func connect(client *plugin.Client, spec supervisors.Spec) (*proc, error) {
 
 // supervise configures a started sidecar and watches it until it must
 // stop or restart. spec is updated in place by configuration-only updates.
-func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (outcome, string) {
+func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (outcome, string, supervisors.Cause) {
 	o := &i.b.opts
 	ev := supervisors.Event{Version: spec.Version, State: supervisors.StateStarting, Health: supervisors.HealthUnknown, Restarts: restarts, PID: p.pid}
 	var configErr string
@@ -410,7 +446,7 @@ func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (out
 		cancel()
 		if err != nil {
 			failures++
-			ev.Reason = fmt.Sprintf("health check failed (%d in a row): %v", failures, err)
+			ev.Reason, ev.Cause = fmt.Sprintf("health check failed (%d in a row): %v", failures, err), supervisors.CauseUnhealthy
 			if failures >= o.HealthFailures {
 				return false
 			}
@@ -418,19 +454,19 @@ func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (out
 			return true
 		}
 		failures = 0
-		ev.Reason = h.Reason
+		ev.Reason, ev.Cause = h.Reason, supervisors.CauseNone
 		switch h.Status {
 		case sdk.Healthy:
 			ev.State, ev.Health = supervisors.StateRunning, supervisors.HealthHealthy
 		case sdk.Degraded:
 			ev.State, ev.Health = supervisors.StateDegraded, supervisors.HealthDegraded
 		case sdk.Unhealthy:
-			ev.State, ev.Health = supervisors.StateUnhealthy, supervisors.HealthUnhealthy
+			ev.State, ev.Health, ev.Cause = supervisors.StateUnhealthy, supervisors.HealthUnhealthy, supervisors.CauseUnhealthy
 		default:
 			ev.State, ev.Health = supervisors.StateRunning, supervisors.HealthUnknown
 		}
 		if configErr != "" {
-			ev.State, ev.Health, ev.Reason = supervisors.StateUnhealthy, supervisors.HealthUnhealthy, configErr
+			ev.State, ev.Health, ev.Reason, ev.Cause = supervisors.StateUnhealthy, supervisors.HealthUnhealthy, configErr, supervisors.CauseConfigure
 		}
 		i.Emit(ev)
 		return true
@@ -438,7 +474,7 @@ func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (out
 
 	configure(spec.ConfigJSON)
 	if !check() {
-		return outFailed, ev.Reason
+		return outFailed, ev.Reason, ev.Cause
 	}
 	health := time.NewTicker(o.HealthInterval)
 	defer health.Stop()
@@ -447,14 +483,14 @@ func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (out
 	for {
 		select {
 		case <-i.Stopping():
-			return outStopped, ""
+			return outStopped, "", supervisors.CauseNone
 		case <-i.Detaching():
-			return outDetached, ""
+			return outDetached, "", supervisors.CauseNone
 		case r := <-i.Requests():
 			if r.Spec.NeedsRestart(*spec) {
 				*spec = *r.Spec
 				r.Reply(nil)
-				return outRestart, ""
+				return outRestart, "", supervisors.CauseNone
 			}
 			if r.Spec.ConfigChanged(*spec) {
 				configure(r.Spec.ConfigJSON)
@@ -471,15 +507,15 @@ func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (out
 			}
 			r.Reply(err)
 			if !check() {
-				return outFailed, ev.Reason
+				return outFailed, ev.Reason, ev.Cause
 			}
 		case <-exit.C:
 			if p.client.Exited() {
-				return outFailed, p.exitReason()
+				return outFailed, p.exitReason(), p.exitCause()
 			}
 		case <-health.C:
 			if !check() {
-				return outFailed, fmt.Sprintf("not answering health checks: %s", ev.Reason)
+				return outFailed, fmt.Sprintf("not answering health checks: %s", ev.Reason), supervisors.CauseUnhealthy
 			}
 		}
 	}

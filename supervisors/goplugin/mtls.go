@@ -54,6 +54,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -122,6 +123,9 @@ const clientCertEnv = "PLUGIN_CLIENT_CERT"
 type serverPin struct {
 	mu  sync.Mutex
 	der []byte
+	// started: the runner started the process (a failure after it is
+	// the handshake's).
+	started atomic.Bool
 }
 
 // pinned is a pin set to der from the start (a reattachment).
@@ -210,6 +214,15 @@ func handshakeCert(parts []string) ([]byte, error) {
 type pinRunner struct {
 	runner.Runner
 	pin *serverPin
+}
+
+// Start starts the process and notes that it did.
+func (r *pinRunner) Start(ctx context.Context) error {
+	if err := r.Runner.Start(ctx); err != nil {
+		return err
+	}
+	r.pin.started.Store(true)
+	return nil
 }
 
 func (r *pinRunner) Stdout() io.ReadCloser {

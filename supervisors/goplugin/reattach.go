@@ -23,6 +23,7 @@ import (
 	"github.com/hashicorp/go-plugin/runner"
 	"google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/addond/addond/internal/atomicfile"
 	"github.com/addond/addond/sdk"
 	"github.com/addond/addond/supervisors"
 	"github.com/addond/addond/supervisors/systemd"
@@ -117,26 +118,7 @@ func saveReattach(path string, st *reattachState) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	os.Remove(tmp)
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(append(data, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
+	return atomicfile.Write(path, append(data, '\n'), 0o600)
 }
 
 // loadReattach reads path; a file that is not a regular file of ours with
@@ -279,7 +261,7 @@ func (i *instance) reattach(spec supervisors.Spec, fp string, st *reattachState)
 		SkipHostEnv:      true,
 		Logger:           newHCLogger(i.log),
 	})
-	p, err := connect(client, spec)
+	p, err := connect(client, spec, &serverPin{})
 	if err == nil {
 		p.unit = r
 		err = ping(p.rpc, o.HealthTimeout)

@@ -29,7 +29,7 @@ import (
 
 // Model is the supervision model of this backend: part of every sidecar
 // unit's fingerprint.
-const Model = "agent_sidecar"
+const Model = supervisors.ModelAgentSidecar
 
 // UnitOptions run sidecars as transient units (Options.Units).
 type UnitOptions struct {
@@ -159,7 +159,7 @@ func (i *instance) launchUnit(spec supervisors.Spec) (*proc, error) {
 		Logger:           newHCLogger(i.log),
 	}
 	client := plugin.NewClient(config)
-	p, err := connect(client, spec)
+	p, err := connect(client, spec, pin)
 	if err != nil {
 		stopClient(client, nil, 0)
 		if r != nil {

@@ -28,7 +28,7 @@ import (
 )
 
 // Model is the supervision model this backend runs.
-const Model = "ephemeral_helper"
+const Model = supervisors.ModelHelper
 
 // DefaultTimeout bounds a run whose assignment names no timeout.
 const DefaultTimeout = 30 * time.Second

@@ -17,14 +17,14 @@ import (
 )
 
 // Model is the supervision model this backend runs.
-const Model = "systemd_service"
+const Model = supervisors.ModelService
 
 // New returns the systemd_service backend.
 func New(o systemd.Options) *systemd.Backend { return systemd.NewBackend(driver{}, o) }
 
 type driver struct{}
 
-func (driver) Model() string            { return Model }
+func (driver) Model() supervisors.Model { return Model }
 func (driver) Units(id string) []string { return []string{systemd.ServiceName(id)} }
 
 func (driver) Check(spec supervisors.Spec) error { return CheckBinary(spec) }
@@ -91,7 +91,7 @@ func (driver) Observe(_ context.Context, b *systemd.Backend, spec supervisors.Sp
 		}
 	case u.ActiveState == "activating" && u.SubState == "auto-restart",
 		u.ActiveState == "deactivating":
-		e.State, e.Health = supervisors.StateRestarting, supervisors.HealthUnhealthy
+		e.State, e.Health, e.Cause = supervisors.StateRestarting, supervisors.HealthUnhealthy, u.ExitCause()
 		e.Reason = fmt.Sprintf("%s; systemd restarts it (%d restarts)", u.Exit(), u.NRestarts)
 	case u.ActiveState == "activating":
 		e.State, e.Health, e.PID = supervisors.StateStarting, supervisors.HealthUnknown, u.MainPID
@@ -99,11 +99,11 @@ func (driver) Observe(_ context.Context, b *systemd.Backend, spec supervisors.Sp
 		// With Restart=always, systemd gives up only at the start limit
 		// (systemd 252 leaves the last exit's result, not
 		// start-limit-hit, when the limit stops an automatic restart).
-		e.State, e.Health = supervisors.StateCircuitOpen, supervisors.HealthUnhealthy
+		e.State, e.Health, e.Cause = supervisors.StateCircuitOpen, supervisors.HealthUnhealthy, supervisors.CauseStartLimit
 		e.Reason = fmt.Sprintf("%s (more than %d restarts within %s; retrying in %s)", u.Exit(),
 			b.Opts.StartLimitBurst, b.Opts.StartLimitInterval, b.Opts.BreakerCooldown)
 	default: // inactive: stopped with a clean exit, not by addond
-		e.State, e.Health = supervisors.StateRestarting, supervisors.HealthUnhealthy
+		e.State, e.Health, e.Cause = supervisors.StateRestarting, supervisors.HealthUnhealthy, u.ExitCause()
 		e.Reason = fmt.Sprintf("unit %s: %s", u.ActiveState, u.Exit())
 	}
 	return e

@@ -250,8 +250,8 @@ func TestInMachine(t *testing.T) {
 			raw        bool
 		}{{"capped", capped, true}, {"uncapped", uncapped, false}} {
 			t.Run(c.id, func(t *testing.T) {
-				rec := newRecorder()
-				b := newBackend(t, rec.notify)
+				rec := conformance.NewRecorder()
+				b := newBackend(t, rec.Notify)
 				ctx := context.Background()
 				spec := supervisors.Spec{AddonID: c.id, Version: "1.0.0", Binary: c.binary,
 					ConfigJSON:   []byte(`{"targets":["127.0.0.1"],"interval":"500ms"}`),
@@ -260,7 +260,7 @@ func TestInMachine(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer b.Stop(ctx, c.id)
-				e := rec.wait(t, 0, c.id, 20*time.Second, "healthy", isHealthy)
+				e := rec.WaitFrom(t, 0, c.id, 20*time.Second, "healthy", isHealthy)
 				status := procStatus(t, e.PID)
 				capEff, err := strconv.ParseUint(status["CapEff"], 16, 64)
 				if err != nil {
@@ -335,11 +335,11 @@ func TestInMachine(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				rec := newRecorder()
+				rec := conformance.NewRecorder()
 				// A restart delay long enough that the auto-restart state
 				// is seen, not raced past.
 				b := New(systemd.Options{
-					Manager: mgr, Paths: systemd.Paths{RuntimeRoot: root}, Notify: rec.notify, Log: log,
+					Manager: mgr, Paths: systemd.Paths{RuntimeRoot: root}, Notify: rec.Notify, Log: log,
 					RestartDelay: time.Second, StartLimitBurst: 3, StartLimitInterval: 10 * time.Second, StableAfter: 200 * time.Millisecond,
 					BreakerCooldown: 500 * time.Millisecond, JobTimeout: 10 * time.Second,
 				})
@@ -348,7 +348,7 @@ func TestInMachine(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer b.Stop(ctx, c.id)
-				first := rec.wait(t, 0, c.id, 20*time.Second, "healthy", isHealthy)
+				first := rec.WaitFrom(t, 0, c.id, 20*time.Second, "healthy", isHealthy)
 				if !mgr.Connected() {
 					t.Fatal("not connected before the reexec")
 				}
@@ -382,7 +382,7 @@ func TestInMachine(t *testing.T) {
 						}
 					}
 				}()
-				mark := rec.mark()
+				mark := rec.Mark()
 				back := reexecute(t)
 				t.Logf("manager re-executed and answering again after %v", back)
 				deadline := time.Now().Add(10 * time.Second)
@@ -420,7 +420,7 @@ func TestInMachine(t *testing.T) {
 				if u.ActiveState != "active" || u.MainPID != first.PID || syscall.Kill(first.PID, 0) != nil {
 					t.Fatalf("after the reexec the unit is %s with MainPID %d, want active with %d", u.ActiveState, u.MainPID, first.PID)
 				}
-				for _, e := range rec.since(mark, c.id) {
+				for _, e := range rec.Since(mark, c.id) {
 					if e.State != supervisors.StateRunning || e.PID != first.PID {
 						t.Errorf("the reexec alone produced the event %s pid=%d %q", e.State, e.PID, e.Reason)
 					}
@@ -430,19 +430,19 @@ func TestInMachine(t *testing.T) {
 				}
 
 				// The subscription survived: a kill is noticed.
-				mark = rec.mark()
+				mark = rec.Mark()
 				if err := syscall.Kill(first.PID, syscall.SIGKILL); err != nil {
 					t.Fatal(err)
 				}
-				r := rec.wait(t, mark, c.id, 10*time.Second, "restarting after SIGKILL", func(e supervisors.Event) bool {
+				r := rec.WaitFrom(t, mark, c.id, 10*time.Second, "restarting after SIGKILL", func(e supervisors.Event) bool {
 					return e.State == supervisors.StateRestarting
 				})
 				t.Logf("after SIGKILL: %s: %s", r.State, r.Reason)
-				again := rec.wait(t, mark, c.id, 10*time.Second, "healthy with a new pid", func(e supervisors.Event) bool {
+				again := rec.WaitFrom(t, mark, c.id, 10*time.Second, "healthy with a new pid", func(e supervisors.Event) bool {
 					return isHealthy(e) && e.PID != first.PID
 				})
 				t.Logf("pid %d → %d, restarts %d", first.PID, again.PID, again.Restarts)
-				for _, e := range rec.since(0, c.id) {
+				for _, e := range rec.Since(0, c.id) {
 					if e.State == supervisors.StateFailed || e.State == supervisors.StateCircuitOpen {
 						t.Errorf("event %s: %s", e.State, e.Reason)
 					}
@@ -475,79 +475,14 @@ func isHealthy(e supervisors.Event) bool {
 	return e.State == supervisors.StateRunning && e.Health == supervisors.HealthHealthy && e.PID > 0
 }
 
-// recorder keeps every event, for waiting on one and for checking what
-// else happened.
-type recorder struct {
-	mu     sync.Mutex
-	events []supervisors.Event
-	signal chan struct{}
-}
-
-func newRecorder() *recorder { return &recorder{signal: make(chan struct{}, 1)} }
-
-func (r *recorder) notify(e supervisors.Event) {
-	r.mu.Lock()
-	r.events = append(r.events, e)
-	r.mu.Unlock()
-	select {
-	case r.signal <- struct{}{}:
-	default:
-	}
-}
-
-// mark is the index of the next event.
-func (r *recorder) mark() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.events)
-}
-
-// since returns id's events from index mark on.
-func (r *recorder) since(mark int, id string) []supervisors.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []supervisors.Event
-	for _, e := range r.events[mark:] {
-		if e.AddonID == id {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
-// wait returns id's first event from index mark on that satisfies ok.
-func (r *recorder) wait(t *testing.T, mark int, id string, timeout time.Duration, what string, ok func(supervisors.Event) bool) supervisors.Event {
-	t.Helper()
-	deadline := time.After(timeout)
-	for seen := mark; ; {
-		r.mu.Lock()
-		for ; seen < len(r.events); seen++ {
-			if e := r.events[seen]; e.AddonID == id && ok(e) {
-				r.mu.Unlock()
-				return e
-			}
-		}
-		r.mu.Unlock()
-		select {
-		case <-r.signal:
-		case <-deadline:
-			var b strings.Builder
-			for _, e := range r.since(0, id) {
-				fmt.Fprintf(&b, "  %s health=%s pid=%d restarts=%d reason=%q\n", e.State, e.Health, e.PID, e.Restarts, e.Reason)
-			}
-			t.Fatalf("%s: no event %s within %v; events:\n%s", id, what, timeout, b.String())
-		}
-	}
-}
-
 // runProbes runs /bin/sh as the add-on id (sandboxed unless caps) with a
 // script that tries to write and read inside and outside what the
 // sandbox allows, and returns each probe's outcome ("ok" or "denied") as
 // the script recorded it in its state directory, and the runtime root.
 func runProbes(t *testing.T, newBackend func(*testing.T, supervisors.Notify) *systemd.Backend, id string, caps []string) (map[string]string, string) {
 	t.Helper()
-	rec := newRecorder()
-	b := newBackend(t, rec.notify)
+	rec := conformance.NewRecorder()
+	b := newBackend(t, rec.Notify)
 	root := b.Opts.Paths.RuntimeRoot
 	// What the agent keeps there: its own state, another add-on's files,
 	// and this add-on's staged version.
@@ -603,7 +538,7 @@ func runProbes(t *testing.T, newBackend func(*testing.T, supervisors.Notify) *sy
 		t.Fatal(err)
 	}
 	defer b.Stop(ctx, id)
-	rec.wait(t, 0, id, 20*time.Second, "healthy", isHealthy)
+	rec.WaitFrom(t, 0, id, 20*time.Second, "healthy", isHealthy)
 	results := filepath.Join(data, "results")
 	deadline := time.Now().Add(10 * time.Second)
 	var out []byte

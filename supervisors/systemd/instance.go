@@ -15,7 +15,7 @@ import (
 // their state reads as an Event.
 type Driver interface {
 	// Model is the supervision model, part of every unit's fingerprint.
-	Model() string
+	Model() supervisors.Model
 	// Check refuses a spec before anything is created.
 	Check(spec supervisors.Spec) error
 	// Create starts the add-on's units for spec (they do not exist).
@@ -227,12 +227,12 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 			waiting = false
 		case isNoManager(err):
 			i.Emit(supervisors.Event{Version: spec.Version, State: supervisors.StateStarting, Health: supervisors.HealthUnknown,
-				Reason: "waiting for the systemd manager: " + err.Error(), Restarts: mem.Restarts, Waiting: true})
+				Cause: supervisors.CauseManagerGone, Reason: "waiting for the systemd manager: " + err.Error(), Restarts: mem.Restarts, Waiting: true})
 			schedule(5 * time.Second)
 			noManager = true
 			return nil
 		default:
-			i.Emit(supervisors.Event{Version: spec.Version, State: supervisors.StateFailed, Health: supervisors.HealthUnhealthy, Reason: err.Error(), Restarts: mem.Restarts})
+			i.Emit(supervisors.Event{Version: spec.Version, State: supervisors.StateFailed, Health: supervisors.HealthUnhealthy, Cause: supervisors.CauseStartFailed, Reason: err.Error(), Restarts: mem.Restarts})
 			schedule(b.Opts.BreakerCooldown)
 		}
 		return err
@@ -311,7 +311,7 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 				// Gone: stopped behind addond's back, collected, or never
 				// created because the manager was away.
 				i.Emit(supervisors.Event{Version: spec.Version, State: supervisors.StateRestarting, Health: supervisors.HealthUnhealthy,
-					Reason: "unit " + u.Name + " is not running", Restarts: mem.Restarts})
+					Cause: supervisors.CauseExited, Reason: "unit " + u.Name + " is not running", Restarts: mem.Restarts})
 				schedule(b.Opts.RestartDelay)
 				continue
 			}

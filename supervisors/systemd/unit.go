@@ -17,6 +17,7 @@ import (
 	godbus "github.com/godbus/dbus/v5"
 	"golang.org/x/sys/unix"
 
+	"github.com/addond/addond/internal/atomicfile"
 	"github.com/addond/addond/supervisors"
 )
 
@@ -108,17 +109,11 @@ func (p Paths) Prepare(spec supervisors.Spec) error {
 	if len(cfg) == 0 {
 		cfg = []byte("{}")
 	}
-	path := p.ConfigFile(spec.AddonID)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, cfg, 0o600); err != nil {
-		return fmt.Errorf("addon %q: config file: %w", spec.AddonID, err)
+	var opts []atomicfile.Option
+	if p.Owner != nil {
+		opts = append(opts, atomicfile.Owner(p.Owner.UID, p.Owner.GID))
 	}
-	if err := p.own(tmp); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("addon %q: config file: %w", spec.AddonID, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.Write(p.ConfigFile(spec.AddonID), cfg, 0o600, opts...); err != nil {
 		return fmt.Errorf("addon %q: config file: %w", spec.AddonID, err)
 	}
 	return nil
@@ -127,7 +122,7 @@ func (p Paths) Prepare(spec supervisors.Spec) error {
 // Fingerprint identifies everything a unit was started with: a unit whose
 // description carries the fingerprint of the desired spec can be adopted
 // as it is.
-func Fingerprint(model string, spec supervisors.Spec, extra ...string) string {
+func Fingerprint(model supervisors.Model, spec supervisors.Spec, extra ...string) string {
 	h := sha256.New()
 	enc := json.NewEncoder(h)
 	enc.Encode([]any{model, spec.AddonID, spec.Version, spec.Binary, spec.Args, string(spec.ConfigJSON),
@@ -343,6 +338,14 @@ func (u UnitState) Exit() string {
 		return "result " + u.Result
 	}
 	return "ended"
+}
+
+// ExitCause is why the unit's main process ended, for the reconciler.
+func (u UnitState) ExitCause() supervisors.Cause {
+	if u.Result == "oom-kill" {
+		return supervisors.CauseOOM
+	}
+	return supervisors.CauseExited
 }
 
 // ReadUnit reads a service unit's state; a unit the manager does not know

@@ -19,7 +19,7 @@ import (
 )
 
 // Model is the supervision model this backend runs.
-const Model = "systemd_timer"
+const Model = supervisors.ModelTimer
 
 // Accuracy is the timer's AccuracySec: systemd's default of one minute
 // would blur a schedule in seconds.
@@ -34,7 +34,7 @@ func New(o systemd.Options) *systemd.Backend { return systemd.NewBackend(driver{
 
 type driver struct{}
 
-func (driver) Model() string { return Model }
+func (driver) Model() supervisors.Model { return Model }
 func (driver) Units(id string) []string {
 	return []string{systemd.TimerName(id), systemd.ServiceName(id)}
 }
@@ -108,9 +108,9 @@ func (driver) Observe(ctx context.Context, b *systemd.Backend, spec supervisors.
 	}
 	switch {
 	case mem.Failures >= FailuresUnhealthy:
-		e.State, e.Health = supervisors.StateUnhealthy, supervisors.HealthUnhealthy
+		e.State, e.Health, e.Cause = supervisors.StateUnhealthy, supervisors.HealthUnhealthy, supervisors.CauseRunFailed
 	case mem.Failures > 0:
-		e.State, e.Health = supervisors.StateDegraded, supervisors.HealthDegraded
+		e.State, e.Health, e.Cause = supervisors.StateDegraded, supervisors.HealthDegraded, supervisors.CauseRunFailed
 	}
 	if mem.Failures > 0 {
 		e.Reason = fmt.Sprintf("last run %s (%d failed in a row)", mem.LastRunError, mem.Failures)

@@ -287,7 +287,7 @@ func (t *toggler) apply(spec supervisors.Spec) error {
 		if spec.Feature == "" {
 			reason = "no compiled-in feature named"
 		}
-		i.Emit(supervisors.Event{Version: spec.Version, State: supervisors.StateUnsupported, Health: supervisors.HealthUnknown, Reason: reason})
+		i.Emit(supervisors.Event{Version: spec.Version, State: supervisors.StateUnsupported, Health: supervisors.HealthUnknown, Cause: supervisors.CauseUnsupported, Reason: reason})
 		return fmt.Errorf("addon %q: %s: %w", i.id, reason, supervisors.ErrUnsupported)
 	}
 
@@ -333,7 +333,11 @@ func (t *toggler) failed(err error) error {
 		t.retryIn = d - jitter + rand.N(2*jitter+1)
 		reason += fmt.Sprintf(" (retrying in %s)", t.retryIn.Round(time.Millisecond))
 	}
-	t.i.Emit(supervisors.Event{Version: t.spec.Version, State: supervisors.StateFailed, Health: supervisors.HealthUnhealthy, Reason: reason, Restarts: t.failures})
+	cause := supervisors.CauseStartFailed
+	if errors.Is(err, ErrInvalidConfig) {
+		cause = supervisors.CauseConfigure
+	}
+	t.i.Emit(supervisors.Event{Version: t.spec.Version, State: supervisors.StateFailed, Health: supervisors.HealthUnhealthy, Cause: cause, Reason: reason, Restarts: t.failures})
 	t.i.log.Warn("feature not switched on", "feature", t.spec.Feature, "reason", reason)
 	return fmt.Errorf("addon %q: %w", t.i.id, err)
 }
@@ -349,13 +353,13 @@ func (t *toggler) check() {
 		case supervisors.HealthDegraded:
 			ev.State, ev.Health = supervisors.StateDegraded, supervisors.HealthDegraded
 		case supervisors.HealthUnhealthy:
-			ev.State, ev.Health = supervisors.StateUnhealthy, supervisors.HealthUnhealthy
+			ev.State, ev.Health, ev.Cause = supervisors.StateUnhealthy, supervisors.HealthUnhealthy, supervisors.CauseUnhealthy
 		default:
 			ev.Health = supervisors.HealthUnknown
 		}
 	}
 	if t.configErr != "" {
-		ev.State, ev.Health, ev.Reason = supervisors.StateUnhealthy, supervisors.HealthUnhealthy, t.configErr
+		ev.State, ev.Health, ev.Reason, ev.Cause = supervisors.StateUnhealthy, supervisors.HealthUnhealthy, t.configErr, supervisors.CauseConfigure
 	}
 	t.i.Emit(ev)
 }
@@ -381,7 +385,7 @@ func (t *toggler) disable() error {
 func (t *toggler) off() {
 	ev := supervisors.Event{Version: t.spec.Version, State: supervisors.StateStopped, Health: supervisors.HealthUnknown}
 	if err := t.disable(); err != nil {
-		ev.State, ev.Reason = supervisors.StateFailed, err.Error()
+		ev.State, ev.Reason, ev.Cause = supervisors.StateFailed, err.Error(), supervisors.CauseStartFailed
 		t.i.log.Warn("feature not switched off", "error", err)
 	}
 	t.i.Emit(ev)

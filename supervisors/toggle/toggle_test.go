@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/addond/addond/supervisors"
+	"github.com/addond/addond/supervisors/conformance"
+	"github.com/addond/addond/vmtest"
 )
 
 // fake is a Feature that, while on, runs a goroutine (as a real feature
@@ -79,73 +81,13 @@ func (f *healthyFake) Health() (supervisors.Health, string) {
 	return f.health, f.reason
 }
 
-type recorder struct {
-	mu     sync.Mutex
-	events []supervisors.Event
-	signal chan struct{}
-}
+// wait bounds every wait for an event.
+const wait = 5 * time.Second
 
-func newRecorder() *recorder { return &recorder{signal: make(chan struct{}, 1)} }
-
-func (r *recorder) notify(e supervisors.Event) {
-	r.mu.Lock()
-	r.events = append(r.events, e)
-	r.mu.Unlock()
-	select {
-	case r.signal <- struct{}{}:
-	default:
-	}
-}
-
-func (r *recorder) mark() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.events)
-}
-
-func (r *recorder) all(id string) []supervisors.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []supervisors.Event
-	for _, e := range r.events {
-		if e.AddonID == id {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
-// waitFrom returns the first event of id from index mark on that satisfies
-// ok.
-func (r *recorder) waitFrom(t *testing.T, mark int, id, what string, ok func(supervisors.Event) bool) supervisors.Event {
-	t.Helper()
-	deadline := time.After(5 * time.Second)
-	seen := mark
-	for {
-		r.mu.Lock()
-		for ; seen < len(r.events); seen++ {
-			if e := r.events[seen]; e.AddonID == id && ok(e) {
-				r.mu.Unlock()
-				return e
-			}
-		}
-		r.mu.Unlock()
-		select {
-		case <-r.signal:
-		case <-deadline:
-			var b strings.Builder
-			for _, e := range r.all(id) {
-				fmt.Fprintf(&b, "  %s %s health=%s reason=%q\n", e.Version, e.State, e.Health, e.Reason)
-			}
-			t.Fatalf("%s: no event %s; events:\n%s", id, what, b.String())
-		}
-	}
-}
-
-func newBackend(t *testing.T, rec *recorder, features map[string]Feature) *Backend {
+func newBackend(t *testing.T, rec *conformance.Recorder, features map[string]Feature) *Backend {
 	b := New(Options{
 		Log:            slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Notify:         rec.notify,
+		Notify:         rec.Notify,
 		Features:       features,
 		HealthInterval: 20 * time.Millisecond,
 		BackoffMin:     20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
@@ -169,22 +111,9 @@ func spec(id, version, feature, config string) supervisors.Spec {
 	return supervisors.Spec{AddonID: id, Version: version, Feature: feature, ConfigJSON: []byte(config)}
 }
 
-// waitGoroutines waits until no more than n goroutines run.
-func waitGoroutines(t *testing.T, n int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > n {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines, want at most %d:\n%s", runtime.NumGoroutine(), n, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestEnableReconfigureDisable(t *testing.T) {
 	ctx := context.Background()
-	rec := newRecorder()
+	rec := conformance.NewRecorder()
 	f := &fake{}
 	b := newBackend(t, rec, map[string]Feature{"beat": f})
 	baseline := runtime.NumGoroutine()
@@ -192,7 +121,7 @@ func TestEnableReconfigureDisable(t *testing.T) {
 	if err := b.Start(ctx, spec("a", "1", "beat", `{"x":1}`)); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFrom(t, 0, "a", "running", running)
+	rec.WaitFrom(t, 0, "a", wait, "running", running)
 	if enables, _ := f.calls(); len(enables) != 1 || enables[0] != `{"x":1}` || !f.on() {
 		t.Fatalf("Enable calls %q, on %v; want one with the config", enables, f.on())
 	}
@@ -201,25 +130,25 @@ func TestEnableReconfigureDisable(t *testing.T) {
 	}
 
 	// A new configuration is applied in place: Enable again, no Disable.
-	m := rec.mark()
+	m := rec.Mark()
 	if err := b.Update(ctx, spec("a", "1", "beat", `{"x":2}`)); err != nil {
 		t.Fatal(err)
 	}
 	if enables, disables := f.calls(); len(enables) != 2 || enables[1] != `{"x":2}` || disables != 0 {
 		t.Fatalf("after a config change: Enable %q, Disable %d; want the new config applied in place", enables, disables)
 	}
-	for _, e := range rec.all("a")[m:] {
+	for _, e := range rec.Since(m, "a") {
 		if e.State != supervisors.StateRunning {
 			t.Fatalf("a config change went through %s", e.State)
 		}
 	}
 
 	// A new version alone calls nothing and is reported.
-	m = rec.mark()
+	m = rec.Mark()
 	if err := b.Update(ctx, spec("a", "2", "beat", `{"x":2}`)); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFrom(t, m, "a", "running version 2", func(e supervisors.Event) bool { return running(e) && e.Version == "2" })
+	rec.WaitFrom(t, m, "a", wait, "running version 2", func(e supervisors.Event) bool { return running(e) && e.Version == "2" })
 	if enables, _ := f.calls(); len(enables) != 2 {
 		t.Fatalf("a version-only change called Enable: %q", enables)
 	}
@@ -230,11 +159,11 @@ func TestEnableReconfigureDisable(t *testing.T) {
 		t.Fatalf("empty config reached the feature as %q, want {}", enables[len(enables)-1])
 	}
 
-	m = rec.mark()
+	m = rec.Mark()
 	if err := b.Stop(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFrom(t, m, "a", "stopped", func(e supervisors.Event) bool { return e.State == supervisors.StateStopped })
+	rec.WaitFrom(t, m, "a", wait, "stopped", func(e supervisors.Event) bool { return e.State == supervisors.StateStopped })
 	if _, disables := f.calls(); disables != 1 || f.on() {
 		t.Fatalf("Disable called %d times, on %v after Stop", disables, f.on())
 	}
@@ -245,12 +174,12 @@ func TestEnableReconfigureDisable(t *testing.T) {
 		t.Fatalf("second Stop = %v, want ErrUnknownAddon", err)
 	}
 	// Neither the feature's goroutine nor the backend's is left.
-	waitGoroutines(t, baseline)
+	vmtest.Goroutines(t, baseline)
 }
 
 func TestUnknownFeatureIsUnsupported(t *testing.T) {
 	ctx := context.Background()
-	rec := newRecorder()
+	rec := conformance.NewRecorder()
 	f := &fake{}
 	b := newBackend(t, rec, map[string]Feature{"beat": f})
 	for _, name := range []string{"nope", ""} {
@@ -259,11 +188,11 @@ func TestUnknownFeatureIsUnsupported(t *testing.T) {
 		if !errors.Is(err, supervisors.ErrUnsupported) || !strings.Contains(err.Error(), id) {
 			t.Fatalf("Start with feature %q = %v, want ErrUnsupported naming the add-on", name, err)
 		}
-		e := rec.waitFrom(t, 0, id, "unsupported", func(e supervisors.Event) bool { return e.State == supervisors.StateUnsupported })
+		e := rec.WaitFrom(t, 0, id, wait, "unsupported", func(e supervisors.Event) bool { return e.State == supervisors.StateUnsupported })
 		if name != "" && !strings.Contains(e.Reason, `"nope"`) {
 			t.Fatalf("reason %q does not name the feature", e.Reason)
 		}
-		for _, e := range rec.all(id) {
+		for _, e := range rec.Events(id) {
 			if e.State == supervisors.StateRunning || e.Health == supervisors.HealthHealthy {
 				t.Fatalf("an unknown feature was reported applied: %+v", e)
 			}
@@ -276,12 +205,12 @@ func TestUnknownFeatureIsUnsupported(t *testing.T) {
 	if err := b.Update(ctx, spec("xnope", "1", "beat", `{}`)); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFrom(t, 0, "xnope", "running", running)
+	rec.WaitFrom(t, 0, "xnope", wait, "running", running)
 }
 
 func TestEnableErrorIsReportedAndRetried(t *testing.T) {
 	ctx := context.Background()
-	rec := newRecorder()
+	rec := conformance.NewRecorder()
 	f := &fake{failN: 2, failErr: errors.New("disk on fire")}
 	b := newBackend(t, rec, map[string]Feature{"beat": f})
 
@@ -289,11 +218,11 @@ func TestEnableErrorIsReportedAndRetried(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "disk on fire") || !strings.Contains(err.Error(), `"a"`) {
 		t.Fatalf("Start = %v, want the feature's error naming the add-on", err)
 	}
-	e := rec.waitFrom(t, 0, "a", "failed", func(e supervisors.Event) bool { return e.State == supervisors.StateFailed })
+	e := rec.WaitFrom(t, 0, "a", wait, "failed", func(e supervisors.Event) bool { return e.State == supervisors.StateFailed })
 	if e.Health != supervisors.HealthUnhealthy || !strings.Contains(e.Reason, "disk on fire") || !strings.Contains(e.Reason, `"beat"`) {
 		t.Fatalf("failure event %+v: want unhealthy with the feature and the reason", e)
 	}
-	rec.waitFrom(t, 0, "a", "running after retries", running)
+	rec.WaitFrom(t, 0, "a", wait, "running after retries", running)
 	if enables, _ := f.calls(); len(enables) != 3 {
 		t.Fatalf("Enable called %d times, want 3 (two failures, then success)", len(enables))
 	}
@@ -301,13 +230,13 @@ func TestEnableErrorIsReportedAndRetried(t *testing.T) {
 
 func TestInvalidConfigWaitsForAChange(t *testing.T) {
 	ctx := context.Background()
-	rec := newRecorder()
+	rec := conformance.NewRecorder()
 	f := &fake{failN: 1, failErr: fmt.Errorf("%w: interval: not a duration", ErrInvalidConfig)}
 	b := newBackend(t, rec, map[string]Feature{"beat": f})
 	if err := b.Start(ctx, spec("a", "1", "beat", `{"interval":"x"}`)); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("Start = %v, want ErrInvalidConfig", err)
 	}
-	e := rec.waitFrom(t, 0, "a", "failed", func(e supervisors.Event) bool { return e.State == supervisors.StateFailed })
+	e := rec.WaitFrom(t, 0, "a", wait, "failed", func(e supervisors.Event) bool { return e.State == supervisors.StateFailed })
 	if !strings.Contains(e.Reason, "interval") {
 		t.Fatalf("reason %q", e.Reason)
 	}
@@ -318,25 +247,25 @@ func TestInvalidConfigWaitsForAChange(t *testing.T) {
 	if err := b.Update(ctx, spec("a", "1", "beat", `{"interval":"1s"}`)); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFrom(t, 0, "a", "running after the fix", running)
+	rec.WaitFrom(t, 0, "a", wait, "running after the fix", running)
 }
 
 func TestReconfigureErrorKeepsFeatureOn(t *testing.T) {
 	ctx := context.Background()
-	rec := newRecorder()
+	rec := conformance.NewRecorder()
 	f := &fake{}
 	b := newBackend(t, rec, map[string]Feature{"beat": f})
 	b.Start(ctx, spec("a", "1", "beat", `{}`))
-	rec.waitFrom(t, 0, "a", "running", running)
+	rec.WaitFrom(t, 0, "a", wait, "running", running)
 
 	f.mu.Lock()
 	f.failN, f.failErr = 1, errors.New("bad path")
 	f.mu.Unlock()
-	m := rec.mark()
+	m := rec.Mark()
 	if err := b.Update(ctx, spec("a", "1", "beat", `{"path":"x"}`)); err == nil || !strings.Contains(err.Error(), "bad path") {
 		t.Fatalf("Update = %v, want the refusal", err)
 	}
-	e := rec.waitFrom(t, m, "a", "unhealthy", func(e supervisors.Event) bool { return e.State == supervisors.StateUnhealthy })
+	e := rec.WaitFrom(t, m, "a", wait, "unhealthy", func(e supervisors.Event) bool { return e.State == supervisors.StateUnhealthy })
 	if !strings.HasPrefix(e.Reason, "configure:") || !strings.Contains(e.Reason, "bad path") {
 		t.Fatalf("reason %q, want configure: and the refusal", e.Reason)
 	}
@@ -344,22 +273,22 @@ func TestReconfigureErrorKeepsFeatureOn(t *testing.T) {
 		t.Fatal("a refused configuration switched the feature off")
 	}
 	// The next good configuration clears it.
-	m = rec.mark()
+	m = rec.Mark()
 	b.Update(ctx, spec("a", "1", "beat", `{"path":"y"}`))
-	rec.waitFrom(t, m, "a", "running again", running)
+	rec.WaitFrom(t, m, "a", wait, "running again", running)
 }
 
 func TestHealthReport(t *testing.T) {
 	ctx := context.Background()
-	rec := newRecorder()
+	rec := conformance.NewRecorder()
 	f := &healthyFake{fake{health: supervisors.HealthHealthy}}
 	b := newBackend(t, rec, map[string]Feature{"beat": f})
 	b.Start(ctx, spec("a", "1", "beat", `{}`))
-	rec.waitFrom(t, 0, "a", "running", running)
+	rec.WaitFrom(t, 0, "a", wait, "running", running)
 	f.mu.Lock()
 	f.health, f.reason = supervisors.HealthDegraded, "write failed"
 	f.mu.Unlock()
-	e := rec.waitFrom(t, 0, "a", "degraded", func(e supervisors.Event) bool { return e.State == supervisors.StateDegraded })
+	e := rec.WaitFrom(t, 0, "a", wait, "degraded", func(e supervisors.Event) bool { return e.State == supervisors.StateDegraded })
 	if e.Health != supervisors.HealthDegraded || e.Reason != "write failed" {
 		t.Fatalf("event %+v", e)
 	}
@@ -367,7 +296,7 @@ func TestHealthReport(t *testing.T) {
 
 func TestOneOwnerPerFeature(t *testing.T) {
 	ctx := context.Background()
-	rec := newRecorder()
+	rec := conformance.NewRecorder()
 	f := &fake{}
 	b := newBackend(t, rec, map[string]Feature{"beat": f})
 	if err := b.Start(ctx, spec("a", "1", "beat", `{}`)); err != nil {
@@ -376,21 +305,21 @@ func TestOneOwnerPerFeature(t *testing.T) {
 	if err := b.Start(ctx, spec("b", "1", "beat", `{}`)); err == nil {
 		t.Fatal("two add-ons switched one feature on")
 	}
-	e := rec.waitFrom(t, 0, "b", "failed", func(e supervisors.Event) bool { return e.State == supervisors.StateFailed })
+	e := rec.WaitFrom(t, 0, "b", wait, "failed", func(e supervisors.Event) bool { return e.State == supervisors.StateFailed })
 	if !strings.Contains(e.Reason, `add-on "a"`) {
 		t.Fatalf("reason %q does not name the owner", e.Reason)
 	}
 	b.Stop(ctx, "a")
-	rec.waitFrom(t, 0, "b", "running once a let go", running)
+	rec.WaitFrom(t, 0, "b", wait, "running once a let go", running)
 }
 
 func TestSwitchToAnotherFeature(t *testing.T) {
 	ctx := context.Background()
-	rec := newRecorder()
+	rec := conformance.NewRecorder()
 	f, g := &fake{}, &fake{}
 	b := newBackend(t, rec, map[string]Feature{"f": f, "g": g})
 	b.Start(ctx, spec("a", "1", "f", `{}`))
-	rec.waitFrom(t, 0, "a", "running", running)
+	rec.WaitFrom(t, 0, "a", wait, "running", running)
 	if err := b.Update(ctx, spec("a", "1", "g", `{}`)); err != nil {
 		t.Fatal(err)
 	}
