@@ -31,7 +31,7 @@ demo: build
 
 # Host packages the tests use (idempotent; needs root, as CI has).
 deps:
-	@missing=""; for p in openssl util-linux systemd-container mmdebstrap libcap2-bin rpm lintian qemu-system-x86 e2fsprogs; do \
+	@missing=""; for p in openssl util-linux systemd-container mmdebstrap libcap2-bin rpm lintian qemu-system-x86 e2fsprogs gcc libc6-dev; do \
 		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
@@ -45,20 +45,26 @@ $(MINIO_BIN):
 	GOBIN=$(dir $@) $(GO) install github.com/minio/minio@$(MINIO_VERSION)
 
 # Everything, nothing skipped: ends with "tests: N passed, M failed, K skipped".
+# Two go test runs share the two cores, one package at a time each: the
+# agent's packages under the race detector (RACE_PKGS; cmd/addond's
+# end-to-end tests then run a race-enabled addond that stops at its first
+# race), and the rest, the VM tier first (the longest).
 # After the go tests, every fuzz target for 10s (fuzz-short): a crasher
 # fails `make test` too. The summary line is held back so that it stays
 # the last line; before it, the ten slowest tests. The go test -json log
 # stays in TEST_LOG.
-TEST_LOG ?= $(TEST_CACHE)/test.json
-# go test runs two packages at a time, in the order given: the two longest
-# first, so that neither is left for the end.
-TEST_FIRST := ./vmtest/vm ./cmd/addond
+TEST_LOG  ?= $(TEST_CACHE)/test.json
+RACE_PKGS := ./cmd/addond ./cmd/... ./daemon/... ./supervisors/...
 test: deps build minio
-	@set -o pipefail; sum=$$(mktemp); mkdir -p $(dir $(TEST_LOG)); \
-	ADDOND_TEST_STRICT=1 ADDOND_MINIO_BIN=$(MINIO_BIN) \
-		$(GO) test -json -count=1 -timeout 30m $(TEST_FIRST) ./... 2>&1 | tee $(TEST_LOG) | \
+	@set -o pipefail; sum=$$(mktemp); runs=$$(mktemp -d); mkdir -p $(dir $(TEST_LOG)); \
+	export ADDOND_TEST_STRICT=1 ADDOND_MINIO_BIN=$(MINIO_BIN); \
+	race=$$($(GO) list $(RACE_PKGS)); \
+	plain=$$($(GO) list ./vmtest/vm ./... | grep -vxF "$$race"); \
+	$(GO) test -json -count=1 -timeout 30m -p 1 $$plain >$$runs/plain.json 2>&1 & pid=$$!; \
+	$(GO) test -race -json -count=1 -timeout 30m -p 1 $$race >$$runs/race.json 2>&1; \
+	wait $$pid; cat $$runs/plain.json $$runs/race.json | tee $(TEST_LOG) | \
 		$(GO) run ./vmtest/testsum -strict -slowest 10 | tee $$sum | sed '$$d'; \
-	rc=$$?; $(MAKE) --no-print-directory fuzz-short; frc=$$?; \
+	rc=$$?; rm -rf $$runs; $(MAKE) --no-print-directory fuzz-short; frc=$$?; \
 	tail -n 1 $$sum; rm -f $$sum; [ $$rc = 0 ] && [ $$frc = 0 ]
 
 # The timing-sensitive packages, each test STRESS_N times (-count), while
