@@ -253,7 +253,9 @@ func (c *Core) stage(ar *addon, spec assignment.Spec) {
 	if ar.running == nil {
 		c.set(ar, StateDownloading, "")
 	}
-	c.emit(Stage{Seq: c.seq, Spec: spec, Caps: needsCaps(spec)})
+	// addond stage stages; a capped copy is addond-updater's to make for
+	// addond run.
+	c.emit(Stage{Seq: c.seq, Spec: spec, Caps: needsCaps(spec) && !c.policy.ActivateAtOnce})
 }
 
 // convergeLocal runs an add-on that needs no delivery: a compiled-in

@@ -718,6 +718,70 @@ var cases = []struct {
 	}},
 }
 
+// onceCases are `addond stage`'s: the same core, activating at once.
+var onceCases = []struct {
+	name string
+	run  func(h *harness)
+}{
+	{"staged, activated, last-known-good at once; nothing started", func(h *harness) {
+		h.step(Boot{Addons: []Recovered{recovered(spec("old@1.0.0"))}})
+		none[Start](h)
+		h.refresh(desired(spec("a@1.0.0", withCaps), spec("off@1.0.0", disabled),
+			spec("pkg@1", func(s *assignment.Spec) { s.Delivery, s.Artifact = assignment.DeliveryOSPackage, nil })))
+		if st := one[Stage](h); st.Caps {
+			h.t.Fatal("addond stage asked for a capped copy")
+		}
+		if r := one[Remove](h); r.ID != "old" {
+			h.t.Fatalf("%+v", r)
+		}
+		h.stageDone("a@1.0.0")
+		if p := h.lastPersist("a"); p.LKG == nil || p.LKG.Version != "1.0.0" || p.Probation != nil || p.HighestVersion != "1.0.0" {
+			h.t.Fatalf("%+v", p)
+		}
+		one[GC](h)
+		none[Start](h)
+		none[DropCapped](h)
+		if !h.c.Idle() {
+			h.t.Fatal("not idle after its one refresh and staging")
+		}
+		got := map[string]Result{}
+		for _, o := range h.c.Outcomes() {
+			got[o.AddonID] = o.State
+		}
+		want := map[string]Result{"a": ResultStaged, "off": ResultDisabled, "pkg": ResultSkipped}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			h.t.Fatalf("outcomes %v, want %v", got, want)
+		}
+	}},
+	{"a failed delivery keeps the last-known-good current", func(h *harness) {
+		h.current["a"] = "1.0.0"
+		h.step(Boot{Addons: []Recovered{recovered(spec("a@1.0.0"))}})
+		h.refresh(desired(spec("a@1.1.0")))
+		h.stageDone("a@1.1.0", func(m *Staged) { m.Err = errors.New("sha256 mismatch") })
+		none[Activate](h)
+		o := h.c.Outcomes()[0]
+		if o.State != ResultFailed || !o.FromLKG || o.ActiveVersion != "1.0.0" || o.Version != "1.1.0" || o.Err == nil {
+			h.t.Fatalf("%+v", o)
+		}
+	}},
+	{"refused entries are outcomes too, invalid ids included", func(h *harness) {
+		h.refresh(Desired{Authoritative: true, Doc: DocInfo{Fresh: true}, Entries: []Entry{
+			{ID: "../x", Version: "1", Err: errors.New("invalid addon_id")},
+			{ID: "a", Version: "0.9.0", Err: fmt.Errorf("addon %q: %w", "a", assignment.ErrDowngrade)},
+		}})
+		out := h.c.Outcomes()
+		if len(out) != 2 || out[0].AddonID != "../x" || out[1].Version != "0.9.0" || out[1].State != ResultFailed {
+			h.t.Fatalf("%+v", out)
+		}
+	}},
+}
+
+func TestCoreOnce(t *testing.T) {
+	for _, tc := range onceCases {
+		t.Run(tc.name, func(t *testing.T) { tc.run(newHarness(t, Policy{ActivateAtOnce: true})) })
+	}
+}
+
 func TestCore(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
