@@ -123,7 +123,7 @@ func TestAntirollbackEndToEnd(t *testing.T) {
 	if refused.PID != running.PID || !alive(running.PID) || refused.ActiveVersion != "1.2.0" || refused.State != "running" || refused.Version != "1.1.0" || !refused.FromLKG {
 		t.Fatalf("after the refusal: %+v (was %+v); want 1.2.0 still running in the same process, from_lkg", refused, running)
 	}
-	time.Sleep(2500 * time.Millisecond) // a few polls: still refused, counted once
+	d.afterRefreshes(t, 2) // a few polls: still refused, counted once
 	checkRefusedUntouched := func() {
 		t.Helper()
 		if _, err := os.Stat(filepath.Join(e.root, "addons/hello/versions/1.1.0")); !os.IsNotExist(err) {
@@ -267,7 +267,7 @@ func TestReplayRefusedEndToEnd(t *testing.T) {
 		t.Fatalf("after a replay: %+v", st)
 	}
 	notify.waitFor(t, "assignments refused as a replay", 5*time.Second)
-	time.Sleep(2500 * time.Millisecond) // a few polls of the same replay
+	d.afterRefreshes(t, 2) // a few polls of the same replay
 	a := d.waitAddon(t, "hello", time.Second, "still 1.1.0", func(a daemon.AddonStatus) bool { return true })
 	if a.PID != running.PID || a.ActiveVersion != "1.1.0" || a.Version != "1.1.0" || !a.FromLKG {
 		t.Fatalf("after a replay: %+v (was %+v)", a, running)
@@ -341,7 +341,7 @@ func TestStoreDownFreshness(t *testing.T) {
 		arWaitStatus(t, d, 10*time.Second, what, func(st *daemon.Status) bool {
 			return !st.DocumentFresh && st.DocumentError != "" && len(st.Addons) == 1 && st.Addons[0].FromLKG
 		})
-		time.Sleep(2500 * time.Millisecond) // the cached document applies on every poll
+		d.afterRefreshes(t, 2) // the cached document applies on every poll
 		a := d.waitAddon(t, "hello", time.Second, "running 1.0.0 from last-known-good", runningHealthy("1.0.0"))
 		st, _ := d.client.Status(context.Background())
 		if !a.FromLKG || st.DocumentFresh || !strings.Contains(st.DocumentError, "unreachable") || st.DocumentAppliedAt == nil || !st.DocumentAppliedAt.Equal(applied) {

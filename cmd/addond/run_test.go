@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -64,19 +65,26 @@ func (n *notifySocket) waitFor(t *testing.T, want string, timeout time.Duration)
 
 // daemonProc is a running `addond run`.
 type daemonProc struct {
-	cmd    *exec.Cmd
-	log    *os.File
-	socket string
-	client *daemon.Client
+	cmd     *exec.Cmd
+	log     *os.File
+	socket  string
+	client  *daemon.Client
+	metrics string // its metrics_address
 }
 
 func (e *env) startDaemon(t *testing.T, notify *notifySocket) *daemonProc {
 	t.Helper()
 	sock := filepath.Join(e.dir, "addond.sock")
-	e.writeConfig(map[string]any{
+	cfg := map[string]any{
 		"status_socket": sock, "systemd": map[string]string{"manager": "none"},
 		"poll_interval": "1s", "probation": "3s",
-	})
+	}
+	metrics, _ := e.extra["metrics_address"].(string)
+	if metrics == "" {
+		metrics = arFreeAddr(t)
+		cfg["metrics_address"] = metrics
+	}
+	e.writeConfig(cfg)
 	logf, _ := os.Create(filepath.Join(e.dir, "run.log"))
 	cmd := exec.Command(filepath.Join(bin, "addond"), "run", "--config", e.config)
 	cmd.Env = append(append(os.Environ(), e.extraEnv...), "NOTIFY_SOCKET="+notify.path, "ADDOND_LOG_LEVEL=debug")
@@ -84,7 +92,7 @@ func (e *env) startDaemon(t *testing.T, notify *notifySocket) *daemonProc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	d := &daemonProc{cmd: cmd, log: logf, socket: sock, client: daemon.NewClient(sock)}
+	d := &daemonProc{cmd: cmd, log: logf, socket: sock, client: daemon.NewClient(sock), metrics: metrics}
 	t.Cleanup(func() {
 		d.stop(t)
 		if t.Failed() {
@@ -111,6 +119,28 @@ func (d *daemonProc) stop(t *testing.T) {
 		d.cmd.Process.Kill()
 		t.Error("addond run did not stop within 20s of SIGTERM")
 	}
+}
+
+// refreshes is how many refreshes of the desired set addond has applied
+// (its reconcile histogram's count).
+func (d *daemonProc) refreshes(t *testing.T) int {
+	t.Helper()
+	for _, line := range strings.Split(arMetrics(t, d.metrics), "\n") {
+		if v, ok := strings.CutPrefix(line, "addond_reconcile_duration_seconds_count "); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
+}
+
+// afterRefreshes waits until addond has applied n more refreshes: what a
+// test waits for when it asserts that nothing changes for a few polls (a
+// fixed sleep could pass with none under load).
+func (d *daemonProc) afterRefreshes(t *testing.T, n int) {
+	t.Helper()
+	want := d.refreshes(t) + n
+	eventually(t, 30*time.Second, fmt.Sprintf("%d more refreshes applied", n), func() bool { return d.refreshes(t) >= want })
 }
 
 // startReady starts `addond run` with a fresh notify socket and waits for
@@ -227,7 +257,7 @@ func TestRunRollback(t *testing.T) {
 
 	// Reconciles do not retry it.
 	d.client.Reconcile(context.Background())
-	time.Sleep(2 * time.Second)
+	d.afterRefreshes(t, 2)
 	if a := d.waitAddon(t, "hello", time.Second, "still rolled back", func(a daemon.AddonStatus) bool { return true }); a.State != "rolled_back" || a.PID != rb.PID {
 		t.Fatalf("1.1.0 was retried: %+v", a)
 	}
@@ -414,7 +444,7 @@ func TestReconcileLeavesUnchangedAlone(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		d.client.Reconcile(context.Background())
 	}
-	time.Sleep(1500 * time.Millisecond)
+	d.afterRefreshes(t, 2)
 	b1 := d.waitAddon(t, "b", time.Second, "running", runningHealthy("1.0.0"))
 	if b1.PID != b0.PID || b1.Restarts != 0 || !b1.Since.Equal(b0.Since) {
 		t.Fatalf("an unchanged add-on was touched: %+v → %+v", b0, b1)
