@@ -48,13 +48,14 @@ $(MINIO_BIN):
 # Two go test runs share the two cores, one package at a time each: the
 # agent's packages under the race detector (RACE_PKGS; cmd/addond's
 # end-to-end tests then run a race-enabled addond that stops at its first
-# race), and the rest, the VM tier first (the longest).
-# After the go tests, every fuzz target for 10s (fuzz-short): a crasher
+# race), and the rest, the VM tier first (the longest). packaging joins the
+# race run, which the two runs' lengths balance (about 13 min each here).
+# After the go tests, every fuzz target for 6s (fuzz-short): a crasher
 # fails `make test` too. The summary line is held back so that it stays
 # the last line; before it, the ten slowest tests. The go test -json log
 # stays in TEST_LOG.
 TEST_LOG  ?= $(TEST_CACHE)/test.json
-RACE_PKGS := ./cmd/addond ./cmd/... ./daemon/... ./supervisors/...
+RACE_PKGS := ./cmd/addond ./packaging ./cmd/... ./daemon/... ./supervisors/...
 test: deps build minio
 	@set -o pipefail; sum=$$(mktemp); runs=$$(mktemp -d); mkdir -p $(dir $(TEST_LOG)); \
 	export ADDOND_TEST_STRICT=1 ADDOND_MINIO_BIN=$(MINIO_BIN); \
@@ -134,7 +135,7 @@ bench: build minio
 # for FUZZTIME with FUZZPARALLEL workers, then a markdown table of the runs
 # (package, target, fuzz time, executions, new corpus entries, result).
 # A crasher lands in <pkg>/testdata/fuzz/<FuzzName>/ and fails the run.
-# `make fuzz-short` (10s each, part of `make test`) keeps the targets honest.
+# `make fuzz-short` (6s each, part of `make test`) keeps the targets honest.
 # FUZZPKGS (packages, in the order to run them), FUZZMATCH (a regexp of
 # target names) and FUZZREPORT (a file for the table) pass through.
 FUZZTIME     ?= 3m
@@ -143,9 +144,10 @@ export FUZZPKGS FUZZMATCH FUZZREPORT
 fuzz:
 	GO='$(GO)' FUZZTIME='$(FUZZTIME)' FUZZPARALLEL='$(FUZZPARALLEL)' bash scripts/fuzz.sh
 
-# Two targets at a time, one worker each: both cores, under ~6 minutes.
+# Two targets at a time, one worker each: both cores, about 2.5 minutes.
+# Every seed and corpus entry also runs in the go tests themselves.
 fuzz-short:
-	GO='$(GO)' FUZZTIME=10s FUZZPARALLEL=1 FUZZJOBS=2 bash scripts/fuzz.sh
+	GO='$(GO)' FUZZTIME=6s FUZZPARALLEL=1 FUZZJOBS=2 bash scripts/fuzz.sh
 
 # Regenerate sdk/proto with the pinned generators (protoc from Debian's
 # protobuf-compiler).
