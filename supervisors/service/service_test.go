@@ -189,16 +189,19 @@ func TestInMachine(t *testing.T) {
 		sandboxed, sbRoot := runProbes(t, newBackend, "sb", nil)
 		open, openRoot := runProbes(t, newBackend, "sbopen", []string{"cap_net_raw"})
 		want := map[string]string{
-			"state_dir_write":   "ok",
-			"private_tmp_write": "ok",
-			"config_read":       "ok",
-			"root_write":        "denied",
-			"other_addon_write": "denied",
-			"other_addon_read":  "denied",
-			"agent_state_read":  "denied",
-			"version_dir_write": "denied",
-			"config_write":      "denied",
-			"user_manager":      "denied",
+			"state_dir_write":    "ok",
+			"private_tmp_write":  "ok",
+			"config_read":        "ok",
+			"root_write":         "denied",
+			"other_addon_write":  "denied",
+			"other_addon_read":   "denied",
+			"agent_state_read":   "denied",
+			"version_dir_write":  "denied",
+			"config_write":       "denied",
+			"user_manager":       "denied",
+			"cgroup_mkdir":       "denied",
+			"cgroup_procs_write": "denied",
+			"user_namespace":     "denied",
 		}
 		for probe, w := range want {
 			if sandboxed[probe] != w {
@@ -475,6 +478,12 @@ func isHealthy(e supervisors.Event) bool {
 	return e.State == supervisors.StateRunning && e.Health == supervisors.HealthHealthy && e.PID > 0
 }
 
+// cgroupProbe runs cmd with {} the add-on's own cgroup path (the script
+// may hold no "$": systemd expands it).
+func cgroupProbe(cmd string) string {
+	return "sed -n s/^0:://p /proc/self/cgroup | xargs -I{} sh -c '" + cmd + "'"
+}
+
 // runProbes runs /bin/sh as the add-on id (sandboxed unless caps) with a
 // script that tries to write and read inside and outside what the
 // sandbox allows, and returns each probe's outcome ("ok" or "denied") as
@@ -522,6 +531,13 @@ func runProbes(t *testing.T, newBackend func(*testing.T, supervisors.Notify) *sy
 		// The user manager itself: reaching it would let an add-on start
 		// an unsandboxed unit as addond.
 		{"user_manager", "systemctl --user show -p Version"},
+		// The unit's cgroup (delegated to addond's uid, like the whole
+		// user manager's tree): a sub-cgroup to escape its limits into,
+		// or a move of itself (into another add-on's unit it would pass
+		// for that add-on).
+		{"cgroup_mkdir", cgroupProbe("mkdir /sys/fs/cgroup{}/evil-cg || mkdir /sys/fs/cgroup/unified{}/evil-cg")},
+		{"cgroup_procs_write", cgroupProbe("echo 0 > /sys/fs/cgroup{}/cgroup.procs || echo 0 > /sys/fs/cgroup/unified{}/cgroup.procs")},
+		{"user_namespace", "unshare -U true"},
 	}
 	// No "$" in the script: systemd expands ${…} and $$ in ExecStart.
 	var script strings.Builder

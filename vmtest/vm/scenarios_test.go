@@ -199,9 +199,19 @@ func addons(t *testing.T, l *lifecycle) {
 	if c := capEff(t, pid); c&(1<<13) == 0 {
 		t.Errorf("pingsweep CapEff %#x lacks CAP_NET_RAW", c)
 	}
-	// hello: sandboxed, no capability.
-	if got := userUnitProp(t, "addond-hello.service", "PrivateUsers"); got != "yes" {
-		t.Errorf("hello PrivateUsers=%s", got)
+	// hello: sandboxed, no capability, the cgroup tree read-only.
+	for prop, want := range map[string]string{"PrivateUsers": "yes", "ProtectControlGroups": "yes", "RestrictNamespaces": "yes", "NoNewPrivileges": "yes"} {
+		if got := userUnitProp(t, "addond-hello.service", prop); got != want {
+			t.Errorf("hello %s=%s, want %s", prop, got, want)
+		}
+	}
+	// Its exposure, as systemd rates it (docs/SECURITY.md).
+	uid := sh(t, "id -u addond")
+	score := sh(t, "runuser -u addond -- env XDG_RUNTIME_DIR=/run/user/"+uid+" systemd-analyze security --user --no-pager addond-hello.service | tail -1")
+	t.Logf("addond-hello.service: %s", score)
+	var exposure float64
+	if _, err := fmt.Sscanf(score[strings.Index(score, ": ")+2:], "%f", &exposure); err != nil || exposure > 3.0 {
+		t.Errorf("hello's exposure %q: want at most 3.0", score)
 	}
 	// addond itself: still the packaged unit, unprivileged.
 	checkPackagedUnit(t)
