@@ -159,7 +159,11 @@ func FuzzRequestDecode(f *testing.F) {
 		client, server := socketPair(t)
 		defer client.Close()
 		handled := make(chan struct{})
-		go func() { s.handle(server); close(handled) }()
+		go func() {
+			p, err := PeerOf(server)
+			s.handle(server, p, err)
+			close(handled)
+		}()
 		go func() { client.Write(data); client.CloseWrite() }()
 		client.SetReadDeadline(time.Now().Add(10 * time.Second))
 		answer, err := io.ReadAll(client)

@@ -8,11 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -108,6 +106,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 					}
 				}
 			}()
+			// Who connected is decided now, not after the wait for a
+			// slot: by then the peer may be gone and its pid reused.
+			p, perr := peerOfConn(conn)
 			select {
 			case sem <- struct{}{}:
 				defer func() { <-sem }()
@@ -115,19 +116,19 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 				conn.Close()
 				return
 			}
-			s.handle(conn)
+			s.handle(conn, p, perr)
 		}()
 	}
 }
 
-func (s *Server) handle(conn net.Conn) {
+func (s *Server) handle(conn net.Conn, p Peer, err error) {
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(RequestTimeout))
 	answer := func(r Response) { json.NewEncoder(conn).Encode(r) }
-	pid, uid, err := peer(conn)
 	if err == nil {
-		err = s.authorize(pid, uid)
+		err = s.authorize(p)
 	}
+	pid, uid := p.PID, p.UID
 	if err != nil {
 		s.Log.Warn("refused a caller", "error", err)
 		answer(Response{Error: "refused: " + err.Error()})
@@ -176,46 +177,30 @@ func (s *Server) handle(conn net.Conn) {
 	}
 }
 
-// peer is the connecting process.
-func peer(conn net.Conn) (pid, uid int, err error) {
+// peerOfConn is PeerOf for a connection the listener accepted.
+func peerOfConn(conn net.Conn) (Peer, error) {
 	uc, ok := conn.(*net.UnixConn)
 	if !ok {
-		return 0, 0, errors.New("not a unix socket")
+		return Peer{}, errors.New("not a unix socket")
 	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return 0, 0, err
-	}
-	var cred *syscall.Ucred
-	var cerr error
-	raw.Control(func(fd uintptr) {
-		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
-	})
-	if cerr != nil {
-		return 0, 0, cerr
-	}
-	return int(cred.Pid), int(cred.Uid), nil
+	return PeerOf(uc)
 }
 
 // authorize admits root, and the agent user's processes in the agent's own
 // service cgroup — not its add-on units, which share its uid.
-func (s *Server) authorize(pid, uid int) error {
-	if uid == 0 {
+func (s *Server) authorize(p Peer) error {
+	if p.UID == 0 {
 		return nil
 	}
 	agentUID, _, err := s.Config.agent()
 	if err != nil {
 		return err
 	}
-	if uid != agentUID {
-		return fmt.Errorf("pid %d: uid %d is neither root nor the agent's", pid, uid)
+	if p.UID != agentUID {
+		return fmt.Errorf("pid %d: uid %d is neither root nor the agent's", p.PID, p.UID)
 	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-	if err != nil {
-		return fmt.Errorf("pid %d: %w", pid, err)
-	}
-	if cg := CgroupOf(data); cg != s.AgentCgroup {
-		return fmt.Errorf("pid %d (uid %d) is in cgroup %q, not the agent's %q", pid, uid, cg, s.AgentCgroup)
+	if p.Cgroup != s.AgentCgroup {
+		return fmt.Errorf("pid %d (uid %d) is in cgroup %q, not the agent's %q", p.PID, p.UID, p.Cgroup, s.AgentCgroup)
 	}
 	return nil
 }

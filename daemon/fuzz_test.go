@@ -16,6 +16,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/addond/addond/capabilities"
 	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/supervisors/helper"
 )
@@ -104,9 +105,10 @@ func FuzzClientDecode(f *testing.F) {
 
 // FuzzAddonUnitOf: a caller's /proc/<pid>/cgroup names the unit it runs
 // in, and unit names in addond's manager are chosen by whoever talks to
-// it — add-ons too. A helper run is authorized for an add-on only when a
-// cgroup line puts the caller in exactly addond-<valid id>.service of
-// addond's user manager (or the system manager), of the caller's own uid.
+// it — add-ons too. A helper run is authorized for an add-on only when its
+// cgroup (capabilities.CgroupOf of the file) puts the caller in exactly
+// addond-<valid id>.service of addond's user manager (or the system
+// manager), of the caller's own uid.
 func FuzzAddonUnitOf(f *testing.F) {
 	me := os.Getuid()
 	um := fmt.Sprintf("/user.slice/user-%d.slice/user@%d.service/app.slice/", me, me)
@@ -135,11 +137,12 @@ func FuzzAddonUnitOf(f *testing.F) {
 				return // the kernel writes clean absolute paths
 			}
 		}
-		p := peer{uid: me, pid: 1}
+		uid := me
 		if !sameUID {
-			p.uid = me + 1
+			uid = me + 1
 		}
-		id := addonUnitOf(p, cgroup)
+		path := capabilities.CgroupOf(cgroup)
+		id := addonUnitOf(uid, path)
 		if id == "" {
 			return
 		}
@@ -154,7 +157,7 @@ func FuzzAddonUnitOf(f *testing.F) {
 		// nothing.
 		unit := "addond-" + id + ".service"
 		found := false
-		for _, line := range strings.Split(string(cgroup), "\n") {
+		for _, line := range []string{"0::" + path} {
 			for _, below := range []string{fmt.Sprintf("/user@%d.service/", me), "/system.slice/"} {
 				_, rest, ok := strings.Cut(line, below)
 				if below == "/system.slice/" {
@@ -204,7 +207,7 @@ func FuzzServeRun(f *testing.F) {
 		h := &recordingHelpers{}
 		r := &loop{opts: RunOptions{Helpers: h}, log: slog.New(slog.DiscardHandler)}
 		req := httptest.NewRequest(http.MethodPost, "/v1/run/probe", bytes.NewReader(body))
-		req = req.WithContext(context.WithValue(req.Context(), peerKey{}, peer{uid: 0, pid: 1}))
+		req = req.WithContext(context.WithValue(req.Context(), callerKey{}, caller{uid: 0, pid: 1, name: "root"}))
 		w := httptest.NewRecorder()
 		r.serveRun(w, req, "probe")
 

@@ -61,9 +61,10 @@ type loop struct {
 	ready       bool
 	lastSummary string
 
-	mu     sync.Mutex
-	status Status
-	owned  map[string]bool
+	mu      sync.Mutex
+	status  Status
+	owned   map[string]bool
+	helpers map[string]reconcile.HelperPolicy
 }
 
 func (a *Agent) newLoop(ctx context.Context, o RunOptions, once bool) *loop {
@@ -445,9 +446,9 @@ func (l *loop) publish() {
 		}
 		st.DocumentCheckedAt, st.DocumentAppliedAt = timePtr(d.CheckedAt), timePtr(d.AppliedAt)
 	}
-	owned := l.core.Owned()
+	owned, helpers := l.core.Owned(), l.core.HelperPolicies()
 	l.mu.Lock()
-	l.status, l.owned = st, owned
+	l.status, l.owned, l.helpers = st, owned, helpers
 	l.mu.Unlock()
 	l.metrics.observe(st)
 	l.metrics.downloads.Set(float64(l.core.InFlight()))

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,11 +11,12 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/addond/addond/capabilities"
 	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/reconcile"
 	"github.com/addond/addond/supervisors/helper"
@@ -93,11 +93,48 @@ func parseRequest(method, path string) (req request, change bool, code int, err 
 	return request{}, false, http.StatusNotFound, fmt.Errorf("no such endpoint %q", path)
 }
 
-type peerKey struct{}
+type callerKey struct{}
 
-// peer is the process at the other end of a status socket connection.
-type peer struct {
+// caller is who is at the other end of a status socket connection,
+// decided once, when the connection was accepted (capabilities.PeerOf):
+// a kept-alive connection keeps what it was allowed then, whatever
+// becomes of the process or its pid later.
+type caller struct {
 	uid, pid int
+	// name is "root", "addond", "addon <id>" or "" (may only read).
+	name  string
+	addon string // the add-on whose unit it runs in
+	err   error  // why it could not be identified
+}
+
+// mayChange: root, or a process in addond's own cgroup — add-ons run with
+// addond's uid, so the uid alone proves nothing.
+func (c caller) mayChange() error {
+	switch {
+	case c.err != nil:
+		return fmt.Errorf("caller not identified: %w", c.err)
+	case c.name == "root" || c.name == "addond":
+		return nil
+	}
+	return fmt.Errorf("pid %d (uid %d) is neither root nor in addond's cgroup", c.pid, c.uid)
+}
+
+// identify decides what the peer of a new connection is.
+func identify(uc *net.UnixConn, ownCgroup string) caller {
+	p, err := capabilities.PeerOf(uc)
+	c := caller{uid: p.UID, pid: p.PID, err: err}
+	switch {
+	case err != nil:
+	case p.UID == 0:
+		c.name = "root"
+	case ownCgroup != "" && p.Cgroup == ownCgroup && p.UID == os.Getuid():
+		c.name = "addond"
+	default:
+		if c.addon = addonUnitOf(p.UID, p.Cgroup); c.addon != "" {
+			c.name = "addon " + c.addon
+		}
+	}
+	return c
 }
 
 // serveStatus listens on the status socket: mode 0660, group addond-status
@@ -125,6 +162,12 @@ func (l *loop) serveStatus() (*http.Server, error) {
 			}
 		}
 	}
+	own, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("own cgroup: %w", err)
+	}
+	ownCgroup := capabilities.CgroupOf(own)
 	srv := &http.Server{
 		Handler:           l.routes(),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -132,81 +175,67 @@ func (l *loop) serveStatus() (*http.Server, error) {
 		WriteTimeout:      30 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			id := caller{err: errors.New("not a unix socket")}
 			if uc, ok := c.(*net.UnixConn); ok {
-				if p, err := peerOf(uc); err == nil {
-					return context.WithValue(ctx, peerKey{}, p)
-				}
+				id = identify(uc, ownCgroup)
 			}
-			return ctx
+			return context.WithValue(ctx, callerKey{}, id)
 		},
 	}
 	go srv.Serve(ln)
 	return srv, nil
 }
 
-func peerOf(c *net.UnixConn) (peer, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return peer{}, err
-	}
-	var cred *syscall.Ucred
-	var cerr error
-	raw.Control(func(fd uintptr) {
-		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
-	})
-	if cerr != nil {
-		return peer{}, cerr
-	}
-	return peer{uid: int(cred.Uid), pid: int(cred.Pid)}, nil
-}
-
-// authorizeChange allows changes to root and to processes in addond's own
-// cgroup — add-ons run with addond's uid, so the uid alone proves nothing.
-func authorizeChange(p peer, ok bool) error {
-	if !ok {
-		return errors.New("peer credentials unavailable")
-	}
-	if p.uid == 0 {
+// mayRun: root and addond may run any helper; an add-on its own, and
+// another's only when that helper's signed entry lists it in
+// helper_callers — and a helper that runs with capabilities never for a
+// sandboxed caller (a confused deputy).
+func (l *loop) mayRun(c caller, id string) error {
+	if c.mayChange() == nil {
 		return nil
 	}
-	own, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return fmt.Errorf("own cgroup: %w", err)
+	if c.err != nil {
+		return fmt.Errorf("caller not identified: %w", c.err)
 	}
-	theirs, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.pid))
-	if err != nil {
-		return fmt.Errorf("peer pid %d: %w", p.pid, err)
+	if c.addon == "" {
+		return fmt.Errorf("pid %d (uid %d) is neither root, nor addond, nor one of its add-on units", c.pid, c.uid)
 	}
-	if !bytes.Equal(own, theirs) {
-		return fmt.Errorf("pid %d (uid %d) is neither root nor in addond's cgroup", p.pid, p.uid)
+	if c.addon == id {
+		return nil
+	}
+	l.mu.Lock()
+	target, from := l.helpers[id], l.helpers[c.addon]
+	l.mu.Unlock()
+	if !slices.Contains(target.Callers, c.addon) {
+		return fmt.Errorf("addon %q may not run addon %q's helper: its signed entry does not list it in helper_callers", c.addon, id)
+	}
+	if target.Capped && !from.Capped {
+		return fmt.Errorf("addon %q may not run addon %q's helper: it runs with capabilities, and %q is sandboxed", c.addon, id, c.addon)
 	}
 	return nil
 }
 
+// callerOf is the request's caller (identified at accept).
+func callerOf(hr *http.Request) caller {
+	c, ok := hr.Context().Value(callerKey{}).(caller)
+	if !ok {
+		return caller{err: errors.New("peer credentials unavailable")}
+	}
+	return c
+}
+
 // addonUnitOf returns the add-on id whose unit (addond-<id>.service in
-// addond's own manager) the peer runs in, or "".
-func addonUnitOf(p peer, cgroup []byte) string {
-	if p.uid != os.Getuid() {
+// addond's own manager) a process of uid in cgroup path runs in, or "".
+func addonUnitOf(uid int, path string) string {
+	if uid != os.Getuid() {
 		return ""
 	}
-	for line := range strings.SplitSeq(string(cgroup), "\n") {
-		// cgroup v2 ("0::/path") or v1's systemd hierarchy.
-		_, path, ok := strings.Cut(line, "::")
-		if !ok {
-			if _, rest, found := strings.Cut(line, ":name=systemd:"); found {
-				path, ok = rest, true
-			}
-		}
-		if !ok {
-			continue
-		}
-		id, ok := strings.CutPrefix(unitIn(path, p.uid), "addond-")
-		if !ok {
-			continue
-		}
-		if id, ok = strings.CutSuffix(id, ".service"); ok && assignment.ValidAddonID(id) == nil {
-			return id
-		}
+	id, ok := strings.CutPrefix(unitIn(path, uid), "addond-")
+	if !ok {
+		return ""
+	}
+	if id, ok = strings.CutSuffix(id, ".service"); ok && assignment.ValidAddonID(id) == nil {
+		return id
 	}
 	return ""
 }
@@ -232,28 +261,6 @@ func unitIn(path string, uid int) string {
 	return ""
 }
 
-// authorizeRun allows helper runs to whoever may make changes, and to
-// add-ons running as units of addond's manager (the SDK's RunHelper); it
-// names the caller for the log.
-func authorizeRun(p peer, ok bool) (string, error) {
-	if err := authorizeChange(p, ok); err == nil {
-		if p.uid == 0 {
-			return "root", nil
-		}
-		return "addond", nil
-	} else if !ok {
-		return "", err
-	}
-	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.pid))
-	if err != nil {
-		return "", fmt.Errorf("peer pid %d: %w", p.pid, err)
-	}
-	if id := addonUnitOf(p, cg); id != "" {
-		return "addon " + id, nil
-	}
-	return "", fmt.Errorf("pid %d (uid %d) is neither root, nor addond, nor one of its add-on units", p.pid, p.uid)
-}
-
 // runRequest is the body of POST /v1/run/<addon_id>.
 type runRequest struct {
 	Args []string `json:"args"`
@@ -263,9 +270,8 @@ type runRequest struct {
 const maxRunRequest = 64 << 10
 
 func (l *loop) serveRun(w http.ResponseWriter, hr *http.Request, id string) {
-	p, ok := hr.Context().Value(peerKey{}).(peer)
-	caller, err := authorizeRun(p, ok)
-	if err != nil {
+	c := callerOf(hr)
+	if err := l.mayRun(c, id); err != nil {
 		writeError(w, http.StatusForbidden, err)
 		return
 	}
@@ -287,8 +293,8 @@ func (l *loop) serveRun(w http.ResponseWriter, hr *http.Request, id string) {
 	// The run is bounded by the helper's own timeout, not by the
 	// server's write timeout.
 	http.NewResponseController(w).SetWriteDeadline(time.Time{})
-	l.log.Info("helper run requested", "addon_id", id, "caller", caller, "pid", p.pid)
-	res, err := l.opts.Helpers.Run(hr.Context(), id, body.Args, caller)
+	l.log.Info("helper run requested", "addon_id", id, "caller", c.name, "pid", c.pid)
+	res, err := l.opts.Helpers.Run(hr.Context(), id, body.Args, c.name)
 	if err != nil {
 		code := http.StatusInternalServerError
 		if errors.Is(err, helper.ErrNotHelper) {
@@ -312,8 +318,7 @@ func (l *loop) routes() http.Handler {
 			return
 		}
 		if change {
-			p, ok := hr.Context().Value(peerKey{}).(peer)
-			if err := authorizeChange(p, ok); err != nil {
+			if err := callerOf(hr).mayChange(); err != nil {
 				writeError(w, http.StatusForbidden, err)
 				return
 			}

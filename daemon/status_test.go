@@ -1,11 +1,15 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/addond/addond/capabilities"
+	"github.com/addond/addond/daemon/reconcile"
 )
 
 func TestParseRequest(t *testing.T) {
@@ -80,8 +84,43 @@ func TestAddonUnitOf(t *testing.T) {
 		{me, "0::" + um + "other.service/addond-root.service\n", ""},
 		{me, "0::/user.slice/user-" + fmt.Sprint(me) + ".slice/user@" + fmt.Sprint(me) + ".service/addond-x.service\n", "x"},
 	} {
-		if got := addonUnitOf(peer{uid: c.uid, pid: 1}, []byte(c.cgroup)); got != c.want {
+		if got := addonUnitOf(c.uid, capabilities.CgroupOf([]byte(c.cgroup))); got != c.want {
 			t.Errorf("addonUnitOf(uid %d, %q) = %q, want %q", c.uid, c.cgroup, got, c.want)
+		}
+	}
+}
+
+// TestMayRun: an add-on runs its own helper; another's only when that
+// helper's signed entry lists it, and a capped helper never for a
+// sandboxed caller; root and addond run any; nobody else runs any.
+func TestMayRun(t *testing.T) {
+	l := &loop{helpers: map[string]reconcile.HelperPolicy{
+		"probe":  {Callers: []string{"caller"}},
+		"raw":    {Callers: []string{"caller", "pinger"}, Capped: true},
+		"caller": {},
+		"pinger": {Capped: true},
+		"other":  {},
+	}}
+	addon := func(id string) caller { return caller{uid: os.Getuid(), pid: 9, name: "addon " + id, addon: id} }
+	for _, c := range []struct {
+		who   caller
+		id    string
+		allow bool
+	}{
+		{caller{name: "root"}, "raw", true},
+		{caller{name: "addond"}, "probe", true},
+		{addon("probe"), "probe", true},    // its own
+		{addon("caller"), "probe", true},   // listed
+		{addon("other"), "probe", false},   // not listed
+		{addon("caller"), "raw", false},    // listed, but sandboxed and raw is capped
+		{addon("pinger"), "raw", true},     // listed and capped itself
+		{addon("other"), "unknown", false}, // no such helper: nobody lists it
+		{caller{uid: 65534, pid: 9}, "probe", false},
+		{caller{err: errors.New("no pid")}, "probe", false},
+	} {
+		err := l.mayRun(c.who, c.id)
+		if (err == nil) != c.allow {
+			t.Errorf("mayRun(%+v, %q) = %v, want allowed %v", c.who, c.id, err, c.allow)
 		}
 	}
 }

@@ -90,10 +90,10 @@ func newPublish() *cobra.Command {
 
 func newAssign() *cobra.Command {
 	var (
-		storeURL, agent, keyPath, platform                     string
-		trust                                                  []string
-		addons, supervision, schedule, args, configs, timeouts []string
-		disable, allowDowngrade                                []string
+		storeURL, agent, keyPath, platform                                    string
+		trust                                                                 []string
+		addons, supervision, schedule, args, configs, timeouts, helperCallers []string
+		disable, allowDowngrade                                               []string
 	)
 	c := &cobra.Command{
 		Use:   "assign --store URL --agent AGENT [--key KEY] --addon ID@VERSION... [flags]",
@@ -137,6 +137,14 @@ func newAssign() *cobra.Command {
 			if o.Timeout, err = perAddon("--timeout", timeouts); err != nil {
 				return err
 			}
+			o.HelperCallers = map[string][]string{}
+			for _, hc := range helperCallers {
+				id, caller, ok := strings.Cut(hc, "=")
+				if !ok {
+					return fmt.Errorf("--helper-caller %q: want HELPER=CALLER", hc)
+				}
+				o.HelperCallers[id] = append(o.HelperCallers[id], caller)
+			}
 			o.Args = map[string][]string{}
 			for _, a := range args {
 				id, arg, ok := strings.Cut(a, "=")
@@ -168,6 +176,7 @@ func newAssign() *cobra.Command {
 	f.StringArrayVar(&addons, "addon", nil, "ID@VERSION (repeatable)")
 	f.StringArrayVar(&supervision, "supervision", nil, "ID=MODEL")
 	f.StringArrayVar(&schedule, "schedule", nil, "ID=CALENDAR (systemd OnCalendar)")
+	f.StringArrayVar(&helperCallers, "helper-caller", nil, "HELPER=CALLER: add-on CALLER may run add-on HELPER's helper (repeatable; an add-on may always run its own)")
 	f.StringArrayVar(&args, "arg", nil, "ID=ARG (repeatable, order kept)")
 	f.StringArrayVar(&configs, "config", nil, "ID=FILE.json")
 	f.StringArrayVar(&timeouts, "timeout", nil, "ID=DURATION")

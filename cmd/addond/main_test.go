@@ -23,6 +23,13 @@ import (
 var bin string
 
 func TestMain(m *testing.M) {
+	// TestKeptAliveConnectionAfterPIDReuse's peer.
+	if os.Getenv("ADDOND_TEST_USE_CONN") == "1" {
+		useConn()
+	}
+	if sock := os.Getenv("ADDOND_TEST_HOLD_CONN"); sock != "" {
+		holdConn(sock)
+	}
 	if raceBuild {
 		// A race in any process this test starts stops it at once.
 		os.Setenv("GORACE", "halt_on_error=1 exitcode=66")

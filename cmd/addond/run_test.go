@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -541,8 +542,9 @@ func TestStatusAuthorization(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
-	if out, err := asNobody("", "reconcile", "--socket", sock); err != nil {
-		t.Fatalf("reconcile from addond's own cgroup (another uid): %v\n%s", err, out)
+	// addond's cgroup is not enough: the uid must be addond's too.
+	if out, err := asNobody("", "reconcile", "--socket", sock); err == nil || !strings.Contains(out, "neither root nor in addond's cgroup") {
+		t.Fatalf("reconcile from addond's own cgroup as another uid: %v\n%s; want a refusal", err, out)
 	}
 	other := newCgroup(t)
 	if out, err := asNobody(other, "reconcile", "--socket", sock); err == nil || !strings.Contains(out, "neither root nor in addond's cgroup") {
@@ -556,10 +558,153 @@ func TestStatusAuthorization(t *testing.T) {
 	if out, err := asNobody(other, "run-helper", "--socket", sock, "probe", "--", "x"); err == nil || !strings.Contains(out, "neither root, nor addond, nor one of its add-on units") {
 		t.Fatalf("run-helper from another cgroup: %v\n%s; want a refusal", err, out)
 	}
-	// From addond's own cgroup it is authorized, and then reported as
-	// unavailable (manager "none": no helpers here).
-	if out, err := asNobody("", "run-helper", "--socket", sock, "probe"); err == nil || !strings.Contains(out, "not available on this host") {
+	// From addond itself (root here: its uid) it is authorized, and then
+	// reported as unavailable (manager "none": no helpers here).
+	if out, err := exec.Command(filepath.Join(bin, "addonctl"), "run-helper", "--socket", sock, "probe").CombinedOutput(); err == nil || !strings.Contains(string(out), "not available on this host") {
 		t.Fatalf("run-helper with manager none: %v\n%s", err, out)
+	}
+}
+
+// TestKeptAliveConnectionAfterPIDReuse: a connection is judged once, when
+// it is accepted. Here its peer — nobody, in another cgroup: it may read —
+// hands the connection to a child and exits, and its pid is taken by a
+// root process in addond's own cgroup. A change asked for on the
+// connection now is still the reader's, and refused (judged by the pid at
+// request time, it was the root process's and allowed).
+func TestKeptAliveConnectionAfterPIDReuse(t *testing.T) {
+	vmtest.RequireRoot(t, "to run as another user in another cgroup, and reuse a pid")
+	e := newEnv(t, "file")
+	sockDir, _ := os.MkdirTemp("", "addond-sock-")
+	os.Chmod(sockDir, 0o755)
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	sock := filepath.Join(sockDir, "addond.sock")
+	e.extra = map[string]any{"status_socket": sock}
+	e.startReady(t)
+	os.Chmod(sock, 0o666)
+	helper := filepath.Join(bin, "peer-helper")
+	copyFile(t, os.Args[0], helper, 0o755)
+
+	cg := newCgroup(t)
+	script := `echo $$ > "` + filepath.Join(cg, "cgroup.procs") + `" && exec setpriv --reuid=65534 --regid=65534 --clear-groups "$@"`
+	a := exec.Command("sh", "-c", script, "sh", helper)
+	a.Env = append(os.Environ(), "ADDOND_TEST_HOLD_CONN="+sock)
+	// Pipes of the test's own: Wait closes those of StdinPipe and
+	// StdoutPipe, and the peer's child goes on using them.
+	inR, in, _ := os.Pipe()
+	outR, outW, _ := os.Pipe()
+	defer in.Close()
+	defer outR.Close()
+	a.Stdin, a.Stdout, a.Stderr = inR, outW, os.Stderr
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	inR.Close()
+	outW.Close()
+	out := bufio.NewReader(outR)
+	line := func(what string) string {
+		t.Helper()
+		done := make(chan string, 1)
+		go func() { l, _ := out.ReadString('\n'); done <- strings.TrimSpace(l) }()
+		select {
+		case l := <-done:
+			return l
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no %s from the peer within 20s", what)
+			return ""
+		}
+	}
+	io.WriteString(in, "go\n")
+	if got := line("status answer"); got != "A: HTTP/1.1 200 OK" {
+		t.Fatalf("the reader's GET /v1/status: %q", got)
+	}
+	pid := a.Process.Pid
+	a.Wait() // the peer is gone; its child holds the connection
+	spawnWithPID(t, pid)
+	io.WriteString(in, "go\n")
+	if got := line("reconcile answer"); got != "B: HTTP/1.1 403 Forbidden" {
+		t.Fatalf("a change on the reader's connection after its pid went to a root process in addond's cgroup: %q, want 403", got)
+	}
+}
+
+// holdConn and useConn are TestKeptAliveConnectionAfterPIDReuse's peer
+// (the test binary, run with ADDOND_TEST_HOLD_CONN or _USE_CONN): the
+// first connects, reads the status, hands the connection to the second
+// and exits; the second, told to, asks for a reconcile on it.
+func holdConn(sock string) {
+	bufio.NewReader(os.Stdin).ReadString('\n')
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		fmt.Println("A:", err)
+		os.Exit(1)
+	}
+	fmt.Fprint(c, "GET /v1/status HTTP/1.1\r\nHost: addond\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		fmt.Println("A:", err)
+		os.Exit(1)
+	}
+	io.Copy(io.Discard, resp.Body)
+	fmt.Println("A:", resp.Proto, resp.Status)
+	f, _ := c.(*net.UnixConn).File()
+	b := exec.Command(os.Args[0])
+	b.Env = append(os.Environ(), "ADDOND_TEST_USE_CONN=1")
+	b.ExtraFiles = []*os.File{f}
+	b.Stdin, b.Stdout, b.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := b.Start(); err != nil {
+		fmt.Println("A:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func useConn() {
+	bufio.NewReader(os.Stdin).ReadString('\n')
+	c, err := net.FileConn(os.NewFile(3, "conn"))
+	if err != nil {
+		fmt.Println("B:", err)
+		os.Exit(1)
+	}
+	fmt.Fprint(c, "POST /v1/reconcile HTTP/1.1\r\nHost: addond\r\nContent-Length: 0\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		fmt.Println("B:", err)
+		os.Exit(1)
+	}
+	fmt.Println("B:", resp.Proto, resp.Status)
+	os.Exit(0)
+}
+
+// spawnWithPID starts a root `sleep 30` in this process's cgroup (addond's
+// too) as pid, through ns_last_pid (other forks may take it: it tries
+// again).
+func spawnWithPID(t *testing.T, pid int) {
+	t.Helper()
+	for attempt := 0; attempt < 200; attempt++ {
+		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
+			t.Fatalf("ns_last_pid: %v", err)
+		}
+		cmd := exec.Command("sleep", "30")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if cmd.Process.Pid == pid {
+			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+			return
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+	}
+	t.Fatalf("could not start a process as pid %d", pid)
+}
+
+func copyFile(t *testing.T, from, to string, mode os.FileMode) {
+	t.Helper()
+	data, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, data, mode); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -129,8 +129,17 @@ func TestRunUnitsInMachine(t *testing.T) {
 	svc := d.waitAddon(t, "svc", 30*time.Second, "running healthy", healthy)
 	d.waitAddon(t, "tick", 30*time.Second, "running healthy", healthy)
 	d.waitAddon(t, "probe", 30*time.Second, "running healthy", healthy)
-	// A sandboxed sidecar unit ran the helper through the SDK: addond
-	// authorized it by its unit and logged it with its id.
+	// A sandboxed sidecar unit asked for another add-on's helper through
+	// the SDK: refused, as probe's signed entry does not list it; then,
+	// listed (helper_callers), it ran: addond authorized it by its unit
+	// and logged it with its id.
+	d.waitAddon(t, "caller", 30*time.Second, "refused probe's helper", func(a daemon.AddonStatus) bool {
+		return strings.Contains(a.LastError, `addon \"caller\" may not run addon \"probe\"'s helper`) ||
+			strings.Contains(a.LastError, `addon "caller" may not run addon "probe"'s helper`)
+	})
+	all = append(all, "--helper-caller", "probe=caller")
+	assign(all...)
+	d.client.Reconcile(ctx)
 	d.waitAddon(t, "caller", 30*time.Second, "reporting the helper's answer", func(a daemon.AddonStatus) bool {
 		return a.State == "running" && a.LastError == "helper probe exited 0: probe: from hello"
 	})

@@ -38,6 +38,9 @@ type Spec struct {
 	Timeout        string     `json:"timeout,omitempty"`
 	AllowDowngrade bool       `json:"allow_downgrade,omitempty"`
 	Resources      *Resources `json:"resources,omitempty"`
+	// HelperCallers are the other add-ons that may run this add-on's
+	// helper: valid add-on ids.
+	HelperCallers []string `json:"helper_callers,omitempty"`
 	// FromPackage is true when the artifact came from the signed
 	// package.json (no reference in the assignment, e.g. an operator's
 	// version pin), not from the assignment.
@@ -107,6 +110,7 @@ func resolve(a Addon, p Platform) (Spec, error) {
 		Timeout:        a.Timeout,
 		AllowDowngrade: a.AllowDowngrade,
 		Resources:      a.Resources,
+		HelperCallers:  a.HelperCallers,
 	}
 	for _, step := range []func(*Spec, Addon) error{resolveModels, resolveSettings} {
 		if err := step(&s, a); err != nil {
@@ -178,6 +182,11 @@ func resolveSettings(s *Spec, a Addon) error {
 	if r := a.Resources; r != nil {
 		if r.CPUMaxPercent < 0 || r.MemoryMaxBytes < 0 || r.MemoryHighBytes < 0 || r.TasksMax < 0 {
 			return fmt.Errorf("resources must not be negative")
+		}
+	}
+	for _, c := range a.HelperCallers {
+		if err := ValidAddonID(c); err != nil {
+			return fmt.Errorf("helper_callers: %w", err)
 		}
 	}
 	return nil

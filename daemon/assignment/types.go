@@ -75,6 +75,9 @@ type Addon struct {
 	Timeout           string              `json:"timeout,omitempty"`
 	AllowDowngrade    bool                `json:"allow_downgrade,omitempty"`
 	Resources         *Resources          `json:"resources,omitempty"`
+	// HelperCallers are the other add-ons that may run this add-on's
+	// ephemeral helper (its own unit always may).
+	HelperCallers []string `json:"helper_callers,omitempty"`
 }
 
 // Artifact is one platform's build of an add-on.

@@ -33,6 +33,8 @@ type AssignOptions struct {
 	Timeout        map[string]string
 	Disable        map[string]bool
 	AllowDowngrade map[string]bool
+	// HelperCallers: by helper add-on, the other add-ons that may run it.
+	HelperCallers map[string][]string
 	// Warn receives non-fatal notes (packages whose signatures could not
 	// be checked).
 	Warn func(string)
@@ -67,6 +69,11 @@ func Assign(ctx context.Context, o AssignOptions) (*assignment.Document, error) 
 			return nil, err
 		}
 		doc.Addons = append(doc.Addons, a)
+	}
+	for id := range o.HelperCallers {
+		if !known[id] {
+			return nil, fmt.Errorf("--helper-caller names add-on %q, which is not among --addon", id)
+		}
 	}
 	for _, m := range []map[string]bool{o.Disable, o.AllowDowngrade} {
 		for id := range m {
@@ -138,6 +145,7 @@ func addonFromPackage(ctx context.Context, o AssignOptions, trust *signing.Keyri
 		Schedule:       o.Schedule[id],
 		Timeout:        o.Timeout[id],
 		AllowDowngrade: o.AllowDowngrade[id],
+		HelperCallers:  o.HelperCallers[id],
 		Artifacts:      map[string]assignment.Artifact{},
 	}
 	if s, ok := o.Supervision[id]; ok {

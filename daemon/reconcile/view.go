@@ -50,6 +50,29 @@ func (c *Core) Addons() []AddonStatus {
 	return out
 }
 
+// HelperPolicy is who may run an add-on's helper besides itself, and
+// whether it runs with capabilities.
+type HelperPolicy struct {
+	Callers []string
+	Capped  bool
+}
+
+// HelperPolicies are every known add-on's, from the spec it is assigned
+// (or, refused, the one it runs).
+func (c *Core) HelperPolicies() map[string]HelperPolicy {
+	out := map[string]HelperPolicy{}
+	for id, ar := range c.addons {
+		spec := ar.desired
+		if spec == nil {
+			spec = ar.running
+		}
+		if spec != nil {
+			out[id] = HelperPolicy{Callers: spec.HelperCallers, Capped: len(spec.OSCapabilities) > 0}
+		}
+	}
+	return out
+}
+
 // Doc is what the last refresh found of the document; nil before the
 // first.
 func (c *Core) Doc() *DocInfo { return c.doc }
