@@ -51,15 +51,19 @@ type Core struct {
 
 // addon is the run view of one add-on.
 type addon struct {
-	id        string
-	desired   *assignment.Spec // nil: not (validly) assigned
-	pinned    bool             // the local overrides set the desired version
-	refused   string           // the desired version refused as a downgrade
-	running   *assignment.Spec // what its backend runs (or is starting)
-	model     string           // the model it runs under
-	state     State
-	health    Health
-	lastErr   string
+	id      string
+	desired *assignment.Spec // nil: not (validly) assigned
+	pinned  bool             // the local overrides set the desired version
+	refused string           // the desired version refused as a downgrade
+	running *assignment.Spec // what its backend runs (or is starting)
+	model   string           // the model it runs under
+	state   State
+	health  Health
+	lastErr string
+	// failure is the last reason a version was not running and healthy
+	// for (an exit, a refused Configure …): a rollback names it even when
+	// the last event was a restart's "starting" with no reason.
+	failure   string
 	err       error // addond stage: the error behind a failure
 	since     time.Time
 	fromLKG   bool

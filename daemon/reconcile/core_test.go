@@ -118,6 +118,18 @@ var cases = []struct {
 			h.t.Fatalf("%+v", a)
 		}
 	}},
+	{"a rollback by deadline names the last failure, even right after a restart began", func(h *harness) {
+		h.running(spec("a@1.0.0"))
+		h.refresh(desired(spec("a@1.1.0", asService)))
+		h.stageDone("a@1.1.0")
+		h.started("a", nil)
+		h.event("a@1.1.0", supervisors.StateRestarting, unhealthy, restarts(2), cause(supervisors.CauseExited, "exited with status 3; systemd restarts it (2 restarts)"))
+		h.event("a@1.1.0", supervisors.StateStarting, unknown, func(e *supervisors.Event) { e.Restarts = RestartThreshold })
+		h.at(2 * time.Minute).step(Tick{})
+		if a := h.status("a"); a.LastError != "not healthy within the 1m0s probation: exited with status 3; systemd restarts it (2 restarts)" {
+			h.t.Fatalf("reason %q", a.LastError)
+		}
+	}},
 	{"rollback by crash loop: the RestartThreshold-th restart", func(h *harness) {
 		h.running(spec("a@1.0.0"))
 		h.refresh(desired(spec("a@1.1.0")))

@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -18,6 +19,9 @@ func (c *Core) event(e supervisors.Event) {
 		return // stale: from a version no longer running
 	}
 	ar.health, ar.restarts, ar.pid = e.Health, e.Restarts, e.PID
+	if e.Cause != supervisors.CauseNone && e.Reason != "" {
+		ar.failure = e.Reason
+	}
 	// A rolled-back add-on running its previous version stays rolled_back
 	// (with the reason) while it runs.
 	if ar.state != StateRolledBack || e.State != supervisors.StateRunning {
@@ -86,8 +90,8 @@ func (c *Core) checkProbation() {
 		}
 		if c.now.After(p.Deadline) {
 			reason := fmt.Sprintf("not healthy within the %s probation", c.policy.probation())
-			if ar.lastErr != "" {
-				reason += ": " + ar.lastErr
+			if why := cmp.Or(ar.lastErr, ar.failure); why != "" {
+				reason += ": " + why
 			}
 			c.rollback(ar, reason)
 		}

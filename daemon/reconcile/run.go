@@ -29,6 +29,9 @@ func (c *Core) start(ar *addon, spec assignment.Spec, boot bool) {
 		ar.pid = 0
 	}
 	ar.starting = &start{seq: c.seq, boot: boot, prev: ar.running, model: ar.model}
+	if ar.running == nil || ar.running.Version != spec.Version {
+		ar.failure = "" // a new version's failures are its own
+	}
 	ar.running, ar.model = &spec, spec.Supervision
 	if ar.state == StatePending || ar.state == StateStaged || ar.state == StateDownloading {
 		c.set(ar, StateStarting, "")
