@@ -165,6 +165,9 @@ type Report struct {
 	// accepted, or the source said it is unchanged — or there is no
 	// source. Otherwise what runs is not confirmed (from_lkg).
 	Fresh bool
+	// Expired: the document in use is past its expires; nothing of it is
+	// applied (DocumentErr says since when).
+	Expired bool
 	// CheckedAt is when the source last answered freshly (this process);
 	// AppliedAt when the document in use was accepted (persisted). Zero:
 	// never.
@@ -186,7 +189,7 @@ type AddonReport = reconcile.Outcome
 func (r *Report) doc() reconcile.DocInfo {
 	return reconcile.DocInfo{
 		Serial: r.Serial, Err: r.DocumentErr, Refused: r.DocumentRefused, Replay: r.Replay != nil, NewReplay: r.NewReplay,
-		Fresh: r.Fresh, CheckedAt: r.CheckedAt, AppliedAt: r.AppliedAt,
+		Fresh: r.Fresh, Expired: r.Expired, CheckedAt: r.CheckedAt, AppliedAt: r.AppliedAt,
 	}
 }
 

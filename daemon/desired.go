@@ -19,6 +19,23 @@ import (
 // reports whether the result is authoritative: an accepted document (fresh
 // or cached), or none configured — as opposed to nothing known.
 func (a *Agent) document(ctx context.Context, e *env, ast *state.Agent, rep *Report) (*assignment.Document, bool, error) {
+	doc, authoritative, err := a.fetchDocument(ctx, e, ast, rep)
+	if err != nil || !authoritative || !doc.Expired(time.Now()) {
+		return doc, authoritative, err
+	}
+	// Past its expiry a document is applied no more — an unchanged one
+	// (a 304) no longer confirms anything: what runs stays, as
+	// last-known-good, and status says why.
+	rep.Expired, rep.Fresh = true, false
+	rep.DocumentErr = errors.Join(rep.DocumentErr, fmt.Errorf("%w: serial %d expired at %s", ErrExpired, doc.Serial, doc.Expires.UTC().Format(time.RFC3339)))
+	return &assignment.Document{AgentID: e.cfg.AgentID, Serial: doc.Serial}, false, nil
+}
+
+// ErrExpired marks an assignment document past its expires.
+var ErrExpired = errors.New("assignment document expired")
+
+// fetchDocument is document before its expiry is considered.
+func (a *Agent) fetchDocument(ctx context.Context, e *env, ast *state.Agent, rep *Report) (*assignment.Document, bool, error) {
 	if e.src == nil {
 		rep.Fresh = true
 		return &assignment.Document{AgentID: e.cfg.AgentID}, true, nil

@@ -440,7 +440,7 @@ func (l *loop) recover() reconcile.Boot {
 func (l *loop) publish() {
 	st := Status{AgentID: l.a.cfg().AgentID, Version: Version, Ready: l.ready, Addons: l.core.Addons()}
 	if d := l.core.Doc(); d != nil {
-		st.Serial, st.DocumentFresh = d.Serial, d.Fresh
+		st.Serial, st.DocumentFresh, st.DocumentExpired = d.Serial, d.Fresh, d.Expired
 		if d.Err != nil {
 			st.DocumentError = d.Err.Error()
 		}
@@ -452,6 +452,7 @@ func (l *loop) publish() {
 	l.mu.Unlock()
 	l.metrics.observe(st)
 	l.metrics.downloads.Set(float64(l.core.InFlight()))
+	l.metrics.expired.Set(boolGauge(st.DocumentExpired))
 	if sum := l.core.Summary(); l.ready && sum != l.lastSummary {
 		l.lastSummary = sum
 		l.opts.Notify("STATUS=" + sum)

@@ -24,6 +24,7 @@ type metrics struct {
 	downgradesRefused *prometheus.CounterVec
 	replays           prometheus.Counter
 	downloads         prometheus.Gauge
+	expired           prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -51,6 +52,9 @@ func newMetrics() *metrics {
 		downgradesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "addond_downgrades_refused_total", Help: "Desired versions refused as downgrades (lower than the highest ever activated), once per refused version.",
 		}, []string{"addon_id"}),
+		expired: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "addond_assignment_expired", Help: "1 while the assignment document in use is past its expires (nothing of it is applied; add-ons keep their last-known-good).",
+		}),
 		downloads: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "addond_downloads_in_flight", Help: "Stagings (downloads and their verification) in flight.",
 		}),
@@ -58,9 +62,16 @@ func newMetrics() *metrics {
 			Name: "addond_assignment_replays_total", Help: "Assignment documents refused as replays (a lower serial, or the last serial with other content), once per distinct document.",
 		}),
 	}
-	m.reg.MustRegister(m.state, m.restarts, m.rollbacks, m.deliveryBytes, m.deliveryFailures, m.reconcile, m.downgradesRefused, m.replays, m.downloads,
+	m.reg.MustRegister(m.state, m.restarts, m.rollbacks, m.deliveryBytes, m.deliveryFailures, m.reconcile, m.downgradesRefused, m.replays, m.downloads, m.expired,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // count counts what the Core counts.

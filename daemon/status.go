@@ -34,6 +34,9 @@ type Status struct {
 	// unreachable or its document is refused: add-ons keep running on what
 	// they ran (from_lkg).
 	DocumentFresh bool `json:"document_fresh"`
+	// DocumentExpired: the document in use is past its expires; add-ons
+	// keep their last-known-good.
+	DocumentExpired bool `json:"document_expired"`
 	// DocumentCheckedAt is the last time the source answered freshly (a
 	// new accepted document, or unchanged), since addond started;
 	// DocumentAppliedAt when the document in use was accepted.

@@ -99,6 +99,9 @@ func staleness(st *daemon.Status, now time.Time) string {
 	if st.DocumentError == "" && st.DocumentCheckedAt == nil && st.DocumentAppliedAt == nil {
 		return "" // not yet reconciled (or an addond that does not say)
 	}
+	if st.DocumentExpired {
+		return ", assignments EXPIRED (add-ons keep their last-known-good; " + st.DocumentError + ")"
+	}
 	s := ", assignments STALE (add-ons keep their last-known-good"
 	if t := st.DocumentCheckedAt; t != nil {
 		s += "; last checked " + ago(now, *t)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
@@ -94,6 +95,7 @@ func newAssign() *cobra.Command {
 		trust                                                                 []string
 		addons, supervision, schedule, args, configs, timeouts, helperCallers []string
 		disable, allowDowngrade                                               []string
+		expires                                                               time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "assign --store URL --agent AGENT [--key KEY] --addon ID@VERSION... [flags]",
@@ -153,7 +155,7 @@ func newAssign() *cobra.Command {
 				}
 				o.Args[id] = append(o.Args[id], arg)
 			}
-			o.Disable, o.AllowDowngrade = set(disable), set(allowDowngrade)
+			o.Disable, o.AllowDowngrade, o.Expires = set(disable), set(allowDowngrade), expires
 			doc, err := publish.Assign(cmd.Context(), o)
 			if err != nil {
 				return err
@@ -182,6 +184,7 @@ func newAssign() *cobra.Command {
 	f.StringArrayVar(&timeouts, "timeout", nil, "ID=DURATION")
 	f.StringArrayVar(&disable, "disable", nil, "ID (assigned but disabled)")
 	f.StringArrayVar(&allowDowngrade, "allow-downgrade", nil, "ID")
+	f.DurationVar(&expires, "expires", 0, "the document expires this long after it is written (e.g. 72h): past it agents apply nothing of it and say EXPIRED")
 	for _, n := range []string{"store", "agent", "addon"} {
 		c.MarkFlagRequired(n)
 	}

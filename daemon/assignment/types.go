@@ -9,6 +9,7 @@ import (
 	"io"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/addond/addond/supervisors"
 )
@@ -44,10 +45,23 @@ var (
 
 // Document is assignments.json, field names as in the origin design.
 type Document struct {
-	AgentID       string  `json:"agent_id"`
-	Serial        uint64  `json:"serial"`
-	ConfigVersion string  `json:"config_version,omitempty"`
-	Addons        []Addon `json:"addons"`
+	AgentID       string `json:"agent_id"`
+	Serial        uint64 `json:"serial"`
+	ConfigVersion string `json:"config_version,omitempty"`
+	// Expires, when set, is when the document stops being news: past it
+	// addond applies nothing of it and keeps what runs, as expired.
+	Expires *time.Time `json:"expires,omitempty"`
+	Addons  []Addon    `json:"addons"`
+}
+
+// MaxSerial bounds a document's serial: 2^53, the largest integer every
+// JSON implementation holds exactly. A serial above it is refused, so that
+// no document can lock out every later one.
+const MaxSerial = 1 << 53
+
+// Expired reports whether the document has expired at now.
+func (d *Document) Expired(now time.Time) bool {
+	return d.Expires != nil && now.After(*d.Expires)
 }
 
 // Addon is one entry of the document: what the control plane wants this
@@ -145,6 +159,9 @@ func Parse(data []byte) (*Document, error) {
 	}
 	if len(d.Addons) > MaxAddons {
 		return nil, fmt.Errorf("assignments document lists %d add-ons, more than %d", len(d.Addons), MaxAddons)
+	}
+	if d.Serial > MaxSerial {
+		return nil, fmt.Errorf("assignments document: serial %d is above 2^53", d.Serial)
 	}
 	seen := map[string]bool{}
 	for _, a := range d.Addons {

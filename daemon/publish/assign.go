@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/signing"
@@ -35,6 +36,9 @@ type AssignOptions struct {
 	AllowDowngrade map[string]bool
 	// HelperCallers: by helper add-on, the other add-ons that may run it.
 	HelperCallers map[string][]string
+	// Expires: the document expires this long after it is written (0:
+	// never).
+	Expires time.Duration
 	// Warn receives non-fatal notes (packages whose signatures could not
 	// be checked).
 	Warn func(string)
@@ -108,7 +112,14 @@ func Assign(ctx context.Context, o AssignOptions) (*assignment.Document, error) 
 		}
 		doc.Serial = p.Serial
 	}
+	if doc.Serial >= assignment.MaxSerial {
+		return nil, fmt.Errorf("previous document %s has serial %d: no serial above it is allowed (at most 2^53); refusing to wrap", key, doc.Serial)
+	}
 	doc.Serial++
+	if o.Expires > 0 {
+		exp := time.Now().Add(o.Expires).UTC().Truncate(time.Second)
+		doc.Expires = &exp
+	}
 	doc.ConfigVersion, err = assignment.ComputeConfigVersion(doc)
 	if err != nil {
 		return nil, err

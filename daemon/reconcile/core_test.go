@@ -694,6 +694,18 @@ var cases = []struct {
 			h.t.Fatalf("deadline %v, want the reloaded 5s", p.Probation.Deadline.Sub(t0))
 		}
 	}},
+	{"an expired document changes nothing, and says so", func(h *harness) {
+		h.running(spec("a@1.0.0"))
+		h.refresh(Desired{Doc: DocInfo{Serial: 2, Expired: true, Err: errors.New("assignment document expired")}})
+		none[Stop](h)
+		none[Remove](h)
+		if a := h.want("a", StateRunning, "1.0.0", healthy); !a.FromLKG {
+			h.t.Fatal("not from_lkg under an expired document")
+		}
+		if s := h.c.Summary(); !strings.Contains(s, "assignments expired") {
+			h.t.Fatalf("summary %q", s)
+		}
+	}},
 	{"a replayed document is counted once per new replay", func(h *harness) {
 		h.refresh(Desired{Doc: DocInfo{Refused: true, Replay: true, NewReplay: true, Err: errors.New("replay")}})
 		n := len(h.counts(MetricReplays))

@@ -73,8 +73,9 @@ type DocInfo struct {
 	Err               error
 	Refused           bool
 	Replay, NewReplay bool
-	// Fresh: the document in use is confirmed by its source.
-	Fresh                bool
+	// Fresh: the document in use is confirmed by its source. Expired: it
+	// is past its expires, and nothing of it is applied.
+	Fresh, Expired       bool
 	CheckedAt, AppliedAt time.Time
 }
 

@@ -125,6 +125,8 @@ func (c *Core) Summary() string {
 	store, serial := "store not yet contacted", ""
 	if d := c.doc; d != nil {
 		switch {
+		case d.Expired:
+			store = "assignments expired"
 		case d.Refused && d.Replay:
 			store = "assignments refused as a replay"
 		case d.Refused:
