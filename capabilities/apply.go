@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -140,6 +141,14 @@ func (c *Config) policy() (Set, error) {
 // PrivilegedRoot/<id>/<version>/, and the copy appears there whole or
 // not at all.
 func Apply(cfg Config, req ApplyRequest) (*Applied, error) {
+	unlock, err := lockPrivileged(cfg.PrivilegedRoot)
+	if err != nil {
+		return nil, fmt.Errorf("addon %q version %q: %w", req.AddonID, req.Version, err)
+	}
+	defer unlock()
+	// What trust and policy no longer allow goes first; trust or policy
+	// that cannot be read fail the apply below.
+	revalidate(cfg)
 	a, err := apply(cfg, req)
 	if err != nil {
 		return nil, fmt.Errorf("addon %q version %q: %w", req.AddonID, req.Version, err)
@@ -155,7 +164,7 @@ func apply(cfg Config, req ApplyRequest) (*Applied, error) {
 	if err != nil {
 		return nil, err
 	}
-	pkg, err := VerifyPackage(req.Package, req.Signature, keys)
+	pkg, signer, err := VerifyPackage(req.Package, req.Signature, keys)
 	if err != nil {
 		return nil, err
 	}
@@ -197,6 +206,9 @@ func apply(cfg Config, req ApplyRequest) (*Applied, error) {
 	if extra := caps &^ allowed; extra != 0 {
 		return nil, fmt.Errorf("%s not allowed by the policy %s", extra, cfg.Policy)
 	}
+	if err := signer.Allows(req.AddonID, caps); err != nil {
+		return nil, err
+	}
 	if caps == 0 {
 		return nil, errors.New("no capabilities to grant")
 	}
@@ -216,6 +228,9 @@ func apply(cfg Config, req ApplyRequest) (*Applied, error) {
 		return nil, err
 	}
 	defer priv.Close()
+	if err := checkFloor(priv, req.AddonID, req.Version, pkg.AllowDowngrade); err != nil {
+		return nil, err
+	}
 	dir := filepath.Join(req.AddonID, req.Version)
 	for _, d := range []string{req.AddonID, dir} {
 		if err := priv.Mkdir(d, 0o755); err == nil {
@@ -268,6 +283,14 @@ func apply(cfg Config, req ApplyRequest) (*Applied, error) {
 	if err := tmp.Sync(); err != nil {
 		return nil, fmt.Errorf("privileged copy: %w", err)
 	}
+	// What authorized the copy goes beside it first: a copy never exists
+	// without it (Revalidate removes one that does).
+	if err := rootWrite(priv, filepath.Join(dir, recordName), req.Package); err != nil {
+		return nil, fmt.Errorf("recording the signed package: %w", err)
+	}
+	if err := rootWrite(priv, filepath.Join(dir, recordName+".sig"), []byte(req.Signature)); err != nil {
+		return nil, fmt.Errorf("recording the signed package: %w", err)
+	}
 	final := filepath.Join(dir, req.File)
 	if err := priv.Rename(tmpName, final); err != nil {
 		return nil, fmt.Errorf("privileged copy: %w", err)
@@ -276,6 +299,9 @@ func apply(cfg Config, req ApplyRequest) (*Applied, error) {
 	if d, err := priv.Open(dir); err == nil {
 		d.Sync()
 		d.Close()
+	}
+	if err := raiseFloor(priv, req.AddonID, req.Version); err != nil {
+		return nil, fmt.Errorf("version floor: %w", err)
 	}
 	return &Applied{Path: filepath.Join(cfg.PrivilegedRoot, final), Caps: caps.Names()}, nil
 }
@@ -360,7 +386,7 @@ func openPrivileged(path string) (*os.Root, error) {
 }
 
 // Remove deletes capped copies no longer needed: one version of an
-// add-on, or (version "") all of them.
+// add-on, or (version "") all of them; the add-on's version floor stays.
 func Remove(cfg Config, addonID, version string) error {
 	if !addonIDRe.MatchString(addonID) {
 		return fmt.Errorf("addon id %q: not a valid add-on id", addonID)
@@ -372,13 +398,38 @@ func Remove(cfg Config, addonID, version string) error {
 		}
 		target = filepath.Join(addonID, version)
 	}
+	unlock, err := lockPrivileged(cfg.PrivilegedRoot)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	priv, err := openPrivileged(cfg.PrivilegedRoot)
 	if err != nil {
 		return err
 	}
 	defer priv.Close()
-	if err := priv.RemoveAll(target); err != nil {
+	if version != "" {
+		if err := priv.RemoveAll(target); err != nil {
+			return fmt.Errorf("addon %q: %w", addonID, err)
+		}
+		return nil
+	}
+	// Every version, but not the add-on's floor: removing an add-on's
+	// copies must not open the way to capping an older version again.
+	entries, err := fs.ReadDir(priv.FS(), addonID)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("addon %q: %w", addonID, err)
+	}
+	for _, e := range entries {
+		if e.Name() == floorName {
+			continue
+		}
+		if err := priv.RemoveAll(filepath.Join(addonID, e.Name())); err != nil {
+			return fmt.Errorf("addon %q: %w", addonID, err)
+		}
 	}
 	return nil
 }

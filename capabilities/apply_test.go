@@ -3,9 +3,11 @@ package capabilities
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,12 +59,12 @@ func TestApply(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(entries) != 1 || entries[0].Name() != "pingsweep" {
-		var names []string
-		for _, e := range entries {
-			names = append(names, e.Name())
-		}
-		t.Fatalf("version directory holds %q, want only the copy", names)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if fmt.Sprint(names) != "[.package.json .package.json.sig pingsweep]" {
+		t.Fatalf("version directory holds %q, want the copy and the signed package that authorized it", names)
 	}
 
 	// A subset of what the package grants; and the package's whole grant
@@ -100,8 +102,8 @@ func TestApply(t *testing.T) {
 	if err := f.client().Remove(ctx, "pingsweep", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Lstat(filepath.Join(f.priv, "pingsweep")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("removed add-on still there: %v", err)
+	if left, _ := os.ReadDir(filepath.Join(f.priv, "pingsweep")); len(left) != 1 || left[0].Name() != ".floor" {
+		t.Fatalf("removed add-on left %v, want its version floor alone", left)
 	}
 	if _, err := os.Lstat(filepath.Join(f.priv, "netmon", "2.1.0+b1", "netmon")); err != nil {
 		t.Fatalf("removing pingsweep removed netmon: %v", err)
@@ -132,7 +134,7 @@ func TestApplyConcurrent(t *testing.T) {
 		}
 	}
 	entries, err := os.ReadDir(filepath.Join(f.priv, "conc", "1.0.0"))
-	if err != nil || len(entries) != 1 {
+	if err != nil || len(entries) != 3 { // the copy, its package and signature
 		t.Fatalf("after concurrent applies: %v %v", entries, err)
 	}
 	f.checkCopy(t, filepath.Join(f.priv, "conc", "1.0.0", "pingsweep"), f.good, Set(0).Add(capNetRaw))
@@ -445,12 +447,19 @@ func TestApplyRace(t *testing.T) {
 				}
 				return nil
 			})
-			want := filepath.Join(f.priv, tc.id, "1.0.0", "pingsweep")
-			if ok > 0 && (len(found) != 1 || found[0] != want) || ok == 0 && len(found) != 0 {
+			// With a copy: it, the signed package beside it, and the
+			// add-on's version floor.
+			want := []string{
+				filepath.Join(f.priv, tc.id, ".floor"),
+				filepath.Join(f.priv, tc.id, "1.0.0", ".package.json"),
+				filepath.Join(f.priv, tc.id, "1.0.0", ".package.json.sig"),
+				filepath.Join(f.priv, tc.id, "1.0.0", "pingsweep"),
+			}
+			if ok > 0 && !slices.Equal(found, want) || ok == 0 && len(found) != 0 {
 				t.Fatalf("privileged tree after the race: %q", found)
 			}
 			if ok > 0 {
-				f.checkCopy(t, want, f.good, Set(0).Add(capNetRaw))
+				f.checkCopy(t, want[3], f.good, Set(0).Add(capNetRaw))
 			}
 			f.control(t)
 		})
@@ -795,4 +804,106 @@ func TestApplyRefusesNosuid(t *testing.T) {
 	}
 	sameSnapshot(t, before, snapshot(t, f.base))
 	f.control(t)
+}
+
+// TestVersionFloor: the helper keeps, per add-on, the highest version it
+// capped; a lower one needs allow_downgrade in its signed package — a
+// compromised addond cannot get an older, vulnerable version capped again.
+func TestVersionFloor(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if _, err := f.client().Apply(ctx, f.staged(t, "floor", "1.1.0")); err != nil {
+		t.Fatal(err)
+	}
+	f.refused(t, f.staged(t, "floor", "1.0.0"), "lower than 1.1.0, the highest capped before")
+	old := f.pkg("floor", "1.0.0", "pingsweep", f.good, "cap_net_raw")
+	old.AllowDowngrade = true
+	raw, sig := signed(t, old, f.key)
+	if _, err := f.client().Apply(ctx, ApplyRequest{AddonID: "floor", Version: "1.0.0", File: "pingsweep", Package: raw, Signature: sig}); err != nil {
+		t.Fatalf("a downgrade its signed package allows: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(f.priv, "floor", ".floor")); string(b) != "1.1.0\n" {
+		t.Fatalf("floor %q after a downgrade, want still 1.1.0", b)
+	}
+	// Removing every copy of the add-on keeps its floor.
+	if err := f.client().Remove(ctx, "floor", ""); err != nil {
+		t.Fatal(err)
+	}
+	f.refused(t, f.staged(t, "floor", "1.0.1"), "lower than 1.1.0, the highest capped before")
+	// Versions without an order (not both semantic) pass.
+	if _, err := f.client().Apply(ctx, f.staged(t, "floor", "nightly")); err != nil {
+		t.Fatalf("a version with no order: %v", err)
+	}
+}
+
+// TestRevalidate: a grant lasts as long as trust and policy allow it. A
+// removed key, a key scoped away from the add-on or the capability, a
+// narrowed policy, or a copy without the signed package that authorized it
+// — each removes the copy at the next apply (or helper start), naming why;
+// what is still allowed stays.
+func TestRevalidate(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	keep, err := f.client().Apply(ctx, f.staged(t, "keep", "1.0.0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, otherKey := newKey(t)
+	otherFile := filepath.Join(f.trust, "other.pem")
+	f.writeKey(t, otherFile, other)
+	// Copies signed by the other key: one for each way a grant ends.
+	apply := func(id string, caps ...string) string {
+		t.Helper()
+		f.stage(t, id, "1.0.0", "pingsweep", f.good)
+		raw, sig := signed(t, f.pkg(id, "1.0.0", "pingsweep", f.good, caps...), otherKey)
+		a, err := f.client().Apply(ctx, ApplyRequest{AddonID: id, Version: "1.0.0", File: "pingsweep", Package: raw, Signature: sig})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a.Path
+	}
+	scoped := apply("scoped", "cap_net_raw")
+	scopedCap := apply("scopedcap", "cap_net_raw", "cap_net_admin")
+	removedKey := apply("byother", "cap_net_raw")
+	policy := apply("policy", "cap_net_admin")
+	unrecorded := apply("unrecorded", "cap_net_raw")
+	os.Remove(filepath.Join(filepath.Dir(unrecorded), ".package.json.sig"))
+
+	// other.pem scoped to "scoped" and "scopedcap", cap_net_raw only.
+	os.WriteFile(filepath.Join(f.trust, "other.scope"), []byte(`{"addons":["scoped","scopedcap","byother"],"capabilities":["cap_net_raw"]}`), 0o644)
+	revoked, err := Revalidate(f.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, r := range revoked {
+		got[r.AddonID] = r.Reason
+	}
+	want := map[string]string{
+		"scopedcap":  "scoped to cap_net_raw: cap_net_admin not granted",
+		"unrecorded": "no signature recorded",
+	}
+	for id, why := range want {
+		if !strings.Contains(got[id], why) {
+			t.Errorf("%s: revoked for %q, want %q", id, got[id], why)
+		}
+	}
+	// Then the key itself goes, and the policy narrows.
+	os.Remove(otherFile)
+	os.Remove(filepath.Join(f.trust, "other.scope"))
+	os.WriteFile(f.policy, []byte("cap_net_raw\n"), 0o644)
+	if _, err := f.client().Apply(ctx, f.staged(t, "next", "1.0.0")); err != nil {
+		t.Fatal(err)
+	}
+	for path, what := range map[string]string{scoped: "signed by a removed key", scopedCap: "scoped away", removedKey: "signed by a removed key", policy: "cap_net_admin, now outside the policy", unrecorded: "without its signed package"} {
+		if _, err := os.Stat(path); !os.IsNotExist(err) {
+			t.Errorf("the copy %s (%s) is still there: %v", path, what, err)
+		}
+	}
+	f.checkCopy(t, keep.Path, f.good, Set(0).Add(capNetRaw))
+	for _, id := range []string{"scoped", "policy"} {
+		if _, err := os.Stat(filepath.Join(f.priv, id, ".floor")); err != nil {
+			t.Errorf("%s's version floor went with its copy: %v", id, err)
+		}
+	}
 }

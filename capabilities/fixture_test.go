@@ -277,6 +277,7 @@ type testPackage struct {
 	Supervision    string                  `json:"supervision,omitempty"`
 	OSCapabilities []string                `json:"os_capabilities"`
 	Artifacts      map[string]testArtifact `json:"artifacts"`
+	AllowDowngrade bool                    `json:"allow_downgrade,omitempty"`
 }
 
 type testArtifact struct {

@@ -96,7 +96,7 @@ func FuzzVerifyPackage(f *testing.F) {
 	f.Add([]byte("[]"), hex.EncodeToString(ed25519.Sign(fuzzKey, []byte("[]"))))
 	pub := fuzzKey.Public().(ed25519.PublicKey)
 	f.Fuzz(func(t *testing.T, raw []byte, sig string) {
-		p, err := VerifyPackage(raw, sig, []ed25519.PublicKey{pub})
+		p, _, err := VerifyPackage(raw, sig, trusted(pub))
 		s, herr := hex.DecodeString(strings.TrimSpace(sig))
 		signedOK := herr == nil && len(s) == ed25519.SignatureSize && ed25519.Verify(pub, raw, s) && len(raw) <= maxPackage
 		if err == nil {

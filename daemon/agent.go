@@ -108,6 +108,9 @@ func (a *Agent) configure(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	for _, name := range keys.Unscoped() {
+		a.log.Warn("trust key without a scope: packages it signs may be granted any capability the policy allows, to any add-on (a <name>.scope beside it limits that)", "key", name)
+	}
 	var st store.Store
 	if cfg.Store != "" {
 		if st, err = store.Open(cfg.Store); err != nil {

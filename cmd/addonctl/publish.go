@@ -27,6 +27,7 @@ func newPublish() *cobra.Command {
 	var (
 		storeURL, keyPath, id, version, supervision, binaryName string
 		caps                                                    []string
+		allowDowngrade                                          bool
 	)
 	c := &cobra.Command{
 		Use:   "publish --store URL --key KEY --id ID --version VER [flags] OS/ARCH=PATH...",
@@ -51,7 +52,7 @@ func newPublish() *cobra.Command {
 			}
 			opts := publish.PublishOptions{
 				Store: st, Key: priv, AddonID: id, Version: version, Supervision: supervision,
-				OSCapabilities: caps, BinaryName: binaryName, Files: files,
+				OSCapabilities: caps, BinaryName: binaryName, Files: files, AllowDowngrade: allowDowngrade,
 			}
 			if term.IsTerminal(int(os.Stderr.Fd())) {
 				opts.Progress = func(name string, size int64) io.Writer {
@@ -82,6 +83,7 @@ func newPublish() *cobra.Command {
 	f.StringVar(&version, "version", "", "version")
 	f.StringVar(&supervision, "supervision", "", "supervision model (agent_sidecar, systemd_service, systemd_timer, ephemeral_helper, config_toggle)")
 	f.StringArrayVar(&caps, "os-capability", nil, "file capability the add-on needs (repeatable), e.g. cap_net_raw")
+	f.BoolVar(&allowDowngrade, "allow-downgrade", false, "let addond-updater cap this version after a higher one (signed into package.json)")
 	f.StringVar(&binaryName, "binary-name", "", "staged file name (default: each PATH's file name)")
 	for _, n := range []string{"store", "key", "id", "version"} {
 		c.MarkFlagRequired(n)

@@ -304,8 +304,8 @@ func TestApplyByHand(t *testing.T) {
 			t.Errorf("copy caps: %+v %v, want %s+ep", fc, err, want)
 		}
 		entries, _ := os.ReadDir(filepath.Dir(copyPath))
-		if len(entries) != 1 {
-			t.Errorf("%d entries beside the copy", len(entries)-1)
+		if len(entries) != 3 { // the signed package and its signature
+			t.Errorf("%d entries beside the copy, want its signed package and signature", len(entries)-1)
 		}
 	}
 	netRaw, _ := capabilities.ParseSet([]string{"cap_net_raw"})

@@ -16,6 +16,9 @@ type Package struct {
 	Supervision    string              `json:"supervision,omitempty"`
 	OSCapabilities []string            `json:"os_capabilities,omitempty"`
 	Artifacts      map[string]Artifact `json:"artifacts"`
+	// AllowDowngrade: addond-updater caps this version although a higher
+	// one of the add-on was capped before.
+	AllowDowngrade bool `json:"allow_downgrade,omitempty"`
 }
 
 // PackageKey is where a version's package.json lives in the store.

@@ -50,6 +50,9 @@ type PublishOptions struct {
 	Version        string
 	Supervision    string
 	OSCapabilities []string
+	// AllowDowngrade lets addond-updater cap this version after a higher
+	// one (an intended downgrade, e.g. a bad release).
+	AllowDowngrade bool
 	BinaryName     string // default: each file's base name
 	Files          []File
 	// Progress, when set, wraps each upload's byte stream (a progress bar).
@@ -83,7 +86,7 @@ func Publish(ctx context.Context, o PublishOptions) (*assignment.Package, error)
 	if len(o.Files) == 0 {
 		return nil, errors.New("no artifacts given (OS/ARCH=PATH)")
 	}
-	pkg := &assignment.Package{AddonID: o.AddonID, Version: o.Version, Supervision: o.Supervision, Artifacts: map[string]assignment.Artifact{}}
+	pkg := &assignment.Package{AddonID: o.AddonID, Version: o.Version, Supervision: o.Supervision, AllowDowngrade: o.AllowDowngrade, Artifacts: map[string]assignment.Artifact{}}
 	if pkg.Supervision != "" {
 		if err := assignment.ValidSupervision(o.Supervision); err != nil {
 			return nil, err

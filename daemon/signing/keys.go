@@ -9,11 +9,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/addond/addond/capabilities"
 )
 
 // KeyID names a public key in package.json and assignments: the first 16
@@ -106,8 +106,9 @@ func LoadPublicKey(path string) (ed25519.PublicKey, error) {
 // keys at once is how keys are rotated: trust the new key, publish with it,
 // then drop the old one.
 type Keyring struct {
-	byID map[string]ed25519.PublicKey
-	ids  []string // sorted
+	byID     map[string]ed25519.PublicKey
+	ids      []string // sorted
+	unscoped []string
 }
 
 // ErrUnknownKey is returned when a signature names a key id that is not
@@ -128,45 +129,38 @@ func NewKeyring(keys ...ed25519.PublicKey) *Keyring {
 	return kr
 }
 
-// LoadKeyring reads PEM public keys from each path: a file, or a directory
-// whose regular files ending in .pub or .pem are read (others are ignored,
-// so a README can sit beside them). A file that does not parse is an error:
-// a trust store that is silently half-loaded fails open in the wrong way.
+// LoadKeyring reads the trusted keys in each path with the one loader
+// addond and addond-updater share (capabilities.LoadKeys): a key file, or
+// a directory whose *.pub and *.pem files are keys (a renamed
+// x.pem.disabled or a dpkg leftover is not), owned by root or by this
+// process's user and writable by no one else. A file that does not parse
+// is an error: a trust store that is silently half-loaded fails open in
+// the wrong way.
 func LoadKeyring(paths []string) (*Keyring, error) {
-	var keys []ed25519.PublicKey
-	for _, p := range paths {
-		fi, err := os.Stat(p)
-		if err != nil {
-			return nil, fmt.Errorf("trust key %s: %w", p, err)
-		}
-		if !fi.IsDir() {
-			k, err := LoadPublicKey(p)
-			if err != nil {
-				return nil, fmt.Errorf("trust key: %w", err)
-			}
-			keys = append(keys, k)
-			continue
-		}
-		entries, err := os.ReadDir(p)
-		if err != nil {
-			return nil, fmt.Errorf("trust key directory %s: %w", p, err)
-		}
-		for _, e := range entries {
-			name := e.Name()
-			if !e.Type().IsRegular() && e.Type()&fs.ModeSymlink == 0 {
-				continue
-			}
-			if !strings.HasSuffix(name, ".pub") && !strings.HasSuffix(name, ".pem") {
-				continue
-			}
-			k, err := LoadPublicKey(filepath.Join(p, name))
-			if err != nil {
-				return nil, fmt.Errorf("trust key: %w", err)
-			}
-			keys = append(keys, k)
+	trusted, err := capabilities.LoadKeys(os.Getuid(), paths...)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]ed25519.PublicKey, len(trusted))
+	for i, k := range trusted {
+		keys[i] = k.Key
+	}
+	kr := NewKeyring(keys...)
+	for _, k := range trusted {
+		if k.Scope == nil {
+			kr.unscoped = append(kr.unscoped, k.Name)
 		}
 	}
-	return NewKeyring(keys...), nil
+	return kr, nil
+}
+
+// Unscoped names the keys with no scope beside them: packages they sign
+// may be granted any capability the policy allows, for any add-on.
+func (kr *Keyring) Unscoped() []string {
+	if kr == nil {
+		return nil
+	}
+	return kr.unscoped
 }
 
 // Len is the number of trusted keys.
