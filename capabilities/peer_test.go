@@ -14,19 +14,15 @@ import (
 	"github.com/addond/addond/vmtest"
 )
 
-// TestPeerHelper is a peer for the tests below when run as a child with
-// ADDOND_PEER_HELPER set to a socket: it connects, says so, and exits.
-func TestPeerHelper(t *testing.T) {
-	sock := os.Getenv("ADDOND_PEER_HELPER")
-	if sock == "" {
-		return
-	}
+// peerMain is a peer for the tests below (the test binary, run with
+// ADDOND_PEER_HELPER set to a socket): it connects, says so, and exits.
+func peerMain(sock string) int {
 	c, err := net.Dial("unix", sock)
 	if err != nil {
-		os.Exit(2)
+		return 2
 	}
 	c.Write([]byte("x"))
-	os.Exit(0)
+	return 0
 }
 
 // listen is a unix listener in a temporary directory.
@@ -104,7 +100,7 @@ func TestPeerOfRefusesAReusedPid(t *testing.T) {
 			noPeerPidfd = fallback
 			defer func() { noPeerPidfd = false }()
 			ln, sock := listen(t)
-			peer := exec.Command(os.Args[0], "-test.run=^TestPeerHelper$")
+			peer := exec.Command(os.Args[0])
 			peer.Env = append(os.Environ(), "ADDOND_PEER_HELPER="+sock)
 			if err := peer.Start(); err != nil {
 				t.Fatal(err)

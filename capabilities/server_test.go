@@ -30,6 +30,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv("CAPT_CLIENT") == "1" {
 		os.Exit(clientMain())
 	}
+	if sock := os.Getenv("ADDOND_PEER_HELPER"); sock != "" {
+		os.Exit(peerMain(sock))
+	}
 	os.Exit(m.Run())
 }
 

@@ -126,7 +126,8 @@ func TestPackageFiles(t *testing.T) {
 var addondFiles = map[string]string{
 	"/etc/addond/addond.json":                            "-rw-r--r--",
 	"/etc/addond/capabilities.allow":                     "-rw-r--r--",
-	"/usr/bin/addond":                                    "-rwxr-xr-x",
+	"/etc/addond/credentials/s3":                         "-rw-------", // root's alone: addond gets it as a systemd credential
+	"/usr/bin/addond":                                    "-rwx--x--x", // execute-only: non-dumpable from exec
 	"/usr/bin/addonctl":                                  "-rwxr-xr-x",
 	"/usr/libexec/addond/addond-updater":                 "-rwxr-xr-x",
 	"/usr/lib/systemd/system/addond.service":             "-rw-r--r--",
@@ -143,7 +144,16 @@ var addondFiles = map[string]string{
 	"/usr/share/fish/vendor_completions.d/addonctl.fish": "-rw-r--r--",
 }
 
-var conffiles = []string{"/etc/addond/addond.json", "/etc/addond/capabilities.allow"}
+var conffiles = []string{"/etc/addond/addond.json", "/etc/addond/capabilities.allow", "/etc/addond/credentials/s3"}
+
+// dirMode is the mode of a package's directory: root's credentials
+// directory is root's alone, every other one 0755.
+func dirMode(path string) string {
+	if path == "/etc/addond/credentials" {
+		return "drwx------"
+	}
+	return "drwxr-xr-x"
+}
 
 // entry is one file of a package listing.
 type entry struct{ mode, owner string }
@@ -184,8 +194,8 @@ func TestDebContents(t *testing.T) {
 					t.Errorf("%s: owner %s, want root/root", path, e.owner)
 				}
 				if strings.HasPrefix(e.mode, "d") {
-					if e.mode != "drwxr-xr-x" {
-						t.Errorf("directory %s: mode %s, want drwxr-xr-x", path, e.mode)
+					if e.mode != dirMode(path) {
+						t.Errorf("directory %s: mode %s, want %s", path, e.mode, dirMode(path))
 					}
 					continue
 				}
@@ -399,6 +409,7 @@ func TestShippedFiles(t *testing.T) {
 		"d /var/lib/addond-privileged 0755 root root -",
 		"d /etc/addond 0755 root root -",
 		"d /etc/addond/trust.d 0755 root root -",
+		"d /etc/addond/credentials 0700 root root -",
 	}
 	if got := entries("/usr/lib/tmpfiles.d/addond.conf"); !slices.Equal(got, wantDirs) {
 		t.Errorf("tmpfiles.d/addond.conf:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(wantDirs, "\n"))
@@ -591,8 +602,8 @@ func TestRPM(t *testing.T) {
 					}
 				}
 				if strings.HasPrefix(mode, "d") {
-					if mode != "drwxr-xr-x" {
-						t.Errorf("directory %s: mode %s", path, mode)
+					if mode != dirMode(path) {
+						t.Errorf("directory %s: mode %s, want %s", path, mode, dirMode(path))
 					}
 					continue
 				}

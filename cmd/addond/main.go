@@ -83,13 +83,19 @@ otherwise; every error names the add-on and the reason.`,
 	return root
 }
 
-func runDaemon(ctx context.Context, cfgPath string) error {
-	// Add-ons run with addond's uid; one that is not sandboxed (it has
-	// file capabilities) must not be able to ptrace addond or read its
-	// memory, and act from its cgroup.
+// init makes addond non-dumpable before main runs: add-ons share addond's
+// uid, and none may ptrace it, read its memory, or act from its cgroup.
+// The packaged binary is execute-only (0711), which makes the kernel set
+// it at exec already; this covers a binary installed otherwise, as early
+// as Go code runs.
+func init() {
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
-		return fmt.Errorf("prctl(PR_SET_DUMPABLE): %w", err)
+		fmt.Fprintln(os.Stderr, "addond: prctl(PR_SET_DUMPABLE):", err)
+		os.Exit(1)
 	}
+}
+
+func runDaemon(ctx context.Context, cfgPath string) error {
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		return err

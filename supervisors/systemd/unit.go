@@ -247,7 +247,9 @@ func ExecProperties(t Target, p Paths, spec supervisors.Spec, binds ...string) [
 		if !t.System {
 			// The manager's bus and private socket: an add-on that
 			// reached them could start an unsandboxed unit as addond.
-			props = append(props, prop("InaccessiblePaths", []string{fmt.Sprintf("/run/user/%d", t.UID)}))
+			// And the systemd credentials of addond's own service (its
+			// S3 credentials), which its uid could read.
+			props = append(props, prop("InaccessiblePaths", []string{fmt.Sprintf("/run/user/%d", t.UID), "-/run/credentials"}))
 		}
 	}
 	return props

@@ -83,6 +83,7 @@ func TestPackageLifecycle(t *testing.T) {
 	}{
 		{"FreshInstall", freshInstall},
 		{"Addons", addons},
+		{"PtraceRace", ptraceRaceStep},
 		{"PackageUpgrade", packageUpgrade},
 		{"MemoryLimit", memoryLimit},
 		{"UpgradeRollback", upgradeRollback},
@@ -346,21 +347,39 @@ func TestStoreOutageReboot(t *testing.T) {
 		}
 		defer srv.Stop()
 		store := srv.NewBucket(t)
-		// addond's credentials for the store (minio-go's environment
-		// chain), before it is installed.
-		dropin := "[Service]\n"
-		for _, kv := range srv.Env() {
-			dropin += "Environment=" + kv + "\n"
-		}
-		os.MkdirAll("/etc/systemd/system/addond.service.d", 0o755)
-		if err := os.WriteFile("/etc/systemd/system/addond.service.d/store.conf", []byte(dropin), 0o600); err != nil {
+		install(t, debPath)
+		// addond's credentials for the store, as docs/operator-guide.md
+		// says: root's file, handed to addond as a systemd credential.
+		creds := fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", srv.AccessKey, srv.SecretKey)
+		if err := os.WriteFile("/etc/addond/credentials/s3", []byte(creds), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		install(t, debPath)
+		sh(t, "systemctl restart addond")
 		p := newPublisher(t, store, srv.Env()...)
 		publishExamples(t, p)
+		// A sandboxed add-on tries to read them.
+		probe := "#!/bin/sh\nif cat /run/credentials/addond.service/s3 >/dev/null 2>&1; then r=readable; else r=denied; fi\necho $r > \"$ADDOND_STATE_DIRECTORY/creds\"\nexec sleep infinity\n"
+		if err := os.WriteFile("/root/credprobe", []byte(probe), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		p.publish(t, "credprobe", "1.0.0", "systemd_service", "/root/credprobe")
+		p.assign(t, "--addon", "hello@1.0.0", "--addon", "pingsweep@1.0.0", "--addon", "ticker@1.0.0", "--addon", "credprobe@1.0.0",
+			"--schedule", "ticker=*:*:0/5", "--arg", "ticker=ticks")
 		configure(t, store)
 		waitExamples(t, 2*time.Minute)
+		eventually(t, time.Minute, "the probe's verdict", func() error {
+			b, err := os.ReadFile("/var/lib/addond/addons/credprobe/data/creds")
+			if err != nil {
+				return err
+			}
+			if got := strings.TrimSpace(string(b)); got != "denied" {
+				t.Fatalf("a sandboxed add-on read addond's S3 credentials: %s", got)
+			}
+			return nil
+		})
+		if mode := sh(t, "stat -c '%a %U' /etc/addond/credentials/s3"); mode != "600 root" {
+			t.Errorf("/etc/addond/credentials/s3 is %s, want 600 root", mode)
+		}
 
 		srv.Stop()
 		eventually(t, time.Minute, "the store outage noticed", func() error {
@@ -404,7 +423,7 @@ func TestStoreOutageReboot(t *testing.T) {
 		if st.DocumentError == "" {
 			t.Errorf("the store is gone, but addond reports no document error")
 		}
-		if text := unitProp(t, "addond", "StatusText"); !strings.Contains(text, "3/3 add-ons running, store unreachable") {
+		if text := unitProp(t, "addond", "StatusText"); !strings.Contains(text, "4/4 add-ons running, store unreachable") {
 			t.Errorf("StatusText %q", text)
 		}
 		t.Logf("document_error: %s", st.DocumentError)
