@@ -134,6 +134,8 @@ func (l *loop) exec(act reconcile.Action) reconcile.Input {
 			l.log.Warn("removing add-on", "addon_id", a.ID, "error", err)
 			l.stageErr = errors.Join(l.stageErr, err)
 		}
+	case reconcile.DiscardPartial:
+		e.del.DiscardPartials(a.ID, a.Version)
 	case reconcile.FaultPoint:
 		delivery.FaultPoint(a.Name)
 	case reconcile.CancelStage:

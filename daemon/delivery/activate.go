@@ -145,13 +145,29 @@ func (d *Deliverer) RemoveAddon(id string) error {
 		return err
 	}
 	defer d.lock(id)()
-	// Partial downloads are "<id>@<version>.part" (and ".part.json"); ids
-	// hold no "@".
+	d.discardPartials(id, func(string) bool { return true })
+	return os.RemoveAll(d.addonDir(id))
+}
+
+// DiscardPartials removes the partial download of id's version, if any.
+func (d *Deliverer) DiscardPartials(id, version string) {
+	if assignment.ValidAddonID(id) != nil {
+		return
+	}
+	d.discardPartials(id, func(v string) bool { return v == version })
+}
+
+// discardPartials removes id's partial downloads of the versions drop
+// says. Partial downloads are "<id>@<version>.part" (and ".part.json");
+// ids hold no "@".
+func (d *Deliverer) discardPartials(id string, drop func(version string) bool) {
 	parts, _ := filepath.Glob(filepath.Join(d.tmpDir(), id+"@*"))
 	for _, p := range parts {
-		os.Remove(p)
+		v := strings.TrimSuffix(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), id+"@"), ".json"), ".part")
+		if drop(v) {
+			os.Remove(p)
+		}
 	}
-	return os.RemoveAll(d.addonDir(id))
 }
 
 // AddonIDs lists the add-ons with a directory under addons/ (names that

@@ -174,6 +174,9 @@ func (d *Deliverer) Stage(ctx context.Context, spec assignment.Spec) (Staged, er
 	if err != nil {
 		return fail("verify", false, err)
 	}
+	// One partial download per add-on: another version's is of a version
+	// no longer wanted.
+	d.discardPartials(spec.AddonID, func(v string) bool { return v != spec.Version })
 	st, err := d.State(spec.AddonID)
 	if err != nil {
 		return fail("stage", true, err)

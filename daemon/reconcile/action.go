@@ -12,7 +12,7 @@ import (
 //
 // Three kinds, by how the driver runs them:
 //   - at once, on its own goroutine, before the next input: Persist,
-//     Activate, Remove, GC, FaultPoint, CancelStage, ApplyConfig,
+//     Activate, Remove, DiscardPartial, GC, FaultPoint, CancelStage, ApplyConfig,
 //     FreeMemory, Log, Count, Reply — local bookkeeping, never a backend;
 //     those with a result (Activate → Activated, GC → GCed, a Persist that
 //     fails → PersistFailed, ApplyConfig → Configured) give it back at once;
@@ -41,6 +41,9 @@ type Activate struct{ ID, Version string }
 // Remove deletes everything kept for add-on ID (its directory and partial
 // downloads).
 type Remove struct{ ID string }
+
+// DiscardPartial removes the partial download of add-on ID's Version.
+type DiscardPartial struct{ ID, Version string }
 
 // GC removes staged versions of add-on ID other than current, previous,
 // the last-known-good and Keep (→ GCed).
@@ -144,20 +147,21 @@ type Reply struct {
 	Err   error
 }
 
-func (Persist) action()     {}
-func (Activate) action()    {}
-func (Remove) action()      {}
-func (GC) action()          {}
-func (FaultPoint) action()  {}
-func (Start) action()       {}
-func (Stop) action()        {}
-func (DropCapped) action()  {}
-func (Fetch) action()       {}
-func (Stage) action()       {}
-func (CancelStage) action() {}
-func (Sweep) action()       {}
-func (ApplyConfig) action() {}
-func (FreeMemory) action()  {}
-func (Log) action()         {}
-func (Count) action()       {}
-func (Reply) action()       {}
+func (Persist) action()        {}
+func (Activate) action()       {}
+func (Remove) action()         {}
+func (DiscardPartial) action() {}
+func (GC) action()             {}
+func (FaultPoint) action()     {}
+func (Start) action()          {}
+func (Stop) action()           {}
+func (DropCapped) action()     {}
+func (Fetch) action()          {}
+func (Stage) action()          {}
+func (CancelStage) action()    {}
+func (Sweep) action()          {}
+func (ApplyConfig) action()    {}
+func (FreeMemory) action()     {}
+func (Log) action()            {}
+func (Count) action()          {}
+func (Reply) action()          {}

@@ -502,7 +502,22 @@ var cases = []struct {
 		if s := one[Stage](h); s.Spec.Version != "1.1.0" {
 			h.t.Fatalf("%+v", s)
 		}
+		if d := one[DiscardPartial](h); d.Version != "1.0.0" {
+			h.t.Fatalf("%+v", d)
+		}
 		none[Activate](h)
+	}},
+	{"a staging cut short for an add-on disabled meanwhile leaves no partial download (the soak found it)", func(h *harness) {
+		h.refresh(desired(spec("a@1.1.0")))
+		st := one[Stage](h)
+		h.take()
+		h.refresh(desired(spec("a@1.1.0", disabled)))
+		one[CancelStage](h)
+		h.take()
+		h.step(Staged{Seq: st.Seq, Spec: st.Spec, Err: errors.New("context canceled")})
+		if d := one[DiscardPartial](h); d.ID != "a" || d.Version != "1.1.0" {
+			h.t.Fatalf("%+v", d)
+		}
 	}},
 	{"a running add-on removed: stopped, its tree and capped copies go", func(h *harness) {
 		h.refresh(desired(spec("a@1.0.0", withCaps)))

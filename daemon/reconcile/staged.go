@@ -61,6 +61,11 @@ func (c *Core) stagedResult(m Staged) {
 	}
 	ar.staging = nil
 	if ar.desired == nil || ar.desired.Digest() != m.Spec.Digest() {
+		if d := ar.desired; m.Err != nil && (d == nil || !d.Enabled || d.Version != m.Spec.Version) {
+			// Cut short for a version no longer wanted: its partial
+			// download would stay for a resume that never comes.
+			c.emit(DiscardPartial{ID: id, Version: m.Spec.Version})
+		}
 		if ar.desired != nil {
 			c.converge(ar) // the assignment moved on meanwhile
 		}
