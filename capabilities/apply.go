@@ -29,6 +29,9 @@ type Config struct {
 	Trust          []string // key files or directories
 	Policy         string   // the allow-list file
 	AgentUser      string   // owns the staged binaries; its group may run the copies
+	// RunRoot holds the capped add-ons' runtime directories
+	// [DefaultRunRoot].
+	RunRoot string
 }
 
 // ApplyRequest asks for a capped copy of a staged binary.
@@ -228,8 +231,14 @@ func apply(cfg Config, req ApplyRequest) (*Applied, error) {
 		return nil, err
 	}
 	defer priv.Close()
-	if err := checkFloor(priv, req.AddonID, req.Version, pkg.AllowDowngrade); err != nil {
-		return nil, err
+	// A version whose copy the helper still holds, from this very signed
+	// package, is no downgrade: it was capped when it was the highest,
+	// and is kept as the last-known-good (Revalidate, above, removed it
+	// if trust or policy no longer allow it).
+	if !heldCopy(priv, req) {
+		if err := checkFloor(priv, req.AddonID, req.Version, pkg.AllowDowngrade); err != nil {
+			return nil, err
+		}
 	}
 	dir := filepath.Join(req.AddonID, req.Version)
 	for _, d := range []string{req.AddonID, dir} {
@@ -303,6 +312,7 @@ func apply(cfg Config, req ApplyRequest) (*Applied, error) {
 	if err := raiseFloor(priv, req.AddonID, req.Version); err != nil {
 		return nil, fmt.Errorf("version floor: %w", err)
 	}
+	priv.Remove(filepath.Join(req.AddonID, revokedPrefix+req.Version)) // granted again
 	return &Applied{Path: filepath.Join(cfg.PrivilegedRoot, final), Caps: caps.Names()}, nil
 }
 

@@ -825,11 +825,23 @@ func TestVersionFloor(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(f.priv, "floor", ".floor")); string(b) != "1.1.0\n" {
 		t.Fatalf("floor %q after a downgrade, want still 1.1.0", b)
 	}
+	// A version whose copy is still held (a last-known-good, asked for
+	// again after a reboot) is no downgrade; once its copy is gone, it is.
+	if _, err := f.client().Apply(ctx, f.staged(t, "floor", "1.2.0")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client().Apply(ctx, f.staged(t, "floor", "1.1.0")); err != nil {
+		t.Fatalf("the held copy of 1.1.0 below the floor 1.2.0: %v", err)
+	}
+	if err := f.client().Remove(ctx, "floor", "1.1.0"); err != nil {
+		t.Fatal(err)
+	}
+	f.refused(t, f.staged(t, "floor", "1.1.0"), "lower than 1.2.0, the highest capped before")
 	// Removing every copy of the add-on keeps its floor.
 	if err := f.client().Remove(ctx, "floor", ""); err != nil {
 		t.Fatal(err)
 	}
-	f.refused(t, f.staged(t, "floor", "1.0.1"), "lower than 1.1.0, the highest capped before")
+	f.refused(t, f.staged(t, "floor", "1.0.1"), "lower than 1.2.0, the highest capped before")
 	// Versions without an order (not both semantic) pass.
 	if _, err := f.client().Apply(ctx, f.staged(t, "floor", "nightly")); err != nil {
 		t.Fatalf("a version with no order: %v", err)
@@ -905,5 +917,12 @@ func TestRevalidate(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(f.priv, id, ".floor")); err != nil {
 			t.Errorf("%s's version floor went with its copy: %v", id, err)
 		}
+	}
+	// A start of a revoked version says why it was revoked.
+	s := &Server{Config: f.cfg}
+	_, err = s.Start(ctx, StartRequest{AddonID: "policy", Version: "1.0.0", File: "pingsweep", Description: "addond add-on policy 1.0.0 [x]",
+		Restart: &Restart{Delay: time.Second, Interval: time.Minute, Burst: 5}})
+	if err == nil || !strings.Contains(err.Error(), "its copy was revoked: key other.pem is scoped to add-ons") {
+		t.Errorf("start of the revoked version: %v", err)
 	}
 }

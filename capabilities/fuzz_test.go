@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	sd "github.com/coreos/go-systemd/v22/dbus"
 	"golang.org/x/sys/unix"
 )
 
@@ -128,6 +129,11 @@ func FuzzRequestDecode(f *testing.F) {
 		`{"op":"remove","addon_id":"../etc"}`,
 		`{"op":"remove","addon_id":"x","version":".."}`,
 		`{"op":"apply"}`,
+		`{"op":"start","start":{"addon_id":"pingsweep","version":"1.0.0","file":"pingsweep","description":"addond add-on pingsweep 1.0.0 [x]","sidecar":true,"env":["PLUGIN_UNIX_SOCKET_DIR=/run/addond-cap/pingsweep/sock/plugin-dir1"]}}`,
+		`{"op":"start","start":{"addon_id":"x","version":"1","file":"x","description":"addond add-on x 1 [x]","restart":{"delay":1000000000,"interval":10000000000,"burst":5},"args":["--a"],"config":{"k":1}}}`,
+		`{"op":"start"}`,
+		`{"op":"stop","addon_id":"../etc"}`,
+		`{"op":"prepare","addon_id":"pingsweep"}`,
 		`{"op":"ping","x":1}`,
 		`{"op":"ping"} trailing`,
 		`[`,
@@ -150,7 +156,10 @@ func FuzzRequestDecode(f *testing.F) {
 		Config: Config{
 			RuntimeRoot: filepath.Join(dir, "runtime"), PrivilegedRoot: filepath.Join(dir, "priv"),
 			Trust: []string{filepath.Join(dir, "trust")}, Policy: filepath.Join(dir, "policy"), AgentUser: me.Username,
+			RunRoot: filepath.Join(dir, "run"),
 		},
+		// No manager: a start, stop or prepare that gets that far fails.
+		Systemd:     func(context.Context) (*sd.Conn, error) { return nil, errors.New("no manager in the fuzz") },
 		AgentCgroup: CgroupOf(cg),
 		Version:     "fuzz",
 		Log:         slog.New(slog.DiscardHandler),
@@ -197,6 +206,10 @@ func FuzzRequestDecode(f *testing.F) {
 		case req.Op == "apply":
 			if resp.Error == "" || resp.Applied != nil {
 				t.Fatalf("an apply without trust keys answered %+v", resp)
+			}
+		case req.Op == "start" || req.Op == "stop" || req.Op == "prepare":
+			if resp.Error == "" || resp.Started != nil {
+				t.Fatalf("%s without trust keys or a manager answered %+v", req.Op, resp)
 			}
 		case req.Op == "remove":
 			if resp.Applied != nil || resp.Protocol != 0 {

@@ -1,6 +1,7 @@
 package capabilities
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -25,6 +26,10 @@ import (
 const (
 	recordName = ".package.json"
 	floorName  = ".floor"
+	// revokedPrefix: <id>/.revoked-<version> says why that version's copy
+	// was revoked, for the start that asks for it next (a new copy of the
+	// version removes it).
+	revokedPrefix = ".revoked-"
 )
 
 // Revoked is a capped copy Revalidate removed, and why.
@@ -87,10 +92,20 @@ func revalidate(cfg Config) ([]Revoked, error) {
 			if err := priv.RemoveAll(filepath.Join(id, version)); err != nil {
 				return out, fmt.Errorf("addon %q version %q: removing a revoked copy: %w", id, version, err)
 			}
+			rootWrite(priv, filepath.Join(id, revokedPrefix+version), []byte(reason.Error()+"\n"))
 			out = append(out, Revoked{AddonID: id, Version: version, Reason: reason.Error()})
 		}
 	}
 	return out, nil
+}
+
+// revokedReason is why id@version's copy was revoked, or "".
+func revokedReason(priv *os.Root, id, version string) string {
+	b, err := priv.ReadFile(filepath.Join(id, revokedPrefix+version))
+	if err != nil || len(b) > 4096 {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // stillGranted says why the copies of id@version are no longer allowed,
@@ -161,6 +176,13 @@ func copyCaps(priv *os.Root, name string) (Set, error) {
 		return 0, fmt.Errorf("%s: %w", name, err)
 	}
 	return caps.Permitted, nil
+}
+
+// heldCopy is whether a copy of req's version is held, recorded with
+// req's signed package.
+func heldCopy(priv *os.Root, req ApplyRequest) bool {
+	recorded, err := priv.ReadFile(filepath.Join(req.AddonID, req.Version, recordName))
+	return err == nil && bytes.Equal(recorded, req.Package)
 }
 
 // checkFloor refuses a version of id below the highest one capped before,

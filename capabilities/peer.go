@@ -90,7 +90,9 @@ func peerAt(c *net.UnixConn, accepted uint64) (Peer, error) {
 	if err != nil {
 		return p, fmt.Errorf("peer pid %d: %w", p.PID, err)
 	}
-	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+	// Still the same process: the cgroup read was its own. (EPERM: alive,
+	// under a uid this process may not signal.)
+	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil && !errors.Is(err, unix.EPERM) {
 		return p, fmt.Errorf("peer pid %d exited while it was identified: %w", p.PID, err)
 	}
 	p.Cgroup = CgroupOf(data)

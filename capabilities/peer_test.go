@@ -2,12 +2,15 @@ package capabilities
 
 import (
 	"bufio"
+	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -58,6 +61,82 @@ func spawnWithPID(t *testing.T, pid int) *exec.Cmd {
 	}
 	t.Fatalf("could not start a process as pid %d", pid)
 	return nil
+}
+
+// identifyMain listens on sock, identifies its first peer and prints the
+// Peer as JSON (or the error) — as the unprivileged user the test runs it
+// as.
+func identifyMain(sock string) int {
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		fmt.Println("listen:", err)
+		return 2
+	}
+	os.Chmod(sock, 0o777)
+	fmt.Println("listening")
+	c, err := ln.AcceptUnix()
+	if err != nil {
+		fmt.Println("accept:", err)
+		return 2
+	}
+	p, err := PeerOf(c)
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	b, _ := json.Marshal(p)
+	fmt.Println(string(b))
+	c.Close()
+	return 0
+}
+
+// TestPeerOfAnotherUser: an unprivileged identifier (the updater has no
+// CAP_KILL; addond is not root) identifies a peer of another uid, which it
+// may not signal. (Its liveness check once took that EPERM for an exited
+// peer, and refused root — and every capped add-on — everywhere.)
+func TestPeerOfAnotherUser(t *testing.T) {
+	vmtest.RequireRoot(t, "to run the identifier as another user")
+	dir := rootDir(t) // reachable by every user, unlike t.TempDir()
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "identifier")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(filepath.Join(dir, "sock"), 0o777)
+	os.Chmod(filepath.Join(dir, "sock"), 0o777)
+	sock := filepath.Join(dir, "sock", "s")
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "ADDOND_PEER_IDENTIFY="+sock)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(out)
+	if line, _ := r.ReadString('\n'); line != "listening\n" {
+		cmd.Wait()
+		t.Fatalf("identifier: %q", line)
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	line, _ := r.ReadString('\n')
+	cmd.Wait()
+	var p Peer
+	if err := json.Unmarshal([]byte(line), &p); err != nil {
+		t.Fatalf("identifier (uid 65534) of a root peer: %s", line)
+	}
+	if p.PID != os.Getpid() || p.UID != 0 || p.Cgroup == "" {
+		t.Fatalf("identified %+v, want pid %d uid 0", p, os.Getpid())
+	}
 }
 
 func TestPeerOf(t *testing.T) {

@@ -27,9 +27,11 @@ var RequestTimeout = 10 * time.Second
 
 // Request is one call to the helper.
 type Request struct {
-	Op      string        `json:"op"` // "apply", "remove" or "ping"
+	// Op is "apply", "remove", "prepare", "start", "stop" or "ping".
+	Op      string        `json:"op"`
 	Apply   *ApplyRequest `json:"apply,omitempty"`
-	AddonID string        `json:"addon_id,omitempty"` // remove
+	Start   *StartRequest `json:"start,omitempty"`
+	AddonID string        `json:"addon_id,omitempty"` // remove, prepare, stop
 	Version string        `json:"version,omitempty"`  // remove; "" removes every version
 }
 
@@ -37,6 +39,7 @@ type Request struct {
 type Response struct {
 	Error    string   `json:"error,omitempty"`
 	Applied  *Applied `json:"applied,omitempty"`
+	Started  *Started `json:"started,omitempty"`
 	Version  string   `json:"version,omitempty"` // ping: the helper's version
 	Protocol int      `json:"protocol,omitempty"`
 }
@@ -103,6 +106,31 @@ func (c *Client) Apply(ctx context.Context, req ApplyRequest) (*Applied, error) 
 // version "", all of its versions).
 func (c *Client) Remove(ctx context.Context, addonID, version string) error {
 	_, err := c.call(ctx, Request{Op: "remove", AddonID: addonID, Version: version})
+	return err
+}
+
+// Prepare stops add-on id's capped unit and makes its runtime directory
+// (sock/ in it, for a sidecar's socket directory).
+func (c *Client) Prepare(ctx context.Context, id string) error {
+	_, err := c.call(ctx, Request{Op: "prepare", AddonID: id})
+	return err
+}
+
+// Start starts a capped add-on's unit in the system manager.
+func (c *Client) Start(ctx context.Context, req StartRequest) (*Started, error) {
+	resp, err := c.call(ctx, Request{Op: "start", Start: &req})
+	if err != nil {
+		return nil, err
+	}
+	if resp.Started == nil {
+		return nil, errors.New("addond-updater answered without a unit")
+	}
+	return resp.Started, nil
+}
+
+// Stop stops a capped add-on's unit.
+func (c *Client) Stop(ctx context.Context, id string) error {
+	_, err := c.call(ctx, Request{Op: "stop", AddonID: id})
 	return err
 }
 

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	sd "github.com/coreos/go-systemd/v22/dbus"
 )
 
 // DefaultAgentCgroup is addond's service cgroup: the only non-root
@@ -30,6 +32,8 @@ type Server struct {
 	IdleExit time.Duration
 	// Concurrency bounds requests served at once [4].
 	Concurrency int
+	// Systemd dials the system manager (tests); nil: its private socket.
+	Systemd func(context.Context) (*sd.Conn, error)
 }
 
 // Serve answers connections on ln until ctx ends or the helper was idle
@@ -156,6 +160,7 @@ func (s *Server) handle(conn net.Conn, p Peer, err error) {
 			answer(Response{Error: fmt.Sprintf("addon %q: platform %s is not this host's", req.Apply.AddonID, p)})
 			return
 		}
+		s.Revalidate(context.Background())
 		a, err := Apply(s.Config, *req.Apply)
 		if err != nil {
 			log.Warn("refused", "addon_id", req.Apply.AddonID, "version", req.Apply.Version, "error", err)
@@ -172,9 +177,69 @@ func (s *Server) handle(conn net.Conn, p Peer, err error) {
 		}
 		log.Info("removed", "addon_id", req.AddonID, "version", req.Version)
 		answer(Response{})
+	case "prepare", "start", "stop":
+		s.unitOp(conn, log, req, answer)
 	default:
 		answer(Response{Error: fmt.Sprintf("unknown op %q", req.Op)})
 	}
+}
+
+// Revalidate removes the capped copies trust and policy no longer allow
+// (capabilities.Revalidate) and stops the units that run them.
+func (s *Server) Revalidate(ctx context.Context) ([]Revoked, error) {
+	revoked, err := Revalidate(s.Config)
+	for _, r := range revoked {
+		s.Log.Warn("revoked a capped copy", "addon_id", r.AddonID, "version", r.Version, "reason", r.Reason)
+	}
+	if err != nil {
+		s.Log.Error("revalidating the capped copies", "error", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, unitOpTimeout)
+	defer cancel()
+	if serr := s.stopRevoked(ctx, revoked); serr != nil {
+		s.Log.Error("stopping the units of revoked copies", "error", serr)
+		err = errors.Join(err, serr)
+	}
+	return revoked, err
+}
+
+// unitOpTimeout bounds starting or stopping a capped add-on's unit.
+const unitOpTimeout = 30 * time.Second
+
+// unitOp starts, stops or prepares a capped add-on's unit.
+func (s *Server) unitOp(conn net.Conn, log *slog.Logger, req Request, answer func(Response)) {
+	conn.SetDeadline(time.Now().Add(unitOpTimeout + 5*time.Second))
+	ctx, cancel := context.WithTimeout(context.Background(), unitOpTimeout)
+	defer cancel()
+	var (
+		resp Response
+		err  error
+		id   = req.AddonID
+	)
+	switch req.Op {
+	case "prepare":
+		err = s.Prepare(ctx, id)
+	case "stop":
+		err = s.Stop(ctx, id)
+	case "start":
+		if req.Start == nil {
+			answer(Response{Error: "start: no request"})
+			return
+		}
+		id = req.Start.AddonID
+		resp.Started, err = s.Start(ctx, *req.Start)
+	}
+	if err != nil {
+		log.Warn("refused", "addon_id", id, "error", err)
+		answer(Response{Error: err.Error()})
+		return
+	}
+	if resp.Started != nil {
+		log.Info("started", "addon_id", id, "version", req.Start.Version, "unit", resp.Started.Unit, "caps", strings.Join(resp.Started.Caps, ","))
+	} else {
+		log.Info(req.Op+"d", "addon_id", id)
+	}
+	answer(resp)
 }
 
 // peerOfConn is PeerOf for a connection the listener accepted.

@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 	if sock := os.Getenv("ADDOND_PEER_HELPER"); sock != "" {
 		os.Exit(peerMain(sock))
 	}
+	if sock := os.Getenv("ADDOND_PEER_IDENTIFY"); sock != "" {
+		os.Exit(identifyMain(sock))
+	}
 	os.Exit(m.Run())
 }
 

@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/daemon/reconcile"
 	"github.com/addond/addond/supervisors"
 	"github.com/addond/addond/supervisors/goplugin"
 	"github.com/addond/addond/supervisors/helper"
@@ -27,6 +28,10 @@ type Backends struct {
 	// Manager is the connection to the manager add-ons run in (nil for
 	// manager "none").
 	Manager *systemd.Manager
+	// System watches the system manager, where capped add-ons run when
+	// addond is unprivileged (manager "user"); nil otherwise.
+	System *systemd.Manager
+	capped systemd.Privileged
 }
 
 // Orphans is RunOptions.Orphans for these backends (nil without a
@@ -36,7 +41,13 @@ func (b *Backends) Orphans() func(context.Context, func(string) bool) ([]string,
 		return nil
 	}
 	return func(ctx context.Context, keep func(string) bool) ([]string, error) {
-		return systemd.StopOrphans(ctx, b.Manager, keep)
+		stopped, err := systemd.StopOrphans(ctx, b.Manager, keep, nil)
+		if b.System != nil && err == nil {
+			var more []string
+			more, err = systemd.StopOrphans(ctx, b.System, keep, b.capped)
+			stopped = append(stopped, more...)
+		}
+		return stopped, err
 	}
 }
 
@@ -44,6 +55,9 @@ func (b *Backends) Orphans() func(context.Context, func(string) bool) ([]string,
 func (b *Backends) Close() {
 	if b.Manager != nil {
 		b.Manager.Close()
+	}
+	if b.System != nil {
+		b.System.Close()
 	}
 }
 
@@ -81,7 +95,7 @@ func (a *Agent) NewBackends(log *slog.Logger) (*Backends, error) {
 		Paths: systemd.Paths{RuntimeRoot: cfg.RuntimeRoot, StatusSocket: cfg.StatusSocket, Owner: owner},
 	}
 	helpers := helper.New(opts)
-	return &Backends{
+	b := &Backends{
 		Manager: m,
 		Helpers: helpers,
 		Supervisors: map[string]supervisors.Supervisor{
@@ -91,5 +105,29 @@ func (a *Agent) NewBackends(log *slog.Logger) (*Backends, error) {
 			assignment.SupervisionSystemdTimer:    timer.New(opts),
 			assignment.SupervisionEphemeralHelper: helpers,
 		},
-	}, nil
+	}
+	if !target.System {
+		if err := a.cappedBackends(b, opts, log); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// cappedBackends adds the backends of capped add-ons under an
+// unprivileged addond: services and sidecars whose units addond-updater
+// makes in the system manager, watched there read-only. (Timers and
+// helpers with os_capabilities are reported unsupported.)
+func (a *Agent) cappedBackends(b *Backends, opts systemd.Options, log *slog.Logger) error {
+	group, err := user.LookupGroupId(strconv.Itoa(os.Getgid()))
+	if err != nil {
+		return fmt.Errorf("addond's group: %w", err)
+	}
+	b.System = systemd.NewManager(systemd.Target{System: true}, log)
+	b.capped = cappedUnits{a: a}
+	opts.Manager, opts.Privileged = b.System, b.capped
+	b.Supervisors[assignment.SupervisionAgentSidecar+reconcile.CappedSuffix] = goplugin.New(goplugin.Options{Log: log, Notify: opts.Notify,
+		Units: &goplugin.UnitOptions{Manager: b.System, Paths: opts.Paths, Privileged: b.capped, SocketGroup: group.Name}})
+	b.Supervisors[assignment.SupervisionSystemdService+reconcile.CappedSuffix] = service.New(opts)
+	return nil
 }

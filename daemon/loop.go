@@ -275,10 +275,13 @@ func (l *loop) startOp(e *env, a reconcile.Start) func() reconcile.Input {
 		if a.StopFirst != "" {
 			l.stopOn(a.StopFirst, a.ID)
 		}
-		sup := l.opts.Supervisors[a.Spec.Supervision]
+		sup := l.opts.Supervisors[a.Backend]
 		if a.Update {
 			done.Err = sup.Update(l.ctx, sp)
-		} else {
+		}
+		if !a.Update || errors.Is(done.Err, supervisors.ErrUnknownAddon) {
+			// (An update of an add-on the backend does not run — the start
+			// it follows failed — starts it.)
 			done.Err = sup.Start(l.ctx, sp)
 		}
 		return done

@@ -228,9 +228,13 @@ func callerOf(hr *http.Request) caller {
 }
 
 // addonUnitOf returns the add-on id whose unit (addond-<id>.service in
-// addond's own manager) a process of uid in cgroup path runs in, or "".
+// addond's own manager, or a capped add-on's in the system manager) a
+// process of uid in cgroup path runs in, or "".
 func addonUnitOf(uid int, path string) string {
-	if uid != os.Getuid() {
+	// A capped add-on runs under a dynamic uid of its own, in a unit of
+	// the system manager that addond-updater made: there the cgroup, in
+	// which only root places processes, says who it is, whatever the uid.
+	if uid != os.Getuid() && !strings.HasPrefix(path, "/system.slice/") {
 		return ""
 	}
 	id, ok := strings.CutPrefix(unitIn(path, uid), "addond-")

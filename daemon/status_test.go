@@ -76,6 +76,9 @@ func TestAddonUnitOf(t *testing.T) {
 		{me, "0::" + um + "other.service\n", ""},                                  // not an add-on
 		{me, "0::/user.slice/user-5.slice/user@5.service/addond-x.service\n", ""}, // another user's manager
 		{me + 1, "0::" + um + "addond-hello.service\n", ""},                       // another uid
+		{me + 1, "0::/system.slice/addond-ping.service\n", "ping"},                // a capped add-on, its own uid
+		{me + 1, "0::/system.slice/addond-ping.service/sub\n", "ping"},
+		{me + 1, "0::/system.slice/other.service\n", ""},
 		{me, "0::" + um + "addond-../../x.service\n", ""},
 		{me, "0::/addond-hello.service\n", ""}, // in no manager
 		// An add-on's own sub-cgroups name nothing: it stays itself.

@@ -103,7 +103,7 @@ func TestUnitsInMachine(t *testing.T) {
 	addonctl("assign", "--store", storeURL, "--agent", agentID, "--key", key,
 		"--addon", "pingsweep@1.0.0", "--config", "pingsweep="+pingCfg,
 		"--addon", "caller@1.0.0", "--config", "caller="+callerCfg,
-		"--addon", "probe@1.0.0", "--supervision", "probe=ephemeral_helper", "--timeout", "probe=10s")
+		"--addon", "probe@1.0.0", "--supervision", "probe=ephemeral_helper", "--timeout", "probe=10s", "--helper-caller", "probe=caller")
 
 	// The machine shares the host's network: a free port for the metrics.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -141,6 +141,7 @@ groupadd --system addond-status
 usermod -a -G addond-status addond
 useradd --no-create-home --groups addond-status opuser
 useradd --no-create-home otheruser
+install -d -m 0750 -o root -g addond /run/addond-cap
 install -d -m 0755 /etc/addond /etc/addond/trust.d
 install -m 0644 /test/keys/signing.pub /etc/addond/trust.d/publisher.pub
 printf 'cap_net_raw\n' >/etc/addond/capabilities.allow
@@ -258,14 +259,18 @@ func inMachine(t *testing.T) {
 		t.Logf("addond.service after the reload: %v", show)
 	}
 
-	// The capped sidecar runs in addond's user manager, from the root-owned
-	// copy, with CAP_NET_RAW — not in addond.service's cgroup.
+	// The capped sidecars run in the system manager's units addond-updater
+	// made, from the root-owned copy, under a uid of their own with
+	// CAP_NET_RAW alone — not in addond's manager, not as addond; the
+	// caller reached the status socket all the same.
 	for _, a := range []daemon.AddonStatus{ping, caller} {
 		cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", a.PID))
 		path := capabilities.CgroupOf(cg)
-		want := fmt.Sprintf("/user.slice/user-%d.slice/user@%d.service/", nspawn.AddonUID, nspawn.AddonUID)
-		if !strings.HasPrefix(path, want) || !strings.HasSuffix(path, "/addond-"+a.AddonID+".service") {
-			t.Fatalf("%s (pid %d) is in cgroup %q, want %s…/addond-%s.service", a.AddonID, a.PID, path, want, a.AddonID)
+		if want := "/system.slice/addond-" + a.AddonID + ".service"; path != want {
+			t.Fatalf("%s (pid %d) is in cgroup %q, want %s", a.AddonID, a.PID, path, want)
+		}
+		if uid := strings.Fields(procStatus(t, a.PID)["Uid"])[0]; uid == strconv.Itoa(nspawn.AddonUID) || uid == "0" {
+			t.Fatalf("%s (pid %d) runs as uid %s", a.AddonID, a.PID, uid)
 		}
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", a.PID))
 		argv0, _, _ := strings.Cut(string(cmdline), "\x00")
@@ -352,13 +357,27 @@ func inMachine(t *testing.T) {
 
 	// The user manager restarts (its /run/user/<uid> is a new mount):
 	// addond, whose view of /run/user is a read-only bind that still
-	// receives the host's mounts, finds the new bus and starts the add-ons
-	// again.
+	// receives the host's mounts, finds the new bus — a helper runs there
+	// again. The capped add-ons run in the system manager: the restart
+	// does not touch them.
 	systemctl(t, "restart", fmt.Sprintf("user@%d.service", nspawn.AddonUID))
-	back := waitAddon(t, client, "pingsweep", func(a daemon.AddonStatus) bool {
-		return a.State == "running" && a.Health == "healthy" && a.PID > 0 && a.PID != ping.PID
-	})
-	t.Logf("after systemctl restart user@%d.service: pingsweep running healthy again (pid %d → %d)", nspawn.AddonUID, ping.PID, back.PID)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := exec.Command("/usr/bin/addonctl", "run-helper", "probe", "--", "again").CombinedOutput()
+		if err == nil && string(out) == "probe: again\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after systemctl restart user@%d.service: run-helper probe: %q, %v", nspawn.AddonUID, out, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if back := waitAddon(t, client, "pingsweep", func(a daemon.AddonStatus) bool {
+		return a.State == "running" && a.Health == "healthy"
+	}); back.PID != ping.PID {
+		t.Fatalf("after systemctl restart user@%d.service: the capped pingsweep restarted (pid %d → %d)", nspawn.AddonUID, ping.PID, back.PID)
+	}
+	t.Logf("after systemctl restart user@%d.service: a helper runs again; pingsweep still pid %d", nspawn.AddonUID, ping.PID)
 
 	if logs, err := exec.Command("journalctl", "-b", "-o", "cat", "--no-pager", "-u", "addond.service", "-u", "addond-updater.service").CombinedOutput(); err == nil {
 		t.Logf("journal of addond and addond-updater:\n%s", logs)

@@ -111,15 +111,10 @@ func newServe() *cobra.Command {
 				ln = ls[0]
 			}
 			defer ln.Close()
-			// What trust and policy no longer allow goes at every start.
-			revoked, err := capabilities.Revalidate(cfg)
-			for _, r := range revoked {
-				log.Warn("revoked a capped copy", "addon_id", r.AddonID, "version", r.Version, "reason", r.Reason)
-			}
-			if err != nil {
-				log.Error("revalidating the capped copies", "error", err)
-			}
 			s := &capabilities.Server{Config: cfg, AgentCgroup: cgroup, Version: capabilities.Version, Log: log, IdleExit: idle}
+			// What trust and policy no longer allow goes at every start,
+			// and the units that run it stop.
+			s.Revalidate(cmd.Context())
 			log.Info("serving", "socket", ln.Addr().String(), "agent_cgroup", s.AgentCgroup)
 			return s.Serve(cmd.Context(), ln)
 		},

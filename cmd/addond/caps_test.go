@@ -13,18 +13,22 @@ import (
 
 	"github.com/addond/addond/capabilities"
 	"github.com/addond/addond/daemon"
+	"github.com/addond/addond/vmtest"
 	"github.com/addond/addond/vmtest/nspawn"
 )
 
 // TestCapsInMachine: pingsweep, whose signed package asks for
 // cap_net_raw, is delivered to the unprivileged addond; addond-updater
-// (root, on its socket) makes the capped, root-owned copy; the sidecar
-// runs from it as a unit of addond's user manager and opens its raw ICMP
-// socket — HEALTHY only because the capability arrived. With the updater
-// gone, a new version waits (the running one stays, nothing is marked
-// failed) and a restarted addond runs its last-known-good from the copy
-// made earlier; with the updater back, the new version is capped and
-// promoted.
+// (root, on its socket) makes the capped, root-owned copy and starts the
+// sidecar from it as addond-pingsweep.service in the system manager, under
+// a uid of its own with exactly cap_net_raw; it opens its raw ICMP socket —
+// HEALTHY only because the capability arrived. With the updater gone, a
+// new version waits (the running one stays, nothing is marked failed) and
+// a restarted addond reattaches to the unit running its last-known-good;
+// with the updater back, the new version is capped and promoted. Then
+// capprobe, a capped service, tries what no capped add-on may — signal,
+// trace or read addond, write its runtime root, reach its user bus, join
+// its cgroup — and is refused each.
 func TestCapsInMachine(t *testing.T) {
 	if !nspawn.InMachine() {
 		e := newEnv(t, "file")
@@ -32,6 +36,8 @@ func TestCapsInMachine(t *testing.T) {
 			e.run("addonctl", "publish", "--store", e.storeURL, "--key", filepath.Join(e.dir, "keys", "signing.key"),
 				"--id", "pingsweep", "--version", v, "--os-capability", "cap_net_raw", "linux/amd64="+filepath.Join(bin, "pingsweep"))
 		}
+		e.run("addonctl", "publish", "--store", e.storeURL, "--key", filepath.Join(e.dir, "keys", "signing.key"),
+			"--id", "capprobe", "--version", "1.0.0", "--os-capability", "cap_net_raw", "linux/amd64="+filepath.Join(bin, "capprobe"))
 		// hello: an add-on without capabilities beside it, which the
 		// updater's absence must not touch.
 		e.publishFile("hello", "1.0.0", filepath.Join(bin, "hello"))
@@ -51,12 +57,13 @@ for i in $(seq 1 100); do [ -S /run/addond-updater.sock ] && break; sleep 0.05; 
 	}
 
 	const store = "file:///srv/store"
-	assign := func(ref string) {
+	assign := func(ref string, more ...string) {
 		t.Helper()
 		cfg := "/var/lib/addond/pingsweep.json"
 		os.WriteFile(cfg, []byte(`{"targets": ["127.0.0.1"], "interval": "200ms"}`), 0o644)
-		out, err := exec.Command(filepath.Join(bin, "addonctl"), "assign", "--store", store, "--agent", "edge-01",
-			"--key", "/srv/keys/signing.key", "--addon", ref, "--config", "pingsweep="+cfg, "--addon", "hello@1.0.0").CombinedOutput()
+		args := append([]string{"assign", "--store", store, "--agent", "edge-01",
+			"--key", "/srv/keys/signing.key", "--addon", ref, "--config", "pingsweep=" + cfg, "--addon", "hello@1.0.0"}, more...)
+		out, err := exec.Command(filepath.Join(bin, "addonctl"), args...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("addonctl assign: %v\n%s", err, out)
 		}
@@ -95,27 +102,29 @@ for i in $(seq 1 100); do [ -S /run/addond-updater.sock ] && break; sleep 0.05; 
 	capped := func(version string) string {
 		return filepath.Join(capabilities.DefaultPrivilegedRoot, "pingsweep", version, "pingsweep")
 	}
-	// checkProcess: the sidecar runs the capped copy with CAP_NET_RAW
-	// effective.
+	// checkProcess: the sidecar runs the capped copy in the system
+	// manager's unit, under a uid that is not addond's, with exactly
+	// CAP_NET_RAW effective and in its bounding set.
 	checkProcess := func(pid int, version string) {
 		t.Helper()
+		cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+		if got := capabilities.CgroupOf(cg); got != "/system.slice/addond-pingsweep.service" {
+			t.Fatalf("pingsweep runs in cgroup %q, want the system manager's addond-pingsweep.service", got)
+		}
+		if uid := procStatus(t, pid, "Uid"); strings.Fields(uid)[0] == strconv.Itoa(os.Getuid()) {
+			t.Fatalf("pingsweep runs as addond's uid (Uid: %s)", uid)
+		}
+		for _, k := range []string{"CapEff", "CapBnd", "CapPrm"} {
+			if v := procStatus(t, pid, k); v != fmt.Sprintf("%016x", 1<<13) {
+				t.Fatalf("pingsweep %s %s, want exactly CAP_NET_RAW", k, v)
+			}
+		}
 		// (A process with file capabilities is not dumpable: its
 		// /proc/<pid>/exe is root's. Its command line is not.)
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		if argv0, _, _ := strings.Cut(string(cmdline), "\x00"); argv0 != capped(version) {
 			t.Fatalf("pingsweep runs %q, want the capped copy %s", argv0, capped(version))
 		}
-		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		for _, line := range strings.Split(string(status), "\n") {
-			if hexCaps, ok := strings.CutPrefix(line, "CapEff:\t"); ok {
-				v, _ := strconv.ParseUint(hexCaps, 16, 64)
-				if v&(1<<13) == 0 {
-					t.Fatalf("CapEff %s lacks CAP_NET_RAW", hexCaps)
-				}
-				return
-			}
-		}
-		t.Fatal("no CapEff in /proc/pid/status")
 	}
 
 	assign("pingsweep@1.0.0")
@@ -169,4 +178,50 @@ for i in $(seq 1 100); do [ -S /run/addond-updater.sock ] && break; sleep 0.05; 
 	d = start()
 	a = d.waitAddon(t, "pingsweep", 30*time.Second, "1.1.0 running healthy", runningHealthy("1.1.0"))
 	checkProcess(a.PID, "1.1.0")
+
+	// capprobe: a capped service tries to act as addond.
+	probeCfg := "/var/lib/addond/capprobe.json"
+	os.WriteFile(probeCfg, fmt.Appendf(nil, `{"addond_pid": %d, "runtime_root": %q, "user_bus": "/run/user/%d/bus", "agent_cgroup": "/system.slice/addond-test.service"}`,
+		d.cmd.Process.Pid, root, os.Getuid()), 0o644)
+	assign("pingsweep@1.1.0", "--addon", "capprobe@1.0.0", "--supervision", "capprobe=systemd_service", "--config", "capprobe="+probeCfg)
+	d.waitAddon(t, "capprobe", 30*time.Second, "running healthy", runningHealthy("1.0.0"))
+	var report map[string]string
+	vmtest.Eventually(t, 10*time.Second, "capprobe's report", func() bool {
+		b, err := os.ReadFile(filepath.Join(capabilities.DefaultRunRoot, "capprobe", "sock", "report.json"))
+		return err == nil && json.Unmarshal(b, &report) == nil
+	})
+	t.Logf("capprobe: %v", report)
+	if report["uid"] == strconv.Itoa(os.Getuid()) || report["uid"] == "0" {
+		t.Errorf("capprobe runs as uid %s", report["uid"])
+	}
+	want := fmt.Sprintf("%016x", 1<<13)
+	for k, v := range map[string]string{"CapEff": want, "CapBnd": want, "CapPrm": want, "NoNewPrivs": "1", "raw_socket": "allowed"} {
+		if report[k] != v {
+			t.Errorf("capprobe %s = %q, want %q", k, report[k], v)
+		}
+	}
+	for _, k := range []string{"kill", "ptrace_attach", "ptrace_seize", "read_environ", "write_runtime_root", "read_runtime_root", "user_bus", "cgroup_procs", "cgroup_mkdir", "updater_socket"} {
+		if !strings.HasPrefix(report[k], "denied") {
+			t.Errorf("capprobe %s: %q, want denied", k, report[k])
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "capprobe-was-here")); err == nil {
+		t.Error("capprobe wrote under addond's runtime root")
+	}
+}
+
+// procStatus is field k of /proc/<pid>/status.
+func procStatus(t *testing.T, pid int, k string) string {
+	t.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, k+":\t"); ok {
+			return v
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", k, pid)
+	return ""
 }

@@ -54,6 +54,7 @@ func TestMain(m *testing.M) {
 		{"build", "-o", filepath.Join(dir, "ticker"), "../../sdk/examples/ticker"},
 		{"build", "-o", filepath.Join(dir, "pingsweep"), "../../sdk/examples/pingsweep"},
 		{"build", "-o", filepath.Join(dir, "addond-updater"), "../addond-updater"},
+		{"build", "-o", filepath.Join(dir, "capprobe"), "../../vmtest/capprobe"},
 	} {
 		if out, err := exec.Command("go", b...).CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "go %v: %v\n%s", b, err, out)

@@ -55,16 +55,19 @@ type GC struct {
 // FaultPoint is a crash-consistency test point (delivery.FaultPoint).
 type FaultPoint struct{ Name string }
 
-// Start runs Spec under its model, or moves it there in place (Update)
+// Start runs Spec on Backend, or moves it there in place (Update)
 // (→ StartDone).
 type Start struct {
 	ID   string
 	Seq  uint64
 	Spec assignment.Spec
-	// Update: it runs under this model already; a configuration change is
-	// applied in place.
+	// Backend is the backend it runs on: its model's, or the model's
+	// capped one (CappedSuffix).
+	Backend string
+	// Update: it runs on this backend already; a configuration change
+	// is applied in place.
 	Update bool
-	// StopFirst is another model it runs under now, to stop first.
+	// StopFirst is another backend it runs on now, to stop first.
 	StopFirst string
 	// Copy is the capped copy to run (a spec with os_capabilities); ""
 	// when none is known: one made earlier that still has the signed
@@ -74,7 +77,7 @@ type Start struct {
 	AskUpdater bool
 }
 
-// Stop stops add-on ID under Model.
+// Stop stops add-on ID on backend Model.
 type Stop struct{ ID, Model string }
 
 // DropCapped asks addond-updater to remove add-on ID's capped copies of

@@ -199,9 +199,8 @@ func (c *Core) converge(ar *addon) {
 	case d.Delivery != assignment.DeliveryPushedArtifact && d.Delivery != assignment.DeliveryCompiledIn && d.Delivery != assignment.DeliveryOSPackage:
 		c.unsupported(ar, "delivery", d.Delivery)
 		return
-	case !c.policy.Models[d.Supervision]:
+	case c.noBackend(*d):
 		c.stop(ar)
-		c.unsupported(ar, "supervision", d.Supervision)
 		return
 	case d.Delivery != assignment.DeliveryPushedArtifact:
 		c.convergeLocal(ar)

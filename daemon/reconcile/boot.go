@@ -80,8 +80,7 @@ func (c *Core) startLKG(id string) {
 	ar := c.get(id)
 	ar.fromLKG, ar.previous = true, d.previous
 	spec := *d.lkg
-	if !c.policy.Models[spec.Supervision] {
-		c.unsupported(ar, "supervision", spec.Supervision)
+	if c.noBackend(spec) {
 		return
 	}
 	c.set(ar, StateStarting, "")

@@ -220,6 +220,15 @@ func (c *Core) unsupported(ar *addon, kind, model string) {
 	c.set(ar, StateUnsupported, fmt.Sprintf("%s %q is not available on this host", kind, model))
 }
 
+// noBackend reports spec unsupported when no backend here runs it.
+func (c *Core) noBackend(spec assignment.Spec) bool {
+	_, err := c.policy.backend(spec)
+	if err != nil {
+		c.set(c.get(spec.AddonID), StateUnsupported, err.Error())
+	}
+	return err != nil
+}
+
 // persist asks for the policy's half of id's state to be written.
 func (c *Core) persist(id string) {
 	d := c.diskOf(id)

@@ -835,3 +835,75 @@ func TestCore(t *testing.T) {
 		t.Errorf("%d cases", len(cases))
 	}
 }
+
+// cappedPolicy is an unprivileged addond's: capped add-ons run on the
+// sidecar and service models' capped backends (their units are
+// addond-updater's to make), and on no other.
+func cappedPolicy() Policy {
+	return Policy{Models: map[string]bool{
+		assignment.SupervisionAgentSidecar: true, assignment.SupervisionSystemdService: true, assignment.SupervisionSystemdTimer: true,
+		assignment.SupervisionAgentSidecar + CappedSuffix: true, assignment.SupervisionSystemdService + CappedSuffix: true,
+	}}
+}
+
+var cappedCases = []struct {
+	name string
+	run  func(h *harness)
+}{
+	{"a capped add-on starts on its model's capped backend", func(h *harness) {
+		h.refresh(desired(spec("a@1.0.0", withCaps)))
+		h.stageDone("a@1.0.0", func(m *Staged) { m.Capped = "/priv/a/1.0.0/a" })
+		if st := one[Start](h); st.Backend != "agent_sidecar+capped" {
+			h.t.Fatalf("%+v", st)
+		}
+		h.take()
+		h.refresh(desired(spec("a@1.0.0", withCaps), spec("b@1.0.0")))
+		h.stageDone("b@1.0.0")
+		if st := one[Start](h); st.ID != "b" || st.Backend != "agent_sidecar" {
+			h.t.Fatalf("%+v", st)
+		}
+	}},
+	{"a capped timer is unsupported, naming where capped add-ons run", func(h *harness) {
+		h.refresh(desired(spec("t@1.0.0", withCaps, func(s *assignment.Spec) { s.Supervision = assignment.SupervisionSystemdTimer })))
+		none[Stage](h)
+		a := h.want("t", StateUnsupported, "", unknown)
+		if !strings.Contains(a.LastError, `supervision "systemd_timer" with os_capabilities is not available on this host (capped add-ons run as agent_sidecar or systemd_service)`) {
+			h.t.Fatalf("%q", a.LastError)
+		}
+	}},
+	{"a version that drops its capabilities moves off the capped backend", func(h *harness) {
+		h.refresh(desired(spec("a@1.0.0", withCaps)))
+		h.stageDone("a@1.0.0", func(m *Staged) { m.Capped = "/priv/a/1.0.0/a" })
+		h.started("a", nil)
+		h.event("a@1.0.0", supervisors.StateRunning, healthy)
+		h.take()
+		h.refresh(desired(spec("a@1.1.0")))
+		h.stageDone("a@1.1.0")
+		st := one[Start](h)
+		if st.Update || st.StopFirst != "agent_sidecar+capped" || st.Backend != "agent_sidecar" {
+			h.t.Fatalf("%+v", st)
+		}
+		h.take()
+		h.refresh(desired())
+		if s := one[Stop](h); s.Model != "agent_sidecar" {
+			h.t.Fatalf("%+v", s)
+		}
+	}},
+	{"a capped add-on's configuration change updates it in place, on the capped backend", func(h *harness) {
+		h.refresh(desired(spec("a@1.0.0", withCaps)))
+		h.stageDone("a@1.0.0", func(m *Staged) { m.Capped = "/priv/a/1.0.0/a" })
+		h.started("a", nil)
+		h.event("a@1.0.0", supervisors.StateRunning, healthy)
+		h.take()
+		h.refresh(desired(spec("a@1.0.0", withCaps, withConfig(`{"a":1}`))))
+		if st := one[Start](h); !st.Update || st.Backend != "agent_sidecar+capped" || st.Copy != "/priv/a/1.0.0/a" {
+			h.t.Fatalf("%+v", st)
+		}
+	}},
+}
+
+func TestCoreCappedBackends(t *testing.T) {
+	for _, tc := range cappedCases {
+		t.Run(tc.name, func(t *testing.T) { tc.run(newHarness(t, cappedPolicy())) })
+	}
+}

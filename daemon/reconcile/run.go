@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,16 +14,17 @@ import (
 // runs there already. boot: the last-known-good at start, whose capped
 // copy may be asked of addond-updater.
 func (c *Core) start(ar *addon, spec assignment.Spec, boot bool) {
-	if !c.policy.Models[spec.Supervision] {
-		c.unsupported(ar, "supervision", spec.Supervision)
+	backend, err := c.policy.backend(spec)
+	if err != nil {
+		c.set(ar, StateUnsupported, err.Error())
 		return
 	}
 	c.seq++
-	st := Start{ID: ar.id, Seq: c.seq, Spec: spec, AskUpdater: boot && needsCaps(spec)}
+	st := Start{ID: ar.id, Seq: c.seq, Spec: spec, Backend: backend, AskUpdater: boot && needsCaps(spec)}
 	if needsCaps(spec) {
 		st.Copy = ar.capped[spec.Version]
 	}
-	if ar.running != nil && ar.model == spec.Supervision {
+	if ar.running != nil && ar.model == backend {
 		st.Update = true
 	} else if ar.running != nil {
 		st.StopFirst = ar.model
@@ -32,7 +34,7 @@ func (c *Core) start(ar *addon, spec assignment.Spec, boot bool) {
 	if ar.running == nil || ar.running.Version != spec.Version {
 		ar.failure = "" // a new version's failures are its own
 	}
-	ar.running, ar.model = &spec, spec.Supervision
+	ar.running, ar.model = &spec, backend
 	if ar.state == StatePending || ar.state == StateStaged || ar.state == StateDownloading {
 		c.set(ar, StateStarting, "")
 	}
@@ -43,7 +45,11 @@ func (c *Core) start(ar *addon, spec assignment.Spec, boot bool) {
 func (c *Core) startDone(in StartDone) {
 	ar, ok := c.addons[in.ID]
 	if !ok || ar.starting == nil || ar.starting.seq != in.Seq {
-		return // a start since superseded: its own events tell the rest
+		// A start since superseded: its own events tell the rest.
+		if err := cmp.Or(in.Err, in.CapErr); err != nil {
+			c.log(slog.LevelInfo, "a superseded start failed", "addon_id", in.ID, "error", err)
+		}
+		return
 	}
 	st := ar.starting
 	ar.starting = nil

@@ -206,8 +206,8 @@ func (i *instance) reattach(spec supervisors.Spec, fp string, st *reattachState)
 		return nil, fmt.Errorf("the add-on changed since the unit was started (fingerprint %s, the unit runs %s)", fp, st.Fingerprint)
 	case st.Protocol != string(plugin.ProtocolGRPC):
 		return nil, fmt.Errorf("protocol %q", st.Protocol)
-	case filepath.Dir(filepath.Dir(st.Addr)) != u.Dir():
-		return nil, fmt.Errorf("socket %s is not under %s", st.Addr, u.Dir())
+	case filepath.Dir(filepath.Dir(st.Addr)) != u.socketParent(spec.AddonID):
+		return nil, fmt.Errorf("socket %s is not under %s", st.Addr, u.socketParent(spec.AddonID))
 	}
 	tlsConfig, err := st.tlsConfig()
 	if err != nil {

@@ -40,6 +40,13 @@ type UnitOptions struct {
 	Paths systemd.Paths
 	// JobTimeout bounds stopping a unit [30s].
 	JobTimeout time.Duration
+	// Privileged makes and stops the units (capped sidecars, in the
+	// system manager; Manager is then the system manager's, watched
+	// only). Their handshake files and socket directories are where it
+	// says; SocketGroup is the group a sidecar gives its socket (addond's,
+	// which the sidecar's uid is not).
+	Privileged  systemd.Privileged
+	SocketGroup string
 }
 
 // Dir is where sidecar units' handshake files, socket directories and
@@ -50,7 +57,30 @@ func (u *UnitOptions) Dir() string { return filepath.Join(u.Paths.RuntimeRoot, "
 // HandshakeFile is where a sidecar unit's stdout — go-plugin's handshake
 // line — goes.
 func (u *UnitOptions) HandshakeFile(id string) string {
+	if u.Privileged != nil {
+		return u.Privileged.HandshakeFile(id)
+	}
 	return filepath.Join(u.Dir(), id+".handshake")
+}
+
+// socketParent is where a sidecar's socket directory is made.
+func (u *UnitOptions) socketParent(id string) string {
+	if u.Privileged != nil {
+		return u.Privileged.SocketDir(id)
+	}
+	return u.Dir()
+}
+
+// stopUnit stops add-on id's sidecar unit and waits for it.
+func (u *UnitOptions) stopUnit(ctx context.Context, id string) error {
+	if u.Privileged != nil {
+		return u.Privileged.Stop(ctx, id)
+	}
+	conn, err := u.Manager.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	return systemd.StopUnit(ctx, conn, systemd.ServiceName(id))
 }
 
 // ReattachFile holds what a new addond needs to reattach to the sidecar.
@@ -98,11 +128,7 @@ func (i *instance) stopped() {
 	os.Remove(u.ReattachFile(i.id))
 	ctx, cancel := u.jobCtx()
 	defer cancel()
-	conn, err := u.Manager.Conn(ctx)
-	if err == nil {
-		err = systemd.StopUnit(ctx, conn, systemd.ServiceName(i.id))
-	}
-	if err != nil {
+	if err := u.stopUnit(ctx, i.id); err != nil {
 		i.log.Warn("could not stop the sidecar unit", "error", err)
 	}
 }
@@ -131,12 +157,15 @@ func (i *instance) launchUnit(spec supervisors.Spec) (*proc, error) {
 		}
 		i.log.Warn("cannot reattach to the sidecar unit; starting it afresh", "unit", st.Unit, "reason", err)
 		os.Remove(u.ReattachFile(spec.AddonID))
-		u.removeSocketDir(filepath.Dir(st.Addr))
+		u.removeSocketDir(spec.AddonID, filepath.Dir(st.Addr))
 		// Starting afresh stops the old unit first.
 	}
 
 	if err := os.MkdirAll(u.Dir(), 0o700); err != nil {
 		return nil, fmt.Errorf("plugin directory: %w", err)
+	}
+	if err := u.prepareCapped(spec.AddonID); err != nil {
+		return nil, err
 	}
 	cert, certPEM, err := newClientCert()
 	if err != nil {
@@ -151,7 +180,7 @@ func (i *instance) launchUnit(spec supervisors.Spec) (*proc, error) {
 			r = newUnitRunner(u, spec, fp, append(cmd.Env, clientCertEnv+"="+string(certPEM)), tmpDir)
 			return &pinRunner{Runner: r, pin: pin}, nil
 		},
-		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: u.Dir()},
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: u.socketParent(spec.AddonID), Group: u.SocketGroup},
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		TLSConfig:        clientTLS(cert, pin), // mtls.go: not AutoMTLS
 		StartTimeout:     o.StartTimeout,
@@ -177,6 +206,25 @@ func (i *instance) launchUnit(spec supervisors.Spec) (*proc, error) {
 		i.log.Warn("cannot save the sidecar's reattach data", "error", err)
 	}
 	return p, nil
+}
+
+// prepareCapped has a capped sidecar's old unit stopped and its runtime
+// directory made, and removes the socket directories earlier runs left
+// there: the new one goes there next.
+func (u *UnitOptions) prepareCapped(id string) error {
+	if u.Privileged == nil {
+		return nil
+	}
+	ctx, cancel := u.jobCtx()
+	defer cancel()
+	if err := u.Privileged.Prepare(ctx, id); err != nil {
+		return err
+	}
+	entries, _ := os.ReadDir(u.Privileged.SocketDir(id))
+	for _, e := range entries {
+		u.removeSocketDir(id, filepath.Join(u.Privileged.SocketDir(id), e.Name()))
+	}
+	return nil
 }
 
 // unitRunner is go-plugin's runner.Runner for a sidecar that is the
@@ -264,6 +312,9 @@ func (r *unitRunner) prepare(spec supervisors.Spec) error { return r.opts.Paths.
 // returns once its process runs.
 func (r *unitRunner) Start(ctx context.Context) error {
 	o := r.opts
+	if o.Privileged != nil {
+		return r.startCapped(ctx)
+	}
 	conn, err := o.Manager.Conn(ctx)
 	if err != nil {
 		return err
@@ -294,6 +345,29 @@ func (r *unitRunner) Start(ctx context.Context) error {
 			err = fmt.Errorf("%w: %s", err, r.describeExit(u))
 		}
 		systemd.StopUnit(jctx, conn, r.unit) // and clear its failed state
+		return err
+	}
+	u, err := systemd.ReadUnit(ctx, conn, r.unit)
+	if err != nil {
+		return fmt.Errorf("%s: %w", r.unit, err)
+	}
+	r.mu.Lock()
+	r.pid, r.invocation = u.MainPID, u.InvocationID
+	r.mu.Unlock()
+	go r.monitor()
+	return nil
+}
+
+// startCapped has addond-updater start the capped sidecar's unit (it
+// writes the configuration and the empty handshake file itself), and
+// reads what it runs.
+func (r *unitRunner) startCapped(ctx context.Context) error {
+	o := r.opts
+	if err := o.Privileged.Start(ctx, systemd.CappedStart{Spec: r.spec, Description: r.description, Sidecar: true, Env: r.env}); err != nil {
+		return err
+	}
+	conn, err := o.Manager.Conn(ctx)
+	if err != nil {
 		return err
 	}
 	u, err := systemd.ReadUnit(ctx, conn, r.unit)
@@ -420,7 +494,11 @@ func (r *unitRunner) Diagnose(ctx context.Context) string {
 			state += ", " + r.describeExit(u)
 		}
 	}
-	return fmt.Sprintf("unit %s is %s; its stderr is in the journal (journalctl --user -u %s)", r.unit, state, r.unit)
+	journal := "journalctl --user -u"
+	if r.opts.Privileged != nil {
+		journal = "journalctl -u" // the system manager's
+	}
+	return fmt.Sprintf("unit %s is %s; its stderr is in the journal (%s %s)", r.unit, state, journal, r.unit)
 }
 
 // Stdout is the handshake file, up to the handshake line (or as much as
@@ -459,11 +537,7 @@ func (r *unitRunner) Kill(context.Context) error {
 	defer r.detach()
 	ctx, cancel := r.opts.jobCtx()
 	defer cancel()
-	conn, err := r.opts.Manager.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	return systemd.StopUnit(ctx, conn, r.unit)
+	return r.opts.stopUnit(ctx, r.spec.AddonID)
 }
 
 // ID is the unit's main PID.
@@ -501,7 +575,7 @@ func (r *unitRunner) finish() {
 	}
 	os.Remove(r.opts.ReattachFile(r.spec.AddonID))
 	r.Kill(context.Background())
-	r.opts.removeSocketDir(r.socketDir)
+	r.opts.removeSocketDir(r.spec.AddonID, r.socketDir)
 }
 
 // sweepSocketDirs removes the socket directories go-plugin made for
@@ -525,15 +599,15 @@ func (u *UnitOptions) sweepSocketDirs(log *slog.Logger) {
 		dir := filepath.Join(u.Dir(), e.Name())
 		if e.IsDir() && strings.HasPrefix(e.Name(), "plugin-dir") && !inUse[dir] {
 			log.Info("removing a sidecar socket directory nothing uses", "dir", dir)
-			u.removeSocketDir(dir)
+			os.RemoveAll(dir)
 		}
 	}
 }
 
-// removeSocketDir removes a socket directory go-plugin made for a sidecar
-// (and nothing else).
-func (u *UnitOptions) removeSocketDir(dir string) {
-	if filepath.Dir(dir) == u.Dir() && strings.HasPrefix(filepath.Base(dir), "plugin-dir") {
+// removeSocketDir removes a socket directory go-plugin made for add-on
+// id's sidecar (and nothing else).
+func (u *UnitOptions) removeSocketDir(id, dir string) {
+	if filepath.Dir(dir) == u.socketParent(id) && strings.HasPrefix(filepath.Base(dir), "plugin-dir") {
 		os.RemoveAll(dir)
 	}
 }

@@ -49,7 +49,7 @@ func TestUnits(t *testing.T) {
 		t.Cleanup(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			if _, err := systemd.StopOrphans(ctx, m, func(string) bool { return false }); err != nil {
+			if _, err := systemd.StopOrphans(ctx, m, func(string) bool { return false }, nil); err != nil {
 				t.Errorf("stop leftover units: %v", err)
 			}
 			os.RemoveAll(root)

@@ -47,11 +47,15 @@ func CheckBinary(spec supervisors.Spec) error {
 func usec(d time.Duration) uint64 { return uint64(d / time.Microsecond) }
 
 func (driver) Create(ctx context.Context, b *systemd.Backend, spec supervisors.Spec, description string) error {
+	o := &b.Opts
+	if o.Privileged != nil {
+		return o.Privileged.Start(ctx, systemd.CappedStart{Spec: spec, Description: description,
+			Restart: &systemd.RestartPolicy{Delay: o.RestartDelay, Interval: o.StartLimitInterval, Burst: o.StartLimitBurst}})
+	}
 	conn, err := b.Opts.Manager.Conn(ctx)
 	if err != nil {
 		return err
 	}
-	o := &b.Opts
 	props := append(systemd.ExecProperties(o.Manager.Target(), o.Paths, spec),
 		systemd.Prop("Description", description),
 		systemd.Prop("Type", "exec"),

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/addond/addond/supervisors"
@@ -44,6 +45,9 @@ type Options struct {
 	Paths   Paths
 	Log     *slog.Logger
 	Notify  supervisors.Notify
+	// Privileged makes and stops the units (capped add-ons'); Manager is
+	// then only watched.
+	Privileged Privileged
 
 	RestartDelay       time.Duration // between automatic restarts [1s]
 	StartLimitBurst    int           // restarts within StartLimitInterval that open the circuit [5]
@@ -180,7 +184,7 @@ func (i *instance) ensure(spec supervisors.Spec, replace bool, mem *Memory) erro
 		return nil
 	}
 	for _, unit := range units {
-		if err := StopUnit(ctx, conn, unit); err != nil {
+		if err := b.stopUnit(ctx, conn, spec.AddonID, unit); err != nil {
 			return fmt.Errorf("addon %q: %w", spec.AddonID, err)
 		}
 	}
@@ -258,7 +262,7 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 					err = fmt.Errorf("addon %q: unit left running: %w", i.id, cerr)
 				} else {
 					for _, unit := range b.driver.Units(i.id) {
-						if serr := StopUnit(ctx, conn, unit); serr != nil && err == nil {
+						if serr := b.stopUnit(ctx, conn, i.id, unit); serr != nil && err == nil {
 							err = fmt.Errorf("addon %q: %w", i.id, serr)
 						}
 					}
@@ -331,9 +335,10 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 
 func isNoManager(err error) bool { return errors.Is(err, ErrNoManager) }
 
-// StopOrphans stops every addond-* unit whose add-on keep does not claim:
-// left behind by an add-on that was removed while addond was down.
-func StopOrphans(ctx context.Context, m *Manager, keep func(id string) bool) ([]string, error) {
+// StopOrphans stops every add-on unit whose add-on keep does not claim:
+// left behind by an add-on that was removed while addond was down. With p
+// (the system manager's capped add-ons) p stops them.
+func StopOrphans(ctx context.Context, m *Manager, keep func(id string) bool, p Privileged) ([]string, error) {
 	conn, err := m.Conn(ctx)
 	if err != nil {
 		return nil, err
@@ -345,10 +350,15 @@ func StopOrphans(ctx context.Context, m *Manager, keep func(id string) bool) ([]
 	var stopped []string
 	for _, u := range units {
 		id, run, ok := ParseName(u.Name)
-		if !ok || run || keep(id) {
-			continue // helper runs finish on their own
+		if !ok || run || keep(id) || !strings.HasPrefix(u.Description, "addond add-on ") {
+			continue // helper runs finish on their own; not an add-on's
 		}
-		if err := StopUnit(ctx, conn, u.Name); err != nil {
+		if p != nil {
+			err = p.Stop(ctx, id)
+		} else {
+			err = StopUnit(ctx, conn, u.Name)
+		}
+		if err != nil {
 			return stopped, err
 		}
 		stopped = append(stopped, u.Name)

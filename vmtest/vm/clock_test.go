@@ -63,12 +63,12 @@ func TestClockJump(t *testing.T) {
 
 	agentPID := mainPID(t, "addond")
 	agentRestarts := unitProp(t, "addond", "NRestarts")
-	pingPID := userUnitProp(t, "addond-pingsweep.service", "MainPID")
-	svcPID := userUnitProp(t, "addond-svc.service", "MainPID")
-	timerActive := userUnitProp(t, "addond-ticker.timer", "ActiveEnterTimestampMonotonic")
+	pingPID := addonUnitProp(t, "addond-pingsweep.service", "MainPID")
+	svcPID := addonUnitProp(t, "addond-svc.service", "MainPID")
+	timerActive := addonUnitProp(t, "addond-ticker.timer", "ActiveEnterTimestampMonotonic")
 	pingStatusPID := statusPID(t, "pingsweep")
 	t.Logf("before the jumps: addond MainPID %s NRestarts %s; svc MainPID %s; pingsweep MainPID %s (status pid %d); hello MainPID %s (status pid %d); ticker timer active since monotonic %s µs; %d ticks",
-		agentPID, agentRestarts, svcPID, pingPID, pingStatusPID, userUnitProp(t, "addond-hello.service", "MainPID"), statusPID(t, "hello"), timerActive, ticks)
+		agentPID, agentRestarts, svcPID, pingPID, pingStatusPID, addonUnitProp(t, "addond-hello.service", "MainPID"), statusPID(t, "hello"), timerActive, ticks)
 	if fmt.Sprint(pingStatusPID) != pingPID {
 		t.Errorf("pingsweep: status pid %d, unit MainPID %s", pingStatusPID, pingPID)
 	}
@@ -86,16 +86,16 @@ func TestClockJump(t *testing.T) {
 		if got := unitProp(t, "addond", "ActiveState"); got != "active" {
 			t.Errorf("%s: addond is %s", when, got)
 		}
-		if got := userUnitProp(t, "addond-pingsweep.service", "MainPID"); got != pingPID {
+		if got := addonUnitProp(t, "addond-pingsweep.service", "MainPID"); got != pingPID {
 			t.Errorf("%s: pingsweep (not updated) changed process: MainPID %s -> %s", when, pingPID, got)
 		}
-		if got := userUnitProp(t, "addond-svc.service", "MainPID"); got != svcPID {
+		if got := addonUnitProp(t, "addond-svc.service", "MainPID"); got != svcPID {
 			t.Errorf("%s: svc (not updated) changed process: MainPID %s -> %s", when, svcPID, got)
 		}
 		if got := statusPID(t, "pingsweep"); fmt.Sprint(got) != pingPID {
 			t.Errorf("%s: pingsweep's status pid is %d, want %s", when, got, pingPID)
 		}
-		if got := userUnitProp(t, "addond-ticker.timer", "ActiveEnterTimestampMonotonic"); got != timerActive {
+		if got := addonUnitProp(t, "addond-ticker.timer", "ActiveEnterTimestampMonotonic"); got != timerActive {
 			t.Errorf("%s: the ticker timer (not updated) was re-created: active since %s -> %s", when, timerActive, got)
 		}
 		for _, id := range []string{"pingsweep", "ticker", "svc"} {
@@ -114,7 +114,7 @@ func TestClockJump(t *testing.T) {
 		serial := assignExamples(t, p, "1.1.0", "/root/degraded.json")
 		a := waitAddon(t, "hello", 2*time.Minute, "1.1.0 on probation, degraded", onProbation("1.1.0", "degraded"))
 		activated := unitMono(t, "addond-hello.service", "ActiveEnterTimestampMonotonic")
-		helloPID := userUnitProp(t, "addond-hello.service", "MainPID")
+		helloPID := addonUnitProp(t, "addond-hello.service", "MainPID")
 		before := wallNow(t)
 		jumpMono := monoNow(t)
 		sh(t, "date -s '+3 hours'")
@@ -180,7 +180,7 @@ func TestClockJump(t *testing.T) {
 		if lkg := lkgVersion(t, "hello"); lkg != "1.1.0" {
 			t.Errorf("last-known-good of hello is %q after the promotion, want 1.1.0", lkg)
 		}
-		if got := userUnitProp(t, "addond-hello.service", "MainPID"); got != helloPID {
+		if got := addonUnitProp(t, "addond-hello.service", "MainPID"); got != helloPID {
 			t.Logf("note: hello was restarted by its configuration-only change (MainPID %s -> %s)", helloPID, got)
 		}
 		kept("after the forward jump")
@@ -307,7 +307,7 @@ func TestClockJump(t *testing.T) {
 		units := []string{"addond-hello.service", "addond-pingsweep.service", "addond-svc.service"}
 		before := addonUnitPIDs(t, units...)
 		for _, u := range units {
-			t.Logf("%s: MainPID %s, active since %s (wall clock now %s)", u, before[u], userUnitProp(t, u, "ActiveEnterTimestamp"), wallNow(t))
+			t.Logf("%s: MainPID %s, active since %s (wall clock now %s)", u, before[u], addonUnitProp(t, u, "ActiveEnterTimestamp"), wallNow(t))
 		}
 		restartMono := monoNow(t)
 		sh(t, "systemctl restart addond")
@@ -360,7 +360,7 @@ func TestClockJump(t *testing.T) {
 			}
 		}
 		t.Logf("addond's reattach log after the restart:\n%s", reattach)
-		if got := userUnitProp(t, "addond-ticker.timer", "ActiveEnterTimestampMonotonic"); got != timerActive {
+		if got := addonUnitProp(t, "addond-ticker.timer", "ActiveEnterTimestampMonotonic"); got != timerActive {
 			t.Errorf("the ticker timer was re-created by the restart: active since %s -> %s", timerActive, got)
 		}
 		t.Logf("the whole test took %.0fs", (monoNow(t) - testStart).Seconds())
@@ -427,7 +427,7 @@ func monoNow(t testing.TB) time.Duration {
 // manager.
 func unitMono(t testing.TB, unit, prop string) time.Duration {
 	t.Helper()
-	v := userUnitProp(t, unit, prop)
+	v := addonUnitProp(t, unit, prop)
 	us, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || us == 0 {
 		t.Fatalf("%s %s=%q", unit, prop, v)

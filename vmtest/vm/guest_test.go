@@ -310,6 +310,16 @@ func unitProp(t testing.TB, unit, prop string) string {
 	return sh(t, fmt.Sprintf("systemctl show -p %s --value %s", prop, unit))
 }
 
+// addonUnitProp is a property of an add-on's unit: in the addond user's
+// manager, or — a capped add-on's — in the system manager.
+func addonUnitProp(t testing.TB, unit, prop string) string {
+	t.Helper()
+	if userUnitProp(t, unit, "LoadState") == "loaded" {
+		return userUnitProp(t, unit, prop)
+	}
+	return unitProp(t, unit, prop)
+}
+
 // userUnitProp is a property of a unit of the addond user's manager.
 func userUnitProp(t testing.TB, unit, prop string) string {
 	t.Helper()
@@ -455,7 +465,7 @@ func addonUnitPIDs(t testing.TB, units ...string) map[string]string {
 	t.Helper()
 	pids := map[string]string{}
 	for _, u := range units {
-		pids[u] = userUnitProp(t, u, "MainPID")
+		pids[u] = addonUnitProp(t, u, "MainPID")
 		if pids[u] == "0" || pids[u] == "" {
 			t.Fatalf("%s has no main process", u)
 		}

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -84,6 +85,7 @@ func TestPackageLifecycle(t *testing.T) {
 		{"FreshInstall", freshInstall},
 		{"Addons", addons},
 		{"PtraceRace", ptraceRaceStep},
+		{"Revoke", revoke},
 		{"PackageUpgrade", packageUpgrade},
 		{"MemoryLimit", memoryLimit},
 		{"UpgradeRollback", upgradeRollback},
@@ -181,11 +183,13 @@ func addons(t *testing.T, l *lifecycle) {
 	})
 
 	for _, u := range []string{"addond-hello.service", "addond-pingsweep.service", "addond-ticker.timer"} {
-		if got := userUnitProp(t, u, "ActiveState"); got != "active" {
+		if got := addonUnitProp(t, u, "ActiveState"); got != "active" {
 			t.Errorf("%s is %s", u, got)
 		}
 	}
-	// pingsweep: the root-owned capped copy, and CAP_NET_RAW in effect.
+	// pingsweep: the root-owned capped copy, run by the system manager in
+	// the unit addond-updater made, under a uid of its own with exactly
+	// CAP_NET_RAW.
 	capped := "/var/lib/addond-privileged/pingsweep/1.0.0/pingsweep"
 	if got := sh(t, "getcap "+capped); !strings.Contains(got, "cap_net_raw") {
 		t.Errorf("getcap %s: %q", capped, got)
@@ -193,10 +197,27 @@ func addons(t *testing.T, l *lifecycle) {
 	if got := sh(t, "stat -c '%U:%G %a' "+capped); got != "root:addond 750" {
 		t.Errorf("%s is %s", capped, got)
 	}
-	pid := userUnitProp(t, "addond-pingsweep.service", "MainPID")
+	if got := userUnitProp(t, "addond-pingsweep.service", "LoadState"); got == "loaded" {
+		t.Errorf("pingsweep's unit is in addond's user manager")
+	}
+	pid := unitProp(t, "addond-pingsweep.service", "MainPID")
 	if exe, _ := os.Readlink("/proc/" + pid + "/exe"); exe != capped {
 		t.Errorf("pingsweep runs %q, want the capped copy", exe)
 	}
+	for prop, want := range map[string]string{"DynamicUser": "yes", "NoNewPrivileges": "yes", "CapabilityBoundingSet": "cap_net_raw",
+		"AmbientCapabilities": "cap_net_raw", "ProtectSystem": "strict", "ProtectControlGroups": "yes"} {
+		if got := unitProp(t, "addond-pingsweep.service", prop); got != want {
+			t.Errorf("pingsweep %s=%s, want %s", prop, got, want)
+		}
+	}
+	if uid := sh(t, "stat -c %u /proc/"+pid); uid == sh(t, "id -u addond") || uid == "0" {
+		t.Errorf("pingsweep runs as uid %s", uid)
+	}
+	if got := sh(t, "grep CapBnd /proc/"+pid+"/status"); got != "CapBnd:\t0000000000002000" {
+		t.Errorf("pingsweep %q, want exactly CAP_NET_RAW", got)
+	}
+	pingExposure := sh(t, "systemd-analyze security --no-pager addond-pingsweep.service | tail -1")
+	t.Logf("addond-pingsweep.service (capped, system manager): %s", pingExposure)
 	if c := capEff(t, pid); c&(1<<13) == 0 {
 		t.Errorf("pingsweep CapEff %#x lacks CAP_NET_RAW", c)
 	}
@@ -222,6 +243,64 @@ func addons(t *testing.T, l *lifecycle) {
 	if text := unitProp(t, "addond", "StatusText"); !strings.Contains(text, "3/3 add-ons running") {
 		t.Errorf("StatusText %q", text)
 	}
+}
+
+// revoke: a grant ends when policy ends it. revokee, a capped sidecar
+// granted cap_net_raw and cap_net_admin, runs beside pingsweep (cap_net_raw
+// alone); the operator takes cap_net_admin out of capabilities.allow and
+// restarts the helper, which removes revokee's copy and stops its unit:
+// addond reports revokee failed with the reason, pingsweep runs on as the
+// same process. The policy and the examples' assignment come back after.
+func revoke(t *testing.T, l *lifecycle) {
+	l.p.publish(t, "revokee", "1.0.0", "agent_sidecar", BinDir+"/pingsweep", "--os-capability", "cap_net_raw", "--os-capability", "cap_net_admin")
+	assignExamples := func(more ...string) {
+		l.p.assign(t, append([]string{"--addon", "hello@1.0.0", "--addon", "pingsweep@1.0.0", "--addon", "ticker@1.0.0",
+			"--schedule", "ticker=*:*:0/5", "--arg", "ticker=ticks"}, more...)...)
+	}
+	assignExamples("--addon", "revokee@1.0.0")
+	waitAddon(t, "revokee", 2*time.Minute, "running with its grant", runningHealthy("1.0.0"))
+	revPID := unitProp(t, "addond-revokee.service", "MainPID")
+	if c := capEff(t, revPID); c != 1<<12|1<<13 {
+		t.Errorf("revokee CapEff %#x, want cap_net_admin and cap_net_raw", c)
+	}
+	pingPID := unitProp(t, "addond-pingsweep.service", "MainPID")
+	policy := sh(t, "cat /etc/addond/capabilities.allow")
+	sh(t, "sed -i '/^cap_net_admin$/d' /etc/addond/capabilities.allow && systemctl restart addond-updater.service")
+	a := waitAddon(t, "revokee", time.Minute, "failed for the narrowed policy", func(a addonStatus) string {
+		if a.State == "running" && a.Health == "healthy" || !strings.Contains(a.LastError, "cap_net_admin") {
+			return "want it down, naming cap_net_admin"
+		}
+		return ""
+	})
+	t.Logf("revokee after the policy lost cap_net_admin: %s", a)
+	if got := unitProp(t, "addond-revokee.service", "ActiveState"); got == "active" {
+		t.Errorf("addond-revokee.service is still %s", got)
+	}
+	if _, err := os.Stat("/var/lib/addond-privileged/revokee/1.0.0"); !os.IsNotExist(err) {
+		t.Errorf("revokee's capped copy is still there: %v", err)
+	}
+	if logs := sh(t, "journalctl -b -o cat --no-pager -u addond-updater.service | grep -c 'revoked a capped copy' || true"); logs == "0" {
+		t.Errorf("the helper did not log the revocation")
+	}
+	if got := unitProp(t, "addond-pingsweep.service", "MainPID"); got != pingPID {
+		t.Errorf("pingsweep (still granted) changed process: %s -> %s", pingPID, got)
+	}
+	// Back to the examples alone, and the shipped policy.
+	assignExamples()
+	eventually(t, time.Minute, "revokee removed", func() error {
+		st, err := status()
+		if err != nil {
+			return err
+		}
+		if _, err := st.addon("revokee"); err == nil {
+			return errors.New("still there")
+		}
+		return nil
+	})
+	if err := os.WriteFile("/etc/addond/capabilities.allow", []byte(policy+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitExamples(t, time.Minute)
 }
 
 // memhog needs 128 MiB in its main process (the shell holds it in a
@@ -415,7 +494,7 @@ func TestStoreOutageReboot(t *testing.T) {
 			t.Logf("%s", a)
 		}
 		for _, u := range []string{"addond-hello.service", "addond-pingsweep.service", "addond-ticker.timer"} {
-			if got := userUnitProp(t, u, "ActiveState"); got != "active" {
+			if got := addonUnitProp(t, u, "ActiveState"); got != "active" {
 				t.Errorf("%s is %s", u, got)
 			}
 		}
