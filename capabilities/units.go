@@ -536,11 +536,11 @@ func cappedProperties(c *Config, req StartRequest, group string, grant Set) []sd
 		prop("RestrictRealtime", true),
 		prop("RestrictSUIDSGID", true),
 		prop("KeyringMode", "private"),
-		prop("UMask", uint32(0o007)),
+		prop("UMask", uint32(0o027)), // addond's group reads what it makes
 		prop("SystemCallArchitectures", []string{"native"}),
 		prop("SystemCallFilter", allowList{Allow: true, List: syscallsFor(grant)}),
 		prop("SystemCallErrorNumber", int32(unix.EPERM)),
-		prop("RestrictAddressFamilies", allowList{Allow: true, List: []string{"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK", "AF_PACKET"}}),
+		prop("RestrictAddressFamilies", allowList{Allow: true, List: addressFamiliesFor(grant)}),
 		// Its own runtime directory only, sock/ the one writable part.
 		prop("TemporaryFileSystem", []struct{ Path, Options string }{{c.runRoot(), "ro,mode=0755"}}),
 		prop("BindReadOnlyPaths", []bindMount{{Source: dir, Destination: dir}}),
@@ -631,6 +631,17 @@ func syscallsFor(grant Set) []string {
 		}
 	}
 	return list
+}
+
+// addressFamiliesFor is the socket families a grant may use: local and
+// internet, netlink, and packet sockets only with cap_net_raw or
+// cap_net_admin (without them the kernel refuses those anyway).
+func addressFamiliesFor(grant Set) []string {
+	families := []string{"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
+	if grant&capSet("net_raw", "net_admin") != 0 {
+		families = append(families, "AF_PACKET")
+	}
+	return families
 }
 
 func capSet(names ...string) Set {

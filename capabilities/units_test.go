@@ -146,6 +146,13 @@ func TestCappedProperties(t *testing.T) {
 	if b, _ := json.Marshal(p["SystemCallFilter"]); !strings.Contains(string(b), "@clock") {
 		t.Errorf("SystemCallFilter %s lacks @clock for cap_sys_time", b)
 	}
+	// Packet sockets only for a grant that can open them.
+	if b, _ := json.Marshal(p["RestrictAddressFamilies"]); strings.Contains(string(b), "AF_PACKET") || !strings.Contains(string(b), "AF_INET") {
+		t.Errorf("RestrictAddressFamilies %s for cap_sys_time: want internet families, no AF_PACKET", b)
+	}
+	if b, _ := json.Marshal(props(netRaw)["RestrictAddressFamilies"]); !strings.Contains(string(b), "AF_PACKET") {
+		t.Errorf("RestrictAddressFamilies %s for cap_net_raw lacks AF_PACKET", b)
+	}
 }
 
 func equalValue(a, b any) bool {

@@ -407,6 +407,7 @@ func TestShippedFiles(t *testing.T) {
 	wantDirs := []string{
 		"d /var/lib/addond 0700 addond addond -",
 		"d /var/lib/addond-privileged 0755 root root -",
+		"d /run/addond-cap 0750 root addond -",
 		"d /etc/addond 0755 root root -",
 		"d /etc/addond/trust.d 0755 root root -",
 		"d /etc/addond/credentials 0700 root root -",

@@ -208,6 +208,25 @@ for i in $(seq 1 100); do [ -S /run/addond-updater.sock ] && break; sleep 0.05; 
 	if _, err := os.Stat(filepath.Join(root, "capprobe-was-here")); err == nil {
 		t.Error("capprobe wrote under addond's runtime root")
 	}
+	// The template's exposure, as systemd rates it (docs/SECURITY.md).
+	for _, unit := range []string{"addond-pingsweep.service", "addond-capprobe.service"} {
+		out, _ := exec.Command("systemd-analyze", "security", "--no-pager", unit).CombinedOutput()
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		last := lines[len(lines)-1]
+		var open []string
+		for _, l := range lines {
+			if strings.Contains(l, "✗") {
+				open = append(open, strings.Join(strings.Fields(l), " "))
+			}
+		}
+		t.Logf("%s: %s; left open:\n%s", unit, last, strings.Join(open, "\n"))
+		var exposure float64
+		if i := strings.Index(last, ": "); i < 0 {
+			t.Errorf("systemd-analyze security %s: %s", unit, out)
+		} else if _, err := fmt.Sscanf(last[i+2:], "%f", &exposure); err != nil || exposure > 3.0 {
+			t.Errorf("%s: exposure %q, want at most 3.0\n%s", unit, last, out)
+		}
+	}
 }
 
 // procStatus is field k of /proc/<pid>/status.
