@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
-	"sort"
 	"sync"
 	"time"
 
@@ -538,9 +537,4 @@ func (e *env) supSpec(spec assignment.Spec) supervisors.Spec {
 		s.Resources = &supervisors.Resources{CPUMaxPercent: res.CPUMaxPercent, MemoryMaxBytes: res.MemoryMaxBytes, MemoryHighBytes: res.MemoryHighBytes, TasksMax: res.TasksMax}
 	}
 	return s
-}
-
-// sortReports orders a stage report by add-on.
-func sortReports(r []AddonReport) {
-	sort.Slice(r, func(i, j int) bool { return r[i].AddonID < r[j].AddonID })
 }

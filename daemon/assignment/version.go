@@ -170,6 +170,15 @@ func HigherVersion(a, b string) string {
 	return a
 }
 
+// HighestVersion folds HigherVersion over versions, left to right ("" is
+// neutral after the first).
+func HighestVersion(first string, rest ...string) string {
+	for _, v := range rest {
+		first = HigherVersion(first, v)
+	}
+	return first
+}
+
 // ErrDowngrade is the reason of a refused downgrade.
 var ErrDowngrade = errors.New("refused as a downgrade")
 

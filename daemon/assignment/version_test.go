@@ -79,6 +79,23 @@ func TestHigherVersion(t *testing.T) {
 	}
 }
 
+func TestHighestVersion(t *testing.T) {
+	for _, tc := range []struct {
+		vs   []string
+		want string
+	}{
+		{[]string{"nightly"}, "nightly"},
+		{[]string{"nightly", "", ""}, "nightly"},
+		{[]string{"1.0.0", "2.0.0", ""}, "2.0.0"},
+		{[]string{"", "1.0.0", "3.0.0"}, "3.0.0"},
+		{[]string{"3.0.0", "nightly", "1.0.0"}, "3.0.0"},
+	} {
+		if got := HighestVersion(tc.vs[0], tc.vs[1:]...); got != tc.want {
+			t.Errorf("HighestVersion(%q) = %q, want %q", tc.vs, got, tc.want)
+		}
+	}
+}
+
 func TestCheckDowngrade(t *testing.T) {
 	err := CheckDowngrade("hello", "1.0.0", "1.2.0", false)
 	var de *DowngradeError

@@ -113,11 +113,11 @@ type disk struct {
 // highest is the highest version ever activated, given where current
 // points (state.Addon.Highest).
 func (d *disk) highestWith(current string) string {
-	h := assignment.HigherVersion(d.highest, current)
+	var lkg string
 	if d.lkg != nil {
-		h = assignment.HigherVersion(h, d.lkg.Version)
+		lkg = d.lkg.Version
 	}
-	return h
+	return assignment.HighestVersion(d.highest, current, lkg)
 }
 
 // noteActivated records version as activated by staging or promotion

@@ -57,11 +57,11 @@ type Addon struct {
 // kept, the higher of current and the last-known-good (semantic versions
 // only have an order; see assignment.HigherVersion).
 func (a *Addon) Highest(current string) string {
-	h := assignment.HigherVersion(a.HighestVersion, current)
+	var lkg string
 	if a.LKG != nil {
-		h = assignment.HigherVersion(h, a.LKG.Version)
+		lkg = a.LKG.Version
 	}
-	return h
+	return assignment.HighestVersion(a.HighestVersion, current, lkg)
 }
 
 // NoteActivated records that version became current by staging or

@@ -347,15 +347,7 @@ func (r *unitRunner) Start(ctx context.Context) error {
 		systemd.StopUnit(jctx, conn, r.unit) // and clear its failed state
 		return err
 	}
-	u, err := systemd.ReadUnit(ctx, conn, r.unit)
-	if err != nil {
-		return fmt.Errorf("%s: %w", r.unit, err)
-	}
-	r.mu.Lock()
-	r.pid, r.invocation = u.MainPID, u.InvocationID
-	r.mu.Unlock()
-	go r.monitor()
-	return nil
+	return r.watch(ctx, conn)
 }
 
 // startCapped has addond-updater start the capped sidecar's unit (it
@@ -370,6 +362,12 @@ func (r *unitRunner) startCapped(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	return r.watch(ctx, conn)
+}
+
+// watch reads the started unit's main process and invocation, and
+// monitors it from there.
+func (r *unitRunner) watch(ctx context.Context, conn *sd.Conn) error {
 	u, err := systemd.ReadUnit(ctx, conn, r.unit)
 	if err != nil {
 		return fmt.Errorf("%s: %w", r.unit, err)
