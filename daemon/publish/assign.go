@@ -74,48 +74,15 @@ func Assign(ctx context.Context, o AssignOptions) (*assignment.Document, error) 
 		}
 		doc.Addons = append(doc.Addons, a)
 	}
-	for id := range o.HelperCallers {
-		if !known[id] {
-			return nil, fmt.Errorf("--helper-caller names add-on %q, which is not among --addon", id)
-		}
+	if err := o.checkNamed(known); err != nil {
+		return nil, err
 	}
-	for _, m := range []map[string]bool{o.Disable, o.AllowDowngrade} {
-		for id := range m {
-			if !known[id] {
-				return nil, fmt.Errorf("flag names add-on %q, which is not among --addon", id)
-			}
-		}
-	}
-	for _, m := range []map[string]string{o.Supervision, o.Schedule, o.ConfigFiles, o.Timeout} {
-		for id := range m {
-			if !known[id] {
-				return nil, fmt.Errorf("flag names add-on %q, which is not among --addon", id)
-			}
-		}
-	}
-	for id := range o.Args {
-		if !known[id] {
-			return nil, fmt.Errorf("--arg names add-on %q, which is not among --addon", id)
-		}
-	}
-
 	key := AssignmentsKey(o.AgentID)
-	prev, _, err := store.ReadSmall(ctx, o.Store, key, assignment.MaxDocumentSize, store.OpenOptions{})
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-	case err != nil:
-		return nil, fmt.Errorf("previous document: %w", err)
-	default:
-		p, err := assignment.Parse(prev)
-		if err != nil {
-			return nil, fmt.Errorf("previous document %s does not parse (%v); its serial is unknown, fix or delete it", key, err)
-		}
-		doc.Serial = p.Serial
+	serial, err := nextSerial(ctx, o.Store, key)
+	if err != nil {
+		return nil, err
 	}
-	if doc.Serial >= assignment.MaxSerial {
-		return nil, fmt.Errorf("previous document %s has serial %d: no serial above it is allowed (at most 2^53); refusing to wrap", key, doc.Serial)
-	}
-	doc.Serial++
+	doc.Serial = serial
 	if o.Expires > 0 {
 		exp := time.Now().Add(o.Expires).UTC().Truncate(time.Second)
 		doc.Expires = &exp
@@ -132,6 +99,60 @@ func Assign(ctx context.Context, o AssignOptions) (*assignment.Document, error) 
 		return nil, err
 	}
 	return &doc, nil
+}
+
+// checkNamed refuses a per-add-on flag that names an add-on not among
+// --addon.
+func (o AssignOptions) checkNamed(known map[string]bool) error {
+	for id := range o.HelperCallers {
+		if !known[id] {
+			return fmt.Errorf("--helper-caller names add-on %q, which is not among --addon", id)
+		}
+	}
+	for id := range o.Args {
+		if !known[id] {
+			return fmt.Errorf("--arg names add-on %q, which is not among --addon", id)
+		}
+	}
+	var named []string
+	for _, m := range []map[string]bool{o.Disable, o.AllowDowngrade} {
+		for id := range m {
+			named = append(named, id)
+		}
+	}
+	for _, m := range []map[string]string{o.Supervision, o.Schedule, o.ConfigFiles, o.Timeout} {
+		for id := range m {
+			named = append(named, id)
+		}
+	}
+	for _, id := range named {
+		if !known[id] {
+			return fmt.Errorf("flag names add-on %q, which is not among --addon", id)
+		}
+	}
+	return nil
+}
+
+// nextSerial is one above the serial of the document at key (1 if there
+// is none), refusing to go past assignment.MaxSerial.
+func nextSerial(ctx context.Context, st store.Store, key string) (uint64, error) {
+	var serial uint64
+	prev, _, err := store.ReadSmall(ctx, st, key, assignment.MaxDocumentSize, store.OpenOptions{})
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return 0, fmt.Errorf("previous document: %w", err)
+	default:
+		p, err := assignment.Parse(prev)
+		if err != nil {
+			return 0, fmt.Errorf("previous document %s does not parse (%v); its serial is unknown, fix or delete it", key, err)
+		}
+		serial = p.Serial
+	}
+	if serial >= assignment.MaxSerial {
+		return 0, fmt.Errorf("previous document %s has serial %d: no serial above it is allowed (at most 2^53); refusing to wrap", key, serial)
+	}
+	return serial + 1, nil
 }
 
 func addonFromPackage(ctx context.Context, o AssignOptions, trust *signing.Keyring, id, version string) (assignment.Addon, error) {
