@@ -920,7 +920,7 @@ func TestRevalidate(t *testing.T) {
 	}
 	// A start of a revoked version says why it was revoked.
 	s := &Server{Config: f.cfg}
-	_, err = s.Start(ctx, StartRequest{AddonID: "policy", Version: "1.0.0", File: "pingsweep", Description: "addond add-on policy 1.0.0 [x]",
+	_, err = s.Start(ctx, StartRequest{AddonID: "policy", Version: "1.0.0", File: "pingsweep", Description: "addond add-on policy 1.0.0 [0f]",
 		Restart: &Restart{Delay: time.Second, Interval: time.Minute, Burst: 5}})
 	if err == nil || !strings.Contains(err.Error(), "its copy was revoked: key other.pem is scoped to add-ons") {
 		t.Errorf("start of the revoked version: %v", err)

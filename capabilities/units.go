@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	sd "github.com/coreos/go-systemd/v22/dbus"
 	godbus "github.com/godbus/dbus/v5"
@@ -47,8 +48,6 @@ const (
 	cappedStateRoot = "addond-cap"
 	// maxConfig bounds a capped add-on's configuration.
 	maxConfig = 256 << 10
-	// maxDescription bounds a unit description.
-	maxDescription = 256
 )
 
 // StartRequest asks for a capped add-on's unit.
@@ -123,6 +122,16 @@ func (c *Config) runRoot() string {
 // envNameRe: the environment addond may give a sidecar: go-plugin's.
 var envNameRe = regexp.MustCompile(`^(PLUGIN_[A-Z0-9_]{1,64}|ADDOND_PLUGIN)$`)
 
+// fingerprintRe is the end of addond's unit description: the unit's
+// fingerprint in brackets (systemd.Description).
+var fingerprintRe = regexp.MustCompile(`^\[[0-9a-f]{1,64}\]$`)
+
+// hasControl reports a control character or invalid UTF-8: nothing of
+// that kind goes into a unit, escaped by systemd or not.
+func hasControl(s string) bool {
+	return !utf8.ValidString(s) || strings.IndexFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) }) >= 0
+}
+
 // check refuses a request the template cannot take as it is.
 func (r StartRequest) check(c *Config) error {
 	if !addonIDRe.MatchString(r.AddonID) {
@@ -138,8 +147,8 @@ func (r StartRequest) check(c *Config) error {
 		return fmt.Errorf("%d arguments, at most 256", len(r.Args))
 	}
 	for _, a := range r.Args {
-		if strings.ContainsRune(a, 0) || len(a) > 4096 {
-			return errors.New("an argument holds a NUL byte or is longer than 4096 bytes")
+		if hasControl(a) || len(a) > 4096 {
+			return errors.New("an argument holds a control character or is longer than 4096 bytes")
 		}
 	}
 	if len(r.Config) > maxConfig {
@@ -159,15 +168,18 @@ func (r StartRequest) check(c *Config) error {
 	}
 	for _, kv := range r.Env {
 		k, v, ok := strings.Cut(kv, "=")
-		if !ok || !envNameRe.MatchString(k) || strings.ContainsRune(v, 0) || len(v) > 8192 {
+		// (A value may be PEM, lines and all: systemd escapes it.)
+		if !ok || !envNameRe.MatchString(k) || hasControl(strings.ReplaceAll(v, "\n", "")) || len(v) > 8192 {
 			return fmt.Errorf("environment entry %.40q: only go-plugin's (PLUGIN_*, ADDOND_PLUGIN)", kv)
 		}
 		if k == "PLUGIN_UNIX_SOCKET_DIR" && filepath.Dir(filepath.Clean(v)) != c.SocketDir(r.AddonID) {
 			return fmt.Errorf("PLUGIN_UNIX_SOCKET_DIR %q: not in %s", v, c.SocketDir(r.AddonID))
 		}
 	}
-	if !strings.HasPrefix(r.Description, "addond add-on "+r.AddonID+" "+r.Version+" ") || len(r.Description) > maxDescription ||
-		strings.ContainsAny(r.Description, "\x00\n") {
+	// Exactly addond's form: systemd writes a description into the
+	// transient unit file unescaped, and a daemon-reload would read a
+	// carriage return in it as the start of a new directive.
+	if fp, ok := strings.CutPrefix(r.Description, "addond add-on "+r.AddonID+" "+r.Version+" "); !ok || !fingerprintRe.MatchString(fp) {
 		return fmt.Errorf("description %q: not one of addond's for %s %s", r.Description, r.AddonID, r.Version)
 	}
 	if rs := r.Restart; rs != nil {
@@ -180,7 +192,7 @@ func (r StartRequest) check(c *Config) error {
 	} else if !r.Sidecar {
 		return errors.New("a service needs a restart policy")
 	}
-	if s := r.StatusSocket; s != "" && (!filepath.IsAbs(s) || filepath.Clean(s) != s || len(s) > 107 || strings.ContainsAny(s, "\x00\n")) {
+	if s := r.StatusSocket; s != "" && (!filepath.IsAbs(s) || filepath.Clean(s) != s || len(s) > 107 || hasControl(s)) {
 		return fmt.Errorf("status socket %q: not a clean absolute path", s)
 	}
 	if res := r.Resources; res != nil && (res.CPUMaxPercent < 0 || res.CPUMaxPercent > 100*1024 || res.MemoryMaxBytes < 0 ||
@@ -196,6 +208,12 @@ func (r StartRequest) check(c *Config) error {
 func (s *Server) Prepare(ctx context.Context, id string) error {
 	if !addonIDRe.MatchString(id) {
 		return fmt.Errorf("addon id %q: not a valid add-on id", id)
+	}
+	// Only for an add-on with a capped copy: a runtime directory (and a
+	// unit the manager loads to look at) for any name would let addond
+	// fill /run.
+	if fi, err := os.Lstat(filepath.Join(s.Config.PrivilegedRoot, id)); err != nil || !fi.IsDir() {
+		return fmt.Errorf("addon %q: no capped copy held for it", id)
 	}
 	_, gid, err := s.Config.agent()
 	if err != nil {
@@ -277,7 +295,14 @@ func (s *Server) Stop(ctx context.Context, id string) error {
 		return err
 	}
 	defer conn.Close()
-	return stopOurs(ctx, conn, CappedUnit(id))
+	if err := stopOurs(ctx, conn, CappedUnit(id)); err != nil {
+		return err
+	}
+	// Its runtime directory goes with it (a start makes it anew).
+	if err := os.RemoveAll(s.Config.RunDir(id)); err != nil {
+		return fmt.Errorf("addon %q: %w", id, err)
+	}
+	return nil
 }
 
 // grant is what the copy for req carries, when it is still granted.
@@ -547,7 +572,7 @@ func cappedProperties(c *Config, req StartRequest, group string, grant Set) []sd
 		prop("BindPaths", []bindMount{{Source: sock, Destination: sock}}),
 		// addond's tree, configuration and sockets, the helper's, every
 		// service's credentials and user manager.
-		prop("InaccessiblePaths", []string{"-/var/lib/addond", "-/etc/addond", "-/run/addond-updater.sock", "-/run/credentials", "-/run/user", "-/run/dbus", "-/run/systemd/private"}),
+		prop("InaccessiblePaths", inaccessible(c)),
 	}
 	for _, o := range sandboxOptions {
 		if grant&o.cancels == 0 {
@@ -631,6 +656,19 @@ func syscallsFor(grant Set) []string {
 		}
 	}
 	return list
+}
+
+// inaccessible is what a capped add-on cannot see: addond's tree (the
+// packaged one and the configured one), configuration and sockets, the
+// helper's socket, every service's credentials and user manager.
+func inaccessible(c *Config) []string {
+	paths := []string{"-/var/lib/addond", "-/etc/addond", "-/run/addond-updater.sock", "-/run/credentials", "-/run/user", "-/run/dbus", "-/run/systemd/private"}
+	within := func(path, dir string) bool { return path == dir || strings.HasPrefix(path, dir+"/") }
+	if r := filepath.Clean(c.RuntimeRoot); filepath.IsAbs(r) && r != "/" && !slices.Contains(paths, "-"+r) &&
+		!within(filepath.Clean(c.PrivilegedRoot), r) && !within(c.runRoot(), r) {
+		paths = append(paths, "-"+r)
+	}
+	return paths
 }
 
 // addressFamiliesFor is the socket families a grant may use: local and

@@ -23,7 +23,7 @@ func TestStartRequestCheck(t *testing.T) {
 	good := func() StartRequest {
 		return StartRequest{AddonID: "pingsweep", Version: "1.0.0", File: "pingsweep", Sidecar: true,
 			Description: "addond add-on pingsweep 1.0.0 [0123456789abcdef]",
-			Env:         []string{"ADDOND_PLUGIN=x", "PLUGIN_PROTOCOL_VERSIONS=1", "PLUGIN_UNIX_SOCKET_DIR=/run/addond-cap/pingsweep/sock/plugin-dir1"}}
+			Env:         []string{"ADDOND_PLUGIN=x", "PLUGIN_PROTOCOL_VERSIONS=1", "PLUGIN_CLIENT_CERT=-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", "PLUGIN_UNIX_SOCKET_DIR=/run/addond-cap/pingsweep/sock/plugin-dir1"}}
 	}
 	service := func() StartRequest {
 		r := good()
@@ -44,7 +44,7 @@ func TestStartRequestCheck(t *testing.T) {
 		"id":                {func() StartRequest { r := good(); r.AddonID = "../etc"; return r }, "not a valid add-on id"},
 		"version":           {func() StartRequest { r := good(); r.Version = ".."; return r }, "version"},
 		"file":              {func() StartRequest { r := good(); r.File = "a/b"; return r }, "file"},
-		"argument NUL":      {func() StartRequest { r := good(); r.Args = []string{"a\x00b"}; return r }, "NUL"},
+		"argument NUL":      {func() StartRequest { r := good(); r.Args = []string{"a\x00b"}; return r }, "control character"},
 		"arguments":         {func() StartRequest { r := good(); r.Args = make([]string, 257); return r }, "257 arguments"},
 		"config not object": {func() StartRequest { r := good(); r.Config = json.RawMessage(`[1]`); return r }, "not a JSON object"},
 		"config too large": {func() StartRequest {
@@ -68,6 +68,18 @@ func TestStartRequestCheck(t *testing.T) {
 		"service env":    {func() StartRequest { r := service(); r.Env = []string{"ADDOND_PLUGIN=x"}; return r }, "for sidecars"},
 		"description":    {func() StartRequest { r := good(); r.Description = "addond add-on hello 1.0.0 [x]"; return r }, "description"},
 		"description nl": {func() StartRequest { r := good(); r.Description += "\nExecStart=/bin/sh"; return r }, "description"},
+		// systemd writes the description into the transient unit's file
+		// unescaped; a daemon-reload reads \r as a line's end.
+		"description cr": {func() StartRequest {
+			r := good()
+			r.Description = "addond add-on pingsweep 1.0.0 x\r[Service]\rExecStopPost=+/bin/sh -c 'id >/root/pwned'"
+			return r
+		}, "description"},
+		"description cr after fingerprint": {func() StartRequest { r := good(); r.Description += "\r[Service]\rExecStopPost=+/bin/id"; return r }, "description"},
+		"argument cr":                      {func() StartRequest { r := good(); r.Args = []string{"a\rb"}; return r }, "control character"},
+		"env cr":                           {func() StartRequest { r := good(); r.Env = []string{"ADDOND_PLUGIN=a\rb"}; return r }, "only go-plugin's"},
+		"argument bad utf8":                {func() StartRequest { r := good(); r.Args = []string{"a\xffb"}; return r }, "control character"},
+		"status socket cr":                 {func() StartRequest { r := good(); r.StatusSocket = "/run/a\rb"; return r }, "status socket"},
 		"sidecar restart": {func() StartRequest {
 			r := good()
 			r.Restart = &Restart{Delay: time.Second, Interval: time.Minute, Burst: 5}
@@ -89,7 +101,7 @@ func TestStartRequestCheck(t *testing.T) {
 // The template gives exactly the grant, a uid of the unit's own, and
 // every sandboxing option the grant does not need lifted.
 func TestCappedProperties(t *testing.T) {
-	cfg := &Config{PrivilegedRoot: "/var/lib/addond-privileged", RunRoot: "/run/addond-cap"}
+	cfg := &Config{PrivilegedRoot: "/var/lib/addond-privileged", RunRoot: "/run/addond-cap", RuntimeRoot: "/srv/addond"}
 	req := StartRequest{AddonID: "pingsweep", Version: "1.0.0", File: "pingsweep", Args: []string{"-v"}, Sidecar: true,
 		Description: "addond add-on pingsweep 1.0.0 [x]", Env: []string{"ADDOND_PLUGIN=x"}, StatusSocket: "/run/addond/addond.sock"}
 	props := func(grant Set) map[string]any {
@@ -127,7 +139,7 @@ func TestCappedProperties(t *testing.T) {
 		t.Errorf("Environment %q", env)
 	}
 	inaccessible, _ := p["InaccessiblePaths"].([]string)
-	for _, path := range []string{"-/var/lib/addond", "-/run/credentials", "-/run/user", "-/run/addond-updater.sock", "-/run/systemd/private"} {
+	for _, path := range []string{"-/var/lib/addond", "-/srv/addond", "-/run/credentials", "-/run/user", "-/run/addond-updater.sock", "-/run/systemd/private"} {
 		if !slices.Contains(inaccessible, path) {
 			t.Errorf("InaccessiblePaths %q lacks %s", inaccessible, path)
 		}
@@ -236,7 +248,15 @@ func TestStartWithoutGrant(t *testing.T) {
 		return nil, errors.New("no manager in this test")
 	}}
 	before := snapshot(t, f.base)
-	req := StartRequest{AddonID: "pingsweep", Version: "1.0.0", File: "pingsweep", Description: "addond add-on pingsweep 1.0.0 [x]",
+	// No runtime directory (nor a unit loaded) for an add-on with no copy.
+	if err := s.Prepare(context.Background(), "pingsweep"); err == nil || !strings.Contains(err.Error(), `addon "pingsweep": no capped copy held`) {
+		t.Fatalf("prepare without a copy: %v", err)
+	}
+	if dialled {
+		t.Error("the manager was dialled for a refused prepare")
+	}
+	sameSnapshot(t, before, snapshot(t, f.base))
+	req := StartRequest{AddonID: "pingsweep", Version: "1.0.0", File: "pingsweep", Description: "addond add-on pingsweep 1.0.0 [0f]",
 		Restart: &Restart{Delay: time.Second, Interval: time.Minute, Burst: 5}}
 	_, err := s.Start(context.Background(), req)
 	if err == nil || !strings.Contains(err.Error(), `addon "pingsweep" version "1.0.0": no capped copy to start`) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -227,6 +228,16 @@ for i in $(seq 1 100); do [ -S /run/addond-updater.sock ] && break; sleep 0.05; 
 			t.Errorf("%s: exposure %q, want at most 3.0\n%s", unit, last, out)
 		}
 	}
+
+	// capprobe unassigned: its unit stops, and its runtime directory goes
+	// with it.
+	assign("pingsweep@1.1.0")
+	vmtest.Eventually(t, 30*time.Second, "capprobe's unit stopped and its runtime directory gone", func() bool {
+		_, err := os.Stat(filepath.Join(capabilities.DefaultRunRoot, "capprobe"))
+		out, _ := exec.Command("systemctl", "is-active", "addond-capprobe.service").Output()
+		return errors.Is(err, os.ErrNotExist) && strings.TrimSpace(string(out)) != "active"
+	})
+	d.waitAddon(t, "pingsweep", 10*time.Second, "1.1.0 running healthy", runningHealthy("1.1.0"))
 }
 
 // procStatus is field k of /proc/<pid>/status.
