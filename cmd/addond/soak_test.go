@@ -55,7 +55,10 @@ import (
 // request, an idle connection to the store that the HTTP transport keeps
 // or has just dropped) moves them by one or two. Resident memory depends on
 // the Go heap and on how much of it the runtime has handed back to the
-// system: it must also be within 10 % of the start. Then every invariant
+// system: it must also be within 10 % of the start — but under the race
+// detector (make test), where the detector's shadow memory dominates and
+// only grows, the Go heap in use must be (with 2 MiB of slack for garbage
+// not yet collected). Then every invariant
 // holds: each assigned add-on runs healthy on its expected version,
 // current is complete and verified (checkCurrent), no partial file is left
 // (checkNoPartials), addond's children are exactly the running add-ons, no
@@ -686,8 +689,18 @@ func (s *soak) run(duration time.Duration) {
 	if !within(int64(startFig.fds), int64(endFig.fds), 2) {
 		t.Errorf("soak: open fds %d at the start, %d at the end: an fd leak\nstart: %v\nend:   %v", startFig.fds, endFig.fds, startFig.fdTargets, endFig.fdTargets)
 	}
-	if !within(startFig.rss, endFig.rss, 0) {
-		t.Errorf("soak: RSS %.1f MiB at the start, %.1f MiB at the end: more than 10 %% up", float64(startFig.rss)/(1<<20), float64(endFig.rss)/(1<<20))
+	if raceBuild {
+		// Under the race detector addond's resident memory is mostly the
+		// detector's shadow of every address the heap ever used, which it
+		// maps as the heap moves and never gives back (a 45 s soak in
+		// make test: RSS 150.5 → 171.4 MiB with the Go heap 4.4 → 5.3).
+		// What leaks is then the heap: within 10 %, or 2 MiB of garbage
+		// that no forced GC can take away from outside.
+		if !within(startFig.heap, endFig.heap, 2<<20) {
+			t.Errorf("soak: Go heap in use %.1f MiB at the start, %.1f MiB at the end: a leak (race build: RSS is the detector's)", mib(startFig.heap), mib(endFig.heap))
+		}
+	} else if !within(startFig.rss, endFig.rss, 0) {
+		t.Errorf("soak: RSS %.1f MiB at the start, %.1f MiB at the end: more than 10 %% up", mib(startFig.rss), mib(endFig.rss))
 	}
 
 	s.checkInvariants(st)
