@@ -233,7 +233,12 @@ func (b *Backend) Run(ctx context.Context, id string, args []string, caller stri
 		}
 	}()
 	if err := systemd.WaitJob(ctx, unit, ch); err != nil {
-		return nil, fmt.Errorf("addon %q: %w", id, err)
+		// A run that exits non-zero before the manager saw its exec
+		// succeed fails the start job of a Type=exec unit (under load,
+		// "exit 7" did): that is the run's result, not a failure to run.
+		if st, rerr := systemd.ReadUnit(ctx, conn, unit); ctx.Err() != nil || rerr != nil || !ranAndExited(st) {
+			return nil, fmt.Errorf("addon %q: %w", id, err)
+		}
 	}
 	var st systemd.UnitState
 	for {
@@ -280,6 +285,19 @@ func (b *Backend) Run(ctx context.Context, id string, args []string, caller stri
 	}
 	log.Info("helper run ended", "exit_code", res.ExitCode, "timed_out", res.TimedOut, "duration", res.Duration)
 	return res, nil
+}
+
+// ranAndExited reports a unit whose main process ran and ended: not one
+// the manager could not set up (its own exit statuses 200-243, such as
+// 203 for a failed exec).
+func ranAndExited(st systemd.UnitState) bool {
+	switch {
+	case st.InvocationID == "" || st.ExecCode == 0:
+		return false
+	case st.ExecCode == 1 && st.ExecStatus >= 200 && st.ExecStatus <= 243:
+		return false
+	}
+	return true
 }
 
 // readBounded reads r to the end, keeping the first OutputLimit bytes.

@@ -133,9 +133,48 @@ func TestInMachine(t *testing.T) {
 		noRunUnits(t)
 	})
 
+	t.Run("a run that cannot exec is an error, not an exit status", func(t *testing.T) {
+		dir, err := os.MkdirTemp("/var/lib/addond", "noexec-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(dir, 0o755)
+		script := filepath.Join(dir, "broken")
+		if err := os.WriteFile(script, []byte("#!/nonexistent/interpreter\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		start(t, supervisors.Spec{AddonID: "broken", Version: "1.0.0", Binary: script})
+		res, err := b.Run(ctx, "broken", nil, "test")
+		if err == nil || !strings.Contains(err.Error(), `addon "broken"`) {
+			t.Fatalf("Run(broken) = %+v, %v; want an error naming the add-on", res, err)
+		}
+		t.Logf("refused: %v", err)
+		noRunUnits(t)
+	})
+
 	t.Run("unknown add-on", func(t *testing.T) {
 		if _, err := b.Run(ctx, "nope", nil, "test"); !errors.Is(err, ErrNotHelper) || !strings.Contains(err.Error(), "nope") {
 			t.Fatalf("Run(nope) = %v", err)
 		}
 	})
+}
+
+// A run's start job can fail although the run ran (a quick non-zero exit
+// under load); only the manager's own setup failures are not runs.
+func TestRanAndExited(t *testing.T) {
+	for _, tc := range []struct {
+		st   systemd.UnitState
+		want bool
+	}{
+		{systemd.UnitState{InvocationID: "ab", ExecCode: 1, ExecStatus: 7}, true},
+		{systemd.UnitState{InvocationID: "ab", ExecCode: 2, ExecStatus: 9}, true},
+		{systemd.UnitState{InvocationID: "ab", ExecCode: 1, ExecStatus: 203}, false}, // EXEC
+		{systemd.UnitState{InvocationID: "ab", ExecCode: 1, ExecStatus: 217}, false}, // USER
+		{systemd.UnitState{InvocationID: "ab"}, false},
+		{systemd.UnitState{ExecCode: 1, ExecStatus: 7}, false},
+	} {
+		if got := ranAndExited(tc.st); got != tc.want {
+			t.Errorf("ranAndExited(%+v) = %v, want %v", tc.st, got, tc.want)
+		}
+	}
 }
