@@ -389,7 +389,31 @@ func (u UnitState) ExitCause() supervisors.Cause {
 
 // ReadUnit reads a service unit's state; a unit the manager does not know
 // has LoadState "not-found" and no error.
+//
+// The unit's and the service's properties are two reads: a restart
+// between them would pair one invocation's state with the next one's
+// (reset) exit status, so the unit's are read again and the whole read
+// repeated (a few times at most) until both sides agree.
 func ReadUnit(ctx context.Context, conn *sd.Conn, unit string) (UnitState, error) {
+	var u UnitState
+	var err error
+	for range 3 {
+		if u, err = readUnitOnce(ctx, conn, unit); err != nil || !u.Exists() || !strings.HasSuffix(unit, ".service") {
+			return u, err
+		}
+		again, err := conn.GetUnitPropertiesContext(ctx, unit)
+		if err != nil {
+			return u, err
+		}
+		id, _ := again["InvocationID"].([]byte)
+		if hex.EncodeToString(id) == u.InvocationID && again["ActiveState"] == u.ActiveState && again["SubState"] == u.SubState {
+			break
+		}
+	}
+	return u, nil
+}
+
+func readUnitOnce(ctx context.Context, conn *sd.Conn, unit string) (UnitState, error) {
 	u := UnitState{Name: unit}
 	props, err := conn.GetUnitPropertiesContext(ctx, unit)
 	if err != nil {
