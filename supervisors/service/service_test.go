@@ -62,6 +62,59 @@ func TestInMachine(t *testing.T) {
 		})
 	})
 
+	t.Run("a restart between ReadUnit's two reads does not mix invocations", func(t *testing.T) {
+		b := newBackend(t, nil)
+		ctx := context.Background()
+		if err := b.Start(ctx, supervisors.Spec{AddonID: "mixed", Version: "1.0.0", Binary: hello}); err != nil {
+			t.Fatal(err)
+		}
+		defer b.Stop(ctx, "mixed")
+		conn, err := m.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unit := "addond-mixed.service"
+		before, err := systemd.ReadUnit(ctx, conn, unit)
+		if err != nil || before.MainPID == 0 {
+			t.Fatalf("before: %+v, %v", before, err)
+		}
+		// Only this test's read (the backend reads the unit too, from
+		// its own goroutine): its context carries a mark.
+		type mark struct{}
+		restarted := ""
+		systemd.BetweenReads = func(ctx context.Context, _ string) {
+			if ctx.Value(mark{}) == nil || restarted != "" {
+				return
+			}
+			// The unit's process ends and systemd starts it again
+			// (Restart=always), as a crash would.
+			syscall.Kill(before.MainPID, syscall.SIGKILL)
+			deadline := time.Now().Add(10 * time.Second)
+			for restarted == "" && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+				p, err := conn.GetServicePropertyContext(ctx, unit, "MainPID")
+				if n, _ := p.Value.Value().(uint32); err == nil && n != 0 && int(n) != before.MainPID {
+					restarted = fmt.Sprint(n)
+				}
+			}
+		}
+		u, err := systemd.ReadUnit(context.WithValue(ctx, mark{}, true), conn, unit)
+		systemd.BetweenReads = nil
+		if err != nil {
+			t.Fatal(err)
+		}
+		now, err := systemd.ReadUnit(ctx, conn, unit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Without the check, the first read's invocation came with the
+		// restarted process's PID.
+		if restarted == "" || u.InvocationID != now.InvocationID || u.MainPID != now.MainPID || u.InvocationID == before.InvocationID {
+			t.Fatalf("read across a restart (to pid %q): invocation %s pid %d; the unit now: invocation %s pid %d; before: invocation %s pid %d",
+				restarted, u.InvocationID, u.MainPID, now.InvocationID, now.MainPID, before.InvocationID, before.MainPID)
+		}
+	})
+
 	t.Run("healthy only once up for StableAfter, on the monotonic clock", func(t *testing.T) {
 		root, err := os.MkdirTemp("/var/lib/addond", "root-")
 		if err != nil {

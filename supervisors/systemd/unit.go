@@ -413,11 +413,20 @@ func ReadUnit(ctx context.Context, conn *sd.Conn, unit string) (UnitState, error
 	return u, nil
 }
 
+// BetweenReads, when set (tests only), runs between a ReadUnit's read of
+// the unit's properties and of the service's: a test restarts the unit
+// there to order the race ReadUnit guards against.
+// It gets the read's context, which tells a test's reads from others.
+var BetweenReads func(ctx context.Context, unit string)
+
 func readUnitOnce(ctx context.Context, conn *sd.Conn, unit string) (UnitState, error) {
 	u := UnitState{Name: unit}
 	props, err := conn.GetUnitPropertiesContext(ctx, unit)
 	if err != nil {
 		return u, err
+	}
+	if BetweenReads != nil {
+		BetweenReads(ctx, unit)
 	}
 	str := func(m map[string]any, k string) string { s, _ := m[k].(string); return s }
 	u.LoadState, u.ActiveState, u.SubState = str(props, "LoadState"), str(props, "ActiveState"), str(props, "SubState")
