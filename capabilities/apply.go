@@ -144,6 +144,13 @@ func (c *Config) policy() (Set, error) {
 // PrivilegedRoot/<id>/<version>/, and the copy appears there whole or
 // not at all.
 func Apply(cfg Config, req ApplyRequest) (*Applied, error) {
+	return applyRevalidated(cfg, req, nil)
+}
+
+// applyRevalidated is Apply; revoked, when set, learns what the
+// revalidation before the copy removed (the server stops their units),
+// under the same lock.
+func applyRevalidated(cfg Config, req ApplyRequest, revoked func([]Revoked, error)) (*Applied, error) {
 	unlock, err := lockPrivileged(cfg.PrivilegedRoot)
 	if err != nil {
 		return nil, fmt.Errorf("addon %q version %q: %w", req.AddonID, req.Version, err)
@@ -151,7 +158,10 @@ func Apply(cfg Config, req ApplyRequest) (*Applied, error) {
 	defer unlock()
 	// What trust and policy no longer allow goes first; trust or policy
 	// that cannot be read fail the apply below.
-	revalidate(cfg)
+	r, err := revalidate(cfg)
+	if revoked != nil {
+		revoked(r, err)
+	}
 	a, err := apply(cfg, req)
 	if err != nil {
 		return nil, fmt.Errorf("addon %q version %q: %w", req.AddonID, req.Version, err)

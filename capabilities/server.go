@@ -160,8 +160,9 @@ func (s *Server) handle(conn net.Conn, p Peer, err error) {
 			answer(Response{Error: fmt.Sprintf("addon %q: platform %s is not this host's", req.Apply.AddonID, p)})
 			return
 		}
-		s.Revalidate(context.Background())
-		a, err := Apply(s.Config, *req.Apply)
+		a, err := applyRevalidated(s.Config, *req.Apply, func(revoked []Revoked, err error) {
+			s.endRevoked(context.Background(), revoked, err)
+		})
 		if err != nil {
 			log.Warn("refused", "addon_id", req.Apply.AddonID, "version", req.Apply.Version, "error", err)
 			answer(Response{Error: err.Error()})
@@ -188,6 +189,12 @@ func (s *Server) handle(conn net.Conn, p Peer, err error) {
 // (capabilities.Revalidate) and stops the units that run them.
 func (s *Server) Revalidate(ctx context.Context) ([]Revoked, error) {
 	revoked, err := Revalidate(s.Config)
+	return revoked, s.endRevoked(ctx, revoked, err)
+}
+
+// endRevoked logs what a revalidation revoked (or why it failed) and
+// stops the units that run those copies.
+func (s *Server) endRevoked(ctx context.Context, revoked []Revoked, err error) error {
 	for _, r := range revoked {
 		s.Log.Warn("revoked a capped copy", "addon_id", r.AddonID, "version", r.Version, "reason", r.Reason)
 	}
@@ -200,7 +207,7 @@ func (s *Server) Revalidate(ctx context.Context) ([]Revoked, error) {
 		s.Log.Error("stopping the units of revoked copies", "error", serr)
 		err = errors.Join(err, serr)
 	}
-	return revoked, err
+	return err
 }
 
 // unitOpTimeout bounds starting or stopping a capped add-on's unit.
