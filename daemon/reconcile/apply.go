@@ -199,7 +199,7 @@ func (c *Core) converge(ar *addon) {
 	case d.Delivery != assignment.DeliveryPushedArtifact && d.Delivery != assignment.DeliveryCompiledIn && d.Delivery != assignment.DeliveryOSPackage:
 		c.unsupported(ar, "delivery", d.Delivery)
 		return
-	case c.noBackend(*d):
+	case !c.hasBackend(ar, *d):
 		c.stop(ar)
 		return
 	case d.Delivery != assignment.DeliveryPushedArtifact:

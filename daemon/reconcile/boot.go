@@ -80,7 +80,7 @@ func (c *Core) startLKG(id string) {
 	ar := c.get(id)
 	ar.fromLKG, ar.previous = true, d.previous
 	spec := *d.lkg
-	if c.noBackend(spec) {
+	if !c.hasBackend(ar, spec) {
 		return
 	}
 	c.set(ar, StateStarting, "")

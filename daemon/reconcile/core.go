@@ -220,13 +220,21 @@ func (c *Core) unsupported(ar *addon, kind, model string) {
 	c.set(ar, StateUnsupported, fmt.Sprintf("%s %q is not available on this host", kind, model))
 }
 
-// noBackend reports spec unsupported when no backend here runs it.
-func (c *Core) noBackend(spec assignment.Spec) bool {
-	_, err := c.policy.backend(spec)
+// backendFor is the backend spec runs on here; when there is none, ar is
+// reported unsupported, naming why.
+func (c *Core) backendFor(ar *addon, spec assignment.Spec) (string, bool) {
+	backend, err := c.policy.backend(spec)
 	if err != nil {
-		c.set(c.get(spec.AddonID), StateUnsupported, err.Error())
+		c.set(ar, StateUnsupported, err.Error())
+		return "", false
 	}
-	return err != nil
+	return backend, true
+}
+
+// hasBackend is backendFor's verdict alone.
+func (c *Core) hasBackend(ar *addon, spec assignment.Spec) bool {
+	_, ok := c.backendFor(ar, spec)
+	return ok
 }
 
 // persist asks for the policy's half of id's state to be written.

@@ -14,9 +14,8 @@ import (
 // runs there already. boot: the last-known-good at start, whose capped
 // copy may be asked of addond-updater.
 func (c *Core) start(ar *addon, spec assignment.Spec, boot bool) {
-	backend, err := c.policy.backend(spec)
-	if err != nil {
-		c.set(ar, StateUnsupported, err.Error())
+	backend, ok := c.backendFor(ar, spec)
+	if !ok {
 		return
 	}
 	c.seq++
