@@ -122,6 +122,14 @@ func (c *Config) runRoot() string {
 // envNameRe: the environment addond may give a sidecar: go-plugin's.
 var envNameRe = regexp.MustCompile(`^(PLUGIN_[A-Z0-9_]{1,64}|ADDOND_PLUGIN)$`)
 
+// descriptionPrefix begins every add-on unit's description
+// (systemd.Description): "addond add-on <id> <version> [<fingerprint>]".
+const descriptionPrefix = "addond add-on "
+
+// unitDescription is the description of id@version's unit up to its
+// fingerprint.
+func unitDescription(id, version string) string { return descriptionPrefix + id + " " + version + " " }
+
 // fingerprintRe is the end of addond's unit description: the unit's
 // fingerprint in brackets (systemd.Description).
 var fingerprintRe = regexp.MustCompile(`^\[[0-9a-f]{1,64}\]$`)
@@ -179,7 +187,7 @@ func (r StartRequest) check(c *Config) error {
 	// Exactly addond's form: systemd writes a description into the
 	// transient unit file unescaped, and a daemon-reload would read a
 	// carriage return in it as the start of a new directive.
-	if fp, ok := strings.CutPrefix(r.Description, "addond add-on "+r.AddonID+" "+r.Version+" "); !ok || !fingerprintRe.MatchString(fp) {
+	if fp, ok := strings.CutPrefix(r.Description, unitDescription(r.AddonID, r.Version)); !ok || !fingerprintRe.MatchString(fp) {
 		return fmt.Errorf("description %q: not one of addond's for %s %s", r.Description, r.AddonID, r.Version)
 	}
 	if rs := r.Restart; rs != nil {
@@ -435,7 +443,7 @@ func stopOurs(ctx context.Context, conn *sd.Conn, unit string) error {
 	if load, _ := props["LoadState"].(string); load != "loaded" {
 		return nil
 	}
-	if desc, _ := props["Description"].(string); !strings.HasPrefix(desc, "addond add-on ") {
+	if desc, _ := props["Description"].(string); !strings.HasPrefix(desc, descriptionPrefix) {
 		return fmt.Errorf("%s is not an addond add-on's unit (%q)", unit, desc)
 	}
 	ch := make(chan string, 1)
@@ -474,7 +482,7 @@ func (s *Server) stopRevoked(ctx context.Context, revoked []Revoked) error {
 			errs = append(errs, err)
 			continue
 		}
-		if desc, _ := props["Description"].(string); strings.HasPrefix(desc, "addond add-on "+r.AddonID+" "+r.Version+" ") {
+		if desc, _ := props["Description"].(string); strings.HasPrefix(desc, unitDescription(r.AddonID, r.Version)) {
 			if err := stopOurs(ctx, conn, unit); err != nil {
 				errs = append(errs, err)
 			} else {

@@ -184,7 +184,7 @@ func (i *instance) ensure(spec supervisors.Spec, replace bool, mem *Memory) erro
 		return nil
 	}
 	for _, unit := range units {
-		if err := b.stopUnit(ctx, conn, spec.AddonID, unit); err != nil {
+		if err := stopAddonUnit(ctx, conn, b.Opts.Privileged, spec.AddonID, unit); err != nil {
 			return fmt.Errorf("addon %q: %w", spec.AddonID, err)
 		}
 	}
@@ -262,7 +262,7 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 					err = fmt.Errorf("addon %q: unit left running: %w", i.id, cerr)
 				} else {
 					for _, unit := range b.driver.Units(i.id) {
-						if serr := b.stopUnit(ctx, conn, i.id, unit); serr != nil && err == nil {
+						if serr := stopAddonUnit(ctx, conn, b.Opts.Privileged, i.id, unit); serr != nil && err == nil {
 							err = fmt.Errorf("addon %q: %w", i.id, serr)
 						}
 					}
@@ -350,15 +350,10 @@ func StopOrphans(ctx context.Context, m *Manager, keep func(id string) bool, p P
 	var stopped []string
 	for _, u := range units {
 		id, run, ok := ParseName(u.Name)
-		if !ok || run || keep(id) || !strings.HasPrefix(u.Description, "addond add-on ") {
+		if !ok || run || keep(id) || !strings.HasPrefix(u.Description, descriptionPrefix) {
 			continue // helper runs finish on their own; not an add-on's
 		}
-		if p != nil {
-			err = p.Stop(ctx, id)
-		} else {
-			err = StopUnit(ctx, conn, u.Name)
-		}
-		if err != nil {
+		if err := stopAddonUnit(ctx, conn, p, id, u.Name); err != nil {
 			return stopped, err
 		}
 		stopped = append(stopped, u.Name)

@@ -48,11 +48,11 @@ type RestartPolicy struct {
 	Burst           int
 }
 
-// stopUnit stops one of the backend's units: through Privileged when the
-// backend has one, else over conn.
-func (b *Backend) stopUnit(ctx context.Context, conn *sd.Conn, id, unit string) error {
-	if b.Opts.Privileged != nil {
-		return b.Opts.Privileged.Stop(ctx, id)
+// stopAddonUnit stops add-on id's unit: through p when there is one (a
+// capped add-on's unit is addond-updater's to stop), else over conn.
+func stopAddonUnit(ctx context.Context, conn *sd.Conn, p Privileged, id, unit string) error {
+	if p != nil {
+		return p.Stop(ctx, id)
 	}
 	return StopUnit(ctx, conn, unit)
 }

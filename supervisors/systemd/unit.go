@@ -130,10 +130,13 @@ func Fingerprint(model supervisors.Model, spec supervisors.Spec, extra ...string
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
+// descriptionPrefix begins every add-on unit's description.
+const descriptionPrefix = "addond add-on "
+
 // Description is the unit description: human-readable, and carrying the
 // version and fingerprint adoption compares.
 func Description(spec supervisors.Spec, fingerprint string) string {
-	return fmt.Sprintf("addond add-on %s %s [%s]", spec.AddonID, spec.Version, fingerprint)
+	return fmt.Sprintf("%s%s %s [%s]", descriptionPrefix, spec.AddonID, spec.Version, fingerprint)
 }
 
 // DescriptionFingerprint extracts the fingerprint from a description.
