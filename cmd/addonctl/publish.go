@@ -141,21 +141,11 @@ func newAssign() *cobra.Command {
 			if o.Timeout, err = perAddon("--timeout", timeouts); err != nil {
 				return err
 			}
-			o.HelperCallers = map[string][]string{}
-			for _, hc := range helperCallers {
-				id, caller, ok := strings.Cut(hc, "=")
-				if !ok {
-					return fmt.Errorf("--helper-caller %q: want HELPER=CALLER", hc)
-				}
-				o.HelperCallers[id] = append(o.HelperCallers[id], caller)
+			if o.HelperCallers, err = perAddonList("--helper-caller", "HELPER=CALLER", helperCallers); err != nil {
+				return err
 			}
-			o.Args = map[string][]string{}
-			for _, a := range args {
-				id, arg, ok := strings.Cut(a, "=")
-				if !ok {
-					return fmt.Errorf("--arg %q: want ID=ARG", a)
-				}
-				o.Args[id] = append(o.Args[id], arg)
+			if o.Args, err = perAddonList("--arg", "ID=ARG", args); err != nil {
+				return err
 			}
 			o.Disable, o.AllowDowngrade, o.Expires = set(disable), set(allowDowngrade), expires
 			doc, err := publish.Assign(cmd.Context(), o)
@@ -204,6 +194,20 @@ func perAddon(flag string, vals []string) (map[string]string, error) {
 			return nil, fmt.Errorf("%s given twice for %s", flag, id)
 		}
 		m[id] = val
+	}
+	return m, nil
+}
+
+// perAddonList gathers a repeatable ID=VALUE flag's values by add-on, in
+// order.
+func perAddonList(flag, want string, vals []string) (map[string][]string, error) {
+	m := map[string][]string{}
+	for _, v := range vals {
+		id, val, ok := strings.Cut(v, "=")
+		if !ok {
+			return nil, fmt.Errorf("%s %q: want %s", flag, v, want)
+		}
+		m[id] = append(m[id], val)
 	}
 	return m, nil
 }
