@@ -232,16 +232,17 @@ func (b *Backend) Run(ctx context.Context, id string, args []string, caller stri
 			log.Debug("releasing the run's unit", "error", err)
 		}
 	}()
+	var st systemd.UnitState
 	if err := systemd.WaitJob(ctx, unit, ch); err != nil {
 		// A run that exits non-zero before the manager saw its exec
 		// succeed fails the start job of a Type=exec unit (under load,
 		// "exit 7" did): that is the run's result, not a failure to run.
-		if st, rerr := systemd.ReadUnit(ctx, conn, unit); ctx.Err() != nil || rerr != nil || !ranAndExited(st) {
+		var rerr error
+		if st, rerr = systemd.ReadUnit(ctx, conn, unit); ctx.Err() != nil || rerr != nil || !ranAndExited(st) {
 			return nil, fmt.Errorf("addon %q: %w", id, err)
 		}
 	}
-	var st systemd.UnitState
-	for {
+	for !ended(st) {
 		select {
 		case <-watch.C:
 		case <-time.After(time.Second): // a lost signal costs at most a second
@@ -254,9 +255,6 @@ func (b *Backend) Run(ctx context.Context, id string, args []string, caller stri
 		st, err = systemd.ReadUnit(ctx, conn, unit)
 		if err != nil {
 			return nil, fmt.Errorf("addon %q: run %s: %w", id, unit, err)
-		}
-		if st.InvocationID != "" && !st.Up() && st.ActiveState != "deactivating" {
-			break
 		}
 	}
 	res.Duration = time.Since(start)
@@ -285,6 +283,11 @@ func (b *Backend) Run(ctx context.Context, id string, args []string, caller stri
 	}
 	log.Info("helper run ended", "exit_code", res.ExitCode, "timed_out", res.TimedOut, "duration", res.Duration)
 	return res, nil
+}
+
+// ended: the run's unit was started and is down (no longer stopping).
+func ended(st systemd.UnitState) bool {
+	return st.InvocationID != "" && !st.Up() && st.ActiveState != "deactivating"
 }
 
 // ranAndExited reports a unit whose main process ran and ended: not one
