@@ -395,58 +395,65 @@ func (u UnitState) ExitCause() supervisors.Cause {
 //
 // The unit's and the service's properties are two reads: a restart
 // between them would pair one invocation's state with the next one's
-// (reset) exit status, so the unit's are read again and the whole read
-// repeated (a few times at most) until both sides agree.
+// (reset) exit status. So the unit's are read again after the service's,
+// and the service's read again (a few times at most) until the unit's
+// agree on both sides.
 func ReadUnit(ctx context.Context, conn *sd.Conn, unit string) (UnitState, error) {
-	var u UnitState
-	var err error
-	for range 3 {
-		if u, err = readUnitOnce(ctx, conn, unit); err != nil || !u.Exists() || !strings.HasSuffix(unit, ".service") {
+	props, err := conn.GetUnitPropertiesContext(ctx, unit)
+	if err != nil {
+		return UnitState{Name: unit}, err
+	}
+	for try := 1; ; try++ {
+		u := unitState(unit, props)
+		if !u.Exists() || !strings.HasSuffix(unit, ".service") {
+			return u, nil
+		}
+		if BetweenReads != nil {
+			BetweenReads(ctx, unit)
+		}
+		sp, err := conn.GetUnitTypePropertiesContext(ctx, unit, "Service")
+		if err != nil {
 			return u, err
 		}
+		u.setService(sp)
 		again, err := conn.GetUnitPropertiesContext(ctx, unit)
 		if err != nil {
 			return u, err
 		}
-		id, _ := again["InvocationID"].([]byte)
-		if hex.EncodeToString(id) == u.InvocationID && again["ActiveState"] == u.ActiveState && again["SubState"] == u.SubState {
-			break
+		if try == 3 || unitState(unit, again).sameRun(u) {
+			return u, nil
 		}
+		props = again
 	}
-	return u, nil
 }
 
-// BetweenReads, when set (tests only), runs between a ReadUnit's read of
-// the unit's properties and of the service's: a test restarts the unit
+// BetweenReads, when set (tests only), runs between ReadUnit's read of
+// the unit's properties and of the service's, with the read's context
+// (which tells a test's reads from others): a test restarts the unit
 // there to order the race ReadUnit guards against.
-// It gets the read's context, which tells a test's reads from others.
 var BetweenReads func(ctx context.Context, unit string)
 
-func readUnitOnce(ctx context.Context, conn *sd.Conn, unit string) (UnitState, error) {
+// unitState is what the unit's own properties say.
+func unitState(unit string, props map[string]any) UnitState {
 	u := UnitState{Name: unit}
-	props, err := conn.GetUnitPropertiesContext(ctx, unit)
-	if err != nil {
-		return u, err
-	}
-	if BetweenReads != nil {
-		BetweenReads(ctx, unit)
-	}
-	str := func(m map[string]any, k string) string { s, _ := m[k].(string); return s }
-	u.LoadState, u.ActiveState, u.SubState = str(props, "LoadState"), str(props, "ActiveState"), str(props, "SubState")
-	u.Description = str(props, "Description")
+	u.LoadState, u.ActiveState, u.SubState = propString(props, "LoadState"), propString(props, "ActiveState"), propString(props, "SubState")
+	u.Description = propString(props, "Description")
 	if id, ok := props["InvocationID"].([]byte); ok {
 		u.InvocationID = hex.EncodeToString(id)
 	}
 	if t, ok := props["ActiveEnterTimestampMonotonic"].(uint64); ok && t > 0 {
 		u.ActiveSince = time.Duration(t) * time.Microsecond
 	}
-	if !u.Exists() || !strings.HasSuffix(unit, ".service") {
-		return u, nil
-	}
-	sp, err := conn.GetUnitTypePropertiesContext(ctx, unit, "Service")
-	if err != nil {
-		return u, err
-	}
+	return u
+}
+
+// sameRun: the same invocation, in the same state.
+func (u UnitState) sameRun(v UnitState) bool {
+	return u.InvocationID == v.InvocationID && u.ActiveState == v.ActiveState && u.SubState == v.SubState
+}
+
+// setService adds what the service's properties say.
+func (u *UnitState) setService(sp map[string]any) {
 	num := func(k string) int64 {
 		switch v := sp[k].(type) {
 		case uint32:
@@ -463,9 +470,10 @@ func readUnitOnce(ctx context.Context, conn *sd.Conn, unit string) (UnitState, e
 	u.MainPID, u.NRestarts = int(num("MainPID")), int(num("NRestarts"))
 	u.ExecCode, u.ExecStatus = int(num("ExecMainCode")), int(num("ExecMainStatus"))
 	u.ExitTime = uint64(num("ExecMainExitTimestamp"))
-	u.Result = str(sp, "Result")
-	return u, nil
+	u.Result = propString(sp, "Result")
 }
+
+func propString(m map[string]any, k string) string { s, _ := m[k].(string); return s }
 
 // WaitJob waits for a job started with ch to finish; anything but "done"
 // is an error naming the unit.
