@@ -80,14 +80,20 @@ func segment(what, s string, max int) error {
 	return nil
 }
 
-func (r *ApplyRequest) check() error {
-	if !addonIDRe.MatchString(r.AddonID) {
-		return fmt.Errorf("addon id %q: not a valid add-on id", r.AddonID)
+// checkCopyName checks what names a capped copy: the add-on's id, and
+// its version and file name as path segments.
+func checkCopyName(id, version, file string) error {
+	if !addonIDRe.MatchString(id) {
+		return fmt.Errorf("addon id %q: not a valid add-on id", id)
 	}
-	if err := segment("version", r.Version, 64); err != nil {
+	if err := segment("version", version, 64); err != nil {
 		return err
 	}
-	if err := segment("file", r.File, 255); err != nil {
+	return segment("file", file, 255)
+}
+
+func (r *ApplyRequest) check() error {
+	if err := checkCopyName(r.AddonID, r.Version, r.File); err != nil {
 		return err
 	}
 	if r.Platform == "" {

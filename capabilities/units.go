@@ -142,13 +142,7 @@ func hasControl(s string) bool {
 
 // check refuses a request the template cannot take as it is.
 func (r StartRequest) check(c *Config) error {
-	if !addonIDRe.MatchString(r.AddonID) {
-		return fmt.Errorf("addon id %q: not a valid add-on id", r.AddonID)
-	}
-	if err := segment("version", r.Version, 64); err != nil {
-		return err
-	}
-	if err := segment("file", r.File, 255); err != nil {
+	if err := checkCopyName(r.AddonID, r.Version, r.File); err != nil {
 		return err
 	}
 	if len(r.Args) > 256 {
