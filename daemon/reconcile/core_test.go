@@ -62,8 +62,14 @@ var cases = []struct {
 		h.refresh(desired(spec("a@1.1.0")))
 		h.stageDone("a@1.1.0")
 		h.started("a", nil)
+		if a := h.status("a"); !a.Probation || a.ActiveVersion != "1.1.0" {
+			h.t.Fatalf("a started version is on probation: %+v", a)
+		}
 		h.gcRemoved = []string{"0.9.0"}
 		h.event("a@1.1.0", supervisors.StateRunning, healthy)
+		if a := h.status("a"); a.Probation {
+			h.t.Fatalf("a promoted version is off probation: %+v", a)
+		}
 		if p := h.lastPersist("a"); p.LKG == nil || p.LKG.Version != "1.1.0" || p.Probation != nil {
 			h.t.Fatalf("persisted %+v", p)
 		}
@@ -114,7 +120,7 @@ var cases = []struct {
 			h.t.Fatalf("rollback's actions in order: %s", k)
 		}
 		a := h.want("a", StateRolledBack, "1.0.0", unhealthy)
-		if !a.FromLKG || a.Version != "1.1.0" {
+		if !a.FromLKG || a.Version != "1.1.0" || a.Probation {
 			h.t.Fatalf("%+v", a)
 		}
 	}},

@@ -10,18 +10,21 @@ import (
 // AddonStatus is one add-on in GET /v1/status (DESIGN.md, "Contract:
 // status").
 type AddonStatus struct {
-	AddonID         string    `json:"addon_id"`
-	Version         string    `json:"version"`
-	ActiveVersion   string    `json:"active_version"`
-	PreviousVersion string    `json:"previous_version"`
-	Supervision     string    `json:"supervision"`
-	State           State     `json:"state"`
-	Health          Health    `json:"health"`
-	FromLKG         bool      `json:"from_lkg"`
-	LastError       string    `json:"last_error"`
-	Since           time.Time `json:"since"`
-	Restarts        int       `json:"restarts"`
-	PID             int       `json:"pid,omitempty"`
+	AddonID         string `json:"addon_id"`
+	Version         string `json:"version"`
+	ActiveVersion   string `json:"active_version"`
+	PreviousVersion string `json:"previous_version"`
+	Supervision     string `json:"supervision"`
+	State           State  `json:"state"`
+	Health          Health `json:"health"`
+	FromLKG         bool   `json:"from_lkg"`
+	// Probation: the active version has not proved itself yet (it is
+	// promoted when healthy, rolled back when not, within the probation).
+	Probation bool      `json:"probation"`
+	LastError string    `json:"last_error"`
+	Since     time.Time `json:"since"`
+	Restarts  int       `json:"restarts"`
+	PID       int       `json:"pid,omitempty"`
 }
 
 // Addons is every add-on's status, by id.
@@ -41,6 +44,7 @@ func (c *Core) Addons() []AddonStatus {
 		}
 		if ar.running != nil {
 			as.ActiveVersion = ar.running.Version
+			as.Probation = ar.probation != nil && ar.probation.Version == ar.running.Version
 			if as.Supervision == "" {
 				as.Supervision = ar.running.Supervision
 			}
