@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -62,6 +63,47 @@ func (d *Dir) mapErr(key string, err error) error {
 		return fmt.Errorf("%s: %s: %w", d, key, ErrNotFound)
 	}
 	return fmt.Errorf("%s: %s: %w", d, key, err)
+}
+
+// List walks prefix inside the tree (os.Root: nothing outside it is
+// reached); symbolic links are neither followed nor listed, and neither are
+// the temporary files of a Put in progress.
+func (d *Dir) List(ctx context.Context, prefix string, fn func(Info) error) error {
+	if err := validPrefix(prefix); err != nil {
+		return err
+	}
+	root, err := d.open()
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	top := strings.TrimSuffix(prefix, "/")
+	if fi, err := root.Lstat(top); errors.Is(err, fs.ErrNotExist) || err == nil && !fi.IsDir() {
+		return nil // nothing under prefix
+	}
+	var fnErr error
+	err = fs.WalkDir(root.FS(), top, func(key string, e fs.DirEntry, err error) error {
+		switch {
+		case err != nil:
+			return err
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case !e.Type().IsRegular() || strings.HasPrefix(path.Base(key), putTemp) || ValidKey(key) != nil:
+			return nil
+		}
+		fi, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // removed meanwhile
+		} else if err != nil {
+			return err
+		}
+		fnErr = fn(d.info(key, fi))
+		return fnErr
+	})
+	if err != nil && err != fnErr && !errors.Is(err, ctx.Err()) {
+		return d.mapErr(prefix, err)
+	}
+	return err
 }
 
 func (d *Dir) Stat(ctx context.Context, key string) (Info, error) {
@@ -127,6 +169,9 @@ func (d *Dir) Open(ctx context.Context, key string, opts OpenOptions) (io.ReadCl
 	return &exactReader{r: f, c: f, left: info.Size - opts.Offset, key: key}, info, nil
 }
 
+// putTemp starts the name of a Put's file until it is renamed into place.
+const putTemp = ".put-"
+
 func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) (Info, error) {
 	if err := ValidKey(key); err != nil {
 		return Info{}, err
@@ -142,7 +187,7 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) (Inf
 	}
 	var rnd [6]byte
 	rand.Read(rnd[:])
-	tmp := path.Join(dir, ".put-"+hex.EncodeToString(rnd[:]))
+	tmp := path.Join(dir, putTemp+hex.EncodeToString(rnd[:]))
 	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return Info{}, d.mapErr(key, err)

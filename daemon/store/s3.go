@@ -106,6 +106,27 @@ func (s *S3) mapErr(key string, err error) error {
 	return fmt.Errorf("%s: %s: %w", s, key, err)
 }
 
+func (s *S3) List(ctx context.Context, prefix string, fn func(Info) error) error {
+	if err := validPrefix(prefix); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx) // ends minio-go's listing when fn stops it
+	defer cancel()
+	for oi := range s.core.Client.ListObjects(ctx, s.cfg.Bucket, minio.ListObjectsOptions{Prefix: s.cfg.Prefix + prefix, Recursive: true}) {
+		if oi.Err != nil {
+			return s.mapErr(prefix, oi.Err)
+		}
+		key, ok := strings.CutPrefix(oi.Key, s.cfg.Prefix)
+		if !ok || ValidKey(key) != nil || !strings.HasPrefix(key, prefix) {
+			continue
+		}
+		if err := fn(Info{Key: key, Size: oi.Size, ETag: oi.ETag, ModTime: oi.LastModified}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (s *S3) Stat(ctx context.Context, key string) (Info, error) {
 	obj, err := s.object(key)
 	if err != nil {

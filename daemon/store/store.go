@@ -65,6 +65,10 @@ type Store interface {
 	Put(ctx context.Context, key string, r io.Reader, size int64) (Info, error)
 	// Delete removes an object; a missing object is not an error.
 	Delete(ctx context.Context, key string) error
+	// List calls fn with every object under prefix (a key that ends in /),
+	// in key order, until fn returns an error, which List returns. Keys
+	// that fail ValidKey are not listed: the store is hostile too.
+	List(ctx context.Context, prefix string, fn func(Info) error) error
 	// String names the store for logs and errors, without secrets.
 	String() string
 }
@@ -199,6 +203,14 @@ func ValidKey(key string) error {
 		}
 	}
 	return nil
+}
+
+// validPrefix checks a List prefix: a valid key followed by /.
+func validPrefix(prefix string) error {
+	if !strings.HasSuffix(prefix, "/") {
+		return fmt.Errorf("%w: list prefix %q does not end in /", ErrInvalidKey, prefix)
+	}
+	return ValidKey(strings.TrimSuffix(prefix, "/"))
 }
 
 // ReadSmall reads a whole small object (documents, signatures), refusing

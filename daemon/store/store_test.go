@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -112,6 +113,37 @@ func testStore(t *testing.T, s Store) {
 			}
 		}
 	})
+	t.Run("list", func(t *testing.T) {
+		for _, k := range []string{"agents/b/status.json", "agents/a/status.json", "agents/a/assignments.json", "agentsx/c"} {
+			if _, err := s.Put(ctx, k, strings.NewReader(k), int64(len(k))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var got []string
+		err := s.List(ctx, "agents/", func(i Info) error {
+			if i.Size != int64(len(i.Key)) || i.ETag == "" || i.ModTime.IsZero() {
+				t.Errorf("listed %+v: want its size, ETag and time", i)
+			}
+			got = append(got, i.Key)
+			return nil
+		})
+		if want := "agents/a/assignments.json agents/a/status.json agents/b/status.json"; err != nil || strings.Join(got, " ") != want {
+			t.Fatalf("List(agents/) = %q, %v; want %q", got, err, want)
+		}
+		stop := errors.New("enough")
+		n := 0
+		if err := s.List(ctx, "agents/", func(Info) error { n++; return stop }); err != stop || n != 1 {
+			t.Fatalf("List stopped by fn: %v after %d, want %v after 1", err, n, stop)
+		}
+		if err := s.List(ctx, "nothing/here/", func(i Info) error { return fmt.Errorf("listed %s", i.Key) }); err != nil {
+			t.Fatalf("List of an empty prefix = %v", err)
+		}
+		for _, p := range []string{"agents", "../", "a//", "/abs/"} {
+			if err := s.List(ctx, p, func(Info) error { return nil }); !errors.Is(err, ErrInvalidKey) {
+				t.Errorf("List(%q) = %v, want ErrInvalidKey", p, err)
+			}
+		}
+	})
 	t.Run("delete", func(t *testing.T) {
 		if err := s.Delete(ctx, "packages/x/1/package.json"); err != nil {
 			t.Fatal(err)
@@ -174,6 +206,16 @@ func TestDirStoreRefusesEscapes(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(outside, "planted")); err == nil {
 		t.Error("Put wrote outside the store")
+	}
+	os.WriteFile(filepath.Join(dir, "artifacts", ".put-0123"), []byte("half"), 0o644)
+	os.WriteFile(filepath.Join(dir, "artifacts", "real"), []byte("x"), 0o644)
+	var listed []string
+	if err := s.List(context.Background(), "artifacts/", func(i Info) error { listed = append(listed, i.Key); return nil }); err != nil || strings.Join(listed, " ") != "artifacts/real" {
+		t.Errorf("List = %q, %v; want only artifacts/real (no links, fifos or a Put's temporary file)", listed, err)
+	}
+	os.Symlink(outside, filepath.Join(dir, "linked"))
+	if err := s.List(context.Background(), "linked/", func(i Info) error { return fmt.Errorf("listed %s outside the store", i.Key) }); err != nil {
+		t.Errorf("List through a symlinked directory: %v", err)
 	}
 }
 
