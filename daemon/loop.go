@@ -57,6 +57,7 @@ type loop struct {
 	stageErr error // a removal failed
 
 	metrics     *metrics
+	reporter    *reporter // nil: addond stage
 	ready       bool
 	lastSummary string
 
@@ -455,6 +456,9 @@ func (l *loop) publish() {
 	l.status, l.owned, l.helpers = st, owned, helpers
 	l.mu.Unlock()
 	l.metrics.observe(st)
+	if l.reporter != nil {
+		l.reporter.offer(st)
+	}
 	l.metrics.downloads.Set(float64(l.core.InFlight()))
 	l.metrics.expired.Set(boolGauge(st.DocumentExpired))
 	if sum := l.core.Summary(); l.ready && sum != l.lastSummary {

@@ -25,6 +25,8 @@ type metrics struct {
 	replays           prometheus.Counter
 	downloads         prometheus.Gauge
 	expired           prometheus.Gauge
+	reports           *prometheus.CounterVec
+	reportedAt        prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -58,11 +60,17 @@ func newMetrics() *metrics {
 		downloads: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "addond_downloads_in_flight", Help: "Stagings (downloads and their verification) in flight.",
 		}),
+		reports: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "addond_report_writes_total", Help: "Writes of the agent's report (agents/<agent>/status.json) to the store, by result (ok, error).",
+		}, []string{"result"}),
+		reportedAt: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "addond_report_last_success_timestamp_seconds", Help: "When the agent's report was last written to the store (Unix time; 0: not yet).",
+		}),
 		replays: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "addond_assignment_replays_total", Help: "Assignment documents refused as replays (a lower serial, or the last serial with other content), once per distinct document.",
 		}),
 	}
-	m.reg.MustRegister(m.state, m.restarts, m.rollbacks, m.deliveryBytes, m.deliveryFailures, m.reconcile, m.downgradesRefused, m.replays, m.downloads, m.expired,
+	m.reg.MustRegister(m.state, m.restarts, m.rollbacks, m.deliveryBytes, m.deliveryFailures, m.reconcile, m.downgradesRefused, m.replays, m.downloads, m.expired, m.reports, m.reportedAt,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -87,6 +87,12 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 		}
 		defer ms.Close()
 	}
+	l.reporter = newReporter(a, l.metrics)
+	l.work.Add(1)
+	go func() {
+		defer l.work.Done()
+		l.reporter.run(l.ctx)
+	}()
 	l.ready = true
 	l.publish()
 	l.opts.Notify("READY=1\nSTATUS=" + l.core.Summary())

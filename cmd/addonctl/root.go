@@ -15,7 +15,7 @@ func newRoot() *cobra.Command {
 		&cobra.Group{ID: "operator", Title: "Operator commands:"},
 		&cobra.Group{ID: "publisher", Title: "Publisher commands:"},
 	)
-	for _, c := range []*cobra.Command{newStatus(), newReconcile(), newRetry(), newRunHelper(), newOverride()} {
+	for _, c := range []*cobra.Command{newStatus(), newReconcile(), newRetry(), newRunHelper(), newOverride(), newFleet()} {
 		c.GroupID = "operator"
 		root.AddCommand(c)
 	}

@@ -6,13 +6,16 @@ package config
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -49,6 +52,9 @@ type Config struct {
 	// beyond the artifact itself (default 64 MiB).
 	MinFreeBytes int64 `json:"min_free_bytes"`
 
+	// Report is the agent's report to the store (DESIGN.md, "Fleet").
+	Report Report `json:"report"`
+
 	// Path is the file the config was loaded from.
 	Path string `json:"-"`
 }
@@ -68,6 +74,32 @@ type Trust struct {
 
 // Required reports whether signatures are required (the default).
 func (t Trust) Required() bool { return t.RequireSignatures == nil || *t.RequireSignatures }
+
+// Report configures agents/<agent_id>/status.json: written when
+// something an operator cares about changes, at most once per MinInterval,
+// and otherwise every Interval (jittered).
+type Report struct {
+	Enabled     *bool    `json:"enabled"`
+	Interval    Duration `json:"interval"`
+	MinInterval Duration `json:"min_interval"`
+}
+
+// On reports whether reports are wanted (the default); they are written
+// only where there is a store.
+func (r Report) On() bool { return r.Enabled == nil || *r.Enabled }
+
+// Every is the interval of the periodic report, and Min the least time
+// between two reports (their defaults when unset).
+func (r Report) Every() time.Duration { return cmp.Or(r.Interval.D(), DefaultReportInterval) }
+func (r Report) Min() time.Duration   { return cmp.Or(r.MinInterval.D(), DefaultReportMinInterval) }
+
+// Report bounds.
+const (
+	DefaultReportInterval    = 10 * time.Minute
+	DefaultReportMinInterval = 5 * time.Second
+	MinReportMinInterval     = time.Second
+	MinReportInterval        = 10 * time.Second
+)
 
 // Systemd selects the manager add-on units run in.
 type Systemd struct {
@@ -123,8 +155,13 @@ func Parse(data []byte) (*Config, error) {
 	if err := json.Unmarshal(data, &top); err != nil {
 		return nil, fmt.Errorf("invalid JSON: %w", err)
 	}
-	for _, key := range []string{"poll_interval", "probation"} {
-		if raw, ok := top[key]; ok {
+	durations := map[string]json.RawMessage{"poll_interval": top["poll_interval"], "probation": top["probation"]}
+	var report map[string]json.RawMessage
+	if raw, ok := top["report"]; ok && json.Unmarshal(raw, &report) == nil {
+		durations["report.interval"], durations["report.min_interval"] = report["interval"], report["min_interval"]
+	}
+	for _, key := range slices.Sorted(maps.Keys(durations)) {
+		if raw := durations[key]; raw != nil {
 			var d Duration
 			if err := d.UnmarshalJSON(raw); err != nil {
 				return nil, fmt.Errorf("key %q: %w", key, err)
@@ -195,6 +232,12 @@ func (c *Config) defaults() error {
 	if c.MinFreeBytes == 0 {
 		c.MinFreeBytes = 64 << 20
 	}
+	if c.Report.Interval == 0 {
+		c.Report.Interval = Duration(DefaultReportInterval)
+	}
+	if c.Report.MinInterval == 0 {
+		c.Report.MinInterval = Duration(DefaultReportMinInterval)
+	}
 	return nil
 }
 
@@ -247,6 +290,10 @@ func (c *Config) validate() error {
 	}
 	if c.MinFreeBytes < 0 {
 		return fmt.Errorf("key \"min_free_bytes\": must not be negative")
+	}
+	if r := c.Report; r.MinInterval.D() < MinReportMinInterval || r.Interval.D() < MinReportInterval || r.MinInterval > r.Interval {
+		return fmt.Errorf("key \"report\": interval %v and min_interval %v: want min_interval at least %v, interval at least %v, min_interval not above interval",
+			r.Interval.D(), r.MinInterval.D(), MinReportMinInterval, MinReportInterval)
 	}
 	return nil
 }

@@ -40,6 +40,13 @@ func TestDefaults(t *testing.T) {
 	if c.AgentID != host || c.RuntimeRoot != "/var/lib/addond" || !c.Trust.Required() || c.Probation.D() != time.Minute || c.MaxConcurrentDownloads != 2 {
 		t.Fatalf("defaults = %+v", c)
 	}
+	if !c.Report.On() || c.Report.Interval.D() != 10*time.Minute || c.Report.MinInterval.D() != 5*time.Second {
+		t.Fatalf("report defaults = %+v", c.Report)
+	}
+	c, err = Parse([]byte(`{"report": {"enabled": false, "interval": "1h", "min_interval": "30s"}}`))
+	if err != nil || c.Report.On() || c.Report.Interval.D() != time.Hour || c.Report.MinInterval.D() != 30*time.Second {
+		t.Fatalf("report = %+v, %v", c.Report, err)
+	}
 }
 
 func TestParseErrorsNameTheKey(t *testing.T) {
@@ -57,8 +64,15 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		`{"agent_id":"../x"}`:                                      `agent_id`,
 		`{"max_concurrent_downloads":0.5}`:                         `max_concurrent_downloads`,
 		`{"store":"file:///x","assignments":{"store_key":"../a"}}`: `assignments.store_key`,
-		`{`:   `invalid JSON`,
-		`{}}`: `invalid JSON`,
+		`{"report":{"interval":"often"}}`:                          `key "report.interval"`,
+		`{"report":{"min_interval":"0s"}}`:                         `key "report.min_interval": duration "0s" must be positive`,
+		`{"report":{"min_interval":"100ms"}}`:                      `min_interval at least 1s`,
+		`{"report":{"interval":"1m","min_interval":"2m"}}`:         `min_interval not above interval`,
+		`{"report":{"interval":"1s"}}`:                             `interval at least 10s`,
+		`{"report":{"enabled":"yes"}}`:                             `report.enabled`,
+		`{"report":{"every":"1m"}}`:                                `unknown key "every"`,
+		`{`:                                                        `invalid JSON`,
+		`{}}`:                                                      `invalid JSON`,
 	}
 	for in, want := range cases {
 		_, err := Parse([]byte(in))

@@ -1,0 +1,155 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/addond/addond/daemon/config"
+	"github.com/addond/addond/daemon/fleet"
+)
+
+// The agent's report to the store (DESIGN.md, "Fleet"): the loop offers
+// every status it publishes; the reporter, a goroutine of the loop's,
+// writes agents/<agent>/status.json when something an operator acts on
+// changed (at most once per report.min_interval) and otherwise every
+// report.interval, jittered. A failed write is retried with backoff and
+// counted; it never holds up or fails anything else.
+
+// reportSchedule is the reporter's policy state: when the last report was
+// written, what it said, and the failures since.
+type reportSchedule struct {
+	written   string    // fleet.Report.Material of the last report written
+	writtenAt time.Time // zero: none yet
+	jitter    time.Duration
+	failures  int
+	retryAt   time.Time
+}
+
+// due is when a report whose material is m is to be written, under cfg.
+func (s reportSchedule) due(m string, cfg config.Report) time.Time {
+	switch {
+	case s.failures > 0:
+		return s.retryAt
+	case s.writtenAt.IsZero():
+		return time.Time{} // at once
+	case m != s.written:
+		return s.writtenAt.Add(cfg.Min())
+	}
+	return s.writtenAt.Add(cfg.Every() + s.jitter)
+}
+
+// wrote is the schedule after a write of material m at now that ended in
+// err; jitter is in [-1, 1), the share of a tenth of the interval by which
+// the next periodic report moves (agents started together spread out).
+func (s reportSchedule) wrote(m string, now time.Time, err error, cfg config.Report, jitter float64) reportSchedule {
+	if err != nil {
+		s.failures++
+		backoff := cfg.Min() << min(s.failures-1, 16)
+		s.retryAt = now.Add(min(backoff, cfg.Every()))
+		return s
+	}
+	return reportSchedule{written: m, writtenAt: now, jitter: time.Duration(jitter * float64(cfg.Every()) / 10)}
+}
+
+// reporter writes the reports; offer is its only entry from the loop.
+type reporter struct {
+	a       *Agent
+	log     *slog.Logger
+	metrics *metrics
+	wake    chan struct{}
+
+	mu     sync.Mutex
+	latest *Status
+}
+
+func newReporter(a *Agent, m *metrics) *reporter {
+	return &reporter{a: a, log: a.log, metrics: m, wake: make(chan struct{}, 1)}
+}
+
+// offer hands the reporter the latest status; it never blocks.
+func (r *reporter) offer(st Status) {
+	r.mu.Lock()
+	r.latest = &st
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// report is the report of the latest status, or nil (none yet, or
+// reports are off: disabled, or no store to write to).
+func (r *reporter) report(e *env) *fleet.Report {
+	r.mu.Lock()
+	st := r.latest
+	r.mu.Unlock()
+	if st == nil || e.store == nil || !e.cfg.Report.On() {
+		return nil
+	}
+	return &fleet.Report{
+		AgentID: st.AgentID, AddondVersion: st.Version, Platform: r.a.platform.String(),
+		Ready: st.Ready, Serial: st.Serial,
+		DocumentFresh: st.DocumentFresh, DocumentExpired: st.DocumentExpired, DocumentError: st.DocumentError,
+		Addons: st.Addons,
+	}
+}
+
+// run writes reports until ctx is done.
+func (r *reporter) run(ctx context.Context) {
+	var s reportSchedule
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		e := r.a.env.Load()
+		if rep := r.report(e); rep != nil {
+			m := rep.Material()
+			if wait := time.Until(s.due(m, e.cfg.Report)); wait > 0 {
+				timer.Reset(wait)
+			} else {
+				s = s.wrote(m, time.Now(), r.write(ctx, e, rep, s.failures), e.cfg.Report, 2*rand.Float64()-1)
+				continue
+			}
+		} else {
+			timer.Stop()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// write puts rep in the store, bounded in time.
+func (r *reporter) write(ctx context.Context, e *env, rep *fleet.Report, failures int) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	rep.ReportedAt = time.Now().UTC().Truncate(time.Millisecond)
+	data, err := rep.Marshal()
+	if err == nil {
+		_, err = e.store.Put(ctx, fleet.ReportKey(rep.AgentID), bytes.NewReader(data), int64(len(data)))
+	}
+	switch {
+	case err == nil:
+		r.metrics.reports.WithLabelValues("ok").Inc()
+		r.metrics.reportedAt.SetToCurrentTime()
+		if failures > 0 {
+			r.log.Info("report written again", "key", fleet.ReportKey(rep.AgentID), "failures", failures)
+		}
+	case errors.Is(ctx.Err(), context.Canceled):
+		// shutting down
+	default:
+		r.metrics.reports.WithLabelValues("error").Inc()
+		if failures == 0 {
+			// Once per run of failures: the retries are counted.
+			r.log.Warn("writing the agent's report to the store; retrying with backoff", "key", fleet.ReportKey(rep.AgentID), "error", err)
+		}
+	}
+	return err
+}
