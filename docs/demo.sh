@@ -5,7 +5,8 @@
 # fetches, verifies and stages it; a new version, a tampered artifact, a
 # local pin and a store outage show what the agent does with each. Act 2:
 # `addond run` supervises the hello sidecar, a deliberately unhealthy new
-# version is pushed and rolled back, and everything stops. DEMO_KEEP=1
+# version is pushed and rolled back, the fleet's view shows it, and
+# everything stops. DEMO_KEEP=1
 # leaves addond running at the end instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,6 +96,7 @@ cat >"$DEMO/run.json" <<JSON
   "systemd": {"manager": "none"},
   "poll_interval": "2s",
   "probation": "6s",
+  "report": {"min_interval": "1s"},
   "min_free_bytes": 1048576
 }
 JSON
@@ -124,6 +126,15 @@ wait_for '^hello +rolled_back +healthy +1\.1\.0 +1\.0\.0'
 run status
 echo "(... so current is back on 1.0.0 with its own configuration, and 1.1.0 is not retried until the assignment changes or 'addonctl retry hello')"
 run readlink "$DEMO/runtime/addons/hello/current"
+
+say "fleet: the agent reports to the store (agents/demo-01/status.json); the operator reads the fleet"
+for _ in $(seq 1 50); do
+	fleet=$("$BIN/addonctl" fleet status --store "$STORE" 2>/dev/null || true) # exit 1 while anything is wrong
+	grep -q 'rolled_back' <<<"$fleet" && break
+	sleep 0.2
+done
+run "$BIN/addonctl" fleet status --store "$STORE" && rc=0 || rc=$?
+echo "(exit status $rc: an add-on is rolled back; a fleet where every add-on runs healthy exits 0)"
 
 if [ "${DEMO_KEEP:-}" = 1 ]; then
 	trap - EXIT

@@ -24,7 +24,7 @@ func newFleet() *cobra.Command {
 		Use:   "fleet",
 		Short: "The fleet, as its agents report it to the store",
 	}
-	c.AddCommand(newFleetStatus())
+	c.AddCommand(newFleetStatus(), newFleetPolicy())
 	return c
 }
 
@@ -175,4 +175,42 @@ func printable(s string) string {
 		}
 		return '?'
 	}, s)
+}
+
+func newFleetPolicy() *cobra.Command {
+	var storeURL, agent string
+	c := &cobra.Command{
+		Use:   "policy --store s3://BUCKET[/PREFIX]?... --agent AGENT",
+		Short: "Print the S3 policy of one agent's identity: read artifacts, packages and its own assignments; write only its own report",
+		Long: `Prints an IAM policy (JSON) for the credentials of one agent. With it, the
+agent reads artifacts/, packages/ and its own agents/AGENT/assignments.json
+(and .sig), and writes only agents/AGENT/status.json: it cannot change another
+agent's report, any assignment, or any artifact. Give every agent an identity
+of its own with this policy (docs/FLEET.md shows it with mc).`,
+		Example: `  addonctl fleet policy --store 's3://addons?endpoint=minio.example:9000' --agent edge-01 > edge-01.json
+  mc admin policy create myminio addond-edge-01 edge-01.json
+  mc admin user add myminio edge-01 "$SECRET"
+  mc admin policy attach myminio addond-edge-01 --user edge-01`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			u, err := store.ParseURL(storeURL)
+			if err != nil {
+				return err
+			}
+			if u.Scheme != "s3" {
+				return fmt.Errorf("--store %s: policies are for s3:// stores (a file:// store is guarded by file permissions)", storeURL)
+			}
+			p, err := fleet.AgentPolicy(u.S3.Bucket, u.S3.Prefix, agent)
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(p)
+			return err
+		},
+	}
+	c.Flags().StringVar(&storeURL, "store", "", "the agents' store URL (s3://…)")
+	c.Flags().StringVar(&agent, "agent", "", "the agent id")
+	c.MarkFlagRequired("store")
+	c.MarkFlagRequired("agent")
+	return c
 }

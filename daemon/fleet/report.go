@@ -132,3 +132,36 @@ func ParseReport(data []byte, agent string) (Report, error) {
 	}
 	return r, nil
 }
+
+// AgentPolicy is the S3 (IAM) policy of one agent's identity on a bucket
+// whose objects start with prefix ("" or ending in /): it may read every
+// artifact and package and its own assignment document, and write only its
+// own report. One agent cannot change what another runs or reports.
+func AgentPolicy(bucket, prefix, agent string) ([]byte, error) {
+	if !ValidAgentID(agent) {
+		return nil, fmt.Errorf("agent %q is not a safe agent id", agent)
+	}
+	if strings.ContainsAny(bucket+prefix, "*?$") {
+		// Wildcards (and policy variables) in a resource would widen it.
+		return nil, fmt.Errorf("bucket %q and prefix %q: a '*', '?' or '$' in them would widen the policy", bucket, prefix)
+	}
+	obj := func(key string) string { return "arn:aws:s3:::" + bucket + "/" + prefix + key }
+	type statement struct {
+		Sid      string   `json:"Sid"`
+		Effect   string   `json:"Effect"`
+		Action   []string `json:"Action"`
+		Resource []string `json:"Resource"`
+	}
+	policy := struct {
+		Version   string      `json:"Version"`
+		Statement []statement `json:"Statement"`
+	}{"2012-10-17", []statement{
+		{"ReadArtifactsPackagesAndOwnAssignments", "Allow", []string{"s3:GetObject"}, []string{
+			obj("artifacts/*"), obj("packages/*"),
+			obj(ReportsPrefix + agent + "/assignments.json"), obj(ReportsPrefix + agent + "/assignments.json.sig"),
+		}},
+		{"WriteOwnReport", "Allow", []string{"s3:PutObject"}, []string{obj(ReportKey(agent))}},
+	}}
+	b, err := json.MarshalIndent(policy, "", "  ")
+	return append(b, '\n'), err
+}
