@@ -169,6 +169,46 @@ func (d *Dir) Open(ctx context.Context, key string, opts OpenOptions) (io.ReadCl
 	return &exactReader{r: f, c: f, left: info.Size - opts.Offset, key: key}, info, nil
 }
 
+// PutIfMatch holds an exclusive lock (flock on .put-lock in the key's
+// directory, which every conditional writer of the tree takes) across the
+// check and the rename: two addonctl processes on one host or on one NFS
+// export with working locks never both succeed from one version.
+func (d *Dir) PutIfMatch(ctx context.Context, key string, r io.Reader, size int64, ifMatch string) (Info, error) {
+	if err := ValidKey(key); err != nil {
+		return Info{}, err
+	}
+	root, err := d.open()
+	if err != nil {
+		return Info{}, err
+	}
+	defer root.Close()
+	if err := root.MkdirAll(path.Dir(key), 0o755); err != nil {
+		return Info{}, d.mapErr(key, err)
+	}
+	lock, err := root.OpenFile(path.Join(path.Dir(key), putTemp+"lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return Info{}, d.mapErr(key, err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return Info{}, d.mapErr(key, err)
+	}
+	cur, err := d.Stat(ctx, key)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		if ifMatch != "" {
+			return Info{}, fmt.Errorf("%s: %s: gone (want ETag %s): %w", d, key, ifMatch, ErrChanged)
+		}
+	case err != nil:
+		return Info{}, err
+	case ifMatch == "":
+		return Info{}, fmt.Errorf("%s: %s: exists (want none): %w", d, key, ErrChanged)
+	case cur.ETag != ifMatch:
+		return Info{}, fmt.Errorf("%s: %s: ETag %s (want %s): %w", d, key, cur.ETag, ifMatch, ErrChanged)
+	}
+	return d.Put(ctx, key, r, size)
+}
+
 // putTemp starts the name of a Put's file until it is renamed into place.
 const putTemp = ".put-"
 

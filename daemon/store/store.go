@@ -63,6 +63,11 @@ type Store interface {
 	// Put writes an object of the given size from r; readers never see a
 	// partial object.
 	Put(ctx context.Context, key string, r io.Reader, size int64) (Info, error)
+	// PutIfMatch is Put on a condition, checked and applied atomically:
+	// the object's ETag is still ifMatch, or, with ifMatch "", there is no
+	// object yet. Otherwise it fails with ErrChanged and writes nothing:
+	// two writers of one document never both succeed from one version.
+	PutIfMatch(ctx context.Context, key string, r io.Reader, size int64, ifMatch string) (Info, error)
 	// Delete removes an object; a missing object is not an error.
 	Delete(ctx context.Context, key string) error
 	// List calls fn with every object under prefix (a key that ends in /),

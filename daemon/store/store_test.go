@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -142,6 +144,51 @@ func testStore(t *testing.T, s Store) {
 			if err := s.List(ctx, p, func(Info) error { return nil }); !errors.Is(err, ErrInvalidKey) {
 				t.Errorf("List(%q) = %v, want ErrInvalidKey", p, err)
 			}
+		}
+	})
+	t.Run("conditional put", func(t *testing.T) {
+		const k = "agents/cond/assignments.json"
+		first, err := s.PutIfMatch(ctx, k, strings.NewReader("v1"), 2, "")
+		if err != nil {
+			t.Fatalf("PutIfMatch of a new object: %v", err)
+		}
+		if _, err := s.PutIfMatch(ctx, k, strings.NewReader("xx"), 2, ""); !errors.Is(err, ErrChanged) {
+			t.Fatalf("create-only PutIfMatch over an existing object = %v, want ErrChanged", err)
+		}
+		second, err := s.PutIfMatch(ctx, k, strings.NewReader("v2"), 2, first.ETag)
+		if err != nil || second.ETag == first.ETag {
+			t.Fatalf("PutIfMatch with the current ETag = %+v, %v", second, err)
+		}
+		if _, err := s.PutIfMatch(ctx, k, strings.NewReader("v3"), 2, first.ETag); !errors.Is(err, ErrChanged) {
+			t.Fatalf("PutIfMatch with a stale ETag = %v, want ErrChanged", err)
+		}
+		if _, err := s.PutIfMatch(ctx, "agents/cond/gone", strings.NewReader("v3"), 2, first.ETag); !errors.Is(err, ErrChanged) {
+			t.Fatalf("PutIfMatch with an ETag of a missing object = %v, want ErrChanged", err)
+		}
+		if data, _, err := ReadSmall(ctx, s, k, 10, OpenOptions{}); err != nil || string(data) != "v2" {
+			t.Fatalf("after the refused writes: %q, %v; want v2", data, err)
+		}
+		// Writers racing from one version: exactly one wins.
+		var wg sync.WaitGroup
+		var won atomic.Int32
+		for i := range 8 {
+			wg.Go(func() {
+				body := fmt.Sprintf("w%d", i)
+				if _, err := s.PutIfMatch(ctx, k, strings.NewReader(body), int64(len(body)), second.ETag); err == nil {
+					won.Add(1)
+				} else if !errors.Is(err, ErrChanged) {
+					t.Errorf("writer %d: %v", i, err)
+				}
+			})
+		}
+		wg.Wait()
+		if won.Load() != 1 {
+			t.Fatalf("%d of 8 writers from one version succeeded, want 1", won.Load())
+		}
+		var listed []string
+		s.List(ctx, "agents/cond/", func(i Info) error { listed = append(listed, i.Key); return nil })
+		if strings.Join(listed, " ") != k {
+			t.Fatalf("listed %q: the lock or a temporary file shows", listed)
 		}
 	})
 	t.Run("delete", func(t *testing.T) {
