@@ -19,7 +19,7 @@ func newRoot() *cobra.Command {
 		c.GroupID = "operator"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{newKeygen(), newSign(), newVerify(), newPublish(), newAssign()} {
+	for _, c := range []*cobra.Command{newKeygen(), newSign(), newVerify(), newPublish(), newAssign(), newRollout()} {
 		c.GroupID = "publisher"
 		root.AddCommand(c)
 	}

@@ -231,3 +231,52 @@ func addonFromPackage(ctx context.Context, o AssignOptions, trust *signing.Keyri
 	}
 	return a, nil
 }
+
+// Retarget is entry a moved to version: its version and artifact fields
+// come from version's package, whose signature must verify under trust;
+// every other field (args, config, supervision, schedule, capabilities …)
+// stays as it was. The entry must resolve as the agent will resolve it.
+func Retarget(ctx context.Context, st store.Store, trust *signing.Keyring, a assignment.Addon, version string) (assignment.Addon, error) {
+	if a.Delivery != "" && a.Delivery != assignment.DeliveryPushedArtifact {
+		return assignment.Addon{}, fmt.Errorf("addon %s: delivery %s has no artifacts to move to %s", a.AddonID, a.Delivery, version)
+	}
+	if trust.Len() == 0 {
+		return assignment.Addon{}, fmt.Errorf("addon %s@%s: no key to verify its package with", a.AddonID, version)
+	}
+	pkg, _, _, err := assignment.FetchPackage(ctx, st, trust, a.AddonID, version)
+	if err != nil {
+		return assignment.Addon{}, fmt.Errorf("addon %s@%s: %w", a.AddonID, version, err)
+	}
+	out := a
+	out.Version, out.Artifacts, out.BinaryPath = version, map[string]assignment.Artifact{}, ""
+	for _, plat := range slices.Sorted(maps.Keys(pkg.Artifacts)) {
+		art := pkg.Artifacts[plat]
+		if art.ObjectKey == "" || art.SHA256 == "" {
+			continue
+		}
+		out.Artifacts[plat] = art
+		if out.BinaryPath == "" {
+			out.BinaryPath = art.BinaryName
+		}
+	}
+	if len(out.Artifacts) == 0 {
+		return assignment.Addon{}, fmt.Errorf("addon %s@%s: package lists no artifact with both object key and sha256", a.AddonID, version)
+	}
+	if a.TargetOS != "" || a.ArtifactObjectKey != "" {
+		// The single reference, for the platform it named.
+		plat := assignment.Platform{OS: a.TargetOS, Arch: a.TargetArch}
+		art, ok := out.Artifacts[plat.String()]
+		if !ok {
+			return assignment.Addon{}, fmt.Errorf("addon %s@%s has no verifiable artifact for %s", a.AddonID, version, plat)
+		}
+		out.ArtifactObjectKey, out.ArtifactSHA256, out.ArtifactSignature, out.ArtifactKeyID, out.ArtifactSize = art.ObjectKey, art.SHA256, art.Signature, art.KeyID, art.Size
+		out.BinaryPath = art.BinaryName
+	}
+	for plat := range out.Artifacts {
+		p, _ := assignment.ParsePlatform(plat)
+		if _, err := assignment.Resolve(out, p); err != nil {
+			return assignment.Addon{}, err
+		}
+	}
+	return out, nil
+}

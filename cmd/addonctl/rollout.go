@@ -1,0 +1,108 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/addond/addond/daemon/rollout"
+	"github.com/addond/addond/daemon/signing"
+	"github.com/addond/addond/daemon/store"
+)
+
+func newRollout() *cobra.Command {
+	var (
+		storeURL, keyPath, ref, agents, waves string
+		trust                                 []string
+		all, revert, resume                   bool
+		canary, maxFailures                   int
+		wait, poll                            time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "rollout --store URL --key KEY --addon ID@VERSION (--agents A,B,... | --all) [flags]",
+		Short: "Move one add-on to a version across agents in waves that halt themselves",
+		Long: `Changes only ID's entry (its version and artifact fields, from the signed
+package) in each agent's current document, wave by wave: the --canary agents
+first, then each --waves percentage of all of them. After each wave it waits
+until every agent of the wave has promoted the version (its report shows it
+running, healthy and past probation) or failed it (rolled back, failed, or no
+such report within --wait). More failures than --max-failures halt it: no
+further agent is changed, the failures are listed, and with --revert-on-halt
+the agents it changed get their previous entry back.
+
+Documents are written signed, with serial + 1, on the condition that nobody
+wrote them meanwhile (a concurrent change is read again, never overwritten).
+Progress is kept in rollouts/ID/VERSION.json: --resume continues a rollout
+whose command was interrupted, or a halted one under a higher --max-failures.
+
+Exit status: 0 every agent promoted, 3 halted, 1 any other error.`,
+		Example: `  addonctl rollout --store "$STORE" --key signing.key --addon hello@1.2.0 --all --canary 1 --waves 10%,50%,100%
+  addonctl rollout --store "$STORE" --key signing.key --addon hello@1.2.0 --agents edge-01,edge-02 --max-failures 1 --revert-on-halt
+  addonctl rollout --store "$STORE" --key signing.key --addon hello@1.2.0 --all --resume`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			id, version, ok := strings.Cut(ref, "@")
+			if !ok {
+				return fmt.Errorf("--addon %q: want ID@VERSION", ref)
+			}
+			if all == (agents != "") && !resume {
+				return errors.New("give --agents A,B,... or --all")
+			}
+			w, err := rollout.ParseWaves(waves)
+			if err != nil {
+				return err
+			}
+			st, err := store.Open(storeURL)
+			if err != nil {
+				return err
+			}
+			o := rollout.Options{
+				Store: st, AddonID: id, Version: version, All: all, Canary: canary, Waves: w,
+				MaxFailures: maxFailures, Wait: wait, RevertOnHalt: revert, Resume: resume, Poll: poll,
+			}
+			if agents != "" {
+				o.Agents = strings.Split(agents, ",")
+			}
+			if o.Key, err = signing.LoadPrivateKey(keyPath); err != nil {
+				return err
+			}
+			if len(trust) > 0 {
+				if o.Trust, err = signing.LoadKeyring(trust); err != nil {
+					return err
+				}
+			}
+			out := cmd.OutOrStdout()
+			o.Log = func(line string) { fmt.Fprintf(out, "%s %s\n", time.Now().Format(time.TimeOnly), printable(line)) }
+			p, err := rollout.Run(cmd.Context(), o)
+			if p != nil {
+				fmt.Fprintf(out, "progress: %s (%s)\n", rollout.ProgressKey(id, version), p.State)
+			}
+			if errors.Is(err, rollout.ErrHalted) {
+				fmt.Fprintln(cmd.ErrOrStderr(), "addonctl:", err)
+				return exitError{3}
+			}
+			return err
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&storeURL, "store", "", "store URL")
+	f.StringVar(&keyPath, "key", "", "PKCS#8 PEM key that signs the documents (and verifies them and the package)")
+	f.StringArrayVar(&trust, "trust", nil, "public key file or directory that verifies the documents and the package (default: --key's public key)")
+	f.StringVar(&ref, "addon", "", "ID@VERSION to roll out")
+	f.StringVar(&agents, "agents", "", "agents, comma-separated, in the order they are changed")
+	f.BoolVar(&all, "all", false, "every agent whose document has the add-on (sorted by id)")
+	f.IntVar(&canary, "canary", 1, "agents in the first wave")
+	f.StringVar(&waves, "waves", "100%", "cumulative percentages of the agents after the canary")
+	f.IntVar(&maxFailures, "max-failures", 0, "failures tolerated before the rollout halts")
+	f.DurationVar(&wait, "wait", 10*time.Minute, "how long an agent has to report the version promoted")
+	f.DurationVar(&poll, "poll", 5*time.Second, "how often the agents' reports are read")
+	f.BoolVar(&revert, "revert-on-halt", false, "on a halt, give the changed agents their previous entry back")
+	f.BoolVar(&resume, "resume", false, "continue the rollout recorded in rollouts/ID/VERSION.json")
+	for _, n := range []string{"store", "key", "addon"} {
+		c.MarkFlagRequired(n)
+	}
+	return c
+}

@@ -1,0 +1,508 @@
+package rollout
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/daemon/fleet"
+	"github.com/addond/addond/daemon/publish"
+	"github.com/addond/addond/daemon/signing"
+	"github.com/addond/addond/daemon/store"
+)
+
+// Options are one rollout.
+type Options struct {
+	Store store.Store
+	Key   ed25519.PrivateKey // signs the documents it writes
+	// Trust verifies the documents it changes and the package (default:
+	// Key's public key).
+	Trust            *signing.Keyring
+	AddonID, Version string
+	Agents           []string // in this order; with All, every agent whose document has AddonID
+	All              bool
+	Canary           int   // agents in the first wave
+	Waves            []int // cumulative percentages, the last 100
+	MaxFailures      int   // more halt the rollout
+	Wait             time.Duration
+	RevertOnHalt     bool
+	Resume           bool
+	Poll             time.Duration // how often reports are read (default 5s)
+	// Log receives one line per event (an agent changed, promoted,
+	// failed, a wave begun …).
+	Log func(string)
+}
+
+// ErrHalted: more agents failed than MaxFailures; no further agent was
+// changed.
+var ErrHalted = errors.New("rollout halted")
+
+// Agent states in the progress record.
+const (
+	StatusWaiting  = "waiting"  // not changed yet
+	StatusChanged  = "changed"  // its document names the version
+	StatusPromoted = "promoted" // its report shows the version promoted
+	StatusFailed   = "failed"   // rolled back, failed, or no report in time
+)
+
+// Progress is rollouts/<id>/<version>.json.
+type Progress struct {
+	AddonID     string                    `json:"addon_id"`
+	Version     string                    `json:"version"`
+	State       string                    `json:"state"` // running, done, halted
+	Waves       [][]string                `json:"waves"`
+	MaxFailures int                       `json:"max_failures"`
+	Wait        string                    `json:"wait"`
+	StartedAt   time.Time                 `json:"started_at"`
+	UpdatedAt   time.Time                 `json:"updated_at"`
+	Agents      map[string]*AgentProgress `json:"agents"`
+}
+
+// AgentProgress is one agent in the rollout.
+type AgentProgress struct {
+	Wave      int       `json:"wave"`
+	Status    string    `json:"status"`
+	Serial    uint64    `json:"serial,omitempty"` // of the document the rollout wrote
+	ChangedAt time.Time `json:"changed_at,omitzero"`
+	// WaitFrom starts its --wait: the change, or the resume.
+	WaitFrom time.Time `json:"wait_from,omitzero"`
+	Reason   string    `json:"reason,omitempty"`
+	// Reverted: given its previous entry back after a halt.
+	Reverted bool `json:"reverted,omitempty"`
+	// Previous is its entry before the rollout (for --revert-on-halt);
+	// nil when it already had the version.
+	Previous *assignment.Addon `json:"previous,omitempty"`
+}
+
+// Failures counts the failed agents.
+func (p *Progress) Failures() []string {
+	var out []string
+	for _, w := range p.Waves {
+		for _, a := range w {
+			if p.Agents[a].Status == StatusFailed {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}
+
+// ProgressKey is where a rollout's progress is kept.
+func ProgressKey(id, version string) string { return "rollouts/" + id + "/" + version + ".json" }
+
+// runner executes one rollout.
+type runner struct {
+	o     Options
+	p     *Progress
+	etag  string // of the progress record as last written
+	trust *signing.Keyring
+}
+
+// Run runs (or, with Resume, continues) the rollout. It returns the final
+// progress, and ErrHalted when it halted.
+func Run(ctx context.Context, o Options) (*Progress, error) {
+	if err := assignment.ValidAddonID(o.AddonID); err != nil {
+		return nil, err
+	}
+	if err := assignment.ValidVersion(o.Version); err != nil {
+		return nil, err
+	}
+	if o.Key == nil {
+		return nil, errors.New("a rollout signs the documents it changes: give --key")
+	}
+	if o.Poll <= 0 {
+		o.Poll = 5 * time.Second
+	}
+	if o.Log == nil {
+		o.Log = func(string) {}
+	}
+	r := &runner{o: o, trust: o.Trust}
+	if r.trust.Len() == 0 {
+		r.trust = signing.NewKeyring(o.Key.Public().(ed25519.PublicKey))
+	}
+	// The package is checked before any agent is touched.
+	if _, _, _, err := assignment.FetchPackage(ctx, o.Store, r.trust, o.AddonID, o.Version); err != nil {
+		return nil, fmt.Errorf("addon %s@%s: %w", o.AddonID, o.Version, err)
+	}
+	if err := r.load(ctx); err != nil {
+		return nil, err
+	}
+	for w, wave := range r.p.Waves {
+		if err := r.wave(ctx, w, wave); err != nil {
+			return r.p, err
+		}
+	}
+	r.p.State = "done"
+	r.o.Log(fmt.Sprintf("done: %s@%s promoted on %d agents", o.AddonID, o.Version, len(r.p.Agents)))
+	return r.p, r.save(ctx)
+}
+
+// load starts the progress record, or reads it back with Resume.
+func (r *runner) load(ctx context.Context) error {
+	o := r.o
+	key := ProgressKey(o.AddonID, o.Version)
+	data, info, err := store.ReadSmall(ctx, o.Store, key, 16<<20, store.OpenOptions{})
+	switch {
+	case err == nil && !o.Resume:
+		return fmt.Errorf("a rollout of %s@%s is already recorded in %s: --resume continues it", o.AddonID, o.Version, key)
+	case err == nil:
+		var p Progress
+		if err := json.Unmarshal(data, &p); err != nil || p.AddonID != o.AddonID || p.Version != o.Version || p.Agents == nil {
+			return fmt.Errorf("%s does not parse as this rollout's progress (%v)", key, err)
+		}
+		if p.State == "done" {
+			return fmt.Errorf("the rollout of %s@%s is done (%s)", o.AddonID, o.Version, key)
+		}
+		r.p, r.etag = &p, info.ETag
+		// The agents went on meanwhile: those not decided get a new
+		// --wait from now. Failures stay failures; a halted rollout goes
+		// on only under a --max-failures they fit in.
+		for _, a := range p.Agents {
+			if a.Status == StatusChanged {
+				a.WaitFrom = time.Now().UTC()
+			}
+		}
+		r.p.State, r.p.MaxFailures = "running", o.MaxFailures
+		r.o.Log(fmt.Sprintf("resuming the rollout of %s@%s from %s", o.AddonID, o.Version, key))
+		return r.save(ctx)
+	case !errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("%s: %w", key, err)
+	case o.Resume:
+		return fmt.Errorf("--resume: no rollout of %s@%s is recorded (%s)", o.AddonID, o.Version, key)
+	}
+	agents := o.Agents
+	if o.All {
+		var err error
+		if agents, err = r.assignedAgents(ctx); err != nil {
+			return err
+		}
+	}
+	if len(agents) == 0 {
+		return fmt.Errorf("no agents to roll %s@%s out to", o.AddonID, o.Version)
+	}
+	seen := map[string]bool{}
+	for _, a := range agents {
+		if !fleet.ValidAgentID(a) || seen[a] {
+			return fmt.Errorf("agent %q: not a safe agent id, or named twice", a)
+		}
+		seen[a] = true
+	}
+	now := time.Now().UTC()
+	r.p = &Progress{AddonID: o.AddonID, Version: o.Version, State: "running", Waves: Plan(agents, o.Canary, o.Waves),
+		MaxFailures: o.MaxFailures, Wait: o.Wait.String(), StartedAt: now, Agents: map[string]*AgentProgress{}}
+	for w, wave := range r.p.Waves {
+		for _, a := range wave {
+			r.p.Agents[a] = &AgentProgress{Wave: w, Status: StatusWaiting}
+		}
+	}
+	return r.save(ctx)
+}
+
+// assignedAgents is every agent whose document has the add-on, sorted.
+func (r *runner) assignedAgents(ctx context.Context) ([]string, error) {
+	var agents []string
+	err := r.o.Store.List(ctx, fleet.ReportsPrefix, func(i store.Info) error {
+		rest, _ := strings.CutPrefix(i.Key, fleet.ReportsPrefix)
+		agent, ok := strings.CutSuffix(rest, "/assignments.json")
+		if ok && fleet.ValidAgentID(agent) {
+			agents = append(agents, agent)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing the agents' documents: %w", err)
+	}
+	var out []string
+	for _, a := range agents {
+		doc, _, err := r.readDoc(ctx, a)
+		if err != nil {
+			r.o.Log(fmt.Sprintf("%s: left out: %v", a, err))
+			continue
+		}
+		if entry(doc, r.o.AddonID) >= 0 {
+			out = append(out, a)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// wave changes the documents of a wave's agents, then waits for their
+// verdicts.
+func (r *runner) wave(ctx context.Context, w int, wave []string) error {
+	name := fmt.Sprintf("wave %d/%d", w+1, len(r.p.Waves))
+	if w == 0 && r.o.Canary > 0 {
+		name += " (canary)"
+	}
+	r.o.Log(fmt.Sprintf("%s: %d agents", name, len(wave)))
+	for _, a := range wave {
+		if err := ctx.Err(); err != nil {
+			return err // interrupted: --resume goes on from here
+		}
+		if ap := r.p.Agents[a]; ap.Status == StatusWaiting {
+			if err := r.change(ctx, a, ap); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				ap.Status, ap.Reason = StatusFailed, err.Error()
+				r.o.Log(fmt.Sprintf("%s: failed: %v", a, err))
+			}
+			if err := r.save(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		pending := 0
+		changed := false
+		for _, a := range wave {
+			ap := r.p.Agents[a]
+			if ap.Status != StatusChanged || ap.Reverted {
+				continue
+			}
+			v, why := r.judge(ctx, a, ap)
+			switch {
+			case v == Promoted:
+				ap.Status, changed = StatusPromoted, true
+				r.o.Log(fmt.Sprintf("%s: promoted %s@%s (%v after its document changed)", a, r.o.AddonID, r.o.Version, time.Since(ap.ChangedAt).Round(time.Second)))
+			case v == Failed:
+				ap.Status, ap.Reason, changed = StatusFailed, why, true
+				r.o.Log(fmt.Sprintf("%s: failed: %s", a, why))
+			case time.Since(ap.WaitFrom) > r.o.Wait:
+				ap.Status, ap.Reason, changed = StatusFailed, fmt.Sprintf("no report of %s@%s promoted within %v", r.o.AddonID, r.o.Version, r.o.Wait), true
+				r.o.Log(fmt.Sprintf("%s: failed: %s", a, ap.Reason))
+			default:
+				pending++
+			}
+		}
+		if changed {
+			if err := r.save(ctx); err != nil {
+				return err
+			}
+		}
+		if failed := r.p.Failures(); len(failed) > r.o.MaxFailures {
+			return r.halt(ctx, failed)
+		}
+		if pending == 0 {
+			r.o.Log(fmt.Sprintf("%s: done", name))
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(r.o.Poll):
+		}
+	}
+}
+
+// judge reads agent a's report.
+func (r *runner) judge(ctx context.Context, a string, ap *AgentProgress) (Verdict, string) {
+	data, _, err := store.ReadSmall(ctx, r.o.Store, fleet.ReportKey(a), fleet.MaxReportSize, store.OpenOptions{})
+	if err != nil {
+		return Pending, ""
+	}
+	rep, err := fleet.ParseReport(data, a)
+	if err != nil {
+		return Pending, ""
+	}
+	return Judge(&rep, r.o.AddonID, r.o.Version, ap.Serial)
+}
+
+// halt stops the rollout: no further agent is changed; with RevertOnHalt
+// the agents it changed get their previous entry back.
+func (r *runner) halt(ctx context.Context, failed []string) error {
+	r.p.State = "halted"
+	r.o.Log(fmt.Sprintf("halted: %d agents failed, more than --max-failures %d", len(failed), r.o.MaxFailures))
+	for _, a := range failed {
+		r.o.Log(fmt.Sprintf("  %s: %s", a, r.p.Agents[a].Reason))
+	}
+	if r.o.RevertOnHalt {
+		for _, w := range r.p.Waves {
+			for _, a := range w {
+				ap := r.p.Agents[a]
+				if ap.Previous == nil || ap.Status == StatusWaiting || ap.Reverted {
+					continue
+				}
+				if err := r.revert(ctx, a, ap); err != nil {
+					r.o.Log(fmt.Sprintf("%s: not reverted: %v", a, err))
+					continue
+				}
+				ap.Reverted = true
+				r.o.Log(fmt.Sprintf("%s: reverted to %s@%s", a, r.o.AddonID, ap.Previous.Version))
+			}
+		}
+	}
+	if err := r.save(ctx); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: %d of %d agents failed (--max-failures %d)", ErrHalted, len(failed), len(r.p.Agents), r.o.MaxFailures)
+}
+
+// change moves agent a's entry of the add-on to the version.
+func (r *runner) change(ctx context.Context, a string, ap *AgentProgress) error {
+	return r.rewrite(ctx, a, func(doc *assignment.Document, i int) (bool, error) {
+		cur := doc.Addons[i]
+		if cur.Version == r.o.Version {
+			ap.Status, ap.Serial, ap.ChangedAt, ap.Previous = StatusChanged, doc.Serial, time.Now().UTC(), nil
+			ap.WaitFrom = ap.ChangedAt
+			r.o.Log(fmt.Sprintf("%s: already at %s@%s (serial %d)", a, r.o.AddonID, r.o.Version, doc.Serial))
+			return false, nil
+		}
+		next, err := publish.Retarget(ctx, r.o.Store, r.trust, cur, r.o.Version)
+		if err != nil {
+			return false, err
+		}
+		doc.Addons[i] = next
+		ap.Previous = &cur
+		return true, nil
+	}, func(serial uint64) {
+		ap.Status, ap.Serial, ap.ChangedAt = StatusChanged, serial, time.Now().UTC()
+		ap.WaitFrom = ap.ChangedAt
+		r.o.Log(fmt.Sprintf("%s: %s %s -> %s (serial %d)", a, r.o.AddonID, ap.Previous.Version, r.o.Version, serial))
+	})
+}
+
+// revert gives agent a its previous entry back, unless someone else has
+// changed the entry since.
+func (r *runner) revert(ctx context.Context, a string, ap *AgentProgress) error {
+	return r.rewrite(ctx, a, func(doc *assignment.Document, i int) (bool, error) {
+		if v := doc.Addons[i].Version; v != r.o.Version {
+			return false, fmt.Errorf("its entry is at %s now, not %s: left as it is", v, r.o.Version)
+		}
+		doc.Addons[i] = *ap.Previous
+		return true, nil
+	}, func(uint64) {})
+}
+
+// rewrite reads agent a's document, lets edit change the add-on's entry
+// (index i), and writes it back signed with serial + 1, on the condition
+// that nobody wrote it meanwhile; a concurrent writer makes it read and
+// edit again, never overwrite.
+func (r *runner) rewrite(ctx context.Context, a string, edit func(doc *assignment.Document, i int) (bool, error), wrote func(serial uint64)) error {
+	for attempt := 0; ; attempt++ {
+		doc, etag, err := r.readDoc(ctx, a)
+		if err != nil {
+			return err
+		}
+		i := entry(doc, r.o.AddonID)
+		if i < 0 {
+			return fmt.Errorf("add-on %s is not in its document", r.o.AddonID)
+		}
+		write, err := edit(doc, i)
+		if err != nil || !write {
+			return err
+		}
+		if doc.Serial >= assignment.MaxSerial {
+			return fmt.Errorf("its document has serial %d: no serial above it is allowed", doc.Serial)
+		}
+		doc.Serial++
+		if doc.ConfigVersion, err = assignment.ComputeConfigVersion(*doc); err != nil {
+			return err
+		}
+		body, err := json.MarshalIndent(doc, "", "  ")
+		if err != nil {
+			return err
+		}
+		body = append(body, '\n')
+		err = r.writeSigned(ctx, publish.AssignmentsKey(a), body, etag)
+		if errors.Is(err, store.ErrChanged) && attempt < 5 {
+			r.o.Log(fmt.Sprintf("%s: its document changed while it was being rewritten; reading it again", a))
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		wrote(doc.Serial)
+		return nil
+	}
+}
+
+// writeSigned writes a document (on its condition) and its signature as
+// one step: an interrupted command (ctx cancelled) still finishes the pair,
+// so no document is left without its signature.
+func (r *runner) writeSigned(ctx context.Context, key string, body []byte, etag string) error {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if _, err := r.o.Store.PutIfMatch(wctx, key, bytes.NewReader(body), int64(len(body)), etag); err != nil {
+		return err
+	}
+	sig := []byte(hex.EncodeToString(ed25519.Sign(r.o.Key, body)) + "\n")
+	if _, err := r.o.Store.Put(wctx, key+".sig", bytes.NewReader(sig), int64(len(sig))); err != nil {
+		return fmt.Errorf("%s written, its signature not (agents refuse it until a signed one replaces it): %w", key, err)
+	}
+	return nil
+}
+
+// readDoc reads agent a's document and checks its signature.
+func (r *runner) readDoc(ctx context.Context, a string) (*assignment.Document, string, error) {
+	key := publish.AssignmentsKey(a)
+	raw, info, err := store.ReadSmall(ctx, r.o.Store, key, assignment.MaxDocumentSize, store.OpenOptions{})
+	if err != nil {
+		return nil, "", fmt.Errorf("its document: %w", err)
+	}
+	sigData, _, err := store.ReadSmall(ctx, r.o.Store, key+".sig", 1024, store.OpenOptions{})
+	if err != nil {
+		return nil, "", fmt.Errorf("its document's signature: %w", err)
+	}
+	sig, err := signing.ParseSigFile(sigData)
+	if err != nil {
+		return nil, "", fmt.Errorf("its document's signature: %w", err)
+	}
+	if err := r.trust.VerifyBytes("", raw, sig); err != nil {
+		return nil, "", fmt.Errorf("its document (%s) does not verify under the rollout's keys: %w", key, err)
+	}
+	doc, err := assignment.Parse(raw)
+	if err != nil {
+		return nil, "", fmt.Errorf("its document: %w", err)
+	}
+	if doc.AgentID != a {
+		return nil, "", fmt.Errorf("its document names agent %q", doc.AgentID)
+	}
+	return doc, info.ETag, nil
+}
+
+// save writes the progress record on the condition that it is still the
+// one this rollout wrote last: two rollouts of one version never run at
+// once.
+func (r *runner) save(ctx context.Context) error {
+	r.p.UpdatedAt = time.Now().UTC()
+	body, err := json.MarshalIndent(r.p, "", "  ")
+	if err != nil {
+		return err
+	}
+	body = append(body, '\n')
+	key := ProgressKey(r.o.AddonID, r.o.Version)
+	// The record outlives an interrupted command (ctx cancelled): it is
+	// written with a context of its own.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	info, err := r.o.Store.PutIfMatch(wctx, key, bytes.NewReader(body), int64(len(body)), r.etag)
+	if errors.Is(err, store.ErrChanged) {
+		return fmt.Errorf("%s was changed by someone else (another rollout of %s@%s?): stopping", key, r.o.AddonID, r.o.Version)
+	}
+	if err != nil {
+		return fmt.Errorf("recording the rollout's progress: %w", err)
+	}
+	r.etag = info.ETag
+	return nil
+}
+
+func entry(doc *assignment.Document, id string) int {
+	for i, a := range doc.Addons {
+		if a.AddonID == id {
+			return i
+		}
+	}
+	return -1
+}

@@ -1,0 +1,436 @@
+package rollout
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/daemon/fleet"
+	"github.com/addond/addond/daemon/publish"
+	"github.com/addond/addond/daemon/reconcile"
+	"github.com/addond/addond/daemon/signing"
+	"github.com/addond/addond/daemon/store"
+	"github.com/addond/addond/vmtest/miniotest"
+)
+
+func TestMain(m *testing.M) { os.Exit(miniotest.Run(m)) }
+
+func TestParseWavesAndPlan(t *testing.T) {
+	for in, want := range map[string][]int{"100%": {100}, "10%,50%,100%": {10, 50, 100}, "25, 100": {25, 100}} {
+		if got, err := ParseWaves(in); err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("ParseWaves(%q) = %v, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "50%", "0%,100%", "50%,40%,100%", "101%", "x", "50%,50%,100%"} {
+		if _, err := ParseWaves(bad); err == nil {
+			t.Errorf("ParseWaves(%q) accepted", bad)
+		}
+	}
+	agents := strings.Split("a b c d e f g h i j", " ")
+	for _, c := range []struct {
+		canary int
+		waves  []int
+		want   string
+	}{
+		{1, []int{100}, "a|b c d e f g h i j"},
+		{1, []int{10, 50, 100}, "a|b c d e|f g h i j"}, // 10 % is 1 agent, the canary already
+		{0, []int{30, 100}, "a b c|d e f g h i j"},
+		{3, []int{25, 100}, "a b c|d e f g h i j"},
+		{20, []int{100}, "a b c d e f g h i j"},
+		{2, []int{11, 100}, "a b|c d e f g h i j"}, // 11 % of 10 rounds up to 2
+	} {
+		var got []string
+		for _, w := range Plan(agents, c.canary, c.waves) {
+			got = append(got, strings.Join(w, " "))
+		}
+		if g := strings.Join(got, "|"); g != c.want {
+			t.Errorf("Plan(canary %d, %v) = %s, want %s", c.canary, c.waves, g, c.want)
+		}
+	}
+}
+
+func TestJudge(t *testing.T) {
+	st := func(version, active string, state reconcile.State, health string, probation bool) reconcile.AddonStatus {
+		return reconcile.AddonStatus{AddonID: "hello", Version: version, ActiveVersion: active, State: state, Health: reconcile.Health(health), Probation: probation, LastError: "why"}
+	}
+	for _, c := range []struct {
+		name   string
+		serial uint64
+		a      *reconcile.AddonStatus
+		want   Verdict
+	}{
+		{"no report", 5, nil, Pending},
+		{"promoted", 5, &reconcile.AddonStatus{}, Pending},
+		{"running healthy past probation", 5, ptr(st("2.0.0", "2.0.0", reconcile.StateRunning, "healthy", false)), Promoted},
+		{"on probation", 5, ptr(st("2.0.0", "2.0.0", reconcile.StateRunning, "healthy", true)), Pending},
+		{"running unhealthy", 5, ptr(st("2.0.0", "2.0.0", reconcile.StateRunning, "unhealthy", false)), Pending},
+		{"still the old version", 5, ptr(st("2.0.0", "1.0.0", reconcile.StateDownloading, "healthy", false)), Pending},
+		{"rolled back", 5, ptr(st("2.0.0", "1.0.0", reconcile.StateRolledBack, "healthy", false)), Failed},
+		{"failed", 5, ptr(st("2.0.0", "", reconcile.StateFailed, "unknown", false)), Failed},
+		{"an older document's rollback of the version", 6, ptr(st("2.0.0", "1.0.0", reconcile.StateRolledBack, "healthy", false)), Pending},
+	} {
+		var rep *fleet.Report
+		if c.a != nil {
+			rep = &fleet.Report{AgentID: "a", Serial: 5}
+			if c.a.AddonID != "" {
+				rep.Addons = []reconcile.AddonStatus{*c.a}
+			}
+		}
+		if got, why := Judge(rep, "hello", "2.0.0", c.serial); got != c.want || got == Failed && !strings.Contains(why, "why") {
+			t.Errorf("%s: %v %q, want %v", c.name, got, why, c.want)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// world is a store with hello 1.0.0, 2.0.0 and 3.0.0 published, agents
+// assigned hello@1.0.0 and other@1.0.0, and simulated agents: each reads
+// its document and reports hello's version promoted, except 3.0.0, which
+// it rolls back; silent agents never report.
+type world struct {
+	t      *testing.T
+	st     store.Store
+	key    ed25519.PrivateKey
+	agents []string
+	silent map[string]bool
+	log    []string
+	mu     sync.Mutex
+}
+
+func newWorld(t *testing.T, kind string, n int) *world {
+	var st store.Store
+	var err error
+	switch kind {
+	case "file":
+		st, err = store.NewDir(t.TempDir())
+	case "s3":
+		st, err = store.Open(miniotest.Require(t).NewBucket(t))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	w := &world{t: t, st: st, key: key, silent: map[string]bool{}}
+	bin := filepath.Join(t.TempDir(), "hello")
+	ctx := context.Background()
+	for _, p := range []string{"hello@1.0.0", "hello@2.0.0", "hello@3.0.0", "other@1.0.0"} {
+		id, v, _ := strings.Cut(p, "@")
+		os.WriteFile(bin, []byte("binary of "+p), 0o755)
+		if _, err := publish.Publish(ctx, publish.PublishOptions{Store: st, Key: key, AddonID: id, Version: v,
+			Files: []publish.File{{Platform: assignment.Platform{OS: "linux", Arch: "amd64"}, Path: bin}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range n {
+		a := fmt.Sprintf("edge-%02d", i+1)
+		w.agents = append(w.agents, a)
+		if _, err := publish.Assign(ctx, publish.AssignOptions{Store: st, AgentID: a, Key: key, Addons: []string{"hello@1.0.0", "other@1.0.0"},
+			Args: map[string][]string{"hello": {"--mode", a}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return w
+}
+
+// simulate runs the agents until ctx is done.
+func (w *world) simulate(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, a := range w.agents {
+		if w.silent[a] {
+			continue
+		}
+		wg.Go(func() {
+			var seen uint64
+			for ctx.Err() == nil {
+				time.Sleep(20 * time.Millisecond)
+				raw, _, err := store.ReadSmall(ctx, w.st, publish.AssignmentsKey(a), assignment.MaxDocumentSize, store.OpenOptions{})
+				if err != nil {
+					continue
+				}
+				doc, err := assignment.Parse(raw)
+				if err != nil || doc.Serial == seen {
+					continue
+				}
+				seen = doc.Serial
+				rep := fleet.Report{AgentID: a, ReportedAt: time.Now(), Ready: true, DocumentFresh: true, Serial: doc.Serial}
+				for _, e := range doc.Addons {
+					s := reconcile.AddonStatus{AddonID: e.AddonID, Version: e.Version, ActiveVersion: e.Version, State: reconcile.StateRunning, Health: "healthy"}
+					if e.Version == "3.0.0" {
+						s.ActiveVersion, s.State, s.LastError = "1.0.0", reconcile.StateRolledBack, "not healthy within the 1m0s probation: exit status 3"
+					}
+					rep.Addons = append(rep.Addons, s)
+				}
+				data, _ := rep.Marshal()
+				w.st.Put(context.WithoutCancel(ctx), fleet.ReportKey(a), bytes.NewReader(data), int64(len(data)))
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func (w *world) run(ctx context.Context, o Options) (*Progress, error) {
+	o.Store, o.Key, o.AddonID = w.st, w.key, "hello"
+	if o.Waves == nil {
+		o.Waves = []int{100}
+	}
+	if o.Wait == 0 {
+		o.Wait = 20 * time.Second
+	}
+	o.Poll = 20 * time.Millisecond
+	also := o.Log
+	o.Log = func(s string) {
+		w.mu.Lock()
+		w.log = append(w.log, s)
+		w.mu.Unlock()
+		if also != nil {
+			also(s)
+		}
+	}
+	simCtx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.simulate(simCtx); close(done) }()
+	defer func() { stop(); <-done }()
+	return Run(ctx, o)
+}
+
+// doc is agent a's document, its signature checked.
+func (w *world) doc(a string) *assignment.Document {
+	w.t.Helper()
+	ctx := context.Background()
+	raw, _, err := store.ReadSmall(ctx, w.st, publish.AssignmentsKey(a), assignment.MaxDocumentSize, store.OpenOptions{})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	sigData, _, err := store.ReadSmall(ctx, w.st, publish.AssignmentsKey(a)+".sig", 1024, store.OpenOptions{})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	sig, _ := signing.ParseSigFile(sigData)
+	if !ed25519.Verify(w.key.Public().(ed25519.PublicKey), raw, sig) {
+		w.t.Fatalf("%s: its document's signature does not verify", a)
+	}
+	doc, err := assignment.Parse(raw)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return doc
+}
+
+func helloOf(d *assignment.Document) assignment.Addon { return d.Addons[entry(d, "hello")] }
+
+func TestRolloutWaves(t *testing.T) {
+	for _, kind := range []string{"file", "s3"} {
+		t.Run(kind, func(t *testing.T) {
+			w := newWorld(t, kind, 10)
+			before := map[string]*assignment.Document{}
+			for _, a := range w.agents {
+				before[a] = w.doc(a)
+			}
+			p, err := w.run(context.Background(), Options{Version: "2.0.0", All: true, Canary: 1, Waves: []int{50, 100}})
+			if err != nil {
+				t.Fatalf("%v\n%s", err, strings.Join(w.log, "\n"))
+			}
+			if p.State != "done" || len(p.Waves) != 3 || len(p.Waves[0]) != 1 || len(p.Waves[1]) != 4 {
+				t.Fatalf("progress %+v", p)
+			}
+			for _, a := range w.agents {
+				if s := p.Agents[a].Status; s != StatusPromoted {
+					t.Errorf("%s: %s", a, s)
+				}
+				b, d := before[a], w.doc(a)
+				// Only hello's version and artifact fields changed; its
+				// args and the other entry are as they were.
+				if d.Serial != b.Serial+1 || len(d.Addons) != 2 {
+					t.Fatalf("%s: serial %d -> %d, %d entries", a, b.Serial, d.Serial, len(d.Addons))
+				}
+				h, old := helloOf(d), helloOf(b)
+				if h.Version != "2.0.0" || h.Artifacts["linux/amd64"].SHA256 == old.Artifacts["linux/amd64"].SHA256 || !reflect.DeepEqual(h.Args, old.Args) {
+					t.Fatalf("%s: hello %+v", a, h)
+				}
+				h.Version, h.Artifacts, h.BinaryPath = old.Version, old.Artifacts, old.BinaryPath
+				if !reflect.DeepEqual(h, old) || !reflect.DeepEqual(d.Addons[entry(d, "other")], b.Addons[entry(b, "other")]) {
+					t.Fatalf("%s: fields other than the version and artifacts changed:\n%+v\n%+v", a, h, old)
+				}
+			}
+			// The record is there; running it again is refused, resuming
+			// a done rollout too.
+			if _, err := w.run(context.Background(), Options{Version: "2.0.0", All: true}); err == nil || !strings.Contains(err.Error(), "--resume") {
+				t.Fatalf("a second rollout of 2.0.0: %v", err)
+			}
+			if _, err := w.run(context.Background(), Options{Version: "2.0.0", Resume: true}); err == nil || !strings.Contains(err.Error(), "is done") {
+				t.Fatalf("resuming a done rollout: %v", err)
+			}
+		})
+	}
+}
+
+// TestRolloutHalts: a version every agent rolls back halts the rollout
+// after the canary; nothing else is touched; --revert-on-halt gives the
+// canary its entry back.
+func TestRolloutHalts(t *testing.T) {
+	for _, revert := range []bool{false, true} {
+		t.Run(fmt.Sprintf("revert=%v", revert), func(t *testing.T) {
+			w := newWorld(t, "file", 5)
+			p, err := w.run(context.Background(), Options{Version: "3.0.0", Agents: w.agents, Canary: 1, Waves: []int{100}, RevertOnHalt: revert})
+			if !errors.Is(err, ErrHalted) || p.State != "halted" {
+				t.Fatalf("%v, %+v\n%s", err, p, strings.Join(w.log, "\n"))
+			}
+			canary := p.Agents["edge-01"]
+			if canary.Status != StatusFailed || !strings.Contains(canary.Reason, "rolled_back: not healthy within") || canary.Reverted != revert {
+				t.Fatalf("canary %+v", canary)
+			}
+			for _, a := range w.agents[1:] {
+				if d := w.doc(a); helloOf(d).Version != "1.0.0" || d.Serial != 1 || p.Agents[a].Status != StatusWaiting {
+					t.Fatalf("%s was touched after the halt: serial %d, %+v", a, d.Serial, p.Agents[a])
+				}
+			}
+			d := w.doc("edge-01")
+			want, serial := "3.0.0", uint64(2)
+			if revert {
+				want, serial = "1.0.0", 3
+			}
+			if helloOf(d).Version != want || d.Serial != serial {
+				t.Fatalf("canary's document: hello %s serial %d, want %s serial %d", helloOf(d).Version, d.Serial, want, serial)
+			}
+			if !strings.Contains(strings.Join(w.log, "\n"), "halted: 1 agents failed, more than --max-failures 0") {
+				t.Fatalf("log:\n%s", strings.Join(w.log, "\n"))
+			}
+			// Resumed with a budget it fits in, it goes on: the next wave
+			// is changed as a whole, and its failures halt it again past
+			// the new budget.
+			p, err = w.run(context.Background(), Options{Version: "3.0.0", Resume: true, MaxFailures: 2})
+			if !errors.Is(err, ErrHalted) || len(p.Failures()) < 3 || p.Agents["edge-05"].Status == StatusWaiting {
+				t.Fatalf("resumed: %v, failures %v", err, p.Failures())
+			}
+		})
+	}
+}
+
+// TestRolloutWaitAndBudget: an agent that never reports fails after
+// --wait; within --max-failures the rollout goes on and ends.
+func TestRolloutWaitAndBudget(t *testing.T) {
+	w := newWorld(t, "file", 4)
+	w.silent["edge-02"] = true
+	start := time.Now()
+	p, err := w.run(context.Background(), Options{Version: "2.0.0", Agents: w.agents, Canary: 1, MaxFailures: 1, Wait: 500 * time.Millisecond})
+	if err != nil || p.State != "done" {
+		t.Fatalf("%v %+v", err, p)
+	}
+	if s := p.Agents["edge-02"]; s.Status != StatusFailed || !strings.Contains(s.Reason, "no report of hello@2.0.0 promoted within 500ms") {
+		t.Fatalf("silent agent %+v", s)
+	}
+	if time.Since(start) < 500*time.Millisecond {
+		t.Fatal("the silent agent failed before --wait")
+	}
+	for _, a := range []string{"edge-01", "edge-03", "edge-04"} {
+		if p.Agents[a].Status != StatusPromoted {
+			t.Fatalf("%s: %+v", a, p.Agents[a])
+		}
+	}
+}
+
+// TestRolloutResume: a rollout interrupted after its canary continues
+// from its record; the canary is not changed twice.
+func TestRolloutResume(t *testing.T) {
+	w := newWorld(t, "file", 6)
+	ctx, cancel := context.WithCancel(context.Background())
+	o := Options{Version: "2.0.0", Agents: w.agents, Canary: 1, Waves: []int{100}}
+	o.Log = func(s string) {
+		if strings.HasPrefix(s, "edge-01: promoted") {
+			cancel() // the machine running the rollout dies after the canary
+		}
+	}
+	if _, err := w.run(ctx, o); !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted rollout: %v", err)
+	}
+	p, err := w.run(context.Background(), Options{Version: "2.0.0", Resume: true})
+	if err != nil || p.State != "done" {
+		t.Fatalf("resumed: %v %+v\n%s", err, p, strings.Join(w.log, "\n"))
+	}
+	for _, a := range w.agents {
+		if d := w.doc(a); d.Serial != 2 || helloOf(d).Version != "2.0.0" || p.Agents[a].Status != StatusPromoted {
+			t.Fatalf("%s: serial %d (changed once: 2), %+v", a, d.Serial, p.Agents[a])
+		}
+	}
+}
+
+// racingStore changes an agent's document (as another operator's assign
+// would) just before the rollout's first conditional write of it.
+type racingStore struct {
+	store.Store
+	once sync.Once
+	w    *world
+}
+
+func (r *racingStore) PutIfMatch(ctx context.Context, key string, body io.Reader, size int64, ifMatch string) (store.Info, error) {
+	if key == publish.AssignmentsKey("edge-01") {
+		r.once.Do(func() {
+			if _, err := publish.Assign(ctx, publish.AssignOptions{Store: r.Store, AgentID: "edge-01", Key: r.w.key,
+				Addons: []string{"hello@1.0.0", "other@1.0.0"}, Args: map[string][]string{"hello": {"--changed-meanwhile"}}}); err != nil {
+				r.w.t.Fatal(err)
+			}
+		})
+	}
+	return r.Store.PutIfMatch(ctx, key, body, size, ifMatch)
+}
+
+// TestRolloutNeverOverwritesAConcurrentWriter: the document changed
+// between the rollout's read and write is read again; the other writer's
+// change survives, and the rollout's is on top of it.
+func TestRolloutNeverOverwritesAConcurrentWriter(t *testing.T) {
+	for _, kind := range []string{"file", "s3"} {
+		t.Run(kind, func(t *testing.T) {
+			w := newWorld(t, kind, 1)
+			w.st = &racingStore{Store: w.st, w: w}
+			if _, err := w.run(context.Background(), Options{Version: "2.0.0", Agents: w.agents}); err != nil {
+				t.Fatal(err)
+			}
+			d := w.doc("edge-01")
+			if h := helloOf(d); d.Serial != 3 || h.Version != "2.0.0" || !reflect.DeepEqual(h.Args, []string{"--changed-meanwhile"}) {
+				t.Fatalf("serial %d, hello %s %v: want the concurrent change kept (serial 2) and 2.0.0 on top (3)", d.Serial, h.Version, h.Args)
+			}
+			if !strings.Contains(strings.Join(w.log, "\n"), "changed while it was being rewritten") {
+				t.Fatalf("log:\n%s", strings.Join(w.log, "\n"))
+			}
+		})
+	}
+}
+
+// TestRolloutRefuses: before any agent is touched, a package that does
+// not verify; an agent whose document does not verify under the key, or
+// does not have the add-on, fails alone.
+func TestRolloutRefuses(t *testing.T) {
+	w := newWorld(t, "file", 3)
+	if _, err := w.run(context.Background(), Options{Version: "9.9.9", Agents: w.agents}); err == nil || !strings.Contains(err.Error(), "hello@9.9.9") {
+		t.Fatalf("an unpublished version: %v", err)
+	}
+	_, other, _ := ed25519.GenerateKey(rand.Reader)
+	if _, err := publish.Assign(context.Background(), publish.AssignOptions{Store: w.st, AgentID: "edge-02", Key: other, Addons: []string{"other@1.0.0"}}); err == nil {
+		t.Fatal("assign with another key verified the packages")
+	}
+	body := []byte(`{"agent_id":"edge-02","serial":9,"addons":[]}`)
+	w.st.Put(context.Background(), publish.AssignmentsKey("edge-02"), bytes.NewReader(body), int64(len(body)))
+	p, err := w.run(context.Background(), Options{Version: "2.0.0", Agents: w.agents, Canary: 0, MaxFailures: 1})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, strings.Join(w.log, "\n"))
+	}
+	if s := p.Agents["edge-02"]; s.Status != StatusFailed || !strings.Contains(s.Reason, "does not verify") {
+		t.Fatalf("edge-02 (document not signed by the key): %+v", s)
+	}
+	if raw, _, _ := store.ReadSmall(context.Background(), w.st, publish.AssignmentsKey("edge-02"), 1<<20, store.OpenOptions{}); !bytes.Equal(raw, body) {
+		t.Fatal("the refused document was rewritten")
+	}
+}
