@@ -1,10 +1,8 @@
 package rollout
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -140,9 +138,19 @@ func Run(ctx context.Context, o Options) (*Progress, error) {
 			return r.p, err
 		}
 	}
+	failed := r.p.Failures()
 	r.p.State = "done"
-	r.o.Log(fmt.Sprintf("done: %s@%s promoted on %d agents", o.AddonID, o.Version, len(r.p.Agents)))
-	return r.p, r.save(ctx)
+	r.o.Log(fmt.Sprintf("done: %s@%s promoted on %d of %d agents", o.AddonID, o.Version, len(r.p.Agents)-len(failed), len(r.p.Agents)))
+	if err := r.save(ctx); err != nil {
+		return r.p, err
+	}
+	if len(failed) > 0 {
+		for _, a := range failed {
+			r.o.Log(fmt.Sprintf("  %s: %s", a, r.p.Agents[a].Reason))
+		}
+		return r.p, fmt.Errorf("%d of %d agents failed (within --max-failures %d): not every agent promoted %s@%s", len(failed), len(r.p.Agents), r.o.MaxFailures, o.AddonID, o.Version)
+	}
+	return r.p, nil
 }
 
 // load starts the progress record, or reads it back with Resume.
@@ -154,19 +162,23 @@ func (r *runner) load(ctx context.Context) error {
 	case err == nil && !o.Resume:
 		return fmt.Errorf("a rollout of %s@%s is already recorded in %s: --resume continues it", o.AddonID, o.Version, key)
 	case err == nil:
-		var p Progress
-		if err := json.Unmarshal(data, &p); err != nil || p.AddonID != o.AddonID || p.Version != o.Version || p.Agents == nil {
-			return fmt.Errorf("%s does not parse as this rollout's progress (%v)", key, err)
+		p, err := r.verifyRecord(ctx, key, data)
+		if err != nil {
+			return err
 		}
 		if p.State == "done" {
 			return fmt.Errorf("the rollout of %s@%s is done (%s)", o.AddonID, o.Version, key)
 		}
-		r.p, r.etag = &p, info.ETag
+		r.p, r.etag = p, info.ETag
 		// The agents went on meanwhile: those not decided get a new
 		// --wait from now. Failures stay failures; a halted rollout goes
 		// on only under a --max-failures they fit in.
+		// Agents given their previous entry back after a halt start over.
 		for _, a := range p.Agents {
-			if a.Status == StatusChanged {
+			switch {
+			case a.Reverted:
+				*a = AgentProgress{Wave: a.Wave, Status: StatusWaiting}
+			case a.Status == StatusChanged:
 				a.WaitFrom = time.Now().UTC()
 			}
 		}
@@ -206,6 +218,45 @@ func (r *runner) load(ctx context.Context) error {
 	return r.save(ctx)
 }
 
+// verifyRecord reads a progress record back: its signature must verify
+// under the rollout's keys (the record names the entries a revert writes
+// and the agents a resume changes, and the store is not trusted with
+// either), and its shape must be this rollout's.
+func (r *runner) verifyRecord(ctx context.Context, key string, data []byte) (*Progress, error) {
+	sigData, _, err := store.ReadSmall(ctx, r.o.Store, key+".sig", 1024, store.OpenOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("%s's signature: %w", key, err)
+	}
+	sig, err := signing.ParseSigFile(sigData)
+	if err == nil {
+		err = r.trust.VerifyBytes("", data, sig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s does not verify under the rollout's keys (%v): refusing to resume from it", key, err)
+	}
+	var p Progress
+	if err := json.Unmarshal(data, &p); err != nil || p.AddonID != r.o.AddonID || p.Version != r.o.Version {
+		return nil, fmt.Errorf("%s is not this rollout's progress (%v)", key, err)
+	}
+	n := 0
+	for w, wave := range p.Waves {
+		for _, a := range wave {
+			ap := p.Agents[a]
+			if !fleet.ValidAgentID(a) || ap == nil || ap.Wave != w {
+				return nil, fmt.Errorf("%s: agent %q of wave %d is not recorded as such", key, a, w+1)
+			}
+			if ap.Previous != nil && ap.Previous.AddonID != r.o.AddonID {
+				return nil, fmt.Errorf("%s: agent %s's previous entry is of add-on %q", key, a, ap.Previous.AddonID)
+			}
+			n++
+		}
+	}
+	if n != len(p.Agents) {
+		return nil, fmt.Errorf("%s: %d agents recorded, %d in its waves", key, len(p.Agents), n)
+	}
+	return &p, nil
+}
+
 // assignedAgents is every agent whose document has the add-on, sorted.
 func (r *runner) assignedAgents(ctx context.Context) ([]string, error) {
 	var agents []string
@@ -227,7 +278,11 @@ func (r *runner) assignedAgents(ctx context.Context) ([]string, error) {
 			r.o.Log(fmt.Sprintf("%s: left out: %v", a, err))
 			continue
 		}
-		if entry(doc, r.o.AddonID) >= 0 {
+		switch i := entry(doc, r.o.AddonID); {
+		case i < 0:
+		case doc.Addons[i].Enabled != nil && !*doc.Addons[i].Enabled:
+			r.o.Log(fmt.Sprintf("%s: left out: %s is disabled in its document", a, r.o.AddonID))
+		default:
 			out = append(out, a)
 		}
 	}
@@ -257,6 +312,9 @@ func (r *runner) wave(ctx context.Context, w int, wave []string) error {
 			}
 			if err := r.save(ctx); err != nil {
 				return err
+			}
+			if failed := r.p.Failures(); len(failed) > r.o.MaxFailures {
+				return r.halt(ctx, failed) // before the next agent is changed
 			}
 		}
 	}
@@ -377,8 +435,8 @@ func (r *runner) change(ctx context.Context, a string, ap *AgentProgress) error 
 // changed the entry since.
 func (r *runner) revert(ctx context.Context, a string, ap *AgentProgress) error {
 	return r.rewrite(ctx, a, func(doc *assignment.Document, i int) (bool, error) {
-		if v := doc.Addons[i].Version; v != r.o.Version {
-			return false, fmt.Errorf("its entry is at %s now, not %s: left as it is", v, r.o.Version)
+		if doc.Serial != ap.Serial {
+			return false, fmt.Errorf("its document is at serial %d now, not the rollout's %d: someone changed it since; left as it is", doc.Serial, ap.Serial)
 		}
 		doc.Addons[i] = *ap.Previous
 		return true, nil
@@ -415,7 +473,7 @@ func (r *runner) rewrite(ctx context.Context, a string, edit func(doc *assignmen
 			return err
 		}
 		body = append(body, '\n')
-		err = r.writeSigned(ctx, publish.AssignmentsKey(a), body, etag)
+		_, err = r.writeSigned(ctx, publish.AssignmentsKey(a), body, etag)
 		if errors.Is(err, store.ErrChanged) && attempt < 5 {
 			r.o.Log(fmt.Sprintf("%s: its document changed while it was being rewritten; reading it again", a))
 			continue
@@ -428,20 +486,12 @@ func (r *runner) rewrite(ctx context.Context, a string, edit func(doc *assignmen
 	}
 }
 
-// writeSigned writes a document (on its condition) and its signature as
-// one step: an interrupted command (ctx cancelled) still finishes the pair,
-// so no document is left without its signature.
-func (r *runner) writeSigned(ctx context.Context, key string, body []byte, etag string) error {
+// writeSigned writes a document and its signature (publish.WriteSigned);
+// an interrupted command (ctx cancelled) still finishes the pair.
+func (r *runner) writeSigned(ctx context.Context, key string, body []byte, etag string) (store.Info, error) {
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if _, err := r.o.Store.PutIfMatch(wctx, key, bytes.NewReader(body), int64(len(body)), etag); err != nil {
-		return err
-	}
-	sig := []byte(hex.EncodeToString(ed25519.Sign(r.o.Key, body)) + "\n")
-	if _, err := r.o.Store.Put(wctx, key+".sig", bytes.NewReader(sig), int64(len(sig))); err != nil {
-		return fmt.Errorf("%s written, its signature not (agents refuse it until a signed one replaces it): %w", key, err)
-	}
-	return nil
+	return publish.WriteSigned(wctx, r.o.Store, key, body, etag, r.o.Key)
 }
 
 // readDoc reads agent a's document and checks its signature.
@@ -472,9 +522,9 @@ func (r *runner) readDoc(ctx context.Context, a string) (*assignment.Document, s
 	return doc, info.ETag, nil
 }
 
-// save writes the progress record on the condition that it is still the
-// one this rollout wrote last: two rollouts of one version never run at
-// once.
+// save writes the progress record, signed, on the condition that it is
+// still the one this rollout wrote last: two rollouts of one version never
+// run at once, and a resume trusts only a record its keys signed.
 func (r *runner) save(ctx context.Context) error {
 	r.p.UpdatedAt = time.Now().UTC()
 	body, err := json.MarshalIndent(r.p, "", "  ")
@@ -483,11 +533,9 @@ func (r *runner) save(ctx context.Context) error {
 	}
 	body = append(body, '\n')
 	key := ProgressKey(r.o.AddonID, r.o.Version)
-	// The record outlives an interrupted command (ctx cancelled): it is
-	// written with a context of its own.
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	info, err := r.o.Store.PutIfMatch(wctx, key, bytes.NewReader(body), int64(len(body)), r.etag)
+	// (writeSigned finishes even when ctx is cancelled: the record
+	// outlives an interrupted command.)
+	info, err := r.writeSigned(ctx, key, body, r.etag)
 	if errors.Is(err, store.ErrChanged) {
 		return fmt.Errorf("%s was changed by someone else (another rollout of %s@%s?): stopping", key, r.o.AddonID, r.o.Version)
 	}
