@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,7 +79,7 @@ func Assign(ctx context.Context, o AssignOptions) (*assignment.Document, error) 
 		return nil, err
 	}
 	key := AssignmentsKey(o.AgentID)
-	serial, err := nextSerial(ctx, o.Store, key)
+	serial, etag, err := nextSerial(ctx, o.Store, key)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +96,14 @@ func Assign(ctx context.Context, o AssignOptions) (*assignment.Document, error) 
 	if err != nil {
 		return nil, err
 	}
-	if err := putSigned(ctx, o.Store, key, append(body, '\n'), o.Key); err != nil {
+	// Written on the condition that the document is still the one whose
+	// serial this one follows: two writers (assigns, a rollout) never both
+	// write serial N+1.
+	body = append(body, '\n')
+	if _, err := WriteSigned(ctx, o.Store, key, body, etag, o.Key); err != nil {
+		if errors.Is(err, store.ErrChanged) {
+			return nil, fmt.Errorf("%s changed while this one was being written (another assign or a rollout): nothing written; run it again: %w", key, err)
+		}
 		return nil, err
 	}
 	return &doc, nil
@@ -134,25 +142,27 @@ func (o AssignOptions) checkNamed(known map[string]bool) error {
 }
 
 // nextSerial is one above the serial of the document at key (1 if there
-// is none), refusing to go past assignment.MaxSerial.
-func nextSerial(ctx context.Context, st store.Store, key string) (uint64, error) {
+// is none), refusing to go past assignment.MaxSerial, and the ETag of that
+// document ("": none).
+func nextSerial(ctx context.Context, st store.Store, key string) (uint64, string, error) {
 	var serial uint64
-	prev, _, err := store.ReadSmall(ctx, st, key, assignment.MaxDocumentSize, store.OpenOptions{})
+	prev, info, err := store.ReadSmall(ctx, st, key, assignment.MaxDocumentSize, store.OpenOptions{})
 	switch {
 	case errors.Is(err, store.ErrNotFound):
+		info = store.Info{}
 	case err != nil:
-		return 0, fmt.Errorf("previous document: %w", err)
+		return 0, "", fmt.Errorf("previous document: %w", err)
 	default:
 		p, err := assignment.Parse(prev)
 		if err != nil {
-			return 0, fmt.Errorf("previous document %s does not parse (%v); its serial is unknown, fix or delete it", key, err)
+			return 0, "", fmt.Errorf("previous document %s does not parse (%v); its serial is unknown, fix or delete it", key, err)
 		}
 		serial = p.Serial
 	}
 	if serial >= assignment.MaxSerial {
-		return 0, fmt.Errorf("previous document %s has serial %d: no serial above it is allowed (at most 2^53); refusing to wrap", key, serial)
+		return 0, "", fmt.Errorf("previous document %s has serial %d: no serial above it is allowed (at most 2^53); refusing to wrap", key, serial)
 	}
-	return serial + 1, nil
+	return serial + 1, info.ETag, nil
 }
 
 func addonFromPackage(ctx context.Context, o AssignOptions, trust *signing.Keyring, id, version string) (assignment.Addon, error) {
@@ -279,4 +289,48 @@ func Retarget(ctx context.Context, st store.Store, trust *signing.Keyring, a ass
 		}
 	}
 	return out, nil
+}
+
+// WriteSigned writes a document at key on the condition that the object is
+// still etag ("" : absent; store.ErrChanged otherwise, nothing written),
+// then its .sig (or, without a key, removes a stale one).
+//
+// The two are separate objects, so writers in quick succession can leave
+// an older writer's .sig beside a newer document; readers refuse such a
+// pair (agents keep what they run and read again at the next poll). To
+// close that window as far as two objects allow, the writer whose document
+// stands checks the .sig after writing it and writes it again when it no
+// longer matches. A condition that fails because this very write already
+// landed (a PUT retried after its answer was lost) counts as written.
+func WriteSigned(ctx context.Context, st store.Store, key string, body []byte, etag string, priv ed25519.PrivateKey) (store.Info, error) {
+	info, err := st.PutIfMatch(ctx, key, bytes.NewReader(body), int64(len(body)), etag)
+	if errors.Is(err, store.ErrChanged) {
+		cur, cinfo, rerr := store.ReadSmall(ctx, st, key, int64(len(body))+1, store.OpenOptions{})
+		if rerr != nil || !bytes.Equal(cur, body) {
+			return store.Info{}, err
+		}
+		info = cinfo
+	} else if err != nil {
+		return store.Info{}, err
+	}
+	if priv == nil {
+		return info, st.Delete(ctx, key+".sig")
+	}
+	sig := []byte(hex.EncodeToString(ed25519.Sign(priv, body)) + "\n")
+	for attempt := 1; ; attempt++ {
+		if _, err := st.Put(ctx, key+".sig", bytes.NewReader(sig), int64(len(sig))); err != nil {
+			if attempt == 3 || ctx.Err() != nil {
+				return store.Info{}, fmt.Errorf("%s written, its signature not (readers refuse it until a signed one replaces it): %w", key, err)
+			}
+			time.Sleep(time.Duration(attempt) * time.Second)
+			continue
+		}
+		cur, _, err := store.ReadSmall(ctx, st, key, int64(len(body))+1, store.OpenOptions{})
+		if err != nil || !bytes.Equal(cur, body) {
+			return info, nil // a newer document stands: its writer signs it
+		}
+		if got, _, err := store.ReadSmall(ctx, st, key+".sig", 1024, store.OpenOptions{}); err == nil && bytes.Equal(got, sig) || attempt == 3 {
+			return info, nil
+		}
+	}
 }

@@ -180,6 +180,12 @@ func putSigned(ctx context.Context, s store.Store, key string, body []byte, priv
 	if _, err := s.Put(ctx, key, bytes.NewReader(body), int64(len(body))); err != nil {
 		return err
 	}
+	return putSig(ctx, s, key, body, priv)
+}
+
+// putSig writes the .sig of body (written at key), or, without a key,
+// removes a stale one.
+func putSig(ctx context.Context, s store.Store, key string, body []byte, priv ed25519.PrivateKey) error {
 	if priv == nil {
 		return s.Delete(ctx, key+".sig")
 	}

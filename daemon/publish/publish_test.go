@@ -6,9 +6,12 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/addond/addond/daemon/assignment"
@@ -125,5 +128,59 @@ func TestPublishRefusesBeforeWriting(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Fatalf("refused publishes wrote %d entries", len(entries))
+	}
+}
+
+// TestConcurrentAssignsNeverShareASerial: assigns racing from one document
+// write conditionally: every one that succeeds has a serial of its own,
+// the others fail writing nothing. Then one more assign, alone, leaves a
+// document and a signature that match.
+func TestConcurrentAssignsNeverShareASerial(t *testing.T) {
+	st, dir, priv, bin := setup(t)
+	ctx := context.Background()
+	if _, err := Publish(ctx, PublishOptions{Store: st, Key: priv, AddonID: "pingsweep", Version: "1.0.0",
+		Files: []File{{assignment.Platform{OS: "linux", Arch: "amd64"}, bin}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Assign(ctx, AssignOptions{Store: st, AgentID: "a", Key: priv, Addons: []string{"pingsweep@1.0.0"}}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	serials := map[uint64]int{}
+	failed := 0
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			doc, err := Assign(ctx, AssignOptions{Store: st, AgentID: "a", Key: priv, Addons: []string{"pingsweep@1.0.0"},
+				Args: map[string][]string{"pingsweep": {fmt.Sprint(i)}}})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				serials[doc.Serial]++
+			case errors.Is(err, store.ErrChanged):
+				failed++
+			default:
+				t.Errorf("assign %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	for serial, n := range serials {
+		if n > 1 {
+			t.Fatalf("%d assigns wrote serial %d", n, serial)
+		}
+	}
+	if len(serials)+failed != 8 || len(serials) == 0 {
+		t.Fatalf("%d written, %d refused", len(serials), failed)
+	}
+	if _, err := Assign(ctx, AssignOptions{Store: st, AgentID: "a", Key: priv, Addons: []string{"pingsweep@1.0.0"}}); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(filepath.Join(dir, "agents/a/assignments.json"))
+	sigFile, _ := os.ReadFile(filepath.Join(dir, "agents/a/assignments.json.sig"))
+	sig, err := signing.ParseSigFile(sigFile)
+	if err != nil || !ed25519.Verify(priv.Public().(ed25519.PublicKey), raw, sig) {
+		t.Fatalf("the document left in the store does not match its signature: %v", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Dir is a store in a local directory laid out exactly like a bucket. Every
@@ -190,8 +191,21 @@ func (d *Dir) PutIfMatch(ctx context.Context, key string, r io.Reader, size int6
 		return Info{}, d.mapErr(key, err)
 	}
 	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return Info{}, d.mapErr(key, err)
+	// Polled, not blocking: a lock held by someone else (a writer that
+	// hangs, or a hostile one) ends with ctx instead of hanging forever.
+	for {
+		err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return Info{}, d.mapErr(key, err)
+		}
+		select {
+		case <-ctx.Done():
+			return Info{}, fmt.Errorf("%s: %s: waiting for the lock of a conditional write: %w", d, key, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 	cur, err := d.Stat(ctx, key)
 	switch {

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/addond/addond/vmtest/miniotest"
 )
@@ -332,4 +333,34 @@ func FuzzValidKey(f *testing.F) {
 			t.Fatalf("ValidKey(%q) accepted a key that is not a clean local path", key)
 		}
 	})
+}
+
+// TestDirConditionalPutLockHeld: a conditional write whose lock someone
+// else holds ends with its context, not never.
+func TestDirConditionalPutLockHeld(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := NewDir(dir)
+	os.MkdirAll(filepath.Join(dir, "agents", "a"), 0o755)
+	lock, err := os.OpenFile(filepath.Join(dir, "agents", "a", ".put-lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = s.PutIfMatch(ctx, "agents/a/assignments.json", strings.NewReader("x"), 1, "")
+	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 5*time.Second {
+		t.Fatalf("PutIfMatch under a held lock: %v after %v", err, time.Since(start))
+	}
+	if _, err := os.Stat(filepath.Join(dir, "agents", "a", "assignments.json")); err == nil {
+		t.Fatal("written without the lock")
+	}
+	syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+	if _, err := s.PutIfMatch(context.Background(), "agents/a/assignments.json", strings.NewReader("x"), 1, ""); err != nil {
+		t.Fatalf("after the lock was released: %v", err)
+	}
 }
