@@ -89,19 +89,29 @@ and healthy (or disabled); 1 otherwise.`,
 // the command's; a store that cannot be listed is.
 func readReports(ctx context.Context, st store.Store) ([]fleet.Found, error) {
 	var found []fleet.Found
+	reported, assigned := map[string]bool{}, []string{}
 	err := st.List(ctx, fleet.ReportsPrefix, func(i store.Info) error {
 		if agent := fleet.AgentOfKey(i.Key); agent != "" {
 			found = append(found, fleet.Found{Agent: agent, SeenAt: i.ModTime})
+			reported[agent] = true
+		} else if rest, ok := strings.CutSuffix(strings.TrimPrefix(i.Key, fleet.ReportsPrefix), "/assignments.json"); ok && fleet.ValidAgentID(rest) {
+			assigned = append(assigned, rest)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listing the agents' reports in %s: %w", st, err)
 	}
+	n := len(found) // reports to read; the agents that never reported follow
+	for _, a := range assigned {
+		if !reported[a] {
+			found = append(found, fleet.Found{Agent: a})
+		}
+	}
 	const parallel = 16
 	sem := make(chan struct{}, parallel)
 	var wg sync.WaitGroup
-	for i := range found {
+	for i := range found[:n] {
 		f := &found[i]
 		sem <- struct{}{}
 		wg.Go(func() {
@@ -139,7 +149,11 @@ func printFleet(out io.Writer, sum fleet.Status, now time.Time) error {
 		case len(a.Problems) > 1:
 			verdict = fmt.Sprintf("%s (and %d more)", truncate(printable(a.Problems[0]), 80), len(a.Problems)-1)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", a.AgentID, ago(now, a.SeenAt), dash(printable(a.AddondVersion)), a.Serial, len(a.Addons), verdict)
+		seen := "never"
+		if !a.SeenAt.IsZero() {
+			seen = ago(now, a.SeenAt)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", a.AgentID, seen, dash(printable(a.AddondVersion)), a.Serial, len(a.Addons), verdict)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

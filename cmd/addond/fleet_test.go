@@ -118,6 +118,8 @@ func TestFleetStatus(t *testing.T) {
 			put("evil", `{"agent_id":"evil","reported_at":"2026-12-06T12:00:00Z","ready":true,"document_fresh":true,"addond_version":"\u001b]0;pwned\u0007",`+
 				`"addons":[{"addon_id":"hello","version":"1.0.0","state":"running\u001b[2J","health":"sick","last_error":"\u001b[31mred\u202etxt.exe"}]}`)
 			put("mallory", `{"agent_id":"edge-01","reported_at":"2026-12-06T12:00:00Z"}`) // claims another agent
+			// An agent with a document that never reported.
+			e.run("addonctl", "assign", "--store", e.storeURL, "--agent", "edge-09", "--key", filepath.Join(e.dir, "keys", "signing.key"), "--addon", "hello@1.0.0")
 			r = e.fleetStatus()
 			if r.code != 1 {
 				t.Fatalf("fleet status with broken reports: exit %d\n%s%s", r.code, r.stdout, r.stderr)
@@ -127,7 +129,8 @@ func TestFleetStatus(t *testing.T) {
 					t.Fatalf("a report's %q reached the terminal:\n%q", bad, r.stdout)
 				}
 			}
-			for _, want := range []string{"broken", "report unreadable", "evil", "mallory", `"edge-01" in agents/mallory/status.json`, "4 agents: 0 ok, 0 stale, 4 with problems"} {
+			for _, want := range []string{"broken", "report unreadable", "evil", "mallory", `"edge-01" in agents/mallory/status.json`,
+				"edge-09", "never reported", "5 agents: 0 ok, 0 stale, 5 with problems"} {
 				if !strings.Contains(r.stdout, want) {
 					t.Errorf("fleet status does not say %q:\n%s", want, r.stdout)
 				}

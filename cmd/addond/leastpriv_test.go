@@ -67,8 +67,11 @@ func TestFleetLeastPrivilege(t *testing.T) {
 	d, _ := e.startReady(t)
 	d.waitAddon(t, "hello", 30*time.Second, "running 1.0.0", runningHealthy("1.0.0"))
 	e.extraEnv = publisher
+	// edge-01 reports through its own identity; edge-02 (assigned, not
+	// running) never did.
 	e.fleetJSON("with edge-01 reporting through its own identity", func(s fleet.Status, code int) bool {
-		return code == 0 && len(s.Agents) == 1 && s.Agents[0].AgentID == "edge-01" && reportedAddon(s.Agents[0], "hello").State == "running"
+		return code == 1 && len(s.Agents) == 2 && s.Agents[0].AgentID == "edge-01" && len(s.Agents[0].Problems) == 0 &&
+			reportedAddon(s.Agents[0], "hello").State == "running" && strings.Contains(strings.Join(s.Agents[1].Problems, ""), "never reported")
 	})
 
 	// The identity, attacked directly.

@@ -102,7 +102,7 @@ func TestRolloutRealAgents(t *testing.T) {
 		t.Logf("addonctl %s: exit %d after %v\n%s%s", strings.Join(args, " "), r.code, time.Since(start).Round(100*time.Millisecond), r.stdout, r.stderr)
 		return r
 	}
-	if r := rollout("hello@1.1.0"); r.code != 0 || !strings.Contains(r.stdout, "done: hello@1.1.0 promoted on 3 agents") {
+	if r := rollout("hello@1.1.0"); r.code != 0 || !strings.Contains(r.stdout, "done: hello@1.1.0 promoted on 3 of 3 agents") {
 		t.Fatalf("rollout of a healthy version: exit %d", r.code)
 	}
 	for _, a := range agents {

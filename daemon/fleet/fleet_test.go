@@ -117,6 +117,7 @@ func TestSummarize(t *testing.T) {
 			}())},
 		{Agent: "c-stale", SeenAt: t0.Add(-time.Hour), Report: report("c-stale", addon("hello", "1.1.0", "1.1.0", reconcile.StateRunning, "healthy"))},
 		{Agent: "d-broken", SeenAt: t0, Err: errors.New("report: no reported_at")},
+		{Agent: "f-never"},
 		{Agent: "e-nodoc", SeenAt: t0, Report: func() *Report {
 			r := report("e-nodoc")
 			r.DocumentFresh, r.DocumentError = false, "store unreachable"
@@ -133,7 +134,7 @@ func TestSummarize(t *testing.T) {
 		order = append(order, a.AgentID)
 		problems[a.AgentID] = strings.Join(a.Problems, "; ")
 	}
-	if strings.Join(order, " ") != "a-rolled b-ok c-stale d-broken e-nodoc" {
+	if strings.Join(order, " ") != "a-rolled b-ok c-stale d-broken e-nodoc f-never" {
 		t.Fatalf("agents in order %v", order)
 	}
 	for agent, want := range map[string]string{
@@ -142,6 +143,7 @@ func TestSummarize(t *testing.T) {
 		"c-stale":  "stale: last report 1h0m0s ago",
 		"d-broken": "report unreadable: report: no reported_at",
 		"e-nodoc":  "document: store unreachable",
+		"f-never":  "never reported (it has an assignment document)",
 	} {
 		if problems[agent] != want {
 			t.Errorf("%s: problems %q, want %q", agent, problems[agent], want)
@@ -163,7 +165,7 @@ func TestSummarize(t *testing.T) {
 			}
 		}
 	}
-	if ok, stale, bad := st.Counts(); ok != 1 || stale != 1 || bad != 3 {
+	if ok, stale, bad := st.Counts(); ok != 1 || stale != 1 || bad != 4 {
 		t.Errorf("counts ok %d stale %d problems %d", ok, stale, bad)
 	}
 	if good := Summarize(found[:1], t0, 30*time.Minute); !good.OK {

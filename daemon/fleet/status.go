@@ -15,7 +15,8 @@ import (
 const DefaultStale = 30 * time.Minute
 
 // Found is a report as listed in the store: its agent, the store's time of
-// the object, and the report, or why it could not be read.
+// the object, and the report, or why it could not be read. An agent with a
+// document and no report has a zero SeenAt and no Report.
 type Found struct {
 	Agent  string
 	SeenAt time.Time // the store's clock, not the agent's
@@ -29,7 +30,7 @@ type Agent struct {
 	// SeenAt is when the store took the report (staleness is measured
 	// from it: an agent's clock may be wrong); ReportedAt the agent's
 	// clock then.
-	SeenAt          time.Time               `json:"seen_at"`
+	SeenAt          time.Time               `json:"seen_at,omitzero"`
 	ReportedAt      time.Time               `json:"reported_at,omitzero"`
 	Stale           bool                    `json:"stale"`
 	AddondVersion   string                  `json:"addond_version,omitempty"`
@@ -75,13 +76,16 @@ func Summarize(found []Found, now time.Time, stale time.Duration) Status {
 	st := Status{Agents: []Agent{}, Addons: map[string]map[string]map[string]int{}, OK: true}
 	for _, f := range found {
 		a := Agent{AgentID: f.Agent, SeenAt: f.SeenAt, Addons: []reconcile.AddonStatus{}}
-		if age := now.Sub(f.SeenAt); age > stale {
+		if age := now.Sub(f.SeenAt); !f.SeenAt.IsZero() && age > stale {
 			a.Stale = true
 			a.Problems = append(a.Problems, fmt.Sprintf("stale: last report %v ago", age.Round(time.Second)))
 		}
-		if f.Err != nil || f.Report == nil {
+		switch {
+		case f.SeenAt.IsZero() && f.Report == nil:
+			a.Problems = append(a.Problems, "never reported (it has an assignment document)")
+		case f.Err != nil || f.Report == nil:
 			a.Problems = append(a.Problems, fmt.Sprintf("report unreadable: %v", f.Err))
-		} else {
+		default:
 			a.addReport(f.Report, st.Addons)
 		}
 		if len(a.Problems) > 0 {
