@@ -209,8 +209,19 @@ func addonFromPackage(ctx context.Context, o AssignOptions, trust *signing.Keyri
 		json.Compact(&buf, data)
 		a.ConfigJSON = buf.Bytes()
 	}
-	// Emit a reference only when both object key and sha256 are known:
-	// the agent is never told to fetch what it cannot verify.
+	if err := setArtifacts(&a, pkg, o.Platform); err != nil {
+		return assignment.Addon{}, err
+	}
+	return a, nil
+}
+
+// setArtifacts fills a's artifact fields from its version's package: every
+// platform's reference that names both object key and sha256 (the agent is
+// never told to fetch what it cannot verify), and with single, the single
+// reference for that platform. The entry must then resolve as the agent
+// will resolve it.
+func setArtifacts(a *assignment.Addon, pkg *assignment.Package, single *assignment.Platform) error {
+	a.Artifacts, a.BinaryPath = map[string]assignment.Artifact{}, ""
 	for _, plat := range slices.Sorted(maps.Keys(pkg.Artifacts)) {
 		art := pkg.Artifacts[plat]
 		if art.ObjectKey == "" || art.SHA256 == "" {
@@ -221,25 +232,24 @@ func addonFromPackage(ctx context.Context, o AssignOptions, trust *signing.Keyri
 			a.BinaryPath = art.BinaryName
 		}
 	}
-	if o.Platform != nil {
-		art, ok := a.Artifacts[o.Platform.String()]
+	if single != nil {
+		art, ok := a.Artifacts[single.String()]
 		if !ok {
-			return assignment.Addon{}, fmt.Errorf("addon %s@%s has no verifiable artifact for %s", id, version, o.Platform)
+			return fmt.Errorf("addon %s@%s has no verifiable artifact for %s", a.AddonID, a.Version, single)
 		}
 		a.ArtifactObjectKey, a.ArtifactSHA256, a.ArtifactSignature, a.ArtifactKeyID, a.ArtifactSize = art.ObjectKey, art.SHA256, art.Signature, art.KeyID, art.Size
-		a.TargetOS, a.TargetArch, a.BinaryPath = o.Platform.OS, o.Platform.Arch, art.BinaryName
+		a.TargetOS, a.TargetArch, a.BinaryPath = single.OS, single.Arch, art.BinaryName
 	}
 	if len(a.Artifacts) == 0 {
-		return assignment.Addon{}, fmt.Errorf("addon %s@%s: package lists no artifact with both object key and sha256", id, version)
+		return fmt.Errorf("addon %s@%s: package lists no artifact with both object key and sha256", a.AddonID, a.Version)
 	}
-	// The document must resolve as the agent will resolve it.
 	for plat := range a.Artifacts {
 		p, _ := assignment.ParsePlatform(plat)
-		if _, err := assignment.Resolve(a, p); err != nil {
-			return assignment.Addon{}, err
+		if _, err := assignment.Resolve(*a, p); err != nil {
+			return err
 		}
 	}
-	return a, nil
+	return nil
 }
 
 // Retarget is entry a moved to version: its version and artifact fields
@@ -258,35 +268,13 @@ func Retarget(ctx context.Context, st store.Store, trust *signing.Keyring, a ass
 		return assignment.Addon{}, fmt.Errorf("addon %s@%s: %w", a.AddonID, version, err)
 	}
 	out := a
-	out.Version, out.Artifacts, out.BinaryPath = version, map[string]assignment.Artifact{}, ""
-	for _, plat := range slices.Sorted(maps.Keys(pkg.Artifacts)) {
-		art := pkg.Artifacts[plat]
-		if art.ObjectKey == "" || art.SHA256 == "" {
-			continue
-		}
-		out.Artifacts[plat] = art
-		if out.BinaryPath == "" {
-			out.BinaryPath = art.BinaryName
-		}
-	}
-	if len(out.Artifacts) == 0 {
-		return assignment.Addon{}, fmt.Errorf("addon %s@%s: package lists no artifact with both object key and sha256", a.AddonID, version)
-	}
+	out.Version = version
+	var single *assignment.Platform
 	if a.TargetOS != "" || a.ArtifactObjectKey != "" {
-		// The single reference, for the platform it named.
-		plat := assignment.Platform{OS: a.TargetOS, Arch: a.TargetArch}
-		art, ok := out.Artifacts[plat.String()]
-		if !ok {
-			return assignment.Addon{}, fmt.Errorf("addon %s@%s has no verifiable artifact for %s", a.AddonID, version, plat)
-		}
-		out.ArtifactObjectKey, out.ArtifactSHA256, out.ArtifactSignature, out.ArtifactKeyID, out.ArtifactSize = art.ObjectKey, art.SHA256, art.Signature, art.KeyID, art.Size
-		out.BinaryPath = art.BinaryName
+		single = &assignment.Platform{OS: a.TargetOS, Arch: a.TargetArch}
 	}
-	for plat := range out.Artifacts {
-		p, _ := assignment.ParsePlatform(plat)
-		if _, err := assignment.Resolve(out, p); err != nil {
-			return assignment.Addon{}, err
-		}
+	if err := setArtifacts(&out, pkg, single); err != nil {
+		return assignment.Addon{}, err
 	}
 	return out, nil
 }
