@@ -48,18 +48,21 @@ $(MINIO_BIN):
 # Two go test runs share the two cores, one package at a time each: the
 # agent's packages under the race detector (RACE_PKGS; cmd/addond's
 # end-to-end tests then run a race-enabled addond that stops at its first
-# race), and the rest, the VM tier first (the longest). packaging joins the
-# race run, which the two runs' lengths balance (about 13 min each here).
+# race), and the rest, the VM tier first. The two runs' lengths are
+# balanced (about 15 min each here): packaging joins the race run, and the
+# service and timer backends' machine tests (RACE_PLAIN) run in the other;
+# their code still runs race-enabled inside cmd/addond's addond.
 # After the go tests, every fuzz target for 6s (fuzz-short): a crasher
 # fails `make test` too. The summary line is held back so that it stays
 # the last line; before it, the ten slowest tests. The go test -json log
 # stays in TEST_LOG.
 TEST_LOG  ?= $(TEST_CACHE)/test.json
 RACE_PKGS := ./cmd/addond ./packaging ./cmd/... ./daemon/... ./supervisors/...
+RACE_PLAIN := github.com/addond/addond/supervisors/service github.com/addond/addond/supervisors/timer
 test: deps build minio
 	@set -o pipefail; sum=$$(mktemp); runs=$$(mktemp -d); mkdir -p $(dir $(TEST_LOG)); \
 	export ADDOND_TEST_STRICT=1 ADDOND_MINIO_BIN=$(MINIO_BIN); \
-	race=$$($(GO) list $(RACE_PKGS)); \
+	race=$$($(GO) list $(RACE_PKGS) | grep -vxF $(addprefix -e ,$(RACE_PLAIN))); \
 	plain=$$($(GO) list ./vmtest/vm ./... | grep -vxF "$$race"); \
 	$(GO) test -json -count=1 -timeout 30m -p 1 $$plain >$$runs/plain.json 2>&1 & pid=$$!; \
 	$(GO) test -race -json -count=1 -timeout 30m -p 1 $$race >$$runs/race.json 2>&1; \
