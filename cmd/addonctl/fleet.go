@@ -94,8 +94,8 @@ func readReports(ctx context.Context, st store.Store) ([]fleet.Found, error) {
 		if agent := fleet.AgentOfKey(i.Key); agent != "" {
 			found = append(found, fleet.Found{Agent: agent, SeenAt: i.ModTime})
 			reported[agent] = true
-		} else if rest, ok := strings.CutSuffix(strings.TrimPrefix(i.Key, fleet.ReportsPrefix), "/assignments.json"); ok && fleet.ValidAgentID(rest) {
-			assigned = append(assigned, rest)
+		} else if agent := fleet.AgentOfDocumentKey(i.Key); agent != "" {
+			assigned = append(assigned, agent)
 		}
 		return nil
 	})

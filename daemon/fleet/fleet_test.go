@@ -33,6 +33,9 @@ func TestReportRoundTrip(t *testing.T) {
 	if !strings.Contains(string(data), `"probation": true`) {
 		t.Fatalf("no probation field in %s", data)
 	}
+	if AgentOfDocumentKey("agents/edge-01/assignments.json") != "edge-01" || AgentOfDocumentKey(ReportKey("edge-01")) != "" || AgentOfKey("agents/edge-01/assignments.json") != "" {
+		t.Fatal("AgentOfDocumentKey and AgentOfKey tell documents and reports apart wrongly")
+	}
 	if AgentOfKey(ReportKey("edge-01")) != "edge-01" {
 		t.Fatal("AgentOfKey(ReportKey) is not the agent")
 	}

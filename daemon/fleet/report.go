@@ -47,12 +47,19 @@ func ReportKey(agent string) string { return ReportsPrefix + agent + "/status.js
 
 // AgentOfKey is the agent whose report key is key ("" when key is not a
 // report's).
-func AgentOfKey(key string) string {
+func AgentOfKey(key string) string { return agentOf(key, "/status.json") }
+
+// AgentOfDocumentKey is the agent whose assignment document key is key
+// ("" when key is not an assignment document's).
+func AgentOfDocumentKey(key string) string { return agentOf(key, "/assignments.json") }
+
+// agentOf is the agent of agents/<agent><suffix>, when it is a safe id.
+func agentOf(key, suffix string) string {
 	rest, ok := strings.CutPrefix(key, ReportsPrefix)
 	if !ok {
 		return ""
 	}
-	agent, ok := strings.CutSuffix(rest, "/status.json")
+	agent, ok := strings.CutSuffix(rest, suffix)
 	if !ok || !ValidAgentID(agent) {
 		return ""
 	}

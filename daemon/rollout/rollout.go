@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/addond/addond/daemon/assignment"
@@ -261,9 +260,7 @@ func (r *runner) verifyRecord(ctx context.Context, key string, data []byte) (*Pr
 func (r *runner) assignedAgents(ctx context.Context) ([]string, error) {
 	var agents []string
 	err := r.o.Store.List(ctx, fleet.ReportsPrefix, func(i store.Info) error {
-		rest, _ := strings.CutPrefix(i.Key, fleet.ReportsPrefix)
-		agent, ok := strings.CutSuffix(rest, "/assignments.json")
-		if ok && fleet.ValidAgentID(agent) {
+		if agent := fleet.AgentOfDocumentKey(i.Key); agent != "" {
 			agents = append(agents, agent)
 		}
 		return nil
