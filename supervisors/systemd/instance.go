@@ -37,6 +37,9 @@ type Memory struct {
 	LastRun      string // a timer's last seen invocation
 	Failures     int    // a timer's failed runs in a row
 	LastRunError string
+	// Recreate asks for the units to be made anew (the reason), the
+	// add-on's memory kept: a timer whose schedule a clock step broke.
+	Recreate string
 }
 
 // Options configure a unit Backend.
@@ -329,6 +332,13 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 				schedule(b.Opts.BreakerCooldown)
 			}
 			i.Emit(e)
+			if why := mem.Recreate; why != "" {
+				mem.Recreate = ""
+				i.log.Warn("re-creating the add-on's units: "+why, "unit", u.Name)
+				if err := apply(true); err == nil {
+					i.log.Info("re-armed timer", "unit", u.Name)
+				}
+			}
 		}
 	}
 }

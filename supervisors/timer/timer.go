@@ -46,6 +46,37 @@ func (driver) Check(spec supervisors.Spec) error {
 	return service.CheckBinary(spec)
 }
 
+// stuck tells whether a waiting timer's next run is computed from a time
+// in the future, which only a wall clock stepped back leaves: its last
+// trigger, or (never triggered) when it was started. systemd rebases a
+// waiting timer's last trigger on a clock change, but not one whose run
+// is in flight at the step, nor a start time (systemd#6036, fixed
+// upstream by systemd#43116, after Debian 12's systemd 252): the next run
+// then comes as late as the clock went back, a day for an NTP step of a
+// day. Restarting the unit does not help (its start time stays); a new
+// unit starts from now.
+func stuck(ctx context.Context, conn *sd.Conn, unit string) (string, error) {
+	p, err := conn.GetUnitTypePropertyContext(ctx, unit, "Timer", "LastTriggerUSec")
+	if err != nil {
+		return "", err
+	}
+	base, _ := p.Value.Value().(uint64)
+	what := "last run"
+	if base == 0 {
+		if p, err = conn.GetUnitPropertyContext(ctx, unit, "InactiveExitTimestamp"); err != nil {
+			return "", err
+		}
+		base, _ = p.Value.Value().(uint64)
+		what = "start"
+	}
+	now := time.Now()
+	if base == 0 || base <= uint64(now.Add(Accuracy).UnixMicro()) {
+		return "", nil
+	}
+	return fmt.Sprintf("its %s (%s) is %v in the future: the wall clock went back", what,
+		time.UnixMicro(int64(base)).UTC().Format(time.RFC3339), time.UnixMicro(int64(base)).Sub(now).Round(time.Second)), nil
+}
+
 func usec(d time.Duration) uint64 { return uint64(d / time.Microsecond) }
 
 func (driver) Create(ctx context.Context, b *systemd.Backend, spec supervisors.Spec, description string) error {
@@ -86,6 +117,12 @@ func (driver) Observe(ctx context.Context, b *systemd.Backend, spec supervisors.
 	if err != nil {
 		e.Health, e.Reason = supervisors.HealthUnknown, err.Error()
 		return e
+	}
+	if timer.SubState == "waiting" {
+		// An error: the next look tries again.
+		if why, err := stuck(ctx, conn, timer.Name); err == nil && why != "" {
+			mem.Recreate = why
+		}
 	}
 	svc, err := systemd.ReadUnit(ctx, conn, systemd.ServiceName(spec.AddonID))
 	if err != nil {

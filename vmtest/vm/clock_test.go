@@ -206,6 +206,14 @@ func TestClockJump(t *testing.T) {
 	// 2. Backward, while hello 1.2.0 is on probation and degraded: its
 	// rollback comes at the end of its probation, not 5 h later.
 	t.Run("backward", func(t *testing.T) {
+		// The jump lands while a ticker run is in flight, every time: a
+		// FIFO in place of its ticks file holds the run in its open(2)
+		// until the jump is done. (systemd 252 ignores a clock change
+		// for a timer whose run is in flight, and schedules the next run
+		// from the last one, 5 h ahead: addond re-arms the timer. A jump
+		// between runs, which systemd rebases by itself, came 1 time in
+		// 4 by chance before.)
+		release := holdTickerRun(t)
 		assignMono := monoNow(t)
 		serial := assignExamples(t, p, "1.2.0", "/root/degraded.json")
 		waitAddon(t, "hello", 2*time.Minute, "1.2.0 on probation, degraded", onProbation("1.2.0", "degraded"))
@@ -213,14 +221,22 @@ func TestClockJump(t *testing.T) {
 		before := wallNow(t)
 		jumpMono := monoNow(t)
 		sh(t, "date -s '-5 hours'")
-		ticks := countTicks(t)
-		t.Logf("hello 1.2.0 on probation, activated %.1fs after the assignment; wall clock jumped backward at %.1fs of the probation: %s -> %s",
+		t.Logf("hello 1.2.0 on probation, activated %.1fs after the assignment; wall clock jumped backward at %.1fs of the probation, a ticker run in flight: %s -> %s",
 			(activated - assignMono).Seconds(), (jumpMono - activated).Seconds(), before, wallNow(t))
+		ticks := release()
+		logTimer(t, "the held run ended")
 		checkSerial(t, serial)
 
-		// The ticker's timer fires on the new (earlier) wall time.
+		// The ticker's timer fires on the new (earlier) wall time: addond
+		// re-arms it (the same unit, started again).
 		waitTicks(t, ticks, 30*time.Second, "ticker fires after the backward jump")
 		logTimer(t, "after the backward jump")
+		if out, _ := try("journalctl --no-pager -u addond -o cat --grep 're-armed timer' | grep addond-ticker.timer"); out == "" {
+			t.Errorf("addond did not log re-arming addond-ticker.timer after the backward jump")
+		} else {
+			t.Logf("addond: %s", out)
+		}
+		timerActive = addonUnitProp(t, "addond-ticker.timer", "ActiveEnterTimestampMonotonic")
 
 		// The deadline is at least a probation after the assignment was
 		// written, and at most a probation (plus the loop's 1 s check and
@@ -484,6 +500,70 @@ func statusPID(t testing.TB, id string) int {
 }
 
 const ticksFile = "/var/lib/addond/addons/ticker/data/ticks"
+
+// holdTickerRun puts a FIFO in place of the ticker's ticks file and waits
+// until a ticker run blocks opening it (its unit activating). release
+// reads the run's line, puts the ticks file back with the line appended,
+// waits for the run to end and returns the count of ticks.
+func holdTickerRun(t testing.TB) (release func() int) {
+	t.Helper()
+	held := ticksFile + ".held"
+	var st unix.Stat_t
+	if err := unix.Stat(ticksFile, &st); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(ticksFile, held); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(ticksFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(ticksFile, int(st.Uid), int(st.Gid)); err != nil {
+		t.Fatal(err)
+	}
+	start := monoNow(t)
+	eventually(t, 30*time.Second, "a ticker run held opening its FIFO", func() error {
+		if s := addonUnitProp(t, "addond-ticker.service", "ActiveState"); s != "activating" {
+			return fmt.Errorf("addond-ticker.service is %s", s)
+		}
+		return nil
+	})
+	t.Logf("a ticker run is held (pid %s) %.1fs after the FIFO was made", addonUnitProp(t, "addond-ticker.service", "MainPID"), (monoNow(t) - start).Seconds())
+	return func() int {
+		t.Helper()
+		fifo, err := os.Open(ticksFile) // the held run's open(2) returns too
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fifo.Close()
+		if err := os.Rename(held, ticksFile); err != nil {
+			t.Fatal(err)
+		}
+		line, err := io.ReadAll(fifo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(ticksFile, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(line); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "the held ticker run ends", func() error {
+			if s := addonUnitProp(t, "addond-ticker.service", "ActiveState"); s == "activating" {
+				return fmt.Errorf("addond-ticker.service is still %s", s)
+			}
+			return nil
+		})
+		n := countTicks(t)
+		t.Logf("the held ticker run wrote %q; %d ticks", strings.TrimSpace(string(line)), n)
+		return n
+	}
+}
 
 func countTicks(t testing.TB) int {
 	t.Helper()
