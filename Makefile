@@ -17,7 +17,7 @@ STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 BINARIES := addond addonctl addond-updater
 EXAMPLES := hello pingsweep probe ticker
 
-.PHONY: all build demo test test-stress vmtest faults soak unit deps minio bench lint fuzz fuzz-short proto packages clean
+.PHONY: all build demo test test-stress vmtest faults soak unit deps minio bench fleet-sim lint fuzz fuzz-short proto packages clean
 
 all: build
 
@@ -127,6 +127,19 @@ soak: deps build minio
 # Unit tests only (no MinIO needed; S3 tests skip with the reason).
 unit:
 	$(GO) test ./...
+
+# The fleet-scale simulation (issue 14; docs/FLEET.md has the figures):
+# FLEETSIM_AGENTS agents, each the daemon's code with an in-memory
+# supervisor, against one real MinIO through a counting proxy: idle cost
+# per agent, a 3-wave rollout, a bad version halted after its canary, and
+# addonctl fleet status. About 30 minutes with the defaults (a 60 s poll
+# and probation); FLEETSIM_FLAGS adds flags (go run ./vmtest/fleetsim -h).
+FLEETSIM_AGENTS ?= 2000
+FLEETSIM_FLAGS  ?=
+FLEETSIM_JSON   ?= $(TEST_CACHE)/fleetsim.json
+fleet-sim: deps build minio
+	@mkdir -p $(dir $(FLEETSIM_JSON))
+	ADDOND_MINIO_BIN=$(MINIO_BIN) $(GO) run ./vmtest/fleetsim -addonctl bin/addonctl -agents $(FLEETSIM_AGENTS) -json $(FLEETSIM_JSON) $(FLEETSIM_FLAGS)
 
 # Both benchmarks, against a real MinIO; see docs/BENCHMARKS.md.
 bench: build minio
