@@ -132,7 +132,7 @@ unit:
 # FLEETSIM_AGENTS agents, each the daemon's code with an in-memory
 # supervisor, against one real MinIO through a counting proxy: idle cost
 # per agent, a 3-wave rollout, a bad version halted after its canary, and
-# addonctl fleet status. About 30 minutes with the defaults (a 60 s poll
+# addonctl fleet status. About 35 minutes with the defaults (a 60 s poll
 # and probation); FLEETSIM_FLAGS adds flags (go run ./vmtest/fleetsim -h).
 FLEETSIM_AGENTS ?= 2000
 FLEETSIM_FLAGS  ?=

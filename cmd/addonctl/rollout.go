@@ -18,7 +18,7 @@ func newRollout() *cobra.Command {
 		storeURL, keyPath, ref, agents, waves string
 		trust                                 []string
 		all, revert, resume                   bool
-		canary, maxFailures                   int
+		canary, maxFailures, maxRate          int
 		wait, poll                            time.Duration
 	)
 	c := &cobra.Command{
@@ -33,6 +33,12 @@ such report within --wait). More failures than --max-failures halt it: no
 further agent is changed, the failures are listed, and with --revert-on-halt
 the agents it changed get their previous entry back.
 
+With --max-rate N at most N documents are changed per minute, the changed
+agents judged meanwhile: a large wave's agents then fetch the new version a
+few at a time rather than all within one poll interval (the store's request
+peak and bandwidth), and a failure halts the wave before the rest are
+changed. Without it a wave is written as fast as the store takes it.
+
 Documents are written signed, with serial + 1, on the condition that nobody
 wrote them meanwhile (a concurrent change is read again, never overwritten).
 Progress is kept in rollouts/ID/VERSION.json: --resume continues a rollout
@@ -41,6 +47,7 @@ whose command was interrupted, or a halted one under a higher --max-failures.
 Exit status: 0 every agent promoted, 3 halted, 1 any other error.`,
 		Example: `  addonctl rollout --store "$STORE" --key signing.key --addon hello@1.2.0 --all --canary 1 --waves 10%,50%,100%
   addonctl rollout --store "$STORE" --key signing.key --addon hello@1.2.0 --agents edge-01,edge-02 --max-failures 1 --revert-on-halt
+  addonctl rollout --store "$STORE" --key signing.key --addon hello@1.2.0 --all --canary 5 --waves 10%,100% --max-rate 500
   addonctl rollout --store "$STORE" --key signing.key --addon hello@1.2.0 --all --resume`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -61,7 +68,7 @@ Exit status: 0 every agent promoted, 3 halted, 1 any other error.`,
 			}
 			o := rollout.Options{
 				Store: st, AddonID: id, Version: version, All: all, Canary: canary, Waves: w,
-				MaxFailures: maxFailures, Wait: wait, RevertOnHalt: revert, Resume: resume, Poll: poll,
+				MaxFailures: maxFailures, Wait: wait, MaxRate: maxRate, RevertOnHalt: revert, Resume: resume, Poll: poll,
 			}
 			if agents != "" {
 				o.Agents = strings.Split(agents, ",")
@@ -98,6 +105,7 @@ Exit status: 0 every agent promoted, 3 halted, 1 any other error.`,
 	f.StringVar(&waves, "waves", "100%", "cumulative percentages of the agents after the canary")
 	f.IntVar(&maxFailures, "max-failures", 0, "failures tolerated before the rollout halts")
 	f.DurationVar(&wait, "wait", 10*time.Minute, "how long an agent has to report the version promoted")
+	f.IntVar(&maxRate, "max-rate", 0, "at most this many document changes per minute, the changed agents judged meanwhile (default 0: as fast as the store takes them)")
 	f.DurationVar(&poll, "poll", 5*time.Second, "how often the agents' reports are read")
 	f.BoolVar(&revert, "revert-on-halt", false, "on a halt, give the changed agents their previous entry back")
 	f.BoolVar(&resume, "resume", false, "continue the rollout recorded in rollouts/ID/VERSION.json")

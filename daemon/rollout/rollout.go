@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/addond/addond/daemon/assignment"
@@ -30,9 +31,14 @@ type Options struct {
 	Waves            []int // cumulative percentages, the last 100
 	MaxFailures      int   // more halt the rollout
 	Wait             time.Duration
-	RevertOnHalt     bool
-	Resume           bool
-	Poll             time.Duration // how often reports are read (default 5s)
+	// MaxRate caps the document changes per minute (0: one after
+	// another, as fast as the store takes them): a large wave's agents
+	// then fetch the new version a few at a time instead of all within
+	// one poll interval.
+	MaxRate      int
+	RevertOnHalt bool
+	Resume       bool
+	Poll         time.Duration // how often reports are read (default 5s)
 	// Log receives one line per event (an agent changed, promoted,
 	// failed, a wave begun …).
 	Log func(string)
@@ -58,6 +64,7 @@ type Progress struct {
 	Waves       [][]string                `json:"waves"`
 	MaxFailures int                       `json:"max_failures"`
 	Wait        string                    `json:"wait"`
+	MaxRate     int                       `json:"max_rate,omitempty"` // changes per minute
 	StartedAt   time.Time                 `json:"started_at"`
 	UpdatedAt   time.Time                 `json:"updated_at"`
 	Agents      map[string]*AgentProgress `json:"agents"`
@@ -208,7 +215,8 @@ func (r *runner) load(ctx context.Context) error {
 	}
 	now := time.Now().UTC()
 	r.p = &Progress{AddonID: o.AddonID, Version: o.Version, State: "running", Waves: Plan(agents, o.Canary, o.Waves),
-		MaxFailures: o.MaxFailures, Wait: o.Wait.String(), StartedAt: now, Agents: map[string]*AgentProgress{}}
+		MaxFailures: o.MaxFailures, Wait: o.Wait.String(), StartedAt: now,
+		MaxRate: o.MaxRate, Agents: map[string]*AgentProgress{}}
 	for w, wave := range r.p.Waves {
 		for _, a := range wave {
 			r.p.Agents[a] = &AgentProgress{Wave: w, Status: StatusWaiting}
@@ -295,59 +303,83 @@ func (r *runner) wave(ctx context.Context, w int, wave []string) error {
 		name += " (canary)"
 	}
 	r.o.Log(fmt.Sprintf("%s: %d agents", name, len(wave)))
-	for _, a := range wave {
-		if err := ctx.Err(); err != nil {
-			return err // interrupted: --resume goes on from here
+	if err := r.prepare(ctx, wave); err != nil {
+		return err
+	}
+	// The changes are recorded at most every saveEvery (the record holds
+	// every agent: saved after each change, a wave's writing grew with
+	// the square of the fleet), and whenever one fails.
+	saved := time.Now()
+	interrupted := func() error {
+		if err := r.save(ctx); err != nil {
+			return err
 		}
-		if ap := r.p.Agents[a]; ap.Status == StatusWaiting {
-			if err := r.change(ctx, a, ap); err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				ap.Status, ap.Reason = StatusFailed, err.Error()
-				r.o.Log(fmt.Sprintf("%s: failed: %v", a, err))
+		return ctx.Err() // --resume goes on from here
+	}
+	var todo []string
+	for _, a := range wave {
+		if r.p.Agents[a].Status == StatusWaiting {
+			todo = append(todo, a)
+		}
+	}
+	start, judged := time.Now(), time.Now()
+	for k, a := range todo {
+		if ctx.Err() != nil {
+			return interrupted()
+		}
+		ap := r.p.Agents[a]
+		refused := false
+		if err := r.change(ctx, a, ap); err != nil {
+			if ctx.Err() != nil {
+				return interrupted()
 			}
+			ap.Status, ap.Reason, refused = StatusFailed, err.Error(), true
+			r.o.Log(fmt.Sprintf("%s: failed: %v", a, err))
+		}
+		if refused || time.Since(saved) >= saveEvery {
 			if err := r.save(ctx); err != nil {
 				return err
 			}
-			if failed := r.p.Failures(); len(failed) > r.o.MaxFailures {
-				return r.halt(ctx, failed) // before the next agent is changed
+			saved = time.Now()
+		}
+		if failed := r.p.Failures(); len(failed) > r.o.MaxFailures {
+			return r.halt(ctx, failed) // before the next agent is changed
+		}
+		if r.o.MaxRate <= 0 || k == len(todo)-1 {
+			continue
+		}
+		// MaxRate: the next change waits for its turn; meanwhile the
+		// changed agents are judged every Poll, so that a failure halts
+		// the wave before the next change.
+		next := start.Add(time.Minute * time.Duration(k+1) / time.Duration(r.o.MaxRate))
+		for {
+			if time.Since(judged) >= r.o.Poll {
+				if _, err := r.judgeWave(ctx, wave); err != nil {
+					return err
+				}
+				judged = time.Now()
+			}
+			left := time.Until(next)
+			if left <= 0 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return interrupted()
+			case <-time.After(min(left, max(r.o.Poll-time.Since(judged), time.Millisecond))):
 			}
 		}
+	}
+	if err := r.save(ctx); err != nil {
+		return err
 	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		pending := 0
-		changed := false
-		for _, a := range wave {
-			ap := r.p.Agents[a]
-			if ap.Status != StatusChanged || ap.Reverted {
-				continue
-			}
-			v, why := r.judge(ctx, a, ap)
-			switch {
-			case v == Promoted:
-				ap.Status, changed = StatusPromoted, true
-				r.o.Log(fmt.Sprintf("%s: promoted %s@%s (%v after its document changed)", a, r.o.AddonID, r.o.Version, time.Since(ap.ChangedAt).Round(time.Second)))
-			case v == Failed:
-				ap.Status, ap.Reason, changed = StatusFailed, why, true
-				r.o.Log(fmt.Sprintf("%s: failed: %s", a, why))
-			case time.Since(ap.WaitFrom) > r.o.Wait:
-				ap.Status, ap.Reason, changed = StatusFailed, fmt.Sprintf("no report of %s@%s promoted within %v", r.o.AddonID, r.o.Version, r.o.Wait), true
-				r.o.Log(fmt.Sprintf("%s: failed: %s", a, ap.Reason))
-			default:
-				pending++
-			}
-		}
-		if changed {
-			if err := r.save(ctx); err != nil {
-				return err
-			}
-		}
-		if failed := r.p.Failures(); len(failed) > r.o.MaxFailures {
-			return r.halt(ctx, failed)
+		pending, err := r.judgeWave(ctx, wave)
+		if err != nil {
+			return err
 		}
 		if pending == 0 {
 			r.o.Log(fmt.Sprintf("%s: done", name))
@@ -359,6 +391,111 @@ func (r *runner) wave(ctx context.Context, w int, wave []string) error {
 		case <-time.After(r.o.Poll):
 		}
 	}
+}
+
+// judgeWave reads the reports of the wave's changed agents (several at a
+// time) and decides each: promoted, failed, or still pending (returned).
+// More failures than MaxFailures halt the rollout (halt's error).
+func (r *runner) judgeWave(ctx context.Context, wave []string) (pending int, err error) {
+	var judged []string
+	for _, a := range wave {
+		if ap := r.p.Agents[a]; ap.Status == StatusChanged && !ap.Reverted {
+			judged = append(judged, a)
+		}
+	}
+	type verdict struct {
+		v   Verdict
+		why string
+	}
+	verdicts := make([]verdict, len(judged))
+	parallel(len(judged), func(k int) {
+		v, why := r.judge(ctx, judged[k], r.p.Agents[judged[k]])
+		verdicts[k] = verdict{v, why}
+	})
+	changed := false
+	for k, a := range judged {
+		ap := r.p.Agents[a]
+		v, why := verdicts[k].v, verdicts[k].why
+		switch {
+		case v == Promoted:
+			ap.Status, changed = StatusPromoted, true
+			r.o.Log(fmt.Sprintf("%s: promoted %s@%s (%v after its document changed)", a, r.o.AddonID, r.o.Version, time.Since(ap.ChangedAt).Round(time.Second)))
+		case v == Failed:
+			ap.Status, ap.Reason, changed = StatusFailed, why, true
+			r.o.Log(fmt.Sprintf("%s: failed: %s", a, why))
+		case time.Since(ap.WaitFrom) > r.o.Wait:
+			ap.Status, ap.Reason, changed = StatusFailed, fmt.Sprintf("no report of %s@%s promoted within %v", r.o.AddonID, r.o.Version, r.o.Wait), true
+			r.o.Log(fmt.Sprintf("%s: failed: %s", a, ap.Reason))
+		default:
+			pending++
+		}
+	}
+	if changed {
+		if err := r.save(ctx); err != nil {
+			return pending, err
+		}
+	}
+	if failed := r.p.Failures(); len(failed) > r.o.MaxFailures {
+		return pending, r.halt(ctx, failed)
+	}
+	return pending, nil
+}
+
+// saveEvery is how often a wave's changes are recorded while it writes.
+const saveEvery = time.Second
+
+// readers is how many reports or documents are read at once.
+const readers = 16
+
+// parallel runs fn(0) … fn(n-1), readers at a time.
+func parallel(n int, fn func(k int)) {
+	sem := make(chan struct{}, readers)
+	var wg sync.WaitGroup
+	for k := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			fn(k)
+		})
+	}
+	wg.Wait()
+}
+
+// prepare records, in one save before a wave writes anything, the entry
+// each of its agents has before the rollout changes it. The changes are
+// then recorded in batches: an agent whose document was written but whose
+// change was not recorded (the command killed in between) is found already
+// at the version by a resume, and keeps this entry, so a halt can still
+// revert it. An agent already at the version gets none (nothing to
+// revert to); an entry recorded before is kept.
+func (r *runner) prepare(ctx context.Context, wave []string) error {
+	var todo []string
+	for _, a := range wave {
+		if ap := r.p.Agents[a]; ap.Status == StatusWaiting && ap.Previous == nil {
+			todo = append(todo, a)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	prev := make([]*assignment.Addon, len(todo))
+	parallel(len(todo), func(k int) {
+		doc, _, err := r.readDoc(ctx, todo[k])
+		if err != nil {
+			return // its change fails with the reason
+		}
+		if i := entry(doc, r.o.AddonID); i >= 0 && doc.Addons[i].Version != r.o.Version {
+			e := doc.Addons[i]
+			prev[k] = &e
+		}
+	})
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for k, a := range todo {
+		r.p.Agents[a].Previous = prev[k]
+	}
+	return r.save(ctx)
 }
 
 // judge reads agent a's report.
@@ -409,7 +546,10 @@ func (r *runner) change(ctx context.Context, a string, ap *AgentProgress) error 
 	return r.rewrite(ctx, a, func(doc *assignment.Document, i int) (bool, error) {
 		cur := doc.Addons[i]
 		if cur.Version == r.o.Version {
-			ap.Status, ap.Serial, ap.ChangedAt, ap.Previous = StatusChanged, doc.Serial, time.Now().UTC(), nil
+			// Previous stays what prepare recorded: nothing when the
+			// agent had the version before the rollout, its old entry
+			// when this rollout's change of it was never recorded.
+			ap.Status, ap.Serial, ap.ChangedAt = StatusChanged, doc.Serial, time.Now().UTC()
 			ap.WaitFrom = ap.ChangedAt
 			r.o.Log(fmt.Sprintf("%s: already at %s@%s (serial %d)", a, r.o.AddonID, r.o.Version, doc.Serial))
 			return false, nil

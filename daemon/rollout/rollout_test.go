@@ -560,3 +560,153 @@ func TestRolloutOwnWriteAnsweredChanged(t *testing.T) {
 		t.Fatalf("serial %d", d.Serial)
 	}
 }
+
+// TestRolloutRevertsAChangeItNeverRecorded: a rollout killed between
+// writing an agent's document and recording the change (the record is
+// saved in batches) leaves the record saying "waiting" and the document at
+// the new version. The entry recorded before the wave wrote anything lets
+// the resumed rollout revert that agent when it halts; the other agents
+// are not touched.
+func TestRolloutRevertsAChangeItNeverRecorded(t *testing.T) {
+	w := newWorld(t, "file", 3)
+	ctx := context.Background()
+	before := map[string]*assignment.Document{}
+	for _, a := range w.agents {
+		before[a] = w.doc(a)
+	}
+	// The state the kill left: the canary's previous entry recorded (by
+	// the wave's first save), its document then changed to the bad 3.0.0,
+	// the change not recorded.
+	prev := helloOf(before["edge-01"])
+	p := &Progress{AddonID: "hello", Version: "3.0.0", State: "running", Waves: Plan(w.agents, 1, []int{100}),
+		Wait: "20s", StartedAt: time.Now().UTC(), Agents: map[string]*AgentProgress{}}
+	for i, wave := range p.Waves {
+		for _, a := range wave {
+			p.Agents[a] = &AgentProgress{Wave: i, Status: StatusWaiting}
+		}
+	}
+	p.Agents["edge-01"].Previous = &prev
+	body, _ := json.MarshalIndent(p, "", "  ")
+	if _, err := publish.WriteSigned(ctx, w.st, ProgressKey("hello", "3.0.0"), body, "", w.key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := publish.Assign(ctx, publish.AssignOptions{Store: w.st, AgentID: "edge-01", Key: w.key, Addons: []string{"hello@3.0.0", "other@1.0.0"},
+		Args: map[string][]string{"hello": {"--mode", "edge-01"}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err := w.run(ctx, Options{Version: "3.0.0", Resume: true, RevertOnHalt: true})
+	if !errors.Is(err, ErrHalted) {
+		t.Fatalf("resumed: %v\n%s", err, strings.Join(w.log, "\n"))
+	}
+	after := w.doc("edge-01")
+	if got := helloOf(after); !reflect.DeepEqual(got, prev) {
+		t.Fatalf("edge-01 not reverted to its recorded entry: hello %+v, want %+v\n%s", got, prev, strings.Join(w.log, "\n"))
+	}
+	if after.Serial != before["edge-01"].Serial+2 {
+		t.Errorf("edge-01: serial %d -> %d, want the change and the revert", before["edge-01"].Serial, after.Serial)
+	}
+	for _, a := range []string{"edge-02", "edge-03"} {
+		if d := w.doc(a); d.Serial != before[a].Serial || helloOf(d).Version != "1.0.0" {
+			t.Errorf("%s touched by a rollout halted after its canary: serial %d -> %d, hello %s", a, before[a].Serial, d.Serial, helloOf(d).Version)
+		}
+	}
+}
+
+// TestRolloutSavesInBatches: a wave of many agents rewrites the progress
+// record a few times, not once per agent (the record holds every agent).
+func TestRolloutSavesInBatches(t *testing.T) {
+	w := newWorld(t, "file", 40)
+	counter := &countingStore{Store: w.st}
+	w.st = counter
+	p, err := w.run(context.Background(), Options{Version: "2.0.0", All: true, Canary: 1, Waves: []int{100}})
+	if err != nil || p.State != "done" {
+		t.Fatalf("%v\n%s", err, strings.Join(w.log, "\n"))
+	}
+	saves := counter.puts(ProgressKey("hello", "2.0.0"))
+	// load, and per wave: prepare, at most one a second while writing,
+	// the wave's end, its promotions; then done.
+	if saves > 12 {
+		t.Errorf("the progress record was written %d times for 40 agents in 2 waves", saves)
+	}
+	t.Logf("40 agents, 2 waves: the progress record written %d times", saves)
+}
+
+// countingStore counts the writes of each key.
+type countingStore struct {
+	store.Store
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *countingStore) note(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = map[string]int{}
+	}
+	c.n[key]++
+}
+
+func (c *countingStore) Put(ctx context.Context, key string, r io.Reader, size int64) (store.Info, error) {
+	c.note(key)
+	return c.Store.Put(ctx, key, r, size)
+}
+
+func (c *countingStore) PutIfMatch(ctx context.Context, key string, r io.Reader, size int64, ifMatch string) (store.Info, error) {
+	c.note(key)
+	return c.Store.PutIfMatch(ctx, key, r, size, ifMatch)
+}
+
+func (c *countingStore) puts(key string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[key]
+}
+
+// TestRolloutMaxRate: --max-rate spaces a wave's changes, and a failure
+// seen meanwhile halts the wave before the next change.
+func TestRolloutMaxRate(t *testing.T) {
+	t.Run("spaced", func(t *testing.T) {
+		w := newWorld(t, "file", 4)
+		const rate = 150 // a change every 400 ms
+		p, err := w.run(context.Background(), Options{Version: "2.0.0", Agents: w.agents, MaxRate: rate})
+		if err != nil || p.State != "done" {
+			t.Fatalf("%v\n%s", err, strings.Join(w.log, "\n"))
+		}
+		if p.MaxRate != rate {
+			t.Errorf("recorded max_rate %d", p.MaxRate)
+		}
+		// Change k (from 0) comes k × 400 ms after the first at the
+		// earliest.
+		first := p.Agents[w.agents[0]].ChangedAt
+		for k, a := range w.agents {
+			at := p.Agents[a].ChangedAt.Sub(first)
+			if want := time.Minute * time.Duration(k) / rate; at < want-20*time.Millisecond {
+				t.Errorf("%s changed %v after the first, want at least %v", a, at, want)
+			}
+			t.Logf("%s changed %v after the first", a, at.Round(time.Millisecond))
+		}
+	})
+	t.Run("halts between changes", func(t *testing.T) {
+		w := newWorld(t, "file", 4)
+		before := map[string]uint64{}
+		for _, a := range w.agents {
+			before[a] = w.doc(a).Serial
+		}
+		// 3.0.0 is rolled back by every agent: the first agent's failure
+		// is judged within the 6 s before the second change.
+		_, err := w.run(context.Background(), Options{Version: "3.0.0", Agents: w.agents, MaxRate: 10})
+		if !errors.Is(err, ErrHalted) {
+			t.Fatalf("%v\n%s", err, strings.Join(w.log, "\n"))
+		}
+		if d := w.doc("edge-01"); helloOf(d).Version != "3.0.0" {
+			t.Errorf("edge-01 at %s, want the changed 3.0.0 (no revert asked)", helloOf(d).Version)
+		}
+		for _, a := range w.agents[1:] {
+			if d := w.doc(a); d.Serial != before[a] {
+				t.Errorf("%s changed (serial %d -> %d) after the first agent failed\n%s", a, before[a], d.Serial, strings.Join(w.log, "\n"))
+			}
+		}
+	})
+}

@@ -73,7 +73,8 @@ const (
 	addonID   = "sim"
 	oldV      = "1.0.0"
 	goodV     = "1.1.0"
-	badV      = "1.2.0"
+	pacedV    = "1.2.0" // good too, rolled out under --max-rate
+	badV      = "1.3.0"
 	modelName = assignment.SupervisionSystemdService
 )
 
@@ -89,6 +90,7 @@ type flags struct {
 	out            string
 	root           string
 	addonctl       string
+	maxRate        int
 }
 
 func main() {
@@ -102,6 +104,7 @@ func main() {
 	flag.IntVar(&f.artifact, "artifact", 1<<20, "the add-on's artifact size in bytes")
 	flag.StringVar(&f.waves, "waves", "1,10,100", "the rollouts' --waves")
 	flag.StringVar(&f.out, "json", "", "also write the results as JSON to this file")
+	flag.IntVar(&f.maxRate, "max-rate", 300, "a second good rollout runs under this --max-rate (changes per minute; 0: none)")
 	flag.StringVar(&f.addonctl, "addonctl", "bin/addonctl", "the addonctl binary that reads the fleet's status")
 	flag.StringVar(&f.root, "root", "", "where the agents' runtime roots go (default: a temporary directory, removed)")
 	flag.Parse()
@@ -225,19 +228,33 @@ func run(f flags) (*results, error) {
 	// 3. A good rollout in three waves.
 	log.Printf("rollout of %s@%s, waves %s, canary %d", addonID, goodV, f.waves, canary(f.agents))
 	s.agentsPx.reset()
-	good, err := s.rollout(ctx, goodV, false)
+	good, err := s.rollout(ctx, goodV, 0, "")
 	if err != nil {
 		return res, fmt.Errorf("rollout of %s: %w", goodV, err)
 	}
-	rs := s.agentsPx.snapshot()
-	good.peaks(rs, res.Idle.RequestsPerSecond)
+	good.peaks(s.agentsPx.snapshot(), res.Idle.RequestsPerSecond)
 	res.GoodRollout = good
+	current := goodV
+
+	// 3b. The same under --max-rate: the herd against the time.
+	if f.maxRate > 0 {
+		time.Sleep(10 * time.Second)
+		log.Printf("rollout of %s@%s, waves %s, canary %d, --max-rate %d", addonID, pacedV, f.waves, canary(f.agents), f.maxRate)
+		s.agentsPx.reset()
+		paced, err := s.rollout(ctx, pacedV, f.maxRate, "")
+		if err != nil {
+			return res, fmt.Errorf("rollout of %s: %w", pacedV, err)
+		}
+		paced.peaks(s.agentsPx.snapshot(), res.Idle.RequestsPerSecond)
+		res.PacedRollout = paced
+		current = pacedV
+	}
 
 	// 4. A bad version: halted after the canary, reverted.
 	time.Sleep(10 * time.Second)
 	log.Printf("rollout of the bad %s@%s, canary %d, --revert-on-halt", addonID, badV, canary(f.agents))
 	s.agentsPx.reset()
-	bad, err := s.rollout(ctx, badV, true)
+	bad, err := s.rollout(ctx, badV, 0, current)
 	if err != nil {
 		return res, fmt.Errorf("rollout of %s: %w", badV, err)
 	}
@@ -278,7 +295,7 @@ func (s *sim) publish() error {
 		return err
 	}
 	bin := filepath.Join(s.root, "sim")
-	for _, v := range []string{oldV, goodV, badV} {
+	for _, v := range []string{oldV, goodV, pacedV, badV} {
 		content := make([]byte, s.f.artifact)
 		for i := range content {
 			content[i] = byte(rand.Uint32())
@@ -423,13 +440,22 @@ func (s *sim) waitPromoted(version string, n int, timeout time.Duration) error {
 }
 
 // rollout runs one rollout of version to every agent and measures it.
-func (s *sim) rollout(ctx context.Context, version string, bad bool) (*rolloutFigures, error) {
+// A bad version (backTo set: the version its canaries go back to) is
+// rolled out with --revert-on-halt and must halt.
+func (s *sim) rollout(ctx context.Context, version string, maxRate int, backTo string) (*rolloutFigures, error) {
+	bad := backTo != ""
 	waves, err := rollout.ParseWaves(s.f.waves)
 	if err != nil {
 		return nil, err
 	}
-	rf := &rolloutFigures{Version: version}
+	rf := &rolloutFigures{Version: version, MaxRate: maxRate}
 	start := time.Now()
+	// Each wave's writing: from its first document change to its last.
+	var (
+		logMu       sync.Mutex
+		wave        = -1
+		first, last []time.Time
+	)
 	var reached99 atomic.Int64
 	stop := make(chan struct{})
 	watched := make(chan struct{})
@@ -446,22 +472,40 @@ func (s *sim) rollout(ctx context.Context, version string, bad bool) (*rolloutFi
 			}
 		}
 	}()
-	var logMu sync.Mutex
 	p, err := rollout.Run(ctx, rollout.Options{
 		Store: s.op, Key: s.key, AddonID: addonID, Version: version, All: true,
 		Canary: canary(s.f.agents), Waves: waves, MaxFailures: 0, Wait: s.f.wait,
-		RevertOnHalt: bad, Poll: rolloutPoll,
+		RevertOnHalt: bad, Poll: rolloutPoll, MaxRate: maxRate,
 		Log: func(line string) {
+			logMu.Lock()
+			defer logMu.Unlock()
+			now := time.Now()
+			switch {
+			case strings.HasPrefix(line, "wave ") && !strings.HasSuffix(line, ": done"):
+				wave++
+				first, last = append(first, time.Time{}), append(last, time.Time{})
+			case wave >= 0 && strings.Contains(line, " -> "+version+" (serial"):
+				if first[wave].IsZero() {
+					first[wave] = now
+				}
+				last[wave] = now
+				return
+			}
 			if strings.Contains(line, "wave") || strings.Contains(line, "halt") || strings.Contains(line, "done") || strings.Contains(line, "revert") {
-				logMu.Lock()
 				log.Printf("  rollout: %s", line)
-				logMu.Unlock()
 			}
 		},
 	})
 	close(stop)
 	<-watched
 	rf.Seconds = time.Since(start).Seconds()
+	logMu.Lock()
+	for w := range first {
+		if !first[w].IsZero() {
+			rf.WritingSeconds = append(rf.WritingSeconds, last[w].Sub(first[w]).Seconds())
+		}
+	}
+	logMu.Unlock()
 	if p != nil {
 		rf.State = p.State
 		for _, w := range p.Waves {
@@ -501,9 +545,9 @@ func (s *sim) rollout(ctx context.Context, version string, bad bool) (*rolloutFi
 	// reverted: measured from the halt.
 	halted := time.Now()
 	deadline := halted.Add(s.f.poll + s.f.probation + 2*time.Minute)
-	for s.promoted(goodV, canaries) < len(canaries) {
+	for s.promoted(backTo, canaries) < len(canaries) {
 		if time.Now().After(deadline) {
-			return rf, fmt.Errorf("%d of %d canaries back on %s within %v of the halt", s.promoted(goodV, canaries), len(canaries), goodV, time.Since(halted))
+			return rf, fmt.Errorf("%d of %d canaries back on %s within %v of the halt", s.promoted(backTo, canaries), len(canaries), backTo, time.Since(halted))
 		}
 		time.Sleep(time.Second)
 	}
@@ -513,7 +557,7 @@ func (s *sim) rollout(ctx context.Context, version string, bad bool) (*rolloutFi
 			return rf, err
 		}
 		for _, ad := range doc.Addons {
-			if ad.AddonID == addonID && ad.Version != goodV {
+			if ad.AddonID == addonID && ad.Version != backTo {
 				return rf, fmt.Errorf("%s: its document names %s@%s after the revert", id, addonID, ad.Version)
 			}
 		}
@@ -532,6 +576,7 @@ func (s *sim) rollout(ctx context.Context, version string, bad bool) (*rolloutFi
 		}
 	}
 	rf.RollbackBound = (s.f.poll + s.f.probation).String()
+	rf.BackTo = backTo
 	return rf, nil
 }
 
@@ -865,6 +910,7 @@ type results struct {
 	RSSBytes         int64               `json:"rss_bytes"`
 	Goroutines       int                 `json:"goroutines"`
 	GoodRollout      *rolloutFigures     `json:"good_rollout,omitempty"`
+	PacedRollout     *rolloutFigures     `json:"paced_rollout,omitempty"`
 	BadRollout       *rolloutFigures     `json:"bad_rollout,omitempty"`
 	FleetStatus      *fleetStatusFigures `json:"fleet_status,omitempty"`
 	OperatorRequests int64               `json:"operator_requests"`
@@ -913,6 +959,9 @@ type rolloutFigures struct {
 	State     string  `json:"state"`
 	WaveSizes []int   `json:"wave_sizes"`
 	Seconds   float64 `json:"seconds"`
+	MaxRate   int     `json:"max_rate,omitempty"`
+	// WritingSeconds: each wave's first document change to its last.
+	WritingSeconds []float64 `json:"writing_seconds,omitempty"`
 	// good
 	To99Seconds  float64        `json:"to_99_percent_seconds,omitempty"`
 	Bound        string         `json:"bound,omitempty"` // 3 × (poll + probation + the rollout's poll)
@@ -933,6 +982,7 @@ type rolloutFigures struct {
 	// RollbackBound one poll + probation.
 	RolledBackSeconds float64 `json:"rolled_back_seconds,omitempty"`
 	RollbackBound     string  `json:"rollback_bound,omitempty"`
+	BackTo            string  `json:"back_to,omitempty"`
 }
 
 type fleetStatusFigures struct {
@@ -972,9 +1022,17 @@ func (r *results) print(out io.Writer) {
 		p("  MinIO CPU                                    %.1f s in %.0f s: %.3f cores per 1000 agents", i.MinIOCPUSeconds, i.Seconds, i.MinIOCoresPer1000)
 		p("  requests: %s", fmtCounts(i.Counts))
 	}
-	if g := r.GoodRollout; g != nil {
-		p("rollout of %s, waves %v (%s):", g.Version, g.WaveSizes, r.Waves)
+	for _, g := range []*rolloutFigures{r.GoodRollout, r.PacedRollout} {
+		if g == nil {
+			continue
+		}
+		rate := "as fast as the store takes them"
+		if g.MaxRate > 0 {
+			rate = fmt.Sprintf("--max-rate %d/min", g.MaxRate)
+		}
+		p("rollout of %s, waves %v (%s), changes %s:", g.Version, g.WaveSizes, r.Waves, rate)
 		p("  99 %% of the agents promoted it after        %.0f s  (bound 3 × (poll + probation + the rollout's 5 s report poll) = %s); done after %.0f s", g.To99Seconds, g.Bound, g.Seconds)
+		p("  each wave's writing (first change to last)  %s", fmtSeconds(g.WritingSeconds))
 		p("  request rate: mean %.1f, peak over 1 s %.0f, 10 s %.1f, 60 s %.1f per s; idle mean %.1f; peak 10 s / idle %.2f",
 			g.MeanRate, g.Peak1s, g.Peak10s, g.Peak60s, g.IdleRate, g.PeakOverIdle)
 		p("  requests: %s", fmtCounts(g.Counts))
@@ -982,13 +1040,21 @@ func (r *results) print(out io.Writer) {
 	if b := r.BadRollout; b != nil {
 		p("rollout of the bad %s: %s after %.0f s, canary %d; agents that ever ran it: %d", b.Version, b.State, b.Seconds, b.Canary, b.AgentsThatRanIt)
 		p("  every canary rolled back within %.0f s of its document's change (bound: poll + probation = %s); back on %s, promoted, documents reverted, %.0f s after the halt",
-			b.RolledBackSeconds, b.RollbackBound, goodV, b.CanariesBackSeconds)
+			b.RolledBackSeconds, b.RollbackBound, b.BackTo, b.CanariesBackSeconds)
 	}
 	if fs := r.FleetStatus; fs != nil {
 		p("addonctl fleet status: %d agents (%d OK, %d stale, %d with problems) in %.1f s, %d store requests; %s by version and state: %v",
 			fs.Agents, fs.OK, fs.Stale, fs.Problems, fs.Seconds, fs.Requests, addonID, fs.Versions)
 	}
 	p("operator requests (publish, assign, rollouts, fleet status): %d; whole run %.0f s", r.OperatorRequests, r.TotalSeconds)
+}
+
+func fmtSeconds(v []float64) string {
+	var parts []string
+	for _, x := range v {
+		parts = append(parts, fmt.Sprintf("%.1f s", x))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func fmtCounts(c map[string]int) string {
