@@ -26,6 +26,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"github.com/hashicorp/go-plugin/runner"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/addond/addond/sdk"
 	"github.com/addond/addond/supervisors"
@@ -291,6 +293,23 @@ func (p *proc) detach() {
 	}
 }
 
+// exitGrace is how long a sidecar whose connection broke is given for its
+// process's end to be seen.
+const exitGrace = 2 * time.Second
+
+// exitedWithin reports whether the sidecar's process has ended, waiting up
+// to d for its end to be seen.
+func (p *proc) exitedWithin(d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for !p.client.Exited() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
 // exitReason says how the sidecar ended once its client has exited.
 func (p *proc) exitReason() string {
 	if p.unit != nil {
@@ -448,6 +467,15 @@ func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (out
 			failures++
 			ev.Reason, ev.Cause = fmt.Sprintf("health check failed (%d in a row): %v", failures, err), supervisors.CauseUnhealthy
 			if failures >= o.HealthFailures {
+				// A check that failed because the connection is gone
+				// usually means the process ended, which a unit's
+				// sidecar learns later, over D-Bus: the exit is the
+				// cause, not an unhealthy add-on.
+				if status.Code(err) == codes.Unavailable && p.exitedWithin(exitGrace) {
+					ev.Reason, ev.Cause = p.exitReason(), p.exitCause()
+				} else {
+					ev.Reason = "not answering health checks: " + ev.Reason
+				}
 				return false
 			}
 			i.Emit(ev)
@@ -515,7 +543,7 @@ func (i *instance) supervise(p *proc, spec *supervisors.Spec, restarts int) (out
 			}
 		case <-health.C:
 			if !check() {
-				return outFailed, fmt.Sprintf("not answering health checks: %s", ev.Reason), supervisors.CauseUnhealthy
+				return outFailed, ev.Reason, ev.Cause
 			}
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	sd "github.com/coreos/go-systemd/v22/dbus"
@@ -444,6 +445,9 @@ func (r *unitRunner) monitor() {
 		if alive && (invocation == "" || u.InvocationID == invocation) {
 			continue
 		}
+		if f := exitSeen.Load(); f != nil {
+			(*f)(r.unit)
+		}
 		r.mu.Lock()
 		r.final = u
 		r.mu.Unlock()
@@ -451,6 +455,11 @@ func (r *unitRunner) monitor() {
 		return
 	}
 }
+
+// exitSeen, when set (tests only), runs when a unit's end has been read
+// and before the sidecar is told: a test delays it there to order a late
+// exit after the sidecar's failed health checks.
+var exitSeen atomic.Pointer[func(unit string)]
 
 // describeExit says how a run of the unit ended.
 func (r *unitRunner) describeExit(u systemd.UnitState) string {
