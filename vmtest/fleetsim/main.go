@@ -60,6 +60,7 @@ import (
 	"github.com/addond/addond/daemon"
 	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/config"
+	"github.com/addond/addond/daemon/fleet"
 	"github.com/addond/addond/daemon/publish"
 	"github.com/addond/addond/daemon/rollout"
 	"github.com/addond/addond/daemon/signing"
@@ -593,27 +594,12 @@ func (s *sim) fleetStatus() (*fleetStatusFigures, error) {
 		return nil, fmt.Errorf("addonctl fleet status: %w", err)
 	}
 	fs := &fleetStatusFigures{Seconds: time.Since(start).Seconds(), Requests: s.opPx.total() - before}
-	var st struct {
-		Agents []struct {
-			Stale    bool     `json:"stale"`
-			Problems []string `json:"problems"`
-		} `json:"agents"`
-		Addons map[string]map[string]map[string]int `json:"addons"`
-	}
+	var st fleet.Status
 	if err := json.Unmarshal(out, &st); err != nil {
 		return nil, fmt.Errorf("addonctl fleet status --json: %w", err)
 	}
 	fs.Agents = len(st.Agents)
-	for _, a := range st.Agents {
-		switch {
-		case a.Stale:
-			fs.Stale++
-		case len(a.Problems) > 0:
-			fs.Problems++
-		default:
-			fs.OK++
-		}
-	}
+	fs.OK, fs.Stale, fs.Problems = st.Counts()
 	fs.Versions = st.Addons[addonID]
 	if fs.Agents != s.f.agents {
 		return fs, fmt.Errorf("addonctl fleet status shows %d agents, want %d", fs.Agents, s.f.agents)
