@@ -28,13 +28,21 @@ import (
 // rolled back): a forward jump past the deadline must neither promote nor
 // roll it back early; a backward jump must not postpone its rollback.
 
-// clockProbation is the probation configured for this test: long enough
-// that a jump lands well inside it.
-const clockProbation = 60 * time.Second
+// clockProbation is the probation of the backward jump's version, which
+// the test waits out: long enough that the jump lands well inside it on a
+// loaded machine (the forward jump once landed 51 s into a 60 s one).
+const clockProbation = 90 * time.Second
+
+// forwardProbation is the probation of the forward jump's version, which
+// is promoted by a healthy configuration, not waited out: long enough that
+// the jump lands inside it however slowly a loaded guest lets the test see
+// the activation (51 s after it once, on a CI machine whose TCG boot took
+// 8m49s, when the probation was 60 s; 16-21 s on ours).
+const forwardProbation = 5 * time.Minute
 
 func TestClockJump(t *testing.T) {
 	if !InVM() {
-		boot(t, scenario{timeout: 15 * time.Minute})
+		boot(t, scenario{timeout: 25 * time.Minute})
 		return
 	}
 	testStart := monoNow(t)
@@ -43,7 +51,7 @@ func TestClockJump(t *testing.T) {
 	// The probation first, before anything is assigned: configure's 10 s
 	// is too short for a first start of a sidecar under TCG.
 	configure(t, fileStore)
-	setConfig(t, map[string]any{"probation": clockProbation.String()})
+	setConfig(t, map[string]any{"probation": forwardProbation.String()})
 	publishExamples(t, p)
 	// svc: hello again, as a systemd_service (its health is its unit's
 	// state, up for a while).
@@ -122,14 +130,18 @@ func TestClockJump(t *testing.T) {
 		assignMono := monoNow(t)
 		serial := assignExamples(t, p, "1.1.0", "/root/degraded.json")
 		a := waitAddon(t, "hello", 2*time.Minute, "1.1.0 on probation, degraded", onProbation("1.1.0", "degraded"))
+		// The jump first, the facts after it: nothing between the two
+		// spends the probation (the activation is on the monotonic clock).
+		before, jumpMono := wallClock(), monoNow(t)
+		sh(t, "date -s '+3 hours'")
 		activated := unitMono(t, "addond-hello.service", "ActiveEnterTimestampMonotonic")
 		helloPID := addonUnitProp(t, "addond-hello.service", "MainPID")
-		before := wallNow(t)
-		jumpMono := monoNow(t)
-		sh(t, "date -s '+3 hours'")
 		ticks := countTicks(t)
 		t.Logf("hello 1.1.0 on probation (%s); activated %.1fs after the assignment; wall clock jumped forward at %.1fs of the probation: %s -> %s",
 			a, (activated - assignMono).Seconds(), (jumpMono - activated).Seconds(), before, wallNow(t))
+		if late := jumpMono - activated; late > forwardProbation/2 {
+			t.Fatalf("the guest let this test see 1.1.0's activation only %.1fs after it: the jump must land well inside the %v probation", late.Seconds(), forwardProbation)
+		}
 		checkSerial(t, serial)
 		if got := probationOf(t, "hello"); got == nil || got.Version != "1.1.0" {
 			t.Errorf("state.json holds no probation of 1.1.0 before the jump: %+v", got)
@@ -162,7 +174,7 @@ func TestClockJump(t *testing.T) {
 			}
 			if h.ActiveVersion != "1.1.0" || h.State == "rolled_back" {
 				t.Errorf("ROLLED BACK EARLY by the forward jump, %.1fs after 1.1.0 was activated (the probation is %v): %s — the probation deadline is measured on the wall clock",
-					(monoNow(t) - activated).Seconds(), clockProbation, h)
+					(monoNow(t) - activated).Seconds(), forwardProbation, h)
 				break
 			}
 			if p := probationOf(t, "hello"); p == nil {
@@ -191,7 +203,7 @@ func TestClockJump(t *testing.T) {
 		})
 		promoted := monoNow(t)
 		t.Logf("healthy configuration assigned %.1fs after the jump, picked up and 1.1.0 promoted %.1fs later (%.1fs after activation, probation %v): %s",
-			(healthyMono - jumpMono).Seconds(), (promoted - healthyMono).Seconds(), (promoted - activated).Seconds(), clockProbation, a)
+			(healthyMono - jumpMono).Seconds(), (promoted - healthyMono).Seconds(), (promoted - activated).Seconds(), forwardProbation, a)
 		checkSerial(t, serial)
 		if lkg := lkgVersion(t, "hello"); lkg != "1.1.0" {
 			t.Errorf("last-known-good of hello is %q after the promotion, want 1.1.0", lkg)
@@ -213,14 +225,14 @@ func TestClockJump(t *testing.T) {
 		// from the last one, 5 h ahead: addond re-arms the timer. A jump
 		// between runs, which systemd rebases by itself, came 1 time in
 		// 4 by chance before.)
+		setConfig(t, map[string]any{"probation": clockProbation.String()})
 		release := holdTickerRun(t)
 		assignMono := monoNow(t)
 		serial := assignExamples(t, p, "1.2.0", "/root/degraded.json")
 		waitAddon(t, "hello", 2*time.Minute, "1.2.0 on probation, degraded", onProbation("1.2.0", "degraded"))
-		activated := unitMono(t, "addond-hello.service", "ActiveEnterTimestampMonotonic")
-		before := wallNow(t)
-		jumpMono := monoNow(t)
+		before, jumpMono := wallClock(), monoNow(t)
 		sh(t, "date -s '-5 hours'")
+		activated := unitMono(t, "addond-hello.service", "ActiveEnterTimestampMonotonic")
 		t.Logf("hello 1.2.0 on probation, activated %.1fs after the assignment; wall clock jumped backward at %.1fs of the probation, a ticker run in flight: %s -> %s",
 			(activated - assignMono).Seconds(), (jumpMono - activated).Seconds(), before, wallNow(t))
 		ticks := release()
@@ -241,7 +253,7 @@ func TestClockJump(t *testing.T) {
 		// The deadline is at least a probation after the assignment was
 		// written, and at most a probation (plus the loop's 1 s check and
 		// a slow guest) after the unit became active.
-		earliest, latest := assignMono+clockProbation, activated+clockProbation+30*time.Second
+		earliest, latest := assignMono+clockProbation, activated+clockProbation+90*time.Second
 		var rolled addonStatus
 		err := waitFor(latest-monoNow(t), func() error {
 			st, err := status()
@@ -444,6 +456,10 @@ func onProbation(version, health string) func(a addonStatus) string {
 	}
 }
 
+// wallClock is the guest's wall clock, read in this process (no command
+// in between).
+func wallClock() string { return time.Now().UTC().Format("2006-01-02 15:04:05") }
+
 // monoNow is the guest's CLOCK_MONOTONIC, the clock of systemd's
 // *Monotonic timestamps (and of /proc/uptime, bar suspend).
 func monoNow(t testing.TB) time.Duration {
@@ -522,7 +538,7 @@ func holdTickerRun(t testing.TB) (release func() int) {
 		t.Fatal(err)
 	}
 	start := monoNow(t)
-	eventually(t, 30*time.Second, "a ticker run held opening its FIFO", func() error {
+	eventually(t, time.Minute, "a ticker run held opening its FIFO", func() error {
 		if s := addonUnitProp(t, "addond-ticker.service", "ActiveState"); s != "activating" {
 			return fmt.Errorf("addond-ticker.service is %s", s)
 		}

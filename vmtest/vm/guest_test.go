@@ -331,7 +331,7 @@ func userUnitProp(t testing.TB, unit, prop string) string {
 func install(t testing.TB, deb string) {
 	t.Helper()
 	sh(t, "DEBIAN_FRONTEND=noninteractive dpkg -i "+deb)
-	eventually(t, time.Minute, "addond active after install", func() error {
+	eventually(t, 3*time.Minute, "addond active after install", func() error {
 		if out, err := try("systemctl is-active addond"); out != "active" {
 			return fmt.Errorf("is-active: %s %v", out, err)
 		}
@@ -415,14 +415,16 @@ func (p *publisher) withResources(t testing.TB, res map[string]assignment.Resour
 }
 
 // configure points the shipped /etc/addond/addond.json at store and this
-// agent's document, with short poll and probation times, and reloads
-// addond.
+// agent's document, with a short poll and a probation that a first start
+// under TCG on a loaded machine still meets (a healthy version is
+// promoted as soon as it reports healthy; only an unhealthy one waits the
+// probation out), and reloads addond.
 func configure(t testing.TB, store string) {
 	t.Helper()
 	setConfig(t, map[string]any{
 		"agent_id": agentID, "store": store,
 		"assignments":   map[string]string{"store_key": "agents/" + agentID + "/assignments.json"},
-		"poll_interval": "2s", "probation": "10s",
+		"poll_interval": "2s", "probation": "30s",
 	})
 }
 

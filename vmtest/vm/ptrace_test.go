@@ -28,6 +28,9 @@ func ptraceAttack(rounds int) int {
 	me := os.Getuid()
 	for r := 0; r < rounds; r++ {
 		old := addondPID()
+		for deadline := time.Now().Add(time.Minute); old == 0 && time.Now().Before(deadline); old = addondPID() {
+			time.Sleep(200 * time.Millisecond) // a slow restart of the round before
+		}
 		if old == 0 {
 			fmt.Println("no addond")
 			return 1
@@ -39,7 +42,7 @@ func ptraceAttack(rounds int) int {
 		killed := time.Now()
 		seen := map[int]bool{old: true}
 		result := ""
-		for deadline := time.Now().Add(15 * time.Second); result == "" && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(30 * time.Second); result == "" && time.Now().Before(deadline); {
 			ents, _ := os.ReadDir("/proc")
 			for _, e := range ents {
 				pid, err := strconv.Atoi(e.Name())
@@ -76,7 +79,7 @@ func ptraceAttack(rounds int) int {
 		}
 		decided := time.Since(killed)
 		// The restarted addond is up before the next round.
-		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 			if p := addondPID(); p != 0 && p != old {
 				break
 			}

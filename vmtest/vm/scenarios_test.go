@@ -74,7 +74,7 @@ type lifecycle struct {
 // fail for its sake).
 func TestPackageLifecycle(t *testing.T) {
 	if !InVM() {
-		boot(t, scenario{upgrade: true, timeout: 15 * time.Minute})
+		boot(t, scenario{upgrade: true, timeout: 25 * time.Minute})
 		return
 	}
 	l := &lifecycle{}
@@ -404,7 +404,7 @@ func upgradeRollback(t *testing.T, l *lifecycle) {
 // after a reboot on the same disk.
 func TestStoreOutageReboot(t *testing.T) {
 	if !InVM() {
-		boot(t, scenario{boots: 2, minio: true})
+		boot(t, scenario{boots: 2, minio: true, timeout: 10 * time.Minute})
 		return
 	}
 	comm, _ := os.ReadFile("/proc/1/comm")
