@@ -33,11 +33,13 @@ such report within --wait). More failures than --max-failures halt it: no
 further agent is changed, the failures are listed, and with --revert-on-halt
 the agents it changed get their previous entry back.
 
-With --max-rate N at most N documents are changed per minute, the changed
-agents judged meanwhile: a large wave's agents then fetch the new version a
-few at a time rather than all within one poll interval (the store's request
-peak and bandwidth), and a failure halts the wave before the rest are
-changed. Without it a wave is written as fast as the store takes it.
+A wave's documents are changed up to 8 at a time (one at first, one more
+after each that succeeds), the changed agents judged meanwhile. With
+--max-rate N at most N documents are changed per minute: a large wave's
+agents then fetch the new version a few at a time rather than all within
+one poll interval (the store's request peak and bandwidth), and a failure
+halts the wave before the rest are changed. Without it a wave is written
+as fast as the store takes it.
 
 Documents are written signed, with serial + 1, on the condition that nobody
 wrote them meanwhile (a concurrent change is read again, never overwritten).

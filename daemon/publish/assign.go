@@ -252,23 +252,20 @@ func setArtifacts(a *assignment.Addon, pkg *assignment.Package, single *assignme
 	return nil
 }
 
-// Retarget is entry a moved to version: its version and artifact fields
-// come from version's package, whose signature must verify under trust;
+// Retarget is entry a moved to pkg's version: its version and artifact
+// fields come from pkg — a package whose signature the caller verified
+// (assignment.FetchPackage), once for however many entries it moves;
 // every other field (args, config, supervision, schedule, capabilities …)
 // stays as it was. The entry must resolve as the agent will resolve it.
-func Retarget(ctx context.Context, st store.Store, trust *signing.Keyring, a assignment.Addon, version string) (assignment.Addon, error) {
+func Retarget(a assignment.Addon, pkg *assignment.Package) (assignment.Addon, error) {
 	if a.Delivery != "" && a.Delivery != assignment.DeliveryPushedArtifact {
-		return assignment.Addon{}, fmt.Errorf("addon %s: delivery %s has no artifacts to move to %s", a.AddonID, a.Delivery, version)
+		return assignment.Addon{}, fmt.Errorf("addon %s: delivery %s has no artifacts to move to %s", a.AddonID, a.Delivery, pkg.Version)
 	}
-	if trust.Len() == 0 {
-		return assignment.Addon{}, fmt.Errorf("addon %s@%s: no key to verify its package with", a.AddonID, version)
-	}
-	pkg, _, _, err := assignment.FetchPackage(ctx, st, trust, a.AddonID, version)
-	if err != nil {
-		return assignment.Addon{}, fmt.Errorf("addon %s@%s: %w", a.AddonID, version, err)
+	if pkg.AddonID != a.AddonID {
+		return assignment.Addon{}, fmt.Errorf("addon %s: the package to move it to is %s@%s's", a.AddonID, pkg.AddonID, pkg.Version)
 	}
 	out := a
-	out.Version = version
+	out.Version = pkg.Version
 	var single *assignment.Platform
 	if a.TargetOS != "" || a.ArtifactObjectKey != "" {
 		single = &assignment.Platform{OS: a.TargetOS, Arch: a.TargetArch}

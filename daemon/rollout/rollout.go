@@ -31,10 +31,10 @@ type Options struct {
 	Waves            []int // cumulative percentages, the last 100
 	MaxFailures      int   // more halt the rollout
 	Wait             time.Duration
-	// MaxRate caps the document changes per minute (0: one after
-	// another, as fast as the store takes them): a large wave's agents
-	// then fetch the new version a few at a time instead of all within
-	// one poll interval.
+	// MaxRate caps the document changes per minute (0: as fast as the
+	// store takes them, writers at a time): a large wave's agents then
+	// fetch the new version a few at a time instead of all within one
+	// poll interval.
 	MaxRate      int
 	RevertOnHalt bool
 	Resume       bool
@@ -45,7 +45,7 @@ type Options struct {
 }
 
 // ErrHalted: more agents failed than MaxFailures; no further agent was
-// changed.
+// changed (bar the changes already in flight, which are recorded).
 var ErrHalted = errors.New("rollout halted")
 
 // Agent states in the progress record.
@@ -108,6 +108,15 @@ type runner struct {
 	p     *Progress
 	etag  string // of the progress record as last written
 	trust *signing.Keyring
+	pkg   *assignment.Package // the version's, verified once
+	logMu sync.Mutex          // o.Log is called from the writers too
+}
+
+// log passes one line to o.Log, one at a time.
+func (r *runner) log(line string) {
+	r.logMu.Lock()
+	defer r.logMu.Unlock()
+	r.o.Log(line)
 }
 
 // Run runs (or, with Resume, continues) the rollout. It returns the final
@@ -132,10 +141,13 @@ func Run(ctx context.Context, o Options) (*Progress, error) {
 	if r.trust.Len() == 0 {
 		r.trust = signing.NewKeyring(o.Key.Public().(ed25519.PublicKey))
 	}
-	// The package is checked before any agent is touched.
-	if _, _, _, err := assignment.FetchPackage(ctx, o.Store, r.trust, o.AddonID, o.Version); err != nil {
+	// The package is read and verified once, before any agent is
+	// touched; every agent's entry is moved to this very package.
+	pkg, _, _, err := assignment.FetchPackage(ctx, o.Store, r.trust, o.AddonID, o.Version)
+	if err != nil {
 		return nil, fmt.Errorf("addon %s@%s: %w", o.AddonID, o.Version, err)
 	}
+	r.pkg = pkg
 	if err := r.load(ctx); err != nil {
 		return nil, err
 	}
@@ -146,13 +158,13 @@ func Run(ctx context.Context, o Options) (*Progress, error) {
 	}
 	failed := r.p.Failures()
 	r.p.State = "done"
-	r.o.Log(fmt.Sprintf("done: %s@%s promoted on %d of %d agents", o.AddonID, o.Version, len(r.p.Agents)-len(failed), len(r.p.Agents)))
+	r.log(fmt.Sprintf("done: %s@%s promoted on %d of %d agents", o.AddonID, o.Version, len(r.p.Agents)-len(failed), len(r.p.Agents)))
 	if err := r.save(ctx); err != nil {
 		return r.p, err
 	}
 	if len(failed) > 0 {
 		for _, a := range failed {
-			r.o.Log(fmt.Sprintf("  %s: %s", a, r.p.Agents[a].Reason))
+			r.log(fmt.Sprintf("  %s: %s", a, r.p.Agents[a].Reason))
 		}
 		return r.p, fmt.Errorf("%d of %d agents failed (within --max-failures %d): not every agent promoted %s@%s", len(failed), len(r.p.Agents), r.o.MaxFailures, o.AddonID, o.Version)
 	}
@@ -189,7 +201,7 @@ func (r *runner) load(ctx context.Context) error {
 			}
 		}
 		r.p.State, r.p.MaxFailures = "running", o.MaxFailures
-		r.o.Log(fmt.Sprintf("resuming the rollout of %s@%s from %s", o.AddonID, o.Version, key))
+		r.log(fmt.Sprintf("resuming the rollout of %s@%s from %s", o.AddonID, o.Version, key))
 		return r.save(ctx)
 	case !errors.Is(err, store.ErrNotFound):
 		return fmt.Errorf("%s: %w", key, err)
@@ -280,13 +292,13 @@ func (r *runner) assignedAgents(ctx context.Context) ([]string, error) {
 	for _, a := range agents {
 		doc, _, err := r.readDoc(ctx, a)
 		if err != nil {
-			r.o.Log(fmt.Sprintf("%s: left out: %v", a, err))
+			r.log(fmt.Sprintf("%s: left out: %v", a, err))
 			continue
 		}
 		switch i := entry(doc, r.o.AddonID); {
 		case i < 0:
 		case doc.Addons[i].Enabled != nil && !*doc.Addons[i].Enabled:
-			r.o.Log(fmt.Sprintf("%s: left out: %s is disabled in its document", a, r.o.AddonID))
+			r.log(fmt.Sprintf("%s: left out: %s is disabled in its document", a, r.o.AddonID))
 		default:
 			out = append(out, a)
 		}
@@ -302,87 +314,28 @@ func (r *runner) wave(ctx context.Context, w int, wave []string) error {
 	if w == 0 && r.o.Canary > 0 {
 		name += " (canary)"
 	}
-	r.o.Log(fmt.Sprintf("%s: %d agents", name, len(wave)))
+	r.log(fmt.Sprintf("%s: %d agents", name, len(wave)))
 	if err := r.prepare(ctx, wave); err != nil {
 		return err
 	}
-	// The changes are recorded at most every saveEvery (the record holds
-	// every agent: saved after each change, a wave's writing grew with
-	// the square of the fleet), and whenever one fails.
-	saved := time.Now()
-	interrupted := func() error {
-		if err := r.save(ctx); err != nil {
-			return err
-		}
-		return ctx.Err() // --resume goes on from here
-	}
-	var todo []string
-	for _, a := range wave {
-		if r.p.Agents[a].Status == StatusWaiting {
-			todo = append(todo, a)
-		}
-	}
-	start, judged := time.Now(), time.Now()
-	for k, a := range todo {
-		if ctx.Err() != nil {
-			return interrupted()
-		}
-		ap := r.p.Agents[a]
-		refused := false
-		if err := r.change(ctx, a, ap); err != nil {
-			if ctx.Err() != nil {
-				return interrupted()
-			}
-			ap.Status, ap.Reason, refused = StatusFailed, err.Error(), true
-			r.o.Log(fmt.Sprintf("%s: failed: %v", a, err))
-		}
-		if refused || time.Since(saved) >= saveEvery {
-			if err := r.save(ctx); err != nil {
-				return err
-			}
-			saved = time.Now()
-		}
-		if failed := r.p.Failures(); len(failed) > r.o.MaxFailures {
-			return r.halt(ctx, failed) // before the next agent is changed
-		}
-		if r.o.MaxRate <= 0 || k == len(todo)-1 {
-			continue
-		}
-		// MaxRate: the next change waits for its turn; meanwhile the
-		// changed agents are judged every Poll, so that a failure halts
-		// the wave before the next change.
-		next := start.Add(time.Minute * time.Duration(k+1) / time.Duration(r.o.MaxRate))
-		for {
-			if time.Since(judged) >= r.o.Poll {
-				if _, err := r.judgeWave(ctx, wave); err != nil {
-					return err
-				}
-				judged = time.Now()
-			}
-			left := time.Until(next)
-			if left <= 0 {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return interrupted()
-			case <-time.After(min(left, max(r.o.Poll-time.Since(judged), time.Millisecond))):
-			}
-		}
-	}
-	if err := r.save(ctx); err != nil {
+	if err := r.write(ctx, wave); err != nil {
 		return err
 	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		pending, err := r.judgeWave(ctx, wave)
-		if err != nil {
-			return err
+		pending, decided := r.judgeWave(ctx, wave)
+		if decided {
+			if err := r.save(ctx); err != nil {
+				return err
+			}
+		}
+		if failed := r.p.Failures(); len(failed) > r.o.MaxFailures {
+			return r.halt(ctx, failed)
 		}
 		if pending == 0 {
-			r.o.Log(fmt.Sprintf("%s: done", name))
+			r.log(fmt.Sprintf("%s: done", name))
 			return nil
 		}
 		select {
@@ -393,52 +346,228 @@ func (r *runner) wave(ctx context.Context, w int, wave []string) error {
 	}
 }
 
-// judgeWave reads the reports of the wave's changed agents (several at a
-// time) and decides each: promoted, failed, or still pending (returned).
-// More failures than MaxFailures halt the rollout (halt's error).
-func (r *runner) judgeWave(ctx context.Context, wave []string) (pending int, err error) {
-	var judged []string
+// write changes the wave's waiting agents, up to writers at a time (one
+// at first, one more after each change that succeeds), and at most
+// MaxRate a minute. The changes in flight are a window in the wave's
+// order: change k starts only once every change before k-writers has
+// finished, so a change that is slow to fail holds the wave behind it.
+// Meanwhile the changed agents are judged every Poll. More failures than
+// MaxFailures stop the changes — the ones in flight (at most writers)
+// finish and are recorded, and a halt with RevertOnHalt reverts them too —
+// and halt the rollout. The changes are recorded at most every saveEvery
+// (the record holds every agent: saved after each change, a wave's
+// writing grew with the square of the fleet), and a refusal at once.
+//
+// The writers and the judging only read and write the store; the
+// progress record is touched by this goroutine alone.
+func (r *runner) write(ctx context.Context, wave []string) error {
+	var todo []string
 	for _, a := range wave {
-		if ap := r.p.Agents[a]; ap.Status == StatusChanged && !ap.Reverted {
-			judged = append(judged, a)
+		if r.p.Agents[a].Status == StatusWaiting {
+			todo = append(todo, a)
 		}
 	}
-	type verdict struct {
-		v   Verdict
-		why string
+	type result struct {
+		k   int
+		c   changed
+		err error
 	}
-	verdicts := make([]verdict, len(judged))
-	parallel(len(judged), func(k int) {
-		v, why := r.judge(ctx, judged[k], r.p.Agents[judged[k]])
-		verdicts[k] = verdict{v, why}
-	})
-	changed := false
-	for k, a := range judged {
-		ap := r.p.Agents[a]
-		v, why := verdicts[k].v, verdicts[k].why
-		switch {
-		case v == Promoted:
-			ap.Status, changed = StatusPromoted, true
-			r.o.Log(fmt.Sprintf("%s: promoted %s@%s (%v after its document changed)", a, r.o.AddonID, r.o.Version, time.Since(ap.ChangedAt).Round(time.Second)))
-		case v == Failed:
-			ap.Status, ap.Reason, changed = StatusFailed, why, true
-			r.o.Log(fmt.Sprintf("%s: failed: %s", a, why))
-		case time.Since(ap.WaitFrom) > r.o.Wait:
-			ap.Status, ap.Reason, changed = StatusFailed, fmt.Sprintf("no report of %s@%s promoted within %v", r.o.AddonID, r.o.Version, r.o.Wait), true
-			r.o.Log(fmt.Sprintf("%s: failed: %s", a, ap.Reason))
-		default:
+	results := make(chan result, writers)
+	judgments := make(chan judgment, 1)
+	var (
+		next, lo       int    // the next change to start; the oldest not finished
+		finished       []bool // by change
+		inflight, ok   int    // changes started and not finished; that succeeded
+		judging        bool   // a judgment is being read
+		halting        []string
+		dirty, saveNow bool // changes not recorded yet; a refusal to record
+		start, saved   = time.Now(), time.Now()
+		judged         = time.Now()
+	)
+	finished = make([]bool, len(todo))
+	// turn is when change k may start under MaxRate.
+	turn := func(k int) time.Time {
+		if r.o.MaxRate <= 0 {
+			return start
+		}
+		return start.Add(time.Minute * time.Duration(k) / time.Duration(r.o.MaxRate))
+	}
+	check := func() {
+		if failed := r.p.Failures(); len(failed) > r.o.MaxFailures {
+			halting = failed
+		}
+	}
+	// settle waits for the writers and the judgment in flight, recording
+	// what they did (or, with record false, dropping it: the command
+	// stops on an error).
+	settle := func(record bool) {
+		for ; inflight > 0; inflight-- {
+			res := <-results
+			if record && res.err == nil {
+				r.record(todo[res.k], r.p.Agents[todo[res.k]], res.c)
+			}
+		}
+		if judging {
+			j := <-judgments
+			if record {
+				r.apply(j)
+			}
+			judging = false
+		}
+	}
+	for {
+		stopped := halting != nil || ctx.Err() != nil
+		width := min(writers, ok+1)
+		for !stopped && next < len(todo) && next-lo < width && !time.Now().Before(turn(next)) {
+			k, a := next, todo[next]
+			next, inflight = next+1, inflight+1
+			go func() {
+				c, err := r.change(ctx, a)
+				results <- result{k, c, err}
+			}()
+		}
+		if inflight == 0 && (stopped || next == len(todo)) {
+			break
+		}
+		// Wait for a change to finish, a judgment, the next change's
+		// turn, or the next judging, whichever comes first; once
+		// stopped, for what is in flight alone.
+		var timer <-chan time.Time
+		done := ctx.Done()
+		if stopped {
+			done = nil
+		} else {
+			wait := time.Duration(1<<63 - 1)
+			if !judging {
+				wait = r.o.Poll - time.Since(judged)
+			}
+			if next < len(todo) && next-lo < width {
+				wait = min(wait, time.Until(turn(next)))
+			}
+			timer = time.After(max(wait, 0))
+		}
+		select {
+		case res := <-results:
+			inflight--
+			finished[res.k] = true
+			for lo < next && finished[lo] {
+				lo++
+			}
+			a := todo[res.k]
+			ap := r.p.Agents[a]
+			switch {
+			case res.err != nil && ctx.Err() == nil:
+				ap.Status, ap.Reason, saveNow = StatusFailed, res.err.Error(), true
+				r.log(fmt.Sprintf("%s: failed: %v", a, res.err))
+			case res.err == nil:
+				r.record(a, ap, res.c)
+				ok++
+			} // an error of an interrupted command leaves the agent waiting
+			dirty = true
+			check()
+		case j := <-judgments:
+			judging, judged = false, time.Now()
+			dirty = r.apply(j) || dirty
+			check()
+		case <-timer:
+			if judging || time.Since(judged) < r.o.Poll {
+				continue // the next change's turn
+			}
+			if list := r.toJudge(wave); len(list.agents) > 0 {
+				judging = true
+				go func() { judgments <- r.read(ctx, list) }()
+			} else {
+				judged = time.Now()
+			}
+		case <-done:
+			// Stopped at the top of the loop.
+		}
+		if saveNow || halting == nil && dirty && time.Since(saved) >= saveEvery {
+			if err := r.save(ctx); err != nil {
+				settle(false)
+				return err
+			}
+			saved, dirty, saveNow = time.Now(), false, false
+		}
+	}
+	settle(true)
+	check()
+	if halting != nil {
+		return r.halt(ctx, halting)
+	}
+	if err := r.save(ctx); err != nil {
+		return err
+	}
+	return ctx.Err() // --resume goes on from here
+}
+
+// judgment is the verdicts on a wave's changed agents, each on the
+// document the rollout wrote for it.
+type judgment struct {
+	agents   []string
+	serials  []uint64
+	verdicts []Verdict
+	whys     []string
+}
+
+// judgeWave reads the reports of the wave's changed agents (several at a
+// time) and decides each: promoted, failed, or still pending. It returns
+// how many are pending and whether any was decided; its caller records
+// the decisions and halts the rollout on more failures than MaxFailures.
+func (r *runner) judgeWave(ctx context.Context, wave []string) (pending int, decided bool) {
+	decided = r.apply(r.read(ctx, r.toJudge(wave)))
+	for _, a := range wave {
+		if r.p.Agents[a].Status == StatusChanged && !r.p.Agents[a].Reverted {
 			pending++
 		}
 	}
-	if changed {
-		if err := r.save(ctx); err != nil {
-			return pending, err
+	return pending, decided
+}
+
+// toJudge is the judgment to read for the wave: its changed agents.
+func (r *runner) toJudge(wave []string) judgment {
+	var j judgment
+	for _, a := range wave {
+		if ap := r.p.Agents[a]; ap.Status == StatusChanged && !ap.Reverted {
+			j.agents, j.serials = append(j.agents, a), append(j.serials, ap.Serial)
 		}
 	}
-	if failed := r.p.Failures(); len(failed) > r.o.MaxFailures {
-		return pending, r.halt(ctx, failed)
+	return j
+}
+
+// read reads the judgment's reports, readers at a time. It touches the
+// store only, not the progress record.
+func (r *runner) read(ctx context.Context, j judgment) judgment {
+	j.verdicts, j.whys = make([]Verdict, len(j.agents)), make([]string, len(j.agents))
+	parallel(len(j.agents), func(k int) {
+		j.verdicts[k], j.whys[k] = r.verdict(ctx, j.agents[k], j.serials[k])
+	})
+	return j
+}
+
+// apply records a judgment's decisions: promoted, failed, or failed for
+// want of a report within Wait. An agent that is no longer the judgment's
+// (decided or reverted meanwhile) is left as it is. It reports whether
+// any was decided.
+func (r *runner) apply(j judgment) (decided bool) {
+	for k, a := range j.agents {
+		ap := r.p.Agents[a]
+		if ap.Status != StatusChanged || ap.Reverted || ap.Serial != j.serials[k] {
+			continue
+		}
+		switch {
+		case j.verdicts[k] == Promoted:
+			ap.Status, decided = StatusPromoted, true
+			r.log(fmt.Sprintf("%s: promoted %s@%s (%v after its document changed)", a, r.o.AddonID, r.o.Version, time.Since(ap.ChangedAt).Round(time.Second)))
+		case j.verdicts[k] == Failed:
+			ap.Status, ap.Reason, decided = StatusFailed, j.whys[k], true
+			r.log(fmt.Sprintf("%s: failed: %s", a, j.whys[k]))
+		case time.Since(ap.WaitFrom) > r.o.Wait:
+			ap.Status, ap.Reason, decided = StatusFailed, fmt.Sprintf("no report of %s@%s promoted within %v", r.o.AddonID, r.o.Version, r.o.Wait), true
+			r.log(fmt.Sprintf("%s: failed: %s", a, ap.Reason))
+		}
 	}
-	return pending, nil
+	return decided
 }
 
 // saveEvery is how often a wave's changes are recorded while it writes.
@@ -446,6 +575,11 @@ const saveEvery = time.Second
 
 // readers is how many reports or documents are read at once.
 const readers = 16
+
+// writers is how many agents' documents a wave changes at once (each a
+// read, a check of its signature, and a conditional write of it and its
+// .sig): one after another, a 2,000-agent wave took 4-5 minutes.
+const writers = 8
 
 // parallel runs fn(0) … fn(n-1), readers at a time.
 func parallel(n int, fn func(k int)) {
@@ -498,8 +632,8 @@ func (r *runner) prepare(ctx context.Context, wave []string) error {
 	return r.save(ctx)
 }
 
-// judge reads agent a's report.
-func (r *runner) judge(ctx context.Context, a string, ap *AgentProgress) (Verdict, string) {
+// verdict reads agent a's report and judges it.
+func (r *runner) verdict(ctx context.Context, a string, serial uint64) (Verdict, string) {
 	data, _, err := store.ReadSmall(ctx, r.o.Store, fleet.ReportKey(a), fleet.MaxReportSize, store.OpenOptions{})
 	if err != nil {
 		return Pending, ""
@@ -508,16 +642,16 @@ func (r *runner) judge(ctx context.Context, a string, ap *AgentProgress) (Verdic
 	if err != nil {
 		return Pending, ""
 	}
-	return Judge(&rep, r.o.AddonID, r.o.Version, ap.Serial)
+	return Judge(&rep, r.o.AddonID, r.o.Version, serial)
 }
 
 // halt stops the rollout: no further agent is changed; with RevertOnHalt
 // the agents it changed get their previous entry back.
 func (r *runner) halt(ctx context.Context, failed []string) error {
 	r.p.State = "halted"
-	r.o.Log(fmt.Sprintf("halted: %d agents failed, more than --max-failures %d", len(failed), r.o.MaxFailures))
+	r.log(fmt.Sprintf("halted: %d agents failed, more than --max-failures %d", len(failed), r.o.MaxFailures))
 	for _, a := range failed {
-		r.o.Log(fmt.Sprintf("  %s: %s", a, r.p.Agents[a].Reason))
+		r.log(fmt.Sprintf("  %s: %s", a, r.p.Agents[a].Reason))
 	}
 	if r.o.RevertOnHalt {
 		for _, w := range r.p.Waves {
@@ -527,11 +661,11 @@ func (r *runner) halt(ctx context.Context, failed []string) error {
 					continue
 				}
 				if err := r.revert(ctx, a, ap); err != nil {
-					r.o.Log(fmt.Sprintf("%s: not reverted: %v", a, err))
+					r.log(fmt.Sprintf("%s: not reverted: %v", a, err))
 					continue
 				}
 				ap.Reverted = true
-				r.o.Log(fmt.Sprintf("%s: reverted to %s@%s", a, r.o.AddonID, ap.Previous.Version))
+				r.log(fmt.Sprintf("%s: reverted to %s@%s", a, r.o.AddonID, ap.Previous.Version))
 			}
 		}
 	}
@@ -541,85 +675,109 @@ func (r *runner) halt(ctx context.Context, failed []string) error {
 	return fmt.Errorf("%w: %d of %d agents failed (--max-failures %d)", ErrHalted, len(failed), len(r.p.Agents), r.o.MaxFailures)
 }
 
-// change moves agent a's entry of the add-on to the version.
-func (r *runner) change(ctx context.Context, a string, ap *AgentProgress) error {
-	return r.rewrite(ctx, a, func(doc *assignment.Document, i int) (bool, error) {
+// changed is what a change found or did to an agent's document.
+type changed struct {
+	serial  uint64            // of the document at the version
+	already bool              // it was at the version before this change
+	from    *assignment.Addon // the entry it replaced, when it wrote one
+}
+
+// change moves agent a's entry of the add-on to the version. It reads and
+// writes the agent's document only: record keeps what it did.
+func (r *runner) change(ctx context.Context, a string) (changed, error) {
+	var c changed
+	serial, err := r.rewrite(ctx, a, func(doc *assignment.Document, i int) (bool, error) {
+		c = changed{} // again for a document read again
 		cur := doc.Addons[i]
 		if cur.Version == r.o.Version {
-			// Previous stays what prepare recorded: nothing when the
-			// agent had the version before the rollout, its old entry
-			// when this rollout's change of it was never recorded.
-			ap.Status, ap.Serial, ap.ChangedAt = StatusChanged, doc.Serial, time.Now().UTC()
-			ap.WaitFrom = ap.ChangedAt
-			r.o.Log(fmt.Sprintf("%s: already at %s@%s (serial %d)", a, r.o.AddonID, r.o.Version, doc.Serial))
+			c.serial, c.already = doc.Serial, true
 			return false, nil
 		}
-		next, err := publish.Retarget(ctx, r.o.Store, r.trust, cur, r.o.Version)
+		next, err := publish.Retarget(cur, r.pkg)
 		if err != nil {
 			return false, err
 		}
 		doc.Addons[i] = next
-		ap.Previous = &cur
+		c.from = &cur
 		return true, nil
-	}, func(serial uint64) {
-		ap.Status, ap.Serial, ap.ChangedAt = StatusChanged, serial, time.Now().UTC()
-		ap.WaitFrom = ap.ChangedAt
-		r.o.Log(fmt.Sprintf("%s: %s %s -> %s (serial %d)", a, r.o.AddonID, ap.Previous.Version, r.o.Version, serial))
 	})
+	if err != nil {
+		return changed{}, err
+	}
+	if !c.already {
+		c.serial = serial
+	}
+	return c, nil
+}
+
+// record marks agent a changed. An agent found at the version keeps the
+// Previous that prepare recorded: nothing when it had the version before
+// the rollout, its old entry when this rollout's change of it was never
+// recorded (the command killed in between).
+func (r *runner) record(a string, ap *AgentProgress, c changed) {
+	ap.Status, ap.Serial, ap.ChangedAt = StatusChanged, c.serial, time.Now().UTC()
+	ap.WaitFrom = ap.ChangedAt
+	if c.already {
+		r.log(fmt.Sprintf("%s: already at %s@%s (serial %d)", a, r.o.AddonID, r.o.Version, c.serial))
+		return
+	}
+	ap.Previous = c.from
+	r.log(fmt.Sprintf("%s: %s %s -> %s (serial %d)", a, r.o.AddonID, c.from.Version, r.o.Version, c.serial))
 }
 
 // revert gives agent a its previous entry back, unless someone else has
 // changed the entry since.
 func (r *runner) revert(ctx context.Context, a string, ap *AgentProgress) error {
-	return r.rewrite(ctx, a, func(doc *assignment.Document, i int) (bool, error) {
+	_, err := r.rewrite(ctx, a, func(doc *assignment.Document, i int) (bool, error) {
 		if doc.Serial != ap.Serial {
 			return false, fmt.Errorf("its document is at serial %d now, not the rollout's %d: someone changed it since; left as it is", doc.Serial, ap.Serial)
 		}
 		doc.Addons[i] = *ap.Previous
 		return true, nil
-	}, func(uint64) {})
+	})
+	return err
 }
 
 // rewrite reads agent a's document, lets edit change the add-on's entry
 // (index i), and writes it back signed with serial + 1, on the condition
 // that nobody wrote it meanwhile; a concurrent writer makes it read and
-// edit again, never overwrite.
-func (r *runner) rewrite(ctx context.Context, a string, edit func(doc *assignment.Document, i int) (bool, error), wrote func(serial uint64)) error {
+// edit again, never overwrite. It returns the serial written (0: edit
+// wrote nothing).
+func (r *runner) rewrite(ctx context.Context, a string, edit func(doc *assignment.Document, i int) (bool, error)) (uint64, error) {
 	for attempt := 0; ; attempt++ {
 		doc, etag, err := r.readDoc(ctx, a)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		i := entry(doc, r.o.AddonID)
 		if i < 0 {
-			return fmt.Errorf("add-on %s is not in its document", r.o.AddonID)
+			return 0, fmt.Errorf("add-on %s is not in its document", r.o.AddonID)
 		}
 		write, err := edit(doc, i)
 		if err != nil || !write {
-			return err
+			return 0, err
 		}
 		if doc.Serial >= assignment.MaxSerial {
-			return fmt.Errorf("its document has serial %d: no serial above it is allowed", doc.Serial)
+			return 0, fmt.Errorf("its document has serial %d: no serial above it is allowed", doc.Serial)
 		}
 		doc.Serial++
 		if doc.ConfigVersion, err = assignment.ComputeConfigVersion(*doc); err != nil {
-			return err
+			return 0, err
 		}
 		body, err := json.MarshalIndent(doc, "", "  ")
 		if err != nil {
-			return err
+			return 0, err
 		}
 		body = append(body, '\n')
 		_, err = r.writeSigned(ctx, publish.AssignmentsKey(a), body, etag)
 		if errors.Is(err, store.ErrChanged) && attempt < 5 {
-			r.o.Log(fmt.Sprintf("%s: its document changed while it was being rewritten; reading it again", a))
+			r.log(fmt.Sprintf("%s: its document changed while it was being rewritten; reading it again", a))
 			continue
 		}
 		if err != nil {
-			return err
+			return 0, err
 		}
-		wrote(doc.Serial)
-		return nil
+		return doc.Serial, nil
 	}
 }
 

@@ -12,8 +12,10 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -309,11 +311,11 @@ func TestRolloutHalts(t *testing.T) {
 			if !strings.Contains(strings.Join(w.log, "\n"), "halted: 1 agents failed, more than --max-failures 0") {
 				t.Fatalf("log:\n%s", strings.Join(w.log, "\n"))
 			}
-			// Resumed with a budget it fits in, it goes on: the next wave
-			// is changed as a whole, and its failures halt it again past
-			// the new budget.
+			// Resumed with a budget it fits in, it goes on to the next
+			// wave, whose failures halt it again past the new budget (as
+			// they are judged: maybe before the whole wave was changed).
 			p, err = w.run(context.Background(), Options{Version: "3.0.0", Resume: true, MaxFailures: 2})
-			if !errors.Is(err, ErrHalted) || len(p.Failures()) < 3 || p.Agents["edge-05"].Status == StatusWaiting {
+			if !errors.Is(err, ErrHalted) || len(p.Failures()) < 3 || p.Agents["edge-02"].Status == StatusWaiting {
 				t.Fatalf("resumed: %v, failures %v", err, p.Failures())
 			}
 		})
@@ -709,4 +711,223 @@ func TestRolloutMaxRate(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestRolloutWritesInParallel: a wave's documents are changed several at
+// a time, never more than writers at once; the package is read and
+// verified once for the whole rollout.
+func TestRolloutWritesInParallel(t *testing.T) {
+	w := newWorld(t, "file", 40)
+	slow := &slowStore{Store: w.st, delay: 20 * time.Millisecond}
+	w.st = slow
+	start := time.Now()
+	p, err := w.run(context.Background(), Options{Version: "2.0.0", All: true, Canary: 1, Waves: []int{100}})
+	if err != nil || p.State != "done" {
+		t.Fatalf("%v\n%s", err, strings.Join(w.log, "\n"))
+	}
+	elapsed := time.Since(start)
+	slow.mu.Lock()
+	defer slow.mu.Unlock()
+	if slow.most < 2 || slow.most > writers {
+		t.Errorf("at most %d documents were written at once, want 2..%d", slow.most, writers)
+	}
+	if n := slow.opens[assignment.PackageKey("hello", "2.0.0")]; n != 1 {
+		t.Errorf("the package was read %d times, want once", n)
+	}
+	// 40 conditional writes of 20 ms each, one after another, take 800 ms
+	// alone.
+	t.Logf("40 agents: at most %d documents written at once; rollout %v", slow.most, elapsed.Round(time.Millisecond))
+}
+
+// slowStore delays each write of an assignment document and counts the
+// writes in flight at once, and the reads of each key; fail, when set,
+// answers a write of key with an error instead (after the delay).
+type slowStore struct {
+	store.Store
+	delay    time.Duration
+	fail     func(key string) (time.Duration, error)
+	mu       sync.Mutex
+	inflight int
+	most     int
+	opens    map[string]int
+}
+
+func (s *slowStore) Open(ctx context.Context, key string, opts store.OpenOptions) (io.ReadCloser, store.Info, error) {
+	s.mu.Lock()
+	if s.opens == nil {
+		s.opens = map[string]int{}
+	}
+	s.opens[key]++
+	s.mu.Unlock()
+	return s.Store.Open(ctx, key, opts)
+}
+
+func (s *slowStore) PutIfMatch(ctx context.Context, key string, r io.Reader, size int64, ifMatch string) (store.Info, error) {
+	if s.fail != nil {
+		if d, err := s.fail(key); err != nil {
+			time.Sleep(d)
+			return store.Info{}, err
+		}
+	}
+	if !strings.HasSuffix(key, "/assignments.json") {
+		return s.Store.PutIfMatch(ctx, key, r, size, ifMatch)
+	}
+	s.mu.Lock()
+	s.inflight++
+	s.most = max(s.most, s.inflight)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.inflight--
+		s.mu.Unlock()
+	}()
+	time.Sleep(s.delay)
+	return s.Store.PutIfMatch(ctx, key, r, size, ifMatch)
+}
+
+// TestRolloutHaltRecordsWritesInFlight: a refusal in the middle of a
+// wave written several at a time stops the changes; the ones in flight
+// finish and are recorded, so that every document the rollout wrote is
+// in its record, and --revert-on-halt gives each its entry back.
+func TestRolloutHaltRecordsWritesInFlight(t *testing.T) {
+	w := newWorld(t, "file", 30)
+	w.st = &slowStore{Store: w.st, delay: 10 * time.Millisecond}
+	const bad = "edge-15"
+	body := []byte(`{"agent_id":"` + bad + `","serial":9,"addons":[]}`) // not signed by the key
+	w.st.Put(context.Background(), publish.AssignmentsKey(bad), bytes.NewReader(body), int64(len(body)))
+	p, err := w.run(context.Background(), Options{Version: "2.0.0", Agents: w.agents, Waves: []int{100}, RevertOnHalt: true})
+	if !errors.Is(err, ErrHalted) {
+		t.Fatalf("%v\n%s", err, strings.Join(w.log, "\n"))
+	}
+	changed := 0
+	for _, a := range w.agents {
+		if a == bad {
+			continue
+		}
+		ap, d := p.Agents[a], w.doc(a)
+		switch {
+		case ap.Status == StatusWaiting && d.Serial != 1:
+			t.Errorf("%s: its document was written (serial %d) but the record has it waiting", a, d.Serial)
+		case ap.Status != StatusWaiting && (!ap.Reverted || d.Serial != 3 || helloOf(d).Version != "1.0.0"):
+			t.Errorf("%s: changed and not reverted: %+v, serial %d, hello %s", a, ap, d.Serial, helloOf(d).Version)
+		case ap.Status != StatusWaiting:
+			changed++
+		}
+	}
+	// Before the refusal, the 14 agents ahead of it; after it, at most
+	// the writers in flight.
+	if changed < 14 || changed > 14+writers-1 {
+		t.Errorf("%d agents changed, want 14..%d", changed, 14+writers-1)
+	}
+	t.Logf("halted at %s: %d agents changed and reverted", bad, changed)
+}
+
+// TestRolloutSlowRefusalHoldsTheWave: a change that takes long to fail
+// (a store timing out) holds the wave behind it: no more than writers-1
+// later agents are changed before its failure halts the rollout.
+func TestRolloutSlowRefusalHoldsTheWave(t *testing.T) {
+	w := newWorld(t, "file", 40)
+	bad := publish.AssignmentsKey("edge-05")
+	w.st = &slowStore{Store: w.st, delay: 10 * time.Millisecond, fail: func(key string) (time.Duration, error) {
+		if key == bad {
+			return 600 * time.Millisecond, errors.New("store timeout")
+		}
+		return 0, nil
+	}}
+	p, err := w.run(context.Background(), Options{Version: "2.0.0", Agents: w.agents, Waves: []int{100}})
+	if !errors.Is(err, ErrHalted) {
+		t.Fatalf("%v\n%s", err, strings.Join(w.log, "\n"))
+	}
+	after := 0
+	for _, a := range w.agents[5:] {
+		if p.Agents[a].Status != StatusWaiting || w.doc(a).Serial != 1 {
+			after++
+		}
+	}
+	if after > writers-1 {
+		t.Errorf("%d agents after the slowly failing edge-05 were changed, want at most %d", after, writers-1)
+	}
+	if ap := p.Agents["edge-05"]; ap.Status != StatusFailed || !strings.Contains(ap.Reason, "store timeout") {
+		t.Errorf("edge-05: %+v", ap)
+	}
+	t.Logf("%d agents after the slow refusal were changed", after)
+}
+
+// TestRolloutInterruptedMidWave: a rollout interrupted (ctx cancelled)
+// while writers are in flight stops starting changes, lets the ones in
+// flight finish, and records every document it wrote; --resume then
+// finishes the rollout.
+func TestRolloutInterruptedMidWave(t *testing.T) {
+	w := newWorld(t, "file", 40)
+	w.st = &slowStore{Store: w.st, delay: 20 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var changes atomic.Int32
+	_, err := w.run(ctx, Options{Version: "2.0.0", Agents: w.agents, Waves: []int{100}, Log: func(s string) {
+		if strings.Contains(s, "-> 2.0.0") && changes.Add(1) == 10 {
+			cancel()
+		}
+	}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("%v\n%s", err, strings.Join(w.log, "\n"))
+	}
+	data, _, err := store.ReadSmall(context.Background(), w.st, ProgressKey("hello", "2.0.0"), 16<<20, store.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec Progress
+	if err := json.Unmarshal(data, &rec); err != nil {
+		t.Fatal(err)
+	}
+	written := 0
+	for _, a := range w.agents {
+		d := w.doc(a)
+		if d.Serial == 1 {
+			continue
+		}
+		written++
+		if ap := rec.Agents[a]; ap.Status != StatusChanged && ap.Status != StatusPromoted || ap.Serial != d.Serial {
+			t.Errorf("%s: its document was written (serial %d), the saved record has %+v", a, d.Serial, ap)
+		}
+	}
+	if written < 10 || written == len(w.agents) {
+		t.Errorf("%d documents written, want 10 and not all %d", written, len(w.agents))
+	}
+	p, err := w.run(context.Background(), Options{Version: "2.0.0", Resume: true})
+	if err != nil || p.State != "done" {
+		t.Fatalf("resumed: %v\n%s", err, strings.Join(w.log, "\n"))
+	}
+	for _, a := range w.agents {
+		if d := w.doc(a); d.Serial != 2 || p.Agents[a].Status != StatusPromoted {
+			t.Errorf("%s after the resume: serial %d, %+v", a, d.Serial, p.Agents[a])
+		}
+	}
+	t.Logf("interrupted after %d documents written; resumed to done", written)
+}
+
+// TestRolloutSaveFailsMidWave: when the progress record cannot be written
+// in the middle of a wave, the rollout stops with that error and leaves
+// no writer behind.
+func TestRolloutSaveFailsMidWave(t *testing.T) {
+	w := newWorld(t, "file", 40)
+	var saves atomic.Int32
+	w.st = &slowStore{Store: w.st, delay: 20 * time.Millisecond, fail: func(key string) (time.Duration, error) {
+		if key == ProgressKey("hello", "2.0.0") && saves.Add(1) > 2 { // the load's and the wave's prepare pass
+			return 0, errors.New("access denied")
+		}
+		return 0, nil
+	}}
+	before := runtime.NumGoroutine()
+	_, err := w.run(context.Background(), Options{Version: "2.0.0", Agents: w.agents, Waves: []int{100}})
+	if err == nil || !strings.Contains(err.Error(), "recording the rollout's progress") || !strings.Contains(err.Error(), "access denied") {
+		t.Fatalf("%v\n%s", err, strings.Join(w.log, "\n"))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines after the rollout returned, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+	}
 }
