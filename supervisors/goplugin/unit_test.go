@@ -89,6 +89,18 @@ func TestUnits(t *testing.T) {
 	spec := func(version, config string) supervisors.Spec {
 		return supervisors.Spec{AddonID: "hello", Version: version, Binary: hello, ConfigJSON: []byte(config)}
 	}
+	// startHello starts hello 1.0.0 in root and waits for it healthy; it
+	// is stopped and its backend closed when the test ends.
+	startHello := func(t *testing.T, root string, rec *conformance.Recorder) (*Backend, supervisors.Event) {
+		t.Helper()
+		b := newBackend(t, m, root, rec.Notify, nil)
+		t.Cleanup(func() { b.Close(ctx) })
+		if err := b.Start(ctx, spec("1.0.0", `{}`)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Stop(ctx, "hello") })
+		return b, rec.WaitFor(t, "hello", 20*time.Second, "healthy", healthyEvent)
+	}
 
 	t.Run("conformance", func(t *testing.T) {
 		roots := map[string]string{} // one runtime root per test: a second backend finds the first one's reattach data
@@ -319,15 +331,8 @@ func TestUnits(t *testing.T) {
 		late := func(string) { time.Sleep(time.Second) }
 		exitSeen.Store(&late)
 		defer exitSeen.Store(nil)
-		root := newRoot(t)
 		rec := conformance.NewRecorder()
-		b := newBackend(t, m, root, rec.Notify, nil)
-		defer b.Close(ctx)
-		if err := b.Start(ctx, spec("1.0.0", `{}`)); err != nil {
-			t.Fatal(err)
-		}
-		defer b.Stop(ctx, "hello")
-		rec.WaitFor(t, "hello", 20*time.Second, "healthy", healthyEvent)
+		b, _ := startHello(t, newRoot(t), rec)
 		m := rec.Mark()
 		if err := b.Update(ctx, spec("1.0.0", `{"crash_after":"20ms","exit_code":4}`)); err != nil {
 			t.Fatal(err)
@@ -347,14 +352,7 @@ func TestUnits(t *testing.T) {
 		t.Setenv("WATCHDOG_PID", fmt.Sprint(os.Getpid()))
 		root := newRoot(t)
 		u := &UnitOptions{Paths: systemd.Paths{RuntimeRoot: root}}
-		rec := conformance.NewRecorder()
-		b := newBackend(t, m, root, rec.Notify, nil)
-		defer b.Close(ctx)
-		if err := b.Start(ctx, spec("1.0.0", `{}`)); err != nil {
-			t.Fatal(err)
-		}
-		defer b.Stop(ctx, "hello")
-		e := rec.WaitFor(t, "hello", 20*time.Second, "healthy", healthyEvent)
+		_, e := startHello(t, root, conformance.NewRecorder())
 
 		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", e.PID))
 		if err != nil {
