@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -435,7 +436,44 @@ func TestResumeAndETagChange(t *testing.T) {
 		os.MkdirAll(filepath.Dir(part), 0o700)
 		meta, _ := json.Marshal(map[string]any{"object_key": art.ObjectKey, "sha256": art.SHA256, "etag": info.ETag, "size": info.Size})
 
+		t.Run("fresh download is one GET", func(t *testing.T) {
+			os.RemoveAll(filepath.Join(f.root, "addons/hello"))
+			os.Remove(part)
+			os.Remove(part + ".json")
+			counting := &countingStore{Store: f.st}
+			a := f.open()
+			a.setDeliverer(func(o delivery.Options) delivery.Options {
+				return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
+			})
+			rep, err := a.Stage(context.Background())
+			a.Close()
+			if err != nil || !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
+				t.Fatalf("fresh: %v %v", err, rep.Errors())
+			}
+			if !slices.Equal(counting.offsets, []int64{0}) || counting.stats != 0 {
+				t.Fatalf("reads at %v and %d Stat calls, want one read from 0 and no HEAD", counting.offsets, counting.stats)
+			}
+		})
+		t.Run("whole partial verifies without a request", func(t *testing.T) {
+			os.RemoveAll(filepath.Join(f.root, "addons/hello"))
+			os.WriteFile(part, content, 0o600)
+			os.WriteFile(part+".json", meta, 0o600)
+			counting := &countingStore{Store: f.st}
+			a := f.open()
+			a.setDeliverer(func(o delivery.Options) delivery.Options {
+				return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
+			})
+			rep, err := a.Stage(context.Background())
+			a.Close()
+			if err != nil || !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
+				t.Fatalf("whole partial: %v %v", err, rep.Errors())
+			}
+			if len(counting.offsets) != 0 || counting.stats != 0 {
+				t.Fatalf("reads at %v and %d Stat calls, want none: the bytes on disk verify against the signed digest", counting.offsets, counting.stats)
+			}
+		})
 		t.Run("resume", func(t *testing.T) {
+			os.RemoveAll(filepath.Join(f.root, "addons/hello"))
 			os.WriteFile(part, content[:1<<20], 0o600)
 			os.WriteFile(part+".json", meta, 0o600)
 			counting := &countingStore{Store: f.st}
@@ -448,8 +486,8 @@ func TestResumeAndETagChange(t *testing.T) {
 			if err != nil || !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
 				t.Fatalf("resume: %v %v", err, rep.Errors())
 			}
-			if counting.offsets[0] != 1<<20 {
-				t.Fatalf("first read started at %v, want the partial's end %d", counting.offsets, 1<<20)
+			if !slices.Equal(counting.offsets, []int64{1 << 20}) || counting.stats != 0 {
+				t.Fatalf("reads at %v and %d Stat calls, want one read from the partial's end %d and no HEAD", counting.offsets, counting.stats, 1<<20)
 			}
 		})
 		t.Run("corrupt partial restarts from zero", func(t *testing.T) {
@@ -483,8 +521,15 @@ func TestResumeAndETagChange(t *testing.T) {
 			})
 			rep, _ := a.Stage(context.Background())
 			a.Close()
-			if !rep.Converged() || counting.offsets[0] != 0 {
-				t.Fatalf("stale ETag: reads at %v, errors %v; want one read from 0", counting.offsets, rep.Errors())
+			// The resume asks for the rest on If-Match of the stale ETag; the
+			// server refuses it, and not a byte of the changed object is
+			// appended: the download starts again from 0.
+			if !rep.Converged() || !slices.Equal(counting.offsets, []int64{1 << 20, 0}) || !slices.Equal(counting.changed, []bool{true, false}) {
+				t.Fatalf("stale ETag: reads at %v (refused: %v), errors %v; want a refused resume, then one read from 0",
+					counting.offsets, counting.changed, rep.Errors())
+			}
+			if counting.stats != 0 {
+				t.Fatalf("%d Stat calls: the body's GET tells size and ETag, no HEAD is needed", counting.stats)
 			}
 		})
 		t.Run("interrupted run keeps its partial", func(t *testing.T) {

@@ -16,18 +16,33 @@ import (
 // The agent's report to the store (DESIGN.md, "Fleet"): the loop offers
 // every status it publishes; the reporter, a goroutine of the loop's,
 // writes agents/<agent>/status.json when something an operator acts on
-// changed (at most once per report.min_interval) and otherwise every
-// report.interval, jittered. A failed write is retried with backoff and
-// counted; it never holds up or fails anything else.
+// changed and otherwise every report.interval, jittered. A change is
+// written report.min_interval after it was first seen (and never sooner
+// than that after the last write), with every change since: an update's
+// download, activation and a quick promotion land in one write, not
+// three. A failed write is retried with backoff and counted; it never
+// holds up or fails anything else.
 
 // reportSchedule is the reporter's policy state: when the last report was
 // written, what it said, and the failures since.
 type reportSchedule struct {
 	written   string    // fleet.Report.Material of the last report written
 	writtenAt time.Time // zero: none yet
+	changed   time.Time // when material other than written was first seen; zero: none since
 	jitter    time.Duration
 	failures  int
 	retryAt   time.Time
+}
+
+// saw is the schedule once material m was seen at now.
+func (s reportSchedule) saw(m string, now time.Time) reportSchedule {
+	switch {
+	case m == s.written:
+		s.changed = time.Time{} // changed back: nothing to tell
+	case s.changed.IsZero():
+		s.changed = now
+	}
+	return s
 }
 
 // due is when a report whose material is m is to be written, under cfg.
@@ -38,7 +53,11 @@ func (s reportSchedule) due(m string, cfg config.Report) time.Time {
 	case s.writtenAt.IsZero():
 		return time.Time{} // at once
 	case m != s.written:
-		return s.writtenAt.Add(cfg.Min())
+		at := s.writtenAt.Add(cfg.Min())
+		if held := s.changed.Add(cfg.Min()); !s.changed.IsZero() && held.After(at) {
+			at = held
+		}
+		return at
 	}
 	return s.writtenAt.Add(cfg.Every() + s.jitter)
 }
@@ -108,6 +127,7 @@ func (r *reporter) run(ctx context.Context) {
 		e := r.a.env.Load()
 		if rep := r.report(e); rep != nil {
 			m := rep.Material()
+			s = s.saw(m, time.Now())
 			if wait := time.Until(s.due(m, e.cfg.Report)); wait > 0 {
 				timer.Reset(wait)
 			} else {

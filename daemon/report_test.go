@@ -33,6 +33,26 @@ func TestReportSchedule(t *testing.T) {
 	if due := s.due("b", cfg); !due.Equal(t0.Add(5 * time.Second)) {
 		t.Fatalf("changed: due %v, want min_interval after the last write", due.Sub(t0))
 	}
+	// A change is held min_interval from when it was first seen, with every
+	// change that follows it: an update's staging, activation and quick
+	// promotion are one write.
+	if due := s.saw("b", t0.Add(time.Minute)).due("b", cfg); !due.Equal(t0.Add(time.Minute + 5*time.Second)) {
+		t.Fatalf("a change a minute after the last write: due %v, want min_interval after it was seen", due.Sub(t0))
+	}
+	held := s.saw("b", t0.Add(time.Minute)).saw("c", t0.Add(time.Minute+3*time.Second)).saw("d", t0.Add(time.Minute+4*time.Second))
+	if due := held.due("d", cfg); !due.Equal(t0.Add(time.Minute + 5*time.Second)) {
+		t.Fatalf("changes following the first: due %v, want the first's hold, not a later one", due.Sub(t0))
+	}
+	if due := s.saw("b", t0.Add(2*time.Second)).due("b", cfg); !due.Equal(t0.Add(7 * time.Second)) {
+		t.Fatalf("a change 2s after the last write: due %v, want 7s (held from when it was seen)", due.Sub(t0))
+	}
+	back := s.saw("b", t0.Add(time.Minute)).saw("a", t0.Add(time.Minute+time.Second))
+	if due := back.due("a", cfg); !due.Equal(t0.Add(10*time.Minute + 30*time.Second)) {
+		t.Fatalf("changed back before the write: due %v, want the periodic report", due.Sub(t0))
+	}
+	if due := back.saw("b", t0.Add(2*time.Minute)).due("b", cfg); !due.Equal(t0.Add(2*time.Minute + 5*time.Second)) {
+		t.Fatalf("a new change after changing back: due %v, want held from the new change", due.Sub(t0))
+	}
 	for _, j := range []float64{-1, -0.3, 0, 0.99} {
 		d := reportSchedule{}.wrote("a", t0, nil, cfg, j).due("a", cfg).Sub(t0)
 		if d < 9*time.Minute || d > 11*time.Minute {

@@ -17,14 +17,25 @@ import (
 type countingStore struct {
 	store.Store
 	mu      sync.Mutex
-	offsets []int64
+	offsets []int64 // every Open's offset
+	changed []bool  // every Open's answer was ErrChanged
+	stats   int     // Stat calls (a HEAD on S3)
 }
 
 func (c *countingStore) Open(ctx context.Context, key string, o store.OpenOptions) (io.ReadCloser, store.Info, error) {
+	rc, info, err := c.Store.Open(ctx, key, o)
 	c.mu.Lock()
 	c.offsets = append(c.offsets, o.Offset)
+	c.changed = append(c.changed, errors.Is(err, store.ErrChanged))
 	c.mu.Unlock()
-	return c.Store.Open(ctx, key, o)
+	return rc, info, err
+}
+
+func (c *countingStore) Stat(ctx context.Context, key string) (store.Info, error) {
+	c.mu.Lock()
+	c.stats++
+	c.mu.Unlock()
+	return c.Store.Stat(ctx, key)
 }
 
 // breakingStore cuts the first body after breakAfter bytes with a
