@@ -37,9 +37,10 @@ type Options struct {
 // source and delivery. It is never changed once made: a reload makes a new
 // one, and work in flight keeps the one it started with.
 type env struct {
-	cfg   *config.Config
-	keys  *signing.Keyring
-	store store.Store
+	cfg     *config.Config
+	keys    *signing.Keyring // trust.public_keys: packages (and documents when docKeys are the same)
+	docKeys *signing.Keyring // trust.assignment_keys, else keys: assignment documents
+	store   store.Store
 	src   source.Source
 	del   *delivery.Deliverer
 }
@@ -111,6 +112,15 @@ func (a *Agent) configure(cfg *config.Config) error {
 	for _, name := range keys.Unscoped() {
 		a.log.Warn("trust key without a scope: packages it signs may be granted any capability the policy allows, to any add-on (a <name>.scope beside it limits that)", "key", name)
 	}
+	docKeys := keys
+	if len(cfg.Trust.AssignmentKeys) > 0 {
+		// Separate roles: the control plane signs what runs where, the
+		// publisher the bytes. A document signed by a package key is
+		// refused then.
+		if docKeys, err = signing.LoadKeyring(cfg.Trust.AssignmentKeys); err != nil {
+			return fmt.Errorf("trust.assignment_keys: %w", err)
+		}
+	}
 	var st store.Store
 	if cfg.Store != "" {
 		if st, err = store.Open(cfg.Store); err != nil {
@@ -124,7 +134,7 @@ func (a *Agent) configure(cfg *config.Config) error {
 	case cfg.Assignments.File != "":
 		src = &source.File{Path: cfg.Assignments.File}
 	}
-	a.env.Store(&env{cfg: cfg, keys: keys, store: st, src: src, del: a.deliverer(cfg, keys, st)})
+	a.env.Store(&env{cfg: cfg, keys: keys, docKeys: docKeys, store: st, src: src, del: a.deliverer(cfg, keys, st)})
 	return nil
 }
 
@@ -134,6 +144,7 @@ func (a *Agent) deliverer(cfg *config.Config, keys *signing.Keyring, st store.St
 		Root:              cfg.RuntimeRoot,
 		Store:             st,
 		Keys:              keys,
+		Platform:          a.platform,
 		RequireSignatures: cfg.Trust.Required(),
 		MaxConcurrent:     cfg.MaxConcurrentDownloads,
 		Retries:           cfg.DownloadRetries,

@@ -3,6 +3,8 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +20,7 @@ import (
 	"github.com/addond/addond/daemon/delivery"
 	"github.com/addond/addond/daemon/source"
 	"github.com/addond/addond/daemon/state"
+	"github.com/addond/addond/daemon/store"
 )
 
 func TestStageHappyPath(t *testing.T) {
@@ -91,6 +94,30 @@ func TestBadInputLosesNothing(t *testing.T) {
 		bad := f.publish("hello", "2.0.0", randomBytes(64<<10))
 		base := f.addonFor(bad)
 
+		// 2.0.0's package as the publisher signed it (the artifact is
+		// pinned by it), or none at all (origin mode: the document's
+		// signature over the bytes decides).
+		ctx := context.Background()
+		pkgKey := assignment.PackageKey("hello", "2.0.0")
+		pkgRaw, _, err := store.ReadSmall(ctx, f.st, pkgKey, 1<<20, store.OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pkgSig, _, _ := store.ReadSmall(ctx, f.st, pkgKey+".sig", 1024, store.OpenOptions{})
+		putPkg := func(raw, sig []byte) {
+			f.st.Put(ctx, pkgKey, bytes.NewReader(raw), int64(len(raw)))
+			f.st.Put(ctx, pkgKey+".sig", bytes.NewReader(sig), int64(len(sig)))
+		}
+		published := func() { putPkg(pkgRaw, pkgSig) }
+		origin := func() {
+			f.st.Delete(ctx, pkgKey)
+			f.st.Delete(ctx, pkgKey+".sig")
+		}
+		signPkg := func(p *assignment.Package, priv ed25519.PrivateKey) {
+			raw, _ := json.Marshal(p)
+			putPkg(raw, []byte(hex.EncodeToString(ed25519.Sign(priv, raw))+"\n"))
+		}
+
 		cases := []struct {
 			name   string
 			mutate func() // prepares the store / config
@@ -130,32 +157,78 @@ func TestBadInputLosesNothing(t *testing.T) {
 				f.putAddons(a)
 			})
 		}
+		// Pinned by the publisher's package: the document must name what
+		// the package names, or it is refused before a byte is fetched.
+		add("sha256 not the package's", "it pins sha256 "+strings.Repeat("0", 64), "hello", func() {
+			published()
+			a := base
+			a.ArtifactSHA256 = strings.Repeat("0", 64)
+			f.putAddons(a)
+		})
+		add("size not the package's", "it says 65537 bytes, the package 65536", "hello", func() {
+			published()
+			a := base
+			a.ArtifactSize = int64(64<<10) + 1
+			f.putAddons(a)
+		})
+		add("object not the package's", "it names object artifacts/hello/9.9.9/linux-amd64/hello", "hello", func() {
+			published()
+			a := base
+			a.ArtifactObjectKey = "artifacts/hello/9.9.9/linux-amd64/hello"
+			f.putAddons(a)
+		})
+		add("package for another platform", "package hello@2.0.0 has no artifact for "+f.platform.String(), "hello", func() {
+			p := *bad
+			p.Artifacts = map[string]assignment.Artifact{"linux/riscv64": bad.Artifacts[f.platform.String()]}
+			signPkg(&p, f.priv)
+			f.putAddons(base)
+		})
+		add("package of another version", "describes hello@1.0.0", "hello", func() {
+			signPkg(pkg, f.priv)
+			f.putAddons(base)
+		})
+		add("altered package", pkgKey, "hello", func() {
+			putPkg(bytes.Replace(pkgRaw, []byte(base.ArtifactSHA256), []byte(strings.Repeat("1", 64)), 1), pkgSig)
+			f.putAddons(base)
+		})
+		add("package signed by an untrusted key", pkgKey, "hello", func() {
+			_, other, _ := ed25519.GenerateKey(nil)
+			signPkg(bad, other)
+			f.putAddons(base)
+		})
+		// Origin mode: no package; the bytes' own signature decides.
 		add("sha256 mismatch", "sha256 mismatch", "hello", func() {
+			origin()
 			a := base
 			a.ArtifactSHA256 = strings.Repeat("0", 64)
 			f.putAddons(a)
 		})
 		add("truncated body", "bytes, the assignment says", "hello", func() {
+			origin()
 			a := base
 			a.ArtifactSize = int64(64<<10) + 1
 			f.putAddons(a)
 		})
 		add("bad signature", "signature does not verify", "hello", func() {
+			origin()
 			a := base
 			a.ArtifactSignature = pkg.Artifacts[f.platform.String()].Signature // another artifact's
 			f.putAddons(a)
 		})
 		add("malformed signature", "signature", "hello", func() {
+			origin()
 			a := base
 			a.ArtifactSignature = "zz"
 			f.putAddons(a)
 		})
 		add("missing signature", "unsigned and trust.require_signatures is on", "hello", func() {
+			origin()
 			a := base
 			a.ArtifactSignature = ""
 			f.putAddons(a)
 		})
 		add("signature with unknown key id", "not among the trusted keys", "hello", func() {
+			origin()
 			a := base
 			a.ArtifactKeyID = "00000000000000ff"
 			f.putAddons(a)
@@ -166,6 +239,7 @@ func TestBadInputLosesNothing(t *testing.T) {
 			f.putAddons(a)
 		})
 		add("object missing", "object not found", "hello", func() {
+			origin()
 			a := base
 			a.ArtifactObjectKey = "artifacts/hello/9.9.9/linux-amd64/hello"
 			f.putAddons(a)
@@ -175,6 +249,20 @@ func TestBadInputLosesNothing(t *testing.T) {
 			a.ArtifactObjectKey = "../../../etc/passwd"
 			f.putAddons(a)
 		})
+		// Late, as it replaces the object: a store that serves more than
+		// the signed size is refused before a byte is read, even by a
+		// document that names no size.
+		add("bytes past the signed size", "is 65537 bytes, the assignment says 65536", "hello", func() {
+			published()
+			art := bad.Artifacts[f.platform.String()]
+			longer := append(randomBytes(64<<10), 0)
+			f.st.Put(ctx, art.ObjectKey, bytes.NewReader(longer), int64(len(longer)))
+			a := base
+			a.ArtifactSize = 0
+			f.putAddons(a)
+		})
+		// Last, as its document does not parse: the next reset could not
+		// assign over it.
 		add("malformed assignments.json", "assignments document", "", func() {
 			f.putDoc([]byte(`{"agent_id":"edge-01","serial":99,"addons":[{`), true)
 		})
@@ -235,10 +323,13 @@ func TestSignatureWithoutKeyFailsClosed(t *testing.T) {
 	}
 }
 
+// In origin mode (no package in the store) the document's signature over
+// the bytes is what vouches for them.
 func TestUnsignedArtifactAllowedOnlyWhenNotRequired(t *testing.T) {
 	f := newFixture(t, "file")
 	a := f.addonFor(f.publish("hello", "1.0.0", randomBytes(1000)))
 	a.ArtifactSignature, a.ArtifactKeyID = "", ""
+	f.st.Delete(context.Background(), assignment.PackageKey("hello", "1.0.0"))
 	f.putAddons(a)
 	if rep := f.stage(); rep.Converged() {
 		t.Fatal("unsigned artifact staged with require_signatures on")

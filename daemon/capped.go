@@ -14,52 +14,26 @@ import (
 
 	"github.com/addond/addond/capabilities"
 	"github.com/addond/addond/daemon/assignment"
-	"github.com/addond/addond/internal/atomicfile"
 )
 
 // An add-on whose package asks for os_capabilities runs from a capped,
-// root-owned copy of its staged binary that addond-updater makes. addond
-// keeps each version's signed package.json and .sig beside its state
-// (addons/<id>/package-<version>.json), so that the copy can be asked for
-// again — after a reboot, with the store down — without the store.
+// root-owned copy of its staged binary that addond-updater makes from the
+// version's signed package.json and .sig — the copies delivery keeps
+// beside the add-on's state (delivery.SignedPackage), so that the copy can
+// be asked for again — after a reboot, with the store down — without the
+// store.
 
 // ErrCapsUnavailable marks a capped copy that could not be had because
 // addond-updater could not be reached: the environment, never the
 // version's fault.
 var ErrCapsUnavailable = errors.New("capped copy unavailable")
 
-func (e *env) packageCache(id, version string) string {
-	return filepath.Join(e.cfg.RuntimeRoot, "addons", id, "package-"+version+".json")
-}
-
-// signedPackage returns the version's package.json and signature: cached,
-// else fetched (and verified) from the store and cached.
-func (a *Agent) signedPackage(ctx context.Context, e *env, spec assignment.Spec) (raw, sig []byte, err error) {
-	path := e.packageCache(spec.AddonID, spec.Version)
-	raw, rerr := os.ReadFile(path)
-	sig, serr := os.ReadFile(path + ".sig")
-	if rerr == nil && serr == nil {
-		return raw, sig, nil
-	}
-	_, raw, sigBytes, err := e.del.FetchPackage(ctx, spec.AddonID, spec.Version)
-	if err != nil {
-		return nil, nil, err
-	}
-	sig = []byte(hex.EncodeToString(sigBytes) + "\n") // as the .sig file has it
-	for p, data := range map[string][]byte{path: raw, path + ".sig": sig} {
-		if err := atomicfile.Write(p, data, 0o600); err != nil {
-			a.log.Warn("caching the signed package", "addon_id", spec.AddonID, "error", err)
-		}
-	}
-	return raw, sig, nil
-}
-
 // cappedCopy asks addond-updater for the capped copy of spec's staged
 // binary and returns its path. When the updater cannot be reached, an
 // existing copy that still has the signed bytes is used; otherwise the
 // error wraps ErrCapsUnavailable.
 func (a *Agent) cappedCopy(ctx context.Context, e *env, spec assignment.Spec) (string, error) {
-	raw, sig, err := a.signedPackage(ctx, e, spec)
+	_, raw, sig, err := e.del.SignedPackage(ctx, spec.AddonID, spec.Version)
 	if err != nil {
 		return "", fmt.Errorf("addon %q: capped copy: %w", spec.AddonID, err)
 	}
@@ -105,17 +79,16 @@ func (a *Agent) existingCopy(spec assignment.Spec) (string, bool) {
 }
 
 // dropCapped asks addond-updater to remove the capped copies of versions
-// of id (all of them when versions is empty), and forgets their cached
-// packages.
+// of id (all of them when versions is empty).
 func (a *Agent) dropCapped(e *env, id string, versions ...string) {
 	if len(versions) == 0 {
 		versions = []string{""}
 	} else {
-		// Only versions that had a capped copy (their package is cached).
+		// Only versions that may have a capped copy: the updater's tree
+		// has their directory, or cannot be looked into.
 		var had []string
 		for _, v := range versions {
-			if os.Remove(e.packageCache(id, v)) == nil {
-				os.Remove(e.packageCache(id, v) + ".sig")
+			if _, err := os.Lstat(filepath.Join(a.privilegedRoot, id, v)); !errors.Is(err, os.ErrNotExist) {
 				had = append(had, v)
 			}
 		}

@@ -49,7 +49,7 @@ func (a *Agent) fetchDocument(ctx context.Context, e *env, ast *state.Agent, rep
 		a.log.Info("the assignment source changed; its serials are its own", "was", last.Source, "now", id, "last_serial_there", last.LastSerial)
 		last = state.Agent{AppliedAt: ast.AppliedAt}
 	}
-	policy := source.Policy{AgentID: e.cfg.AgentID, Keys: e.keys, RequireSignatures: e.cfg.Trust.Required(), LastSerial: last.LastSerial, LastDigest: last.DocumentDigest}
+	policy := source.Policy{AgentID: e.cfg.AgentID, Keys: e.docKeys, RequireSignatures: e.cfg.Trust.Required(), LastSerial: last.LastSerial, LastDigest: last.DocumentDigest}
 	f, err := e.src.Fetch(ctx, last.DocumentToken)
 	if err == nil {
 		doc, aerr := source.Accept(f, policy)
@@ -180,7 +180,7 @@ func (a *Agent) resolve(ctx context.Context, e *env, ad assignment.Addon, pinned
 	}
 	if err == nil && spec.Enabled && spec.NeedsPackage() {
 		var pkg *assignment.Package
-		if pkg, _, _, err = e.del.FetchPackage(ctx, spec.AddonID, spec.Version); err == nil {
+		if pkg, _, _, err = e.del.SignedPackage(ctx, spec.AddonID, spec.Version); err == nil {
 			spec, err = spec.WithPackage(pkg, a.platform)
 		}
 	}

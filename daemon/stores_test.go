@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -13,7 +14,7 @@ import (
 	"github.com/addond/addond/daemon/store"
 )
 
-// countingStore records the offset of every Open of a real store.
+// countingStore records the offset of every Open of an artifact in a real store.
 type countingStore struct {
 	store.Store
 	mu      sync.Mutex
@@ -24,6 +25,9 @@ type countingStore struct {
 
 func (c *countingStore) Open(ctx context.Context, key string, o store.OpenOptions) (io.ReadCloser, store.Info, error) {
 	rc, info, err := c.Store.Open(ctx, key, o)
+	if !strings.HasPrefix(key, "artifacts/") {
+		return rc, info, err // documents and packages are not counted
+	}
 	c.mu.Lock()
 	c.offsets = append(c.offsets, o.Offset)
 	c.changed = append(c.changed, errors.Is(err, store.ErrChanged))
@@ -32,13 +36,16 @@ func (c *countingStore) Open(ctx context.Context, key string, o store.OpenOption
 }
 
 func (c *countingStore) Stat(ctx context.Context, key string) (store.Info, error) {
+	if !strings.HasPrefix(key, "artifacts/") {
+		return c.Store.Stat(ctx, key)
+	}
 	c.mu.Lock()
 	c.stats++
 	c.mu.Unlock()
 	return c.Store.Stat(ctx, key)
 }
 
-// breakingStore cuts the first body after breakAfter bytes with a
+// breakingStore cuts the first artifact body after breakAfter bytes with a
 // connection reset, then calls onBreak.
 type breakingStore struct {
 	store.Store
@@ -53,7 +60,7 @@ func (b *breakingStore) Open(ctx context.Context, key string, o store.OpenOption
 	if errors.Is(err, store.ErrChanged) {
 		b.sawChanged = true
 	}
-	if err != nil || b.broke {
+	if err != nil || b.broke || !strings.HasPrefix(key, "artifacts/") {
 		return rc, info, err
 	}
 	b.broke = true

@@ -86,21 +86,35 @@ func FetchPackage(ctx context.Context, st store.Store, keys *signing.Keyring, id
 	if err != nil {
 		return nil, nil, nil, &ReadError{fmt.Errorf("package signature: %w", err)}
 	}
+	pkg, sig, err := VerifyPackage(keys, id, version, raw, sigFile)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return pkg, raw, sig, nil
+}
+
+// VerifyPackage checks that raw, the bytes of id@version's package.json,
+// carry the publisher's signature sigFile (a .sig file's contents) under
+// keys, and describe id@version. keys nil skips the signature check (the
+// publisher's tool, when it was given no key: it says so); an empty key
+// ring fails closed. It returns the package and the raw signature.
+func VerifyPackage(keys *signing.Keyring, id, version string, raw, sigFile []byte) (*Package, []byte, error) {
+	key := PackageKey(id, version)
 	sig, err := signing.ParseSigFile(sigFile)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%s.sig: %w", key, err)
+		return nil, nil, fmt.Errorf("%s.sig: %w", key, err)
 	}
 	if keys != nil {
 		if err := keys.VerifyBytes("", raw, sig); err != nil {
-			return nil, nil, nil, fmt.Errorf("%s: %w", key, err)
+			return nil, nil, fmt.Errorf("%s: %w", key, err)
 		}
 	}
 	pkg, err := ParsePackage(raw)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	if pkg.AddonID != id || pkg.Version != version {
-		return nil, nil, nil, fmt.Errorf("%s describes %s@%s", key, pkg.AddonID, pkg.Version)
+		return nil, nil, fmt.Errorf("%s describes %s@%s", key, pkg.AddonID, pkg.Version)
 	}
-	return pkg, raw, sig, nil
+	return pkg, sig, nil
 }

@@ -307,6 +307,26 @@ func validateArtifact(art *Artifact) error {
 	if art.Size < 0 {
 		return fmt.Errorf("artifact size %d is negative", art.Size)
 	}
+	switch art.Compression {
+	case "":
+		if art.StoredSHA256 != "" || art.StoredSize != 0 {
+			return fmt.Errorf("artifact stored_sha256 and stored_size are only for a compressed artifact")
+		}
+	case CompressionZstd:
+		if !strings.HasSuffix(art.ObjectKey, ".zst") {
+			return fmt.Errorf("zstd artifact object key %q does not end in .zst", art.ObjectKey)
+		}
+		if art.Size <= 0 || art.StoredSize <= 0 {
+			return fmt.Errorf("zstd artifact needs size and stored_size")
+		}
+		stored, err := signing.NormalizeSHA256(art.StoredSHA256)
+		if err != nil {
+			return fmt.Errorf("artifact stored_%w", err)
+		}
+		art.StoredSHA256 = stored
+	default:
+		return fmt.Errorf("artifact compression %q: want zstd or none", art.Compression)
+	}
 	if art.BinaryName != "" {
 		if err := ValidBinaryName(art.BinaryName); err != nil {
 			return err
@@ -317,7 +337,8 @@ func validateArtifact(art *Artifact) error {
 
 // binaryName is the staged file's name: the artifact's binary_name, else
 // the base name of binary_path (only its base name counts for pushed
-// artifacts), else the last segment of the object key, else the add-on id.
+// artifacts), else the last segment of the object key (less the .zst of
+// a compressed one), else the add-on id.
 // The result is validated by the caller; path.Base("..") is "..", and a
 // name with a backslash stays one segment and is refused there.
 func binaryName(a Addon, art *Artifact) string {
@@ -330,7 +351,7 @@ func binaryName(a Addon, art *Artifact) string {
 		}
 		return path.Base(a.BinaryPath)
 	case art != nil && art.ObjectKey != "":
-		return path.Base(art.ObjectKey)
+		return strings.TrimSuffix(path.Base(art.ObjectKey), ".zst")
 	default:
 		return a.AddonID
 	}

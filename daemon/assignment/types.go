@@ -102,6 +102,24 @@ type Artifact struct {
 	Signature  string `json:"signature,omitempty"`
 	KeyID      string `json:"key_id,omitempty"`
 	BinaryName string `json:"binary_name,omitempty"`
+	// Compression "zstd": the object holds the binary compressed, and
+	// StoredSHA256/StoredSize describe the object's bytes; SHA256/Size
+	// always describe the binary that is staged (DESIGN.md, "Delivery v2").
+	Compression  string `json:"compression,omitempty"`
+	StoredSHA256 string `json:"stored_sha256,omitempty"`
+	StoredSize   int64  `json:"stored_size,omitempty"`
+}
+
+// CompressionZstd is the one compression an artifact may have.
+const CompressionZstd = "zstd"
+
+// Stored is what the object in the store holds: its size, and whether
+// it is the binary itself.
+func (a *Artifact) Stored() (size int64, compressed bool) {
+	if a.Compression != "" {
+		return a.StoredSize, true
+	}
+	return a.Size, false
 }
 
 // Resources are the limits applied to unit-based add-ons.

@@ -68,7 +68,11 @@ type Assignments struct {
 
 // Trust configures signature verification.
 type Trust struct {
-	PublicKeys        []string `json:"public_keys"`
+	PublicKeys []string `json:"public_keys"`
+	// AssignmentKeys, when set, are the only keys assignment documents
+	// verify under; PublicKeys then verify packages only. Unset: PublicKeys
+	// verify both.
+	AssignmentKeys    []string `json:"assignment_keys,omitempty"`
 	RequireSignatures *bool    `json:"require_signatures"`
 }
 
@@ -272,6 +276,11 @@ func (c *Config) validate() error {
 	for _, p := range c.Trust.PublicKeys {
 		if !filepath.IsAbs(p) {
 			return fmt.Errorf("key \"trust.public_keys\": %q must be an absolute path", p)
+		}
+	}
+	for _, p := range c.Trust.AssignmentKeys {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("key \"trust.assignment_keys\": %q must be an absolute path", p)
 		}
 	}
 	if c.LocalOverrides != "" && !filepath.IsAbs(c.LocalOverrides) {

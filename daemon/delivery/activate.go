@@ -123,6 +123,8 @@ func (d *Deliverer) GC(id string, keep ...string) ([]string, error) {
 		if err := os.RemoveAll(filepath.Join(d.versionsDir(id), e.Name())); err != nil {
 			return removed, err
 		}
+		os.Remove(d.packagePath(id, e.Name()))
+		os.Remove(d.packagePath(id, e.Name()) + ".sig")
 		delete(st.Staged, e.Name())
 		removed = append(removed, e.Name())
 	}

@@ -28,6 +28,7 @@ type Options struct {
 	Root              string           // the runtime root
 	Store             store.Store      // nil: no store configured
 	Keys              *signing.Keyring // trusted publisher keys
+	Platform          assignment.Platform
 	RequireSignatures bool
 	MaxConcurrent     int   // parallel downloads (default 2)
 	Retries           int   // retries of one download after a transient failure
@@ -159,7 +160,7 @@ func checkSegments(s assignment.Spec) error {
 // Stage makes spec's version present and verified under versions/. It does
 // not touch current. A version already staged with the same digest is not
 // downloaded again.
-func (d *Deliverer) Stage(ctx context.Context, spec assignment.Spec) (Staged, error) {
+func (d *Deliverer) Stage(ctx context.Context, spec assignment.Spec) (_ Staged, err error) {
 	fail := func(op string, env bool, err error) (Staged, error) {
 		return Staged{}, &Error{AddonID: spec.AddonID, Version: spec.Version, Op: op, Err: err, Environment: env}
 	}
@@ -170,9 +171,8 @@ func (d *Deliverer) Stage(ctx context.Context, spec assignment.Spec) (Staged, er
 	if art == nil {
 		return fail("resolve", false, errors.New("no artifact reference for this platform"))
 	}
-	newHashes, err := d.hashes(art)
-	if err != nil {
-		return fail("verify", false, err)
+	if d.opts.Platform == (assignment.Platform{}) {
+		d.opts.Platform = assignment.Host()
 	}
 	// One partial download per add-on: another version's is of a version
 	// no longer wanted.
@@ -193,6 +193,24 @@ func (d *Deliverer) Stage(ctx context.Context, spec assignment.Spec) (Staged, er
 			return Staged{Version: spec.Version, Path: bin, Bytes: rec.Size}, nil
 		}
 		d.opts.Log.Warn("staged version vanished, staging again", "addon_id", spec.AddonID, "version", spec.Version)
+	}
+
+	// From here on the bytes are checked: against the publisher's package
+	// when it names them, else against their own signature. The policy is
+	// decided before an artifact byte is read.
+	art, pinned, keep, err := d.pin(ctx, spec)
+	if err != nil {
+		return Staged{}, err
+	}
+	defer func() {
+		if err == nil {
+			keep()
+		}
+	}()
+	spec.Artifact = art
+	newHashes, err := d.hashes(art, pinned)
+	if err != nil {
+		return fail("verify", false, err)
 	}
 
 	// A file at the final path without a record: a crash between the
@@ -258,12 +276,19 @@ func (d *Deliverer) install(spec assignment.Spec, part, bin string) error {
 	return atomicfile.SyncDir(filepath.Dir(vdir))
 }
 
-// hashes returns a constructor for the pass's hashes: SHA-256 first, then
-// one Ed25519 verifier per candidate key (exactly one when the signature
-// names its key_id). Signature policy is decided here, before any I/O: an
-// unsigned artifact is refused when signatures are required, and a
+// hashes returns a constructor for the pass's hashes: SHA-256 first, then,
+// unless a verified package pins the artifact, one Ed25519 verifier per
+// candidate key (exactly one when the signature names its key_id).
+// Signature policy is decided here, before any artifact I/O: an unsigned,
+// unpinned artifact is refused when signatures are required, and a
 // signature with no trusted key fails closed.
-func (d *Deliverer) hashes(art *assignment.Artifact) (func() (hash.Hash, []*signing.Verifier), error) {
+func (d *Deliverer) hashes(art *assignment.Artifact, pinned bool) (func() (hash.Hash, []*signing.Verifier), error) {
+	if pinned {
+		return func() (hash.Hash, []*signing.Verifier) { return sha256.New(), nil }, nil
+	}
+	if art.Compression != "" {
+		return nil, errors.New("a compressed artifact is only accepted as its signed package names it")
+	}
 	if art.Signature == "" {
 		if d.opts.RequireSignatures {
 			return nil, errors.New("artifact is unsigned and trust.require_signatures is on")
@@ -288,8 +313,12 @@ func (d *Deliverer) hashes(art *assignment.Artifact) (func() (hash.Hash, []*sign
 	}, nil
 }
 
-// check compares the pass's results with the artifact reference.
-func check(art *assignment.Artifact, sum []byte, vs []*signing.Verifier) error {
+// check compares the pass's results — n bytes with SHA-256 sum, the
+// verifiers — with the artifact reference.
+func check(art *assignment.Artifact, n int64, sum []byte, vs []*signing.Verifier) error {
+	if art.Size > 0 && n != art.Size {
+		return fmt.Errorf("size mismatch: got %d bytes, want %d", n, art.Size)
+	}
 	if got := hex.EncodeToString(sum); got != art.SHA256 {
 		return fmt.Errorf("sha256 mismatch: got %s, want %s", got, art.SHA256)
 	}
@@ -317,7 +346,7 @@ func (d *Deliverer) verifyLocal(path string, size int64, art *assignment.Artifac
 	p := newPipeline(nil, size, withVerifiers(h, vs)...)
 	n, err := p.feed(f, 0, true)
 	p.close()
-	return n, err == nil && check(art, h.Sum(nil), vs) == nil
+	return n, err == nil && check(art, n, h.Sum(nil), vs) == nil
 }
 
 func withVerifiers(h hash.Hash, vs []*signing.Verifier) []hash.Hash {

@@ -147,7 +147,7 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 		}
 		return fail("fetch", true, err)
 	}
-	if err := check(art, h.Sum(nil), vs); err != nil {
+	if err := check(art, info.Size, h.Sum(nil), vs); err != nil {
 		if resumed {
 			// The bytes kept from an earlier run may be what is wrong.
 			return 0, fmt.Errorf("%w: resumed download did not verify: %v", errRestart, err)
