@@ -41,8 +41,8 @@ type env struct {
 	keys    *signing.Keyring // trust.public_keys: packages (and documents when docKeys are the same)
 	docKeys *signing.Keyring // trust.assignment_keys, else keys: assignment documents
 	store   store.Store
-	src   source.Source
-	del   *delivery.Deliverer
+	src     source.Source
+	del     *delivery.Deliverer
 }
 
 // Agent is one addond instance bound to its runtime root.
