@@ -149,6 +149,7 @@ func (a *Agent) deliverer(cfg *config.Config, keys *signing.Keyring, st store.St
 		MaxConcurrent:     cfg.MaxConcurrentDownloads,
 		Retries:           cfg.DownloadRetries,
 		MinFree:           cfg.MinFreeBytes,
+		RateLimit:         cfg.DownloadRateLimit,
 		Log:               a.log,
 		Sleep:             a.opts.Sleep,
 	})

@@ -28,6 +28,7 @@ func newPublish() *cobra.Command {
 		storeURL, keyPath, id, version, supervision, binaryName string
 		caps                                                    []string
 		allowDowngrade                                          bool
+		compress                                                string
 	)
 	c := &cobra.Command{
 		Use:   "publish --store URL --key KEY --id ID --version VER [flags] OS/ARCH=PATH...",
@@ -53,6 +54,7 @@ func newPublish() *cobra.Command {
 			opts := publish.PublishOptions{
 				Store: st, Key: priv, AddonID: id, Version: version, Supervision: supervision,
 				OSCapabilities: caps, BinaryName: binaryName, Files: files, AllowDowngrade: allowDowngrade,
+				Compress: compress,
 			}
 			if term.IsTerminal(int(os.Stderr.Fd())) {
 				opts.Progress = func(name string, size int64) io.Writer {
@@ -71,6 +73,9 @@ func newPublish() *cobra.Command {
 			for _, p := range slices.Sorted(maps.Keys(pkg.Artifacts)) {
 				a := pkg.Artifacts[p]
 				fmt.Fprintf(out, "  %-12s %s sha256 %s (%d bytes)\n", p, a.ObjectKey, a.SHA256, a.Size)
+				if a.Compression != "" {
+					fmt.Fprintf(out, "  %-12s %s: %d bytes stored (%.0f %%), stored sha256 %s\n", "", a.Compression, a.StoredSize, 100*float64(a.StoredSize)/float64(max(a.Size, 1)), a.StoredSHA256)
+				}
 			}
 			fmt.Fprintf(out, "  %s (+ .sig)\n", assignment.PackageKey(pkg.AddonID, pkg.Version))
 			return nil
@@ -85,6 +90,7 @@ func newPublish() *cobra.Command {
 	f.StringArrayVar(&caps, "os-capability", nil, "file capability the add-on needs (repeatable), e.g. cap_net_raw")
 	f.BoolVar(&allowDowngrade, "allow-downgrade", false, "let addond-updater cap this version after a higher one (signed into package.json)")
 	f.StringVar(&binaryName, "binary-name", "", "staged file name (default: each PATH's file name)")
+	f.StringVar(&compress, "compress", "", "store the artifacts compressed: zstd (agents decompress while they verify)")
 	for _, n := range []string{"store", "key", "id", "version"} {
 		c.MarkFlagRequired(n)
 	}

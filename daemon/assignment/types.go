@@ -113,6 +113,11 @@ type Artifact struct {
 // CompressionZstd is the one compression an artifact may have.
 const CompressionZstd = "zstd"
 
+// MaxZstdWindow bounds the memory a compressed artifact can make the
+// agent's decoder hold: frames that ask for a larger window are refused.
+// addonctl publish --compress zstd writes frames within it.
+const MaxZstdWindow = 8 << 20
+
 // Stored is what the object in the store holds: its size, and whether
 // it is the binary itself.
 func (a *Artifact) Stored() (size int64, compressed bool) {

@@ -51,6 +51,9 @@ type Config struct {
 	// MinFreeBytes is the space left free on the runtime root's file system
 	// beyond the artifact itself (default 64 MiB).
 	MinFreeBytes int64 `json:"min_free_bytes"`
+	// DownloadRateLimit caps the bytes per second of all artifact
+	// downloads together; 0: unlimited.
+	DownloadRateLimit int64 `json:"download_rate_limit,omitempty"`
 
 	// Report is the agent's report to the store (DESIGN.md, "Fleet").
 	Report Report `json:"report"`
@@ -293,6 +296,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxConcurrentDownloads < 1 || c.MaxConcurrentDownloads > 64 {
 		return fmt.Errorf("key \"max_concurrent_downloads\": %d, want 1..64", c.MaxConcurrentDownloads)
+	}
+	if c.DownloadRateLimit < 0 || c.DownloadRateLimit > 0 && c.DownloadRateLimit < 1024 {
+		return fmt.Errorf("key \"download_rate_limit\": %d, want 0 (unlimited) or at least 1024 bytes per second", c.DownloadRateLimit)
 	}
 	if c.DownloadRetries < 0 || c.DownloadRetries > 100 {
 		return fmt.Errorf("key \"download_retries\": %d, want 0..100", c.DownloadRetries)

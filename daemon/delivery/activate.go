@@ -165,7 +165,7 @@ func (d *Deliverer) DiscardPartials(id, version string) {
 func (d *Deliverer) discardPartials(id string, drop func(version string) bool) {
 	parts, _ := filepath.Glob(filepath.Join(d.tmpDir(), id+"@*"))
 	for _, p := range parts {
-		v := strings.TrimSuffix(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), id+"@"), ".json"), ".part")
+		v := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), id+"@"), ".out"), ".json"), ".part")
 		if drop(v) {
 			os.Remove(p)
 		}

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/signing"
 	"github.com/addond/addond/daemon/state"
@@ -33,6 +35,7 @@ type Options struct {
 	MaxConcurrent     int   // parallel downloads (default 2)
 	Retries           int   // retries of one download after a transient failure
 	MinFree           int64 // bytes to leave free beyond the artifact
+	RateLimit         int64 // bytes per second for all downloads together; 0: unlimited
 	Log               *slog.Logger
 	// Sleep waits between retries; tests replace it. Default: a timer.
 	Sleep func(ctx context.Context, d time.Duration) error
@@ -41,6 +44,7 @@ type Options struct {
 // Deliverer fetches, verifies and stages artifacts.
 type Deliverer struct {
 	opts  Options
+	rate  *rate.Limiter // nil: unlimited
 	sem   chan struct{}
 	locks sync.Map // add-on id → *sync.Mutex guarding its state.json
 }
@@ -101,7 +105,11 @@ func New(o Options) *Deliverer {
 			}
 		}
 	}
-	return &Deliverer{opts: o, sem: make(chan struct{}, o.MaxConcurrent)}
+	d := &Deliverer{opts: o, sem: make(chan struct{}, o.MaxConcurrent)}
+	if o.RateLimit > 0 {
+		d.rate = rate.NewLimiter(rate.Limit(o.RateLimit), rateBurst(o.RateLimit))
+	}
+	return d
 }
 
 // Error is a delivery failure of one add-on version.
@@ -233,12 +241,12 @@ func (d *Deliverer) Stage(ctx context.Context, spec assignment.Spec) (_ Staged, 
 	case <-ctx.Done():
 		return fail("fetch", true, ctx.Err())
 	}
-	part, size, err := d.download(ctx, spec, newHashes)
+	file, size, err := d.download(ctx, spec, newHashes)
 	if err != nil {
 		return Staged{}, err
 	}
-	if err := d.install(spec, part, bin); err != nil {
-		os.Remove(part)
+	if err := d.install(spec, file, bin); err != nil {
+		os.Remove(file)
 		return fail("stage", true, err)
 	}
 	FaultPoint("after-rename")
@@ -256,19 +264,22 @@ func (d *Deliverer) record(spec assignment.Spec, bin string, size int64, downloa
 	return Staged{Version: spec.Version, Path: bin, Downloaded: downloaded, Bytes: size}, nil
 }
 
-// install makes the verified partial file the version's binary: mode 0755,
-// renamed into versions/<version>/, both directories fsynced.
-func (d *Deliverer) install(spec assignment.Spec, part, bin string) error {
+// install makes the verified file the version's binary: mode 0755,
+// renamed into versions/<version>/, both directories fsynced. What is
+// left of the partial download goes.
+func (d *Deliverer) install(spec assignment.Spec, file, bin string) error {
+	part := filepath.Join(d.tmpDir(), partName(spec.AddonID, spec.Version))
 	vdir := filepath.Dir(bin)
 	if err := os.MkdirAll(vdir, 0o755); err != nil {
 		return err
 	}
-	if err := os.Chmod(part, 0o755); err != nil {
+	if err := os.Chmod(file, 0o755); err != nil {
 		return err
 	}
-	if err := os.Rename(part, bin); err != nil {
+	if err := os.Rename(file, bin); err != nil {
 		return err
 	}
+	os.Remove(part) // the compressed object's bytes, when file is what they decompressed to
 	os.Remove(part + ".json")
 	if err := atomicfile.SyncDir(vdir); err != nil {
 		return err
@@ -391,7 +402,7 @@ func (d *Deliverer) CleanTmp(keep map[string]bool) error {
 		return err
 	}
 	for _, e := range entries {
-		name := strings.TrimSuffix(strings.TrimSuffix(e.Name(), ".json"), ".part")
+		name := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(e.Name(), ".out"), ".json"), ".part")
 		if !keep[name] {
 			os.RemoveAll(filepath.Join(d.tmpDir(), e.Name()))
 		}

@@ -2,6 +2,8 @@ package delivery
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,7 +32,10 @@ type partMeta struct {
 var errRestart = errors.New("restart from zero")
 
 // download runs the streaming pass into tmp/<id>@<version>.part and
-// returns its path once the bytes verified. At most one restart from zero
+// returns the path of the verified binary and its size: the partial file
+// itself, or, for a compressed artifact, what it decompressed to
+// (tmp/<id>@<version>.part.out; the partial keeps the object's bytes, so
+// that a resume can feed them to the decoder again). At most one restart from zero
 // happens (the object changed, or a resumed partial did not verify).
 func (d *Deliverer) download(ctx context.Context, spec assignment.Spec, newHashes func() (hash.Hash, []*signing.Verifier)) (string, int64, error) {
 	if err := os.MkdirAll(d.tmpDir(), 0o700); err != nil {
@@ -38,7 +43,7 @@ func (d *Deliverer) download(ctx context.Context, spec assignment.Spec, newHashe
 	}
 	part := filepath.Join(d.tmpDir(), partName(spec.AddonID, spec.Version))
 	for restarts := 0; ; restarts++ {
-		size, err := d.downloadOnce(ctx, spec, part, newHashes, restarts > 0)
+		bin, size, err := d.downloadOnce(ctx, spec, part, newHashes, restarts > 0)
 		if errors.Is(err, errRestart) && restarts < 2 {
 			d.opts.Log.Info("download starts again from zero", "addon_id", spec.AddonID, "version", spec.Version, "reason", err)
 			continue
@@ -50,14 +55,14 @@ func (d *Deliverer) download(ctx context.Context, spec assignment.Spec, newHashe
 			}
 			return "", 0, err
 		}
-		return part, size, nil
+		return bin, size, nil
 	}
 }
 
-func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part string, newHashes func() (hash.Hash, []*signing.Verifier), fresh bool) (int64, error) {
+func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part string, newHashes func() (hash.Hash, []*signing.Verifier), fresh bool) (string, int64, error) {
 	art := spec.Artifact
-	fail := func(op string, env bool, err error) (int64, error) {
-		return 0, &Error{AddonID: spec.AddonID, Version: spec.Version, Op: op, Err: err, Environment: env}
+	fail := func(op string, env bool, err error) (string, int64, error) {
+		return "", 0, &Error{AddonID: spec.AddonID, Version: spec.Version, Op: op, Err: err, Environment: env}
 	}
 	// The body's first GET is also what tells the object's size and ETag:
 	// no HEAD before it (one request less per update, fleet-wide). A
@@ -76,7 +81,7 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 	case off > 0:
 		rc, info, err = d.open(ctx, art.ObjectKey, store.OpenOptions{Offset: off, IfMatch: prev.ETag})
 		if errors.Is(err, store.ErrChanged) {
-			return 0, fmt.Errorf("%w: %v", errRestart, err)
+			return "", 0, fmt.Errorf("%w: %v", errRestart, err)
 		}
 	default:
 		rc, info, err = d.open(ctx, art.ObjectKey, store.OpenOptions{})
@@ -89,8 +94,9 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 			rc.Close()
 		}
 	}()
-	if art.Size > 0 && info.Size != art.Size {
-		return fail("verify", false, fmt.Errorf("object %s is %d bytes, the assignment says %d", art.ObjectKey, info.Size, art.Size))
+	stored, compressed := art.Stored()
+	if stored > 0 && info.Size != stored {
+		return fail("verify", false, fmt.Errorf("object %s is %d bytes, the assignment says %d", art.ObjectKey, info.Size, stored))
 	}
 	f, err := openPart(part, partMeta{ObjectKey: art.ObjectKey, SHA256: art.SHA256, ETag: info.ETag, Size: info.Size}, off)
 	if err != nil {
@@ -105,12 +111,49 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 		}
 	}()
 	resumed := off > 0
-	if err := d.checkSpace(info.Size - off); err != nil {
+	need := info.Size - off
+	if compressed {
+		need += art.Size
+	}
+	if err := d.checkSpace(need); err != nil {
 		return fail("fetch", true, err)
 	}
 
+	// The consumers of the one pass: the binary's SHA-256 (and, in origin
+	// mode, the signature verifiers) over the object's bytes; or, for a
+	// compressed object, the SHA-256 of the object's bytes and the
+	// decoder, which writes the binary to out and feeds it to the
+	// binary's SHA-256 — the whole stream again on a resume, the decoder
+	// starting from the object's first byte.
 	h, vs := newHashes()
-	p := newPipeline(f, info.Size-off, withVerifiers(h, vs)...)
+	consumers := withVerifiers(h, vs)
+	bin := part
+	var (
+		storedSum hash.Hash
+		unz       *unzstd
+	)
+	if compressed {
+		bin = part + ".out"
+		out, err := os.OpenFile(bin, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
+			return fail("fetch", true, err)
+		}
+		defer func() {
+			out.Close()
+			if !keep || bin != part+".out" {
+				os.Remove(part + ".out")
+			}
+		}()
+		storedSum = sha256.New()
+		unz = newUnzstd(out, h, art.Size)
+		consumers = []hash.Hash{storedSum, unz}
+		defer func() {
+			if unz != nil {
+				unz.abort()
+			}
+		}()
+	}
+	p := newPipeline(f, info.Size-off, consumers...)
 	if faultsEnabled {
 		p.written = func(end int64) {
 			if end >= info.Size/2 {
@@ -137,8 +180,9 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 		var kept *keptError
 		if keep = errors.As(err, &kept); keep {
 			err = kept.error
+			bin = "" // the decoded output is not kept; the partial is
 		}
-		return 0, err
+		return "", 0, err
 	}
 	closed = true
 	if err := p.close(); err != nil {
@@ -147,18 +191,50 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 		}
 		return fail("fetch", true, err)
 	}
-	if err := check(art, info.Size, h.Sum(nil), vs); err != nil {
+	n := info.Size
+	var verr error
+	if compressed {
+		var err error
+		n, err = unz.finish()
+		unz = nil
+		switch {
+		case isDiskFull(err):
+			return fail("fetch", true, fmt.Errorf("disk full writing %s: %w", bin, err))
+		case err != nil:
+			verr = err
+		case hex.EncodeToString(storedSum.Sum(nil)) != art.StoredSHA256:
+			verr = fmt.Errorf("stored sha256 mismatch: got %s, want %s", hex.EncodeToString(storedSum.Sum(nil)), art.StoredSHA256)
+		}
+	}
+	if verr == nil {
+		verr = check(art, n, h.Sum(nil), vs)
+	}
+	if verr != nil {
 		if resumed {
 			// The bytes kept from an earlier run may be what is wrong.
-			return 0, fmt.Errorf("%w: resumed download did not verify: %v", errRestart, err)
+			return "", 0, fmt.Errorf("%w: resumed download did not verify: %v", errRestart, verr)
 		}
-		return fail("verify", false, fmt.Errorf("object %s: %w", art.ObjectKey, err))
+		return fail("verify", false, fmt.Errorf("object %s: %w", art.ObjectKey, verr))
 	}
 	if err := f.Sync(); err != nil {
 		return fail("fetch", true, err)
 	}
+	if compressed {
+		if err := syncFile(bin); err != nil {
+			return fail("fetch", true, err)
+		}
+	}
 	keep = true
-	return info.Size, nil
+	return bin, n, nil
+}
+
+func syncFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // resumable is the partial download of art kept in part, and where to
@@ -232,7 +308,7 @@ func (d *Deliverer) fetchBody(ctx context.Context, spec assignment.Spec, part st
 			return fmt.Errorf("%w: %v", errRestart, err)
 		}
 		if err == nil {
-			off, err = p.feed(store.ContextReader(ctx, rc), off, false)
+			off, err = p.feed(d.limited(ctx, store.ContextReader(ctx, rc)), off, false)
 			rc.Close()
 			if err == nil && off < info.Size {
 				err = fmt.Errorf("body ended at byte %d of %d", off, info.Size)

@@ -18,6 +18,8 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/signing"
 	"github.com/addond/addond/daemon/store"
@@ -55,6 +57,9 @@ type PublishOptions struct {
 	AllowDowngrade bool
 	BinaryName     string // default: each file's base name
 	Files          []File
+	// Compress "zstd" stores each artifact compressed, as <key>.zst; the
+	// package names both the binary's and the object's digest and size.
+	Compress string
 	// Progress, when set, wraps each upload's byte stream (a progress bar).
 	Progress func(name string, size int64) io.Writer
 }
@@ -86,6 +91,9 @@ func Publish(ctx context.Context, o PublishOptions) (*assignment.Package, error)
 	if len(o.Files) == 0 {
 		return nil, errors.New("no artifacts given (OS/ARCH=PATH)")
 	}
+	if o.Compress != "" && o.Compress != assignment.CompressionZstd {
+		return nil, fmt.Errorf("--compress %q: want zstd", o.Compress)
+	}
 	pkg := &assignment.Package{AddonID: o.AddonID, Version: o.Version, Supervision: o.Supervision, AllowDowngrade: o.AllowDowngrade, Artifacts: map[string]assignment.Artifact{}}
 	if pkg.Supervision != "" {
 		if err := assignment.ValidSupervision(o.Supervision); err != nil {
@@ -112,6 +120,9 @@ func Publish(ctx context.Context, o PublishOptions) (*assignment.Package, error)
 			return nil, fmt.Errorf("platform %s given twice", f.Platform)
 		}
 		key := assignment.ArtifactKey(o.AddonID, o.Version, f.Platform, name)
+		if o.Compress == assignment.CompressionZstd {
+			key += ".zst"
+		}
 		art, err := uploadSigned(ctx, o, f.Path, key)
 		if err != nil {
 			return nil, fmt.Errorf("publish %s %s: %w", f.Platform, f.Path, err)
@@ -151,6 +162,16 @@ func uploadSigned(ctx context.Context, o PublishOptions, path, key string) (assi
 	}
 	size := fi.Size()
 	sum1, sum2 := sha256.New(), sha256.New()
+	// Compressed, pass 2 also writes the zstd stream to a temporary file,
+	// which is uploaded once its size is known.
+	var zst *os.File
+	if o.Compress != "" {
+		if zst, err = os.CreateTemp("", "addonctl-publish-*.zst"); err != nil {
+			return assignment.Artifact{}, err
+		}
+		defer os.Remove(zst.Name())
+		defer zst.Close()
+	}
 	sig, err := signing.SignStream(o.Key, func(pass int, w io.Writer) error {
 		r := io.NewSectionReader(f, 0, size)
 		if pass == 1 {
@@ -158,6 +179,9 @@ func uploadSigned(ctx context.Context, o PublishOptions, path, key string) (assi
 			return err
 		}
 		sink := io.MultiWriter(w, sum2)
+		if zst != nil {
+			return compress(zst, io.TeeReader(r, sink))
+		}
 		if o.Progress != nil {
 			sink = io.MultiWriter(sink, o.Progress(filepath.Base(path), size))
 		}
@@ -171,7 +195,38 @@ func uploadSigned(ctx context.Context, o PublishOptions, path, key string) (assi
 		o.Store.Delete(ctx, key)
 		return assignment.Artifact{}, errors.New("file changed while it was being published; upload removed, nothing signed")
 	}
-	return assignment.Artifact{ObjectKey: key, SHA256: hex.EncodeToString(sum2.Sum(nil)), Size: size, Signature: hex.EncodeToString(sig)}, nil
+	art := assignment.Artifact{ObjectKey: key, SHA256: hex.EncodeToString(sum2.Sum(nil)), Size: size, Signature: hex.EncodeToString(sig)}
+	if zst != nil {
+		stored, err := zst.Seek(0, io.SeekEnd)
+		if err != nil {
+			return assignment.Artifact{}, err
+		}
+		storedSum := sha256.New()
+		var sink io.Writer = storedSum
+		if o.Progress != nil {
+			sink = io.MultiWriter(sink, o.Progress(filepath.Base(path)+".zst", stored))
+		}
+		if _, err := o.Store.Put(ctx, key, io.TeeReader(io.NewSectionReader(zst, 0, stored), sink), stored); err != nil {
+			return assignment.Artifact{}, err
+		}
+		art.Compression, art.StoredSHA256, art.StoredSize = assignment.CompressionZstd, hex.EncodeToString(storedSum.Sum(nil)), stored
+	}
+	return art, nil
+}
+
+// compress writes r to w as one zstd stream, at the encoder's best
+// compression (publishing is once, downloads are many) and within the
+// window the agents' decoders accept.
+func compress(w io.Writer, r io.Reader) error {
+	enc, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithWindowSize(assignment.MaxZstdWindow))
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(enc, r); err != nil {
+		enc.Close()
+		return err
+	}
+	return enc.Close()
 }
 
 // putSigned writes body and, with a key, body's .sig; without a key it

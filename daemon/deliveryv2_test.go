@@ -1,0 +1,359 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/addond/addond/daemon/assignment"
+	"github.com/addond/addond/daemon/delivery"
+	"github.com/addond/addond/daemon/publish"
+	"github.com/addond/addond/daemon/signing"
+	"github.com/addond/addond/daemon/store"
+)
+
+// keyCountingStore counts the Opens of each key.
+type keyCountingStore struct {
+	store.Store
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *keyCountingStore) Open(ctx context.Context, key string, o store.OpenOptions) (io.ReadCloser, store.Info, error) {
+	c.mu.Lock()
+	if c.n == nil {
+		c.n = map[string]int{}
+	}
+	c.n[key]++
+	c.mu.Unlock()
+	return c.Store.Open(ctx, key, o)
+}
+
+func (c *keyCountingStore) opens(key string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[key]
+}
+
+// Verify once (DESIGN.md, "Delivery v2"): an artifact the publisher's
+// package names needs no signature of its own in the document; the
+// package is fetched once per version and kept beside the add-on's state.
+func TestPackagePinsTheArtifact(t *testing.T) {
+	storeKinds(t, func(t *testing.T, f *fixture) {
+		content := randomBytes(200 << 10)
+		a := f.addonFor(f.publish("hello", "1.0.0", content))
+		a.ArtifactSignature, a.ArtifactKeyID = "", "" // the control plane copies no signature
+		f.putAddons(a)
+		rep := f.stage()
+		if !rep.Converged() || f.current("hello") != "1.0.0" || !bytes.Equal(f.binary("hello"), content) {
+			t.Fatalf("a pinned artifact without a byte signature: %v", rep.Errors())
+		}
+		kept := filepath.Join(f.root, "addons/hello/package-1.0.0.json")
+		raw, err := os.ReadFile(kept)
+		if err != nil {
+			t.Fatalf("the package is not kept beside the state: %v", err)
+		}
+		if _, err := os.Stat(kept + ".sig"); err != nil {
+			t.Fatal(err)
+		}
+		if inStore, _, _ := store.ReadSmall(context.Background(), f.st, assignment.PackageKey("hello", "1.0.0"), 1<<20, store.OpenOptions{}); !bytes.Equal(raw, inStore) {
+			t.Fatalf("kept package:\n%s\nthe store's:\n%s", raw, inStore)
+		}
+
+		// The same version again with its staged copy gone: the kept
+		// package serves, the store's is not read again.
+		os.RemoveAll(filepath.Join(f.root, "addons/hello/versions"))
+		counting := &keyCountingStore{Store: f.st}
+		ag := f.open()
+		ag.setDeliverer(func(o delivery.Options) delivery.Options {
+			return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
+		})
+		rep2, err := ag.Stage(context.Background())
+		ag.Close()
+		if err != nil || !rep2.Converged() {
+			t.Fatalf("restage: %v %v", err, rep2.Errors())
+		}
+		if n := counting.opens(assignment.PackageKey("hello", "1.0.0")); n != 0 {
+			t.Fatalf("the package was read from the store %d times, want 0 (kept)", n)
+		}
+	})
+}
+
+// With trust.assignment_keys the roles are separate: the control plane's
+// key signs documents, the publisher's packages, and neither stands in
+// for the other.
+func TestAssignmentKeysSeparateTheRoles(t *testing.T) {
+	f := newFixture(t, "file")
+	content := randomBytes(1000)
+	a := f.addonFor(f.publish("hello", "1.0.0", content))
+
+	cpDir := t.TempDir()
+	privPEM, pubPEM, _ := signing.GenerateKey()
+	os.WriteFile(filepath.Join(cpDir, "control-plane.pub"), pubPEM, 0o644)
+	cpPriv, _ := signing.ParsePrivateKeyPEM(privPEM)
+	f.cfg.Trust.AssignmentKeys = []string{cpDir}
+
+	// Signed by the publisher's key: refused now.
+	f.putAddons(a)
+	rep := f.stage()
+	if rep.DocumentErr == nil || !strings.Contains(rep.DocumentErr.Error(), "signature") || f.current("hello") != "" {
+		t.Fatalf("a document signed by a package key with assignment_keys set: err %v, current %q", rep.DocumentErr, f.current("hello"))
+	}
+	// Signed by the control plane's key: accepted, the artifact pinned by
+	// the publisher's package.
+	f.putAddons(a)
+	key := "agents/edge-01/assignments.json"
+	raw, _ := os.ReadFile(strings.TrimPrefix(f.storeURL, "file://") + "/" + key)
+	sig := []byte(hex.EncodeToString(ed25519.Sign(cpPriv, raw)) + "\n")
+	f.st.Put(context.Background(), key+".sig", bytes.NewReader(sig), int64(len(sig)))
+	rep = f.stage()
+	if !rep.Converged() || f.current("hello") != "1.0.0" {
+		t.Fatalf("a document signed by the assignment key: %v %v", rep.DocumentErr, rep.Errors())
+	}
+
+	// A package signed by the control plane's key is not the publisher's.
+	pkg2 := f.publish("hello", "2.0.0", randomBytes(1000))
+	pkgKey := assignment.PackageKey("hello", "2.0.0")
+	praw, _, _ := store.ReadSmall(context.Background(), f.st, pkgKey, 1<<20, store.OpenOptions{})
+	psig := []byte(hex.EncodeToString(ed25519.Sign(cpPriv, praw)) + "\n")
+	f.st.Put(context.Background(), pkgKey+".sig", bytes.NewReader(psig), int64(len(psig)))
+	a2 := f.addonFor(pkg2)
+	f.putAddons(a2)
+	raw, _ = os.ReadFile(strings.TrimPrefix(f.storeURL, "file://") + "/" + key)
+	sig = []byte(hex.EncodeToString(ed25519.Sign(cpPriv, raw)) + "\n")
+	f.st.Put(context.Background(), key+".sig", bytes.NewReader(sig), int64(len(sig)))
+	rep = f.stage()
+	r := reportFor(t, rep, "hello")
+	if r.Err == nil || !strings.Contains(r.Err.Error(), pkgKey) || f.current("hello") != "1.0.0" {
+		t.Fatalf("a package signed by the assignment key: %v, current %q", r.Err, f.current("hello"))
+	}
+	if _, err := os.Stat(filepath.Join(f.root, "addons/hello/versions/2.0.0")); err == nil {
+		t.Fatal("2.0.0 was staged under a package the publisher did not sign")
+	}
+}
+
+// compressible is content zstd shrinks, like a binary does: runs of
+// text with random bytes between them.
+func compressible(n int) []byte {
+	var b bytes.Buffer
+	for b.Len() < n {
+		fmt.Fprintf(&b, "symbol_%d runtime.gopanic main.(*agent).reconcile ", b.Len()%977)
+		b.Write(randomBytes(16))
+	}
+	return b.Bytes()[:n]
+}
+
+// publishZstd publishes content compressed, as addonctl publish
+// --compress zstd does.
+func (f *fixture) publishZstd(id, version string, content []byte) *assignment.Package {
+	f.t.Helper()
+	path := filepath.Join(f.t.TempDir(), id)
+	os.WriteFile(path, content, 0o755)
+	pkg, err := publish.Publish(context.Background(), publish.PublishOptions{
+		Store: f.st, Key: f.priv, AddonID: id, Version: version, Compress: "zstd",
+		Files: []publish.File{{Platform: f.platform, Path: path}},
+	})
+	if err != nil {
+		f.t.Fatalf("publish --compress zstd %s@%s: %v", id, version, err)
+	}
+	return pkg
+}
+
+// putPackage writes pkg as id@version's package.json, signed with priv.
+func (f *fixture) putPackage(pkg *assignment.Package, priv ed25519.PrivateKey) {
+	f.t.Helper()
+	raw, _ := json.Marshal(pkg)
+	key := assignment.PackageKey(pkg.AddonID, pkg.Version)
+	sig := []byte(hex.EncodeToString(ed25519.Sign(priv, raw)) + "\n")
+	ctx := context.Background()
+	if _, err := f.st.Put(ctx, key, bytes.NewReader(raw), int64(len(raw))); err != nil {
+		f.t.Fatal(err)
+	}
+	f.st.Put(ctx, key+".sig", bytes.NewReader(sig), int64(len(sig)))
+}
+
+func zstdBytes(t *testing.T, content []byte, opts ...zstd.EOption) []byte {
+	var b bytes.Buffer
+	enc, err := zstd.NewWriter(&b, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc.Write(content)
+	enc.Close()
+	return b.Bytes()
+}
+
+func TestZstdArtifact(t *testing.T) {
+	storeKinds(t, func(t *testing.T, f *fixture) {
+		content := compressible(3 << 20)
+		pkg := f.publishZstd("hello", "1.0.0", content)
+		art := pkg.Artifacts[f.platform.String()]
+		if art.Compression != "zstd" || !strings.HasSuffix(art.ObjectKey, ".zst") || art.Size != int64(len(content)) ||
+			art.StoredSize <= 0 || art.StoredSize > art.Size/2 {
+			t.Fatalf("published entry: %+v", art)
+		}
+		f.assign("hello@1.0.0")
+		counting := &countingStore{Store: f.st}
+		a := f.open()
+		a.setDeliverer(func(o delivery.Options) delivery.Options {
+			return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
+		})
+		rep, err := a.Stage(context.Background())
+		a.Close()
+		if err != nil || !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
+			t.Fatalf("compressed artifact: %v %v", err, rep.Errors())
+		}
+		if _, err := os.Stat(filepath.Join(f.root, "addons/hello/versions/1.0.0/hello")); err != nil {
+			t.Fatalf("staged under the binary's name, not the object's: %v", err)
+		}
+		if tmp, _ := os.ReadDir(filepath.Join(f.root, "tmp")); len(tmp) != 0 {
+			t.Fatalf("tmp/ holds %d leftovers", len(tmp))
+		}
+		if !slices.Equal(counting.offsets, []int64{0}) {
+			t.Fatalf("reads at %v, want one", counting.offsets)
+		}
+	})
+}
+
+// A compressed download cut off keeps the object's bytes; the next run
+// asks only for the rest and decodes the whole stream again.
+func TestZstdResume(t *testing.T) {
+	f := newFixture(t, "s3")
+	content := compressible(4 << 20)
+	pkg := f.publishZstd("hello", "1.0.0", content)
+	art := pkg.Artifacts[f.platform.String()]
+	f.assign("hello@1.0.0")
+	cut := art.StoredSize / 2
+	s := &breakingStore{Store: f.st, breakAfter: cut}
+	a := f.open()
+	a.setDeliverer(func(o delivery.Options) delivery.Options {
+		return delivery.Options{Root: f.root, Store: s, Keys: o.Keys, RequireSignatures: true, MinFree: 1, Retries: 0}
+	})
+	rep, _ := a.Stage(context.Background())
+	a.Close()
+	if r := reportFor(t, rep, "hello"); r.Err == nil || !strings.Contains(r.Err.Error(), "kept to resume") {
+		t.Fatalf("interrupted: %v", r.Err)
+	}
+	part := filepath.Join(f.root, "tmp/hello@1.0.0.part")
+	if fi, err := os.Stat(part); err != nil || fi.Size() != cut {
+		t.Fatalf("partial: %v, want the %d compressed bytes read", err, cut)
+	}
+	if _, err := os.Stat(part + ".out"); err == nil {
+		t.Fatal("the decoded output of an interrupted run was kept")
+	}
+	counting := &countingStore{Store: f.st}
+	a = f.open()
+	a.setDeliverer(func(o delivery.Options) delivery.Options {
+		return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
+	})
+	rep, _ = a.Stage(context.Background())
+	a.Close()
+	if !rep.Converged() || !slices.Equal(counting.offsets, []int64{cut}) || !bytes.Equal(f.binary("hello"), content) {
+		t.Fatalf("resume: reads at %v, errors %v; want one read from %d", counting.offsets, rep.Errors(), cut)
+	}
+}
+
+// Hostile compressed objects: each is refused, and nothing is staged.
+func TestZstdRefusals(t *testing.T) {
+	f := newFixture(t, "file")
+	ctx := context.Background()
+	good := compressible(1 << 20)
+	pkg := f.publishZstd("hello", "1.0.0", good)
+	entry := pkg.Artifacts[f.platform.String()]
+	sum := func(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+	cases := []struct {
+		name   string
+		stored []byte // the object's bytes
+		size   int64  // the binary's size the package signs
+		want   string
+	}{
+		// A bomb: the object decompresses to more than the signed size.
+		{"decompresses past the size", zstdBytes(t, compressible(4<<20)), 1 << 20, "decompresses past the signed size"},
+		// A window larger than the decoder allows (memory).
+		{"window too large", zstdBytes(t, randomBytes(12<<20), zstd.WithWindowSize(32<<20), zstd.WithEncoderLevel(zstd.SpeedFastest)), 12 << 20, "window"},
+		{"not zstd", randomBytes(4096), 4096, "zstd"},
+		{"decompresses short", zstdBytes(t, good[:1000]), int64(len(good)), "size mismatch"},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			os.RemoveAll(f.root)
+			version := fmt.Sprintf("2.0.%d", i)
+			key := "artifacts/hello/" + version + "/" + f.platform.OS + "-" + f.platform.Arch + "/hello.zst"
+			f.st.Put(ctx, key, bytes.NewReader(tc.stored), int64(len(tc.stored)))
+			e := entry
+			e.ObjectKey, e.Size, e.SHA256 = key, tc.size, sum(good)
+			e.StoredSize, e.StoredSHA256 = int64(len(tc.stored)), sum(tc.stored)
+			f.putPackage(&assignment.Package{AddonID: "hello", Version: version, Artifacts: map[string]assignment.Artifact{f.platform.String(): e}}, f.priv)
+			f.assign("hello@" + version)
+			rep := f.stage()
+			r := reportFor(t, rep, "hello")
+			if r.Err == nil || !strings.Contains(r.Err.Error(), tc.want) {
+				t.Fatalf("%s: %v, want %q", tc.name, r.Err, tc.want)
+			}
+			if _, err := os.Stat(filepath.Join(f.root, "addons/hello/versions", version)); err == nil {
+				t.Fatal("staged")
+			}
+			if tmp, _ := os.ReadDir(filepath.Join(f.root, "tmp")); len(tmp) != 0 {
+				t.Fatalf("tmp/ holds %d leftovers", len(tmp))
+			}
+		})
+	}
+	// Stored bytes that are not what the package signs (same size).
+	t.Run("stored sha256 not the package's", func(t *testing.T) {
+		os.RemoveAll(f.root)
+		other := zstdBytes(t, good, zstd.WithEncoderLevel(zstd.SpeedFastest))
+		version := "3.0.0"
+		key := "artifacts/hello/" + version + "/" + f.platform.OS + "-" + f.platform.Arch + "/hello.zst"
+		f.st.Put(ctx, key, bytes.NewReader(other), int64(len(other)))
+		e := entry
+		e.ObjectKey, e.Size, e.SHA256 = key, int64(len(good)), sum(good)
+		e.StoredSize, e.StoredSHA256 = int64(len(other)), strings.Repeat("ab", 32)
+		f.putPackage(&assignment.Package{AddonID: "hello", Version: version, Artifacts: map[string]assignment.Artifact{f.platform.String(): e}}, f.priv)
+		f.assign("hello@" + version)
+		r := reportFor(t, f.stage(), "hello")
+		if r.Err == nil || !strings.Contains(r.Err.Error(), "stored sha256 mismatch") {
+			t.Fatalf("%v, want a stored sha256 mismatch", r.Err)
+		}
+	})
+}
+
+// download_rate_limit holds for all downloads together: two add-ons
+// downloading at once from the real MinIO share one limit.
+func TestDownloadRateLimit(t *testing.T) {
+	f := newFixture(t, "s3")
+	const limit = 2 << 20 // bytes per second
+	a1 := randomBytes(3 << 20)
+	a2 := randomBytes(3 << 20)
+	f.publish("hello", "1.0.0", a1)
+	f.publish("ticker", "1.0.0", a2)
+	f.assign("hello@1.0.0", "ticker@1.0.0")
+	f.cfg.DownloadRateLimit = limit
+	start := time.Now()
+	rep := f.stage()
+	elapsed := time.Since(start)
+	if !rep.Converged() || !bytes.Equal(f.binary("hello"), a1) || !bytes.Equal(f.binary("ticker"), a2) {
+		t.Fatalf("rate-limited staging: %v", rep.Errors())
+	}
+	got := float64(len(a1)+len(a2)) / elapsed.Seconds()
+	t.Logf("6 MiB in two downloads at once under download_rate_limit %d: %.2fs, %.0f bytes/s (%.3f × the limit)", limit, elapsed.Seconds(), got, got/limit)
+	// The cap holds within 10 %; the floor only says the limit is not
+	// grossly undershot (staging has work besides the download).
+	if got > 1.10*limit || got < 0.75*limit {
+		t.Fatalf("%.0f bytes/s under a limit of %d: want within [0.75, 1.10] × the limit", got, limit)
+	}
+}
