@@ -1,11 +1,15 @@
 package delivery
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // FuzzReadMeta: the metadata beside a partial download (tmp/, which an
@@ -91,6 +95,37 @@ func FuzzCurrent(f *testing.F) {
 		}
 		if "versions/"+v != target || v == "" || v == "." || v == ".." || strings.ContainsAny(v, "/\\") || !filepath.IsLocal(v) {
 			t.Fatalf("current -> %q read as version %q", target, v)
+		}
+	})
+}
+
+// FuzzUnzstd: whatever a hostile store serves as a compressed artifact,
+// the decoder writes at most the signed size, reports exactly what it
+// wrote, and ends (no hang on any input).
+func FuzzUnzstd(f *testing.F) {
+	small, _ := zstd.NewWriter(nil)
+	f.Add(small.EncodeAll([]byte("hello, add-on"), nil), uint16(13))
+	f.Add(small.EncodeAll(bytes.Repeat([]byte{0}, 1<<16), nil), uint16(100)) // a bomb
+	f.Add(small.EncodeAll([]byte("short"), nil), uint16(1000))
+	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd}, uint16(10)) // a magic number alone
+	f.Add([]byte("not zstd"), uint16(8))
+	f.Fuzz(func(t *testing.T, data []byte, limit uint16) {
+		out, err := os.Create(filepath.Join(t.TempDir(), "out"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer out.Close()
+		sum := sha256.New()
+		u := newUnzstd(out, sum, int64(limit))
+		for len(data) > 0 { // in pieces, as the pipeline hands them over
+			n := min(len(data), 7)
+			u.Write(data[:n])
+			data = data[n:]
+		}
+		n, err := u.finish()
+		fi, _ := out.Stat()
+		if fi.Size() > int64(limit) || n != fi.Size() {
+			t.Fatalf("wrote %d bytes (says %d, err %v) under a limit of %d", fi.Size(), n, err, limit)
 		}
 	})
 }
