@@ -8,7 +8,11 @@ require (
 	github.com/minio/minio-go/v7 v7.4.1
 )
 
-require github.com/godbus/dbus/v5 v5.1.0 // indirect
+require (
+	filippo.io/edwards25519 v1.2.0 // indirect
+	github.com/godbus/dbus/v5 v5.1.0 // indirect
+	golang.org/x/mod v0.43.0 // indirect
+)
 
 require (
 	cel.dev/expr v0.25.3 // indirect

@@ -104,17 +104,35 @@ func runBench(ctx context.Context, o options) (res *result, err error) {
 		return nil, err
 	}
 	b.signingKey, b.publicKey = filepath.Join(keys, "signing.key"), filepath.Join(keys, "signing.pub")
-	logf("publishing a %s artifact and a %s one", o.size, o.smallSize)
-	big, err := b.publishArtifact(ctx, "big", "bench", int64(o.size))
+	logf("publishing a %s artifact and a %s one, and real Go binaries plain and with zstd", o.size, o.smallSize)
+	big, err := b.publishArtifact(ctx, "big", "bench", int64(o.size), "", false)
 	if err != nil {
 		return nil, err
 	}
-	small, err := b.publishArtifact(ctx, "small", "bench-small", int64(o.smallSize))
+	origin, err := b.assignOrigin(ctx, big, "big-origin", "bench-origin")
 	if err != nil {
 		return nil, err
+	}
+	small, err := b.publishArtifact(ctx, "small", "bench-small", int64(o.smallSize), "", false)
+	if err != nil {
+		return nil, err
+	}
+	var reals []*artifact
+	for _, r := range realBinaries(b.addondBin) {
+		for _, zst := range []bool{false, true} {
+			id := r.id
+			if zst {
+				id += "-zst"
+			}
+			a, err := b.publishArtifact(ctx, id, "bench-"+id, 0, r.path, zst)
+			if err != nil {
+				return nil, err
+			}
+			reals = append(reals, a)
+		}
 	}
 
-	methods, err := b.methods(big, small)
+	methods, err := b.methods(big, origin, small, reals)
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +161,7 @@ func runBench(ctx context.Context, o options) (res *result, err error) {
 			}
 		}
 	}
-	return newResult(o, methods, floor), nil
+	return newResult(o, methods, floor, reals), nil
 }
 
 // findBinaries resolves -addond and the addonctl beside it.
@@ -201,10 +219,23 @@ func moduleDir() string {
 	return dir
 }
 
-// methods returns the five measured methods: addond stage, floor,
-// nomad-way and origin-way on the big artifact, and addond stage on the
-// small one.
-func (b *bench) methods(big, small *artifact) ([]*method, error) {
+// realBinary is a Go binary of this build, published as it is: what
+// zstd does to real add-ons.
+type realBinary struct{ id, name, path string }
+
+func realBinaries(addondBin string) []realBinary {
+	dir := filepath.Dir(addondBin)
+	return []realBinary{
+		{"addond", "bin/addond", addondBin},
+		{"pingsweep", "bin/examples/pingsweep", filepath.Join(dir, "examples", "pingsweep")},
+	}
+}
+
+// methods returns the measured methods: addond stage (package-pinned and
+// origin mode), floor, nomad-way and origin-way on the big artifact,
+// addond stage on the small one, and addond stage of each real binary,
+// plain and compressed.
+func (b *bench) methods(big, origin, small *artifact, reals []*artifact) ([]*method, error) {
 	stage := func(slug, name string, a *artifact) (*method, error) {
 		// The runtime root is the run's (fresh, empty) output directory.
 		dir := b.outDir(slug)
@@ -248,17 +279,34 @@ func (b *bench) methods(big, small *artifact) ([]*method, error) {
 	if err != nil {
 		return nil, err
 	}
+	addondOrigin, err := stage("addond-origin", "addond stage, origin mode (Ed25519 over the bytes)", origin)
+	if err != nil {
+		return nil, err
+	}
 	addondSmall, err := stage("addond-small", "addond stage ("+byteSize(small.size).String()+")", small)
 	if err != nil {
 		return nil, err
 	}
-	return []*method{
+	ms := []*method{
 		addond,
+		addondOrigin,
 		child("floor", "floor", "floor", false),
 		child("nomad", "nomad-way", "gogetter", true),
 		child("origin", "origin-way", "inmemory", true),
 		addondSmall,
-	}, nil
+	}
+	for _, a := range reals {
+		name := fmt.Sprintf("addond stage (%s, %.1f MB", a.addonID, float64(a.size)/1e6)
+		if a.compression != "" {
+			name = fmt.Sprintf("addond stage (%s, %.1f MB %s", strings.TrimSuffix(a.addonID, "-zst"), float64(a.storedSize)/1e6, a.compression)
+		}
+		m, err := stage("addond-"+a.addonID, name+")", a)
+		if err != nil {
+			return nil, err
+		}
+		ms = append(ms, m)
+	}
+	return ms, nil
 }
 
 func (b *bench) outDir(slug string) string { return filepath.Join(b.tmp, "out", slug) }

@@ -2,8 +2,12 @@
 // fetching the same signed artifact from S3 and verifying it, side by side
 // on one MinIO server:
 //
-//   - addond stage: one streaming pass (SHA-256 and Ed25519 while writing),
-//     fsync, rename, current symlink;
+//   - addond stage: one streaming pass (SHA-256 while writing: the
+//     publisher's signed package pins digest and size), fsync, rename,
+//     current symlink;
+//   - addond stage, origin mode: the same artifact assigned by a document
+//     with its own signature over the bytes and no package (SHA-256 and
+//     Ed25519 in the pass);
 //   - floor: a plain minio-go GetObject into a file, fsync (no verification);
 //   - nomad-way: hashicorp/go-getter's S3 getter with checksum=sha256:…,
 //     then a second pass over the file for crypto/ed25519.Verify;
@@ -16,7 +20,9 @@
 // round). Before each run stagebench syncs and, unless -warm-memory=false,
 // warms memory (see memory.go); after it, outside the timing, it checks the
 // run's output against the published SHA-256 and deletes it. addond stage
-// also runs on a 1 MiB artifact, for the RSS comparison. See
+// also runs on a 1 MiB artifact, for the RSS comparison, and on real Go
+// binaries of this build (bin/addond, bin/examples/pingsweep) published
+// plain and with --compress zstd, for the bytes on the wire. See
 // docs/BENCHMARKS.md for the results.
 //
 // Run it as `make bench` (BENCHFLAGS=... passes flags), or from bench/:

@@ -41,7 +41,7 @@ type target struct {
 	pass     bool
 }
 
-func newResult(o options, methods []*method, rssFloor int64) *result {
+func newResult(o options, methods []*method, rssFloor int64, reals []*artifact) *result {
 	r := &result{opts: o, rssFloor: rssFloor, machine: machine(), date: time.Now().UTC().Format("2006-01-02 15:04 UTC")}
 	by := map[string]row{}
 	for _, m := range methods {
@@ -57,18 +57,32 @@ func newResult(o options, methods []*method, rssFloor int64) *result {
 		r.rows = append(r.rows, rw)
 		by[m.slug] = rw
 	}
-	ratio := func(name, other string, goal float64) {
-		v := by["addond"].median.Seconds() / by[other].median.Seconds()
-		r.targets = append(r.targets, target{
-			name:     "addond stage / " + name + " (median wall time)",
-			measured: fmt.Sprintf("%.3f", v),
-			goal:     fmt.Sprintf("≤ %.2f", goal),
-			pass:     v <= goal,
-		})
+	add := func(name string, v, goal float64) {
+		r.targets = append(r.targets, target{name: name, measured: fmt.Sprintf("%.3f", v), goal: fmt.Sprintf("≤ %.2f", goal), pass: v <= goal})
 	}
-	ratio("floor", "floor", 1.4)
-	ratio("nomad-way", "nomad", 0.6)
-	ratio("origin-way", "origin", 0.3)
+	ratio := func(slug, label, name, other string, goal float64) {
+		add(label+" / "+name+" (median wall time)", by[slug].median.Seconds()/by[other].median.Seconds(), goal)
+	}
+	ratio("addond", "addond stage", "floor", "floor", 1.10)
+	add("addond stage / floor (median CPU time)", by["addond"].cpu.Seconds()/by["floor"].cpu.Seconds(), 1.5)
+	ratio("addond", "addond stage", "nomad-way", "nomad", 0.6)
+	ratio("addond", "addond stage", "origin-way", "origin", 0.3)
+	ratio("addond-origin", "addond stage, origin mode", "floor", "floor", 1.4)
+	for _, a := range reals {
+		if a.compression == "" {
+			continue
+		}
+		plain := strings.TrimSuffix(a.addonID, "-zst")
+		var size int64
+		for _, p := range reals {
+			if p.addonID == plain {
+				size = p.size
+			}
+		}
+		add(fmt.Sprintf("%s: bytes on the wire, zstd / plain", plain), float64(a.storedSize)/float64(size), 0.50)
+		add(fmt.Sprintf("%s: addond stage, zstd / plain (median wall time)", plain),
+			by["addond-"+a.addonID].median.Seconds()/by["addond-"+plain].median.Seconds(), 1.0)
+	}
 	big, small := by["addond"].rss, by["addond-small"].rss
 	diff := mib(big - small)
 	r.targets = append(r.targets, target{
