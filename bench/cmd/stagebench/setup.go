@@ -36,7 +36,7 @@ type artifact struct {
 	keyID       string
 	binary      string
 	compression string
-	storedSize  int64 // the object's size: what crosses the network
+	storedSize  int64  // the object's size: what crosses the network
 	agentID     string // the agent it is assigned to
 }
 
