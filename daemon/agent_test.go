@@ -196,6 +196,24 @@ func TestBadInputLosesNothing(t *testing.T) {
 			signPkg(bad, other)
 			f.putAddons(base)
 		})
+		// A package embedded in the document (as assign and rollout write
+		// it) is verified like a fetched one, and never taken for "no
+		// package".
+		add("embedded package altered", "the document's embedded package", "hello", func() {
+			published()
+			a := base
+			a.PackageJSON = bytes.Replace(pkgRaw, []byte(base.ArtifactSHA256), []byte(strings.Repeat("1", 64)), 1)
+			a.PackageSig = string(pkgSig)
+			f.putAddons(a)
+		})
+		add("embedded package of another version", "describes hello@1.0.0", "hello", func() {
+			published()
+			raw, _, _ := store.ReadSmall(ctx, f.st, assignment.PackageKey("hello", "1.0.0"), 1<<20, store.OpenOptions{})
+			sig, _, _ := store.ReadSmall(ctx, f.st, assignment.PackageKey("hello", "1.0.0")+".sig", 1024, store.OpenOptions{})
+			a := base
+			a.PackageJSON, a.PackageSig = raw, string(sig)
+			f.putAddons(a)
+		})
 		// Origin mode: no package; the bytes' own signature decides.
 		add("sha256 mismatch", "sha256 mismatch", "hello", func() {
 			origin()

@@ -93,6 +93,36 @@ func TestPackagePinsTheArtifact(t *testing.T) {
 	})
 }
 
+// assign embeds the signed package in the document: the agent verifies
+// it and reads no package from the store.
+func TestEmbeddedPackageNeedsNoRequest(t *testing.T) {
+	storeKinds(t, func(t *testing.T, f *fixture) {
+		content := randomBytes(100 << 10)
+		f.publish("hello", "1.0.0", content)
+		doc := f.assign("hello@1.0.0")
+		if len(doc.Addons) != 1 || len(doc.Addons[0].PackageJSON) == 0 || doc.Addons[0].PackageSig == "" {
+			t.Fatalf("assign embedded no package: %+v", doc.Addons)
+		}
+		counting := &keyCountingStore{Store: f.st}
+		a := f.open()
+		a.setDeliverer(func(o delivery.Options) delivery.Options {
+			return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
+		})
+		rep, err := a.Stage(context.Background())
+		a.Close()
+		if err != nil || !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
+			t.Fatalf("stage: %v %v", err, rep.Errors())
+		}
+		key := assignment.PackageKey("hello", "1.0.0")
+		if n := counting.opens(key) + counting.opens(key+".sig"); n != 0 {
+			t.Fatalf("the package was read from the store %d times, want 0 (embedded)", n)
+		}
+		if kept, _ := os.ReadFile(filepath.Join(f.root, "addons/hello/package-1.0.0.json")); !bytes.Equal(kept, doc.Addons[0].PackageJSON) {
+			t.Fatal("the embedded package is not kept beside the state (the capped copy needs it)")
+		}
+	})
+}
+
 // With trust.assignment_keys the roles are separate: the control plane's
 // key signs documents, the publisher's packages, and neither stands in
 // for the other.

@@ -25,7 +25,7 @@ type override struct {
 // the agent resolves the pinned version from its signed package.json.
 var artifactFields = []string{
 	"artifact_object_key", "artifact_sha256", "artifact_signature", "artifact_key_id",
-	"artifact_size", "target_os", "target_arch", "artifacts",
+	"artifact_size", "target_os", "target_arch", "artifacts", "package_json", "package_sig",
 }
 
 var addonFields = func() map[string]bool {

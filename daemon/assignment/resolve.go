@@ -41,6 +41,10 @@ type Spec struct {
 	// HelperCallers are the other add-ons that may run this add-on's
 	// helper: valid add-on ids.
 	HelperCallers []string `json:"helper_callers,omitempty"`
+	// PackageJSON and PackageSig are the signed package the document
+	// embeds (Addon.PackageJSON), unverified until delivery checks them.
+	PackageJSON []byte `json:"package_json,omitempty"`
+	PackageSig  string `json:"package_sig,omitempty"`
 	// FromPackage is true when the artifact came from the signed
 	// package.json (no reference in the assignment, e.g. an operator's
 	// version pin), not from the assignment.
@@ -234,6 +238,13 @@ func resolveArtifact(s *Spec, a Addon, p Platform) error {
 		return err
 	}
 	s.Platform = p.String()
+	if len(a.PackageJSON) > MaxPackageSize || len(a.PackageSig) > 1024 {
+		return fmt.Errorf("embedded package is %d bytes (signature %d), more than %d (1024)", len(a.PackageJSON), len(a.PackageSig), MaxPackageSize)
+	}
+	if (len(a.PackageJSON) == 0) != (a.PackageSig == "") {
+		return fmt.Errorf("package_json and package_sig go together")
+	}
+	s.PackageJSON, s.PackageSig = a.PackageJSON, a.PackageSig
 	if art != nil {
 		if err := validateArtifact(art); err != nil {
 			return err

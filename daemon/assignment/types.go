@@ -92,6 +92,12 @@ type Addon struct {
 	// HelperCallers are the other add-ons that may run this add-on's
 	// ephemeral helper (its own unit always may).
 	HelperCallers []string `json:"helper_callers,omitempty"`
+	// PackageJSON and PackageSig carry the version's signed package.json
+	// (its exact bytes, base64 in JSON) and .sig (hex), as assign and
+	// rollout embed them: the agent verifies them under its package keys
+	// and needs no request of its own for the package.
+	PackageJSON []byte `json:"package_json,omitempty"`
+	PackageSig  string `json:"package_sig,omitempty"`
 }
 
 // Artifact is one platform's build of an add-on.

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -23,10 +24,13 @@ import (
 // size) is refused. Only when there is no package at all (origin mode)
 // does the pass verify the Ed25519 signature over the bytes themselves.
 //
-// Each version's package and .sig are kept beside the add-on's state
-// (addons/<id>/package-<version>.json and .sig): fetched once per version,
-// verified again on every read, and there when the store is not (a capped
-// copy asked for after a reboot).
+// The package comes with the document when assign or rollout embedded it
+// (package_json, package_sig: no request of the agent's), else from the
+// copy kept beside the add-on's state, else from the store. Each version's
+// package and .sig are kept beside the add-on's state
+// (addons/<id>/package-<version>.json and .sig) once the version is
+// staged, verified again on every read, and there when the store is not
+// (a capped copy asked for after a reboot).
 
 // packagePath is where version's signed package is kept.
 func (d *Deliverer) packagePath(id, version string) string {
@@ -97,7 +101,13 @@ func (d *Deliverer) signedPackage(ctx context.Context, id, version string) (*ass
 		return nil, nil, nil, nil, err
 	}
 	sigFile = []byte(hex.EncodeToString(sig) + "\n") // as the .sig file has it
-	keep := func() {
+	return pkg, raw, sigFile, d.keeper(id, version, raw, sigFile), nil
+}
+
+// keeper is the keep of a package not kept yet.
+func (d *Deliverer) keeper(id, version string, raw, sigFile []byte) func() {
+	path := d.packagePath(id, version)
+	return func() {
 		err := os.MkdirAll(d.addonDir(id), 0o755)
 		for p, data := range map[string][]byte{path: raw, path + ".sig": sigFile} {
 			if err == nil {
@@ -108,7 +118,25 @@ func (d *Deliverer) signedPackage(ctx context.Context, id, version string) (*ass
 			d.opts.Log.Warn("keeping the signed package", "addon_id", id, "version", version, "error", err)
 		}
 	}
-	return pkg, raw, sigFile, keep, nil
+}
+
+// specPackage is signedPackage for spec, whose document may embed the
+// package: an embedded package that does not verify refuses the version
+// (it is never taken for "no package").
+func (d *Deliverer) specPackage(ctx context.Context, spec assignment.Spec) (*assignment.Package, func(), error) {
+	if len(spec.PackageJSON) == 0 {
+		pkg, _, _, keep, err := d.signedPackage(ctx, spec.AddonID, spec.Version)
+		return pkg, keep, err
+	}
+	pkg, _, err := assignment.VerifyPackage(d.keys(), spec.AddonID, spec.Version, spec.PackageJSON, []byte(spec.PackageSig))
+	if err != nil {
+		return nil, nil, &Error{AddonID: spec.AddonID, Version: spec.Version, Op: "verify", Err: fmt.Errorf("the document's embedded package: %w", err)}
+	}
+	keep := func() {}
+	if kept, err := os.ReadFile(d.packagePath(spec.AddonID, spec.Version)); err != nil || !bytes.Equal(kept, spec.PackageJSON) {
+		keep = d.keeper(spec.AddonID, spec.Version, spec.PackageJSON, []byte(spec.PackageSig))
+	}
+	return pkg, keep, nil
 }
 
 // pin is art as the publisher's package for spec's version names it, and
@@ -119,7 +147,7 @@ func (d *Deliverer) signedPackage(ctx context.Context, id, version string) (*ass
 // publisher's word.
 func (d *Deliverer) pin(ctx context.Context, spec assignment.Spec) (*assignment.Artifact, bool, func(), error) {
 	art := spec.Artifact
-	pkg, _, _, keep, err := d.signedPackage(ctx, spec.AddonID, spec.Version)
+	pkg, keep, err := d.specPackage(ctx, spec)
 	if err != nil {
 		var de *Error
 		if errors.As(err, &de) && isNotFound(err) && de.Op == "fetch package" {
@@ -131,7 +159,10 @@ func (d *Deliverer) pin(ctx context.Context, spec assignment.Spec) (*assignment.
 		}
 		return nil, false, nil, err
 	}
-	plat := d.opts.Platform.String()
+	plat := spec.Platform
+	if plat == "" {
+		plat = d.opts.Platform.String()
+	}
 	refuse := func(format string, args ...any) (*assignment.Artifact, bool, func(), error) {
 		return nil, false, nil, &Error{AddonID: spec.AddonID, Version: spec.Version, Op: "verify",
 			Err: fmt.Errorf("the document's artifact is not the publisher's: "+format, args...)}

@@ -173,7 +173,7 @@ func addonFromPackage(ctx context.Context, o AssignOptions, trust *signing.Keyri
 			o.Warn(fmt.Sprintf("addon %s@%s: package signature not verified (give --key or --trust)", id, version))
 		}
 	}
-	pkg, _, _, err := assignment.FetchPackage(ctx, o.Store, verify, id, version)
+	pkg, raw, sig, err := assignment.FetchPackage(ctx, o.Store, verify, id, version)
 	if err != nil {
 		return assignment.Addon{}, fmt.Errorf("addon %s@%s: %w", id, version, err)
 	}
@@ -209,19 +209,33 @@ func addonFromPackage(ctx context.Context, o AssignOptions, trust *signing.Keyri
 		json.Compact(&buf, data)
 		a.ConfigJSON = buf.Bytes()
 	}
-	if err := setArtifacts(&a, pkg, o.Platform); err != nil {
+	if err := setArtifacts(&a, SignedPackage{Package: pkg, Raw: raw, Sig: sig}, o.Platform); err != nil {
 		return assignment.Addon{}, err
 	}
 	return a, nil
 }
 
+// SignedPackage is a version's package with its exact bytes and raw
+// signature, as assignment.FetchPackage returns them.
+type SignedPackage struct {
+	*assignment.Package
+	Raw, Sig []byte
+}
+
 // setArtifacts fills a's artifact fields from its version's package: every
 // platform's reference that names both object key and sha256 (the agent is
 // never told to fetch what it cannot verify), and with single, the single
-// reference for that platform. The entry must then resolve as the agent
-// will resolve it.
-func setArtifacts(a *assignment.Addon, pkg *assignment.Package, single *assignment.Platform) error {
+// reference for that platform; and embeds the signed package itself, so
+// that agents verify the artifact against it without a request of their
+// own (without a signature, none is embedded). The entry must then
+// resolve as the agent will resolve it.
+func setArtifacts(a *assignment.Addon, sp SignedPackage, single *assignment.Platform) error {
+	pkg := sp.Package
 	a.Artifacts, a.BinaryPath = map[string]assignment.Artifact{}, ""
+	a.PackageJSON, a.PackageSig = nil, ""
+	if len(sp.Raw) > 0 && len(sp.Sig) > 0 {
+		a.PackageJSON, a.PackageSig = sp.Raw, hex.EncodeToString(sp.Sig)
+	}
 	for _, plat := range slices.Sorted(maps.Keys(pkg.Artifacts)) {
 		art := pkg.Artifacts[plat]
 		if art.ObjectKey == "" || art.SHA256 == "" {
@@ -252,12 +266,13 @@ func setArtifacts(a *assignment.Addon, pkg *assignment.Package, single *assignme
 	return nil
 }
 
-// Retarget is entry a moved to pkg's version: its version and artifact
-// fields come from pkg — a package whose signature the caller verified
+// Retarget is entry a moved to pkg's version: its version, artifact
+// fields and embedded package come from pkg — a package whose signature
+// the caller verified
 // (assignment.FetchPackage), once for however many entries it moves;
 // every other field (args, config, supervision, schedule, capabilities …)
 // stays as it was. The entry must resolve as the agent will resolve it.
-func Retarget(a assignment.Addon, pkg *assignment.Package) (assignment.Addon, error) {
+func Retarget(a assignment.Addon, pkg SignedPackage) (assignment.Addon, error) {
 	if a.Delivery != "" && a.Delivery != assignment.DeliveryPushedArtifact {
 		return assignment.Addon{}, fmt.Errorf("addon %s: delivery %s has no artifacts to move to %s", a.AddonID, a.Delivery, pkg.Version)
 	}

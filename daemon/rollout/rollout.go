@@ -108,7 +108,7 @@ type runner struct {
 	p     *Progress
 	etag  string // of the progress record as last written
 	trust *signing.Keyring
-	pkg   *assignment.Package // the version's, verified once
+	pkg   publish.SignedPackage // the version's, verified once
 	logMu sync.Mutex          // o.Log is called from the writers too
 }
 
@@ -143,11 +143,11 @@ func Run(ctx context.Context, o Options) (*Progress, error) {
 	}
 	// The package is read and verified once, before any agent is
 	// touched; every agent's entry is moved to this very package.
-	pkg, _, _, err := assignment.FetchPackage(ctx, o.Store, r.trust, o.AddonID, o.Version)
+	pkg, raw, sig, err := assignment.FetchPackage(ctx, o.Store, r.trust, o.AddonID, o.Version)
 	if err != nil {
 		return nil, fmt.Errorf("addon %s@%s: %w", o.AddonID, o.Version, err)
 	}
-	r.pkg = pkg
+	r.pkg = publish.SignedPackage{Package: pkg, Raw: raw, Sig: sig}
 	if err := r.load(ctx); err != nil {
 		return nil, err
 	}
