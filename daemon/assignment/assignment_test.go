@@ -369,6 +369,9 @@ func FuzzSegments(f *testing.F) {
 
 func FuzzParsePackage(f *testing.F) {
 	f.Add([]byte(`{"addon_id":"p","version":"1","artifacts":{"linux/amd64":{"object_key":"a/b","sha256":"` + sha + `"}}}`))
+	f.Add([]byte(`{"addon_id":"p","version":"1","artifacts":{"linux/amd64":{"object_key":"a/b.zst","sha256":"` + sha + `","size":10,"compression":"zstd","stored_sha256":"` + sha + `","stored_size":5}}}`))
+	f.Add([]byte(`{"addon_id":"p","version":"1","artifacts":{"linux/amd64":{"object_key":"a/b","sha256":"` + sha + `","compression":"gzip"}}}`))
+	f.Add([]byte(`{"addon_id":"p","version":"1","artifacts":{"linux/amd64":{"object_key":"a/b","sha256":"` + sha + `","stored_size":5}}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := ParsePackage(data)
 		if err != nil {
@@ -376,6 +379,20 @@ func FuzzParsePackage(f *testing.F) {
 		}
 		if ValidAddonID(p.AddonID) != nil || ValidVersion(p.Version) != nil {
 			t.Fatalf("ParsePackage accepted %q@%q", p.AddonID, p.Version)
+		}
+		for plat, a := range p.Artifacts {
+			switch a.Compression {
+			case "":
+				if a.StoredSHA256 != "" || a.StoredSize != 0 {
+					t.Fatalf("%s: stored fields without compression: %+v", plat, a)
+				}
+			case CompressionZstd:
+				if a.Size <= 0 || a.StoredSize <= 0 || len(a.StoredSHA256) != 64 || !strings.HasSuffix(a.ObjectKey, ".zst") {
+					t.Fatalf("%s: a zstd artifact without sizes, stored digest or .zst key: %+v", plat, a)
+				}
+			default:
+				t.Fatalf("%s: compression %q accepted", plat, a.Compression)
+			}
 		}
 	})
 }
