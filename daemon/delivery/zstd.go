@@ -16,9 +16,11 @@ import (
 var errPastSize = errors.New("decompresses past the signed size")
 
 // unzstd is the pass's decompressing consumer: it rides the pipeline like
-// a hash, takes the object's compressed bytes in order, and writes what
-// they decompress to — never more than limit bytes — to out and to sum.
-// Its errors are the decoder's (corrupt or oversized input) and out's.
+// a hash, takes the object's compressed bytes in order, and hands what
+// they decompress to — never more than limit bytes — to a pipeline of its
+// own, whose writer fills out while sum hashes, both alongside the
+// decoder. Its errors are the decoder's (corrupt or oversized input) and
+// out's.
 type unzstd struct {
 	pw   *io.PipeWriter
 	done chan struct{}
@@ -34,8 +36,9 @@ func newUnzstd(out *os.File, sum hash.Hash, limit int64) *unzstd {
 		dec, err := zstd.NewReader(pr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(assignment.MaxZstdWindow),
 			zstd.WithDecoderMaxMemory(uint64(max(limit, 1))+assignment.MaxZstdWindow))
 		if err == nil {
-			w := &capWriter{w: io.MultiWriter(out, sum), left: limit}
-			u.n, err = io.Copy(w, dec)
+			p := newPipeline(out, limit, sum)
+			u.n, err = p.feed(&capReader{r: dec, left: limit}, 0, false)
+			err = cmpErr(err, p.close())
 			dec.Close()
 		}
 		u.err = err
@@ -79,17 +82,26 @@ func (u *unzstd) abort() {
 	<-u.done
 }
 
-// capWriter fails a write that would take it past left bytes.
-type capWriter struct {
-	w    io.Writer
+// capReader reads r up to left bytes; a byte beyond them is errPastSize,
+// and is never returned.
+type capReader struct {
+	r    io.Reader
 	left int64
 }
 
-func (c *capWriter) Write(p []byte) (int, error) {
-	if int64(len(p)) > c.left {
-		return 0, errPastSize
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		var one [1]byte
+		n, err := c.r.Read(one[:])
+		if n > 0 {
+			return 0, errPastSize
+		}
+		return 0, err
 	}
-	n, err := c.w.Write(p)
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
 	c.left -= int64(n)
 	return n, err
 }
