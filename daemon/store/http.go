@@ -87,6 +87,9 @@ func escapeKey(key string) string {
 }
 
 func (h *HTTP) String() string {
+	if h.cfg.Prefix == "" {
+		return h.cfg.Scheme + "://" + h.cfg.Host
+	}
 	return h.cfg.Scheme + "://" + h.cfg.Host + "/" + strings.TrimSuffix(h.cfg.Prefix, "/")
 }
 
@@ -232,6 +235,8 @@ func (h *HTTP) answer(resp *http.Response, key string, opts OpenOptions) (Info, 
 		return info, fmt.Errorf("%s: %s: ranged read from byte %d: %w", h, key, opts.Offset, ErrRangeIgnored)
 	case resp.ContentLength < 0:
 		return Info{}, fail("answer without Content-Length")
+	case opts.IfNoneMatch != "" && info.ETag == opts.IfNoneMatch:
+		return info, ErrNotModified // a server that does not answer If-None-Match
 	default:
 		info.Size = resp.ContentLength
 	}
