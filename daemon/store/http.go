@@ -194,9 +194,10 @@ func (h *HTTP) answer(resp *http.Response, key string, opts OpenOptions) (Info, 
 	case http.StatusPreconditionFailed:
 		return Info{}, fmt.Errorf("%s: %s: %w", h, key, ErrChanged)
 	case http.StatusNotFound, http.StatusGone:
-		return Info{}, fmt.Errorf("%s: %s: %s: %w", h, key, resp.Status, ErrNotFound)
+		return Info{}, fmt.Errorf("%s: %s: %d %s: %w", h, key, resp.StatusCode, http.StatusText(resp.StatusCode), ErrNotFound)
 	default:
-		return Info{}, fail("%s", resp.Status)
+		// The code, not the server's text: that reaches terminals.
+		return Info{}, fail("%d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
 	}
 	info := Info{Key: key, ETag: resp.Header.Get("ETag")}
 	if len(info.ETag) > maxETag {
@@ -230,7 +231,7 @@ func (h *HTTP) answer(resp *http.Response, key string, opts OpenOptions) (Info, 
 		// work (the object changed) or the server ignores Range; either
 		// way none of it goes after the bytes already read.
 		if info.ETag != opts.IfMatch {
-			return info, fmt.Errorf("%s: %s: ETag %s, want %s: %w", h, key, info.ETag, opts.IfMatch, ErrChanged)
+			return info, fmt.Errorf("%s: %s: ETag %q, want %q: %w", h, key, info.ETag, opts.IfMatch, ErrChanged)
 		}
 		return info, fmt.Errorf("%s: %s: ranged read from byte %d: %w", h, key, opts.Offset, ErrRangeIgnored)
 	case resp.ContentLength < 0:
@@ -241,7 +242,7 @@ func (h *HTTP) answer(resp *http.Response, key string, opts OpenOptions) (Info, 
 		info.Size = resp.ContentLength
 	}
 	if opts.IfMatch != "" && info.ETag != opts.IfMatch {
-		return info, fmt.Errorf("%s: %s: ETag %s, want %s: %w", h, key, info.ETag, opts.IfMatch, ErrChanged)
+		return info, fmt.Errorf("%s: %s: ETag %q, want %q: %w", h, key, info.ETag, opts.IfMatch, ErrChanged)
 	}
 	return info, nil
 }
