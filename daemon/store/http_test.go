@@ -535,8 +535,7 @@ func TestHTTPStoreHostileServers(t *testing.T) {
 			w.Write(body)
 		}))
 		defer plain.Close()
-		var tlsSrv *httptest.Server
-		tlsSrv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tlsSrv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			switch r.URL.Path {
 			case "/artifacts/down":
 				http.Redirect(w, r, plain.URL+"/artifacts/a", http.StatusFound)
