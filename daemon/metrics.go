@@ -27,6 +27,7 @@ type metrics struct {
 	expired           prometheus.Gauge
 	reports           *prometheus.CounterVec
 	reportedAt        prometheus.Gauge
+	reportsOn         prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -66,11 +67,14 @@ func newMetrics() *metrics {
 		reportedAt: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "addond_report_last_success_timestamp_seconds", Help: "When the agent's report was last written to the store (Unix time; 0: not yet).",
 		}),
+		reportsOn: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "addond_report_enabled", Help: "1 while the agent writes its report to the store; 0 when reports are off (report.enabled false, no store, or a read-only http(s) store).",
+		}),
 		replays: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "addond_assignment_replays_total", Help: "Assignment documents refused as replays (a lower serial, or the last serial with other content), once per distinct document.",
 		}),
 	}
-	m.reg.MustRegister(m.state, m.restarts, m.rollbacks, m.deliveryBytes, m.deliveryFailures, m.reconcile, m.downgradesRefused, m.replays, m.downloads, m.expired, m.reports, m.reportedAt,
+	m.reg.MustRegister(m.state, m.restarts, m.rollbacks, m.deliveryBytes, m.deliveryFailures, m.reconcile, m.downgradesRefused, m.replays, m.downloads, m.expired, m.reports, m.reportedAt, m.reportsOn,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/addond/addond/daemon/config"
 	"github.com/addond/addond/daemon/fleet"
+	"github.com/addond/addond/daemon/store"
 )
 
 // The agent's report to the store (DESIGN.md, "Fleet"): the loop offers
@@ -21,7 +22,9 @@ import (
 // than that after the last write), with every change since: an update's
 // download, activation and a quick promotion land in one write, not
 // three. A failed write is retried with backoff and counted; it never
-// holds up or fails anything else.
+// holds up or fails anything else. A read-only store (http:// or https://)
+// takes no report: the reporter is off, says so once per configuration in
+// the log, and addond_report_enabled is 0.
 
 // reportSchedule is the reporter's policy state: when the last report was
 // written, what it said, and the failures since.
@@ -101,13 +104,26 @@ func (r *reporter) offer(st Status) {
 	}
 }
 
+// reportsOff is why e writes no report, or "" when it writes them.
+func reportsOff(e *env) string {
+	switch {
+	case e.store == nil:
+		return "no store"
+	case store.ReadOnly(e.store):
+		return "the store is read-only"
+	case !e.cfg.Report.On():
+		return "report.enabled is false"
+	}
+	return ""
+}
+
 // report is the report of the latest status, or nil (none yet, or
-// reports are off: disabled, or no store to write to).
+// reports are off: see reportsOff).
 func (r *reporter) report(e *env) *fleet.Report {
 	r.mu.Lock()
 	st := r.latest
 	r.mu.Unlock()
-	if st == nil || e.store == nil || !e.cfg.Report.On() {
+	if st == nil || reportsOff(e) != "" {
 		return nil
 	}
 	return &fleet.Report{
@@ -121,10 +137,18 @@ func (r *reporter) report(e *env) *fleet.Report {
 // run writes reports until ctx is done.
 func (r *reporter) run(ctx context.Context) {
 	var s reportSchedule
+	var seen *env // the configuration whose reports were last noted
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
 		e := r.a.env.Load()
+		if e != seen {
+			seen = e
+			r.metrics.reportsOn.Set(boolGauge(reportsOff(e) == ""))
+			if e.store != nil && e.cfg.Report.On() && store.ReadOnly(e.store) {
+				r.log.Info("reports are off: the store is read-only, so this agent's status.json is not written and fleet status and rollouts do not see it", "store", e.store.String())
+			}
+		}
 		if rep := r.report(e); rep != nil {
 			m := rep.Material()
 			s = s.saw(m, time.Now())

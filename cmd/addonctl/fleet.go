@@ -56,6 +56,9 @@ and healthy (or disabled); 1 otherwise.`,
 			if err != nil {
 				return err
 			}
+			if store.ReadOnly(st) {
+				return fmt.Errorf("%s: %w: fleet status lists the reports under agents/, which an http(s) store cannot, and agents that read one write none; give the s3:// or file:// URL the tree is published to", st, store.ErrReadOnly)
+			}
 			found, err := readReports(cmd.Context(), st)
 			if err != nil {
 				return err

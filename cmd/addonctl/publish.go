@@ -35,11 +35,11 @@ func newPublish() *cobra.Command {
 		Short: "Sign and upload an add-on's artifacts and write its signed package.json",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			priv, err := signing.LoadPrivateKey(keyPath)
+			st, err := openWritable(storeURL)
 			if err != nil {
 				return err
 			}
-			st, err := store.Open(storeURL)
+			priv, err := signing.LoadPrivateKey(keyPath)
 			if err != nil {
 				return err
 			}
@@ -110,7 +110,7 @@ func newAssign() *cobra.Command {
 		Short: "Write an agent's (signed) assignment document from published packages",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := store.Open(storeURL)
+			st, err := openWritable(storeURL)
 			if err != nil {
 				return err
 			}
@@ -224,4 +224,14 @@ func set(ids []string) map[string]bool {
 		m[id] = true
 	}
 	return m
+}
+
+// openWritable opens the store of a command that writes to it: a read-only
+// (http:// or https://) store is refused before anything else is done.
+func openWritable(storeURL string) (store.Store, error) {
+	st, err := store.Open(storeURL)
+	if err != nil {
+		return nil, err
+	}
+	return st, store.Writable(st)
 }

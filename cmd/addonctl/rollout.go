@@ -10,7 +10,6 @@ import (
 
 	"github.com/addond/addond/daemon/rollout"
 	"github.com/addond/addond/daemon/signing"
-	"github.com/addond/addond/daemon/store"
 )
 
 func newRollout() *cobra.Command {
@@ -64,7 +63,7 @@ Exit status: 0 every agent promoted, 3 halted, 1 any other error.`,
 			if err != nil {
 				return err
 			}
-			st, err := store.Open(storeURL)
+			st, err := openWritable(storeURL)
 			if err != nil {
 				return err
 			}

@@ -51,6 +51,9 @@ func AssignmentsKey(agent string) string { return "agents/" + agent + "/assignme
 // Assign builds, signs and writes agents/<agent>/assignments.json with a
 // serial one above the previous document's.
 func Assign(ctx context.Context, o AssignOptions) (*assignment.Document, error) {
+	if err := store.Writable(o.Store); err != nil {
+		return nil, err
+	}
 	if err := store.ValidKey(AssignmentsKey(o.AgentID)); err != nil || strings.Contains(o.AgentID, "/") || o.AgentID == "" {
 		return nil, fmt.Errorf("agent id %q is not a safe name", o.AgentID)
 	}

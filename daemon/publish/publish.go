@@ -82,6 +82,9 @@ func NormalizeCapability(c string) (string, error) {
 // Publish signs and uploads every file and writes
 // packages/<id>/<version>/package.json and its .sig.
 func Publish(ctx context.Context, o PublishOptions) (*assignment.Package, error) {
+	if err := store.Writable(o.Store); err != nil {
+		return nil, err
+	}
 	if err := assignment.ValidAddonID(o.AddonID); err != nil {
 		return nil, err
 	}

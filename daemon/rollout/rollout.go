@@ -122,6 +122,9 @@ func (r *runner) log(line string) {
 // Run runs (or, with Resume, continues) the rollout. It returns the final
 // progress, and ErrHalted when it halted.
 func Run(ctx context.Context, o Options) (*Progress, error) {
+	if err := store.Writable(o.Store); err != nil {
+		return nil, err
+	}
 	if err := assignment.ValidAddonID(o.AddonID); err != nil {
 		return nil, err
 	}

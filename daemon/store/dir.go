@@ -266,11 +266,37 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) (Inf
 	if err := f.Close(); err != nil {
 		return Info{}, d.mapErr(key, err)
 	}
+	if err := laterSecond(root, tmp, key); err != nil {
+		return Info{}, d.mapErr(key, err)
+	}
 	if err := root.Rename(tmp, key); err != nil {
 		return Info{}, d.mapErr(key, err)
 	}
 	ok = true
 	return d.Stat(ctx, key)
+}
+
+// laterSecond gives tmp, about to replace key, a modification time in a
+// later whole second than key's. Web servers that serve the tree derive
+// their ETag from the size and the whole-second mtime (nginx); without it a
+// document rewritten within a second at the same size would keep its ETag,
+// and agents reading through such a server would be told "not modified"
+// until the next change.
+func laterSecond(root *os.Root, tmp, key string) error {
+	old, err := root.Stat(key)
+	if err != nil {
+		return nil // nothing to replace
+	}
+	fi, err := root.Stat(tmp)
+	if err != nil {
+		return err
+	}
+	prev := old.ModTime().Truncate(time.Second)
+	if fi.ModTime().Truncate(time.Second).After(prev) {
+		return nil
+	}
+	next := prev.Add(time.Second)
+	return root.Chtimes(tmp, next, next)
 }
 
 func (d *Dir) Delete(ctx context.Context, key string) error {

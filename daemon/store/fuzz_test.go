@@ -1,6 +1,7 @@
 package store
 
 import (
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -45,6 +46,39 @@ func FuzzContentRangeTotal(f *testing.F) {
 		t1, _ := strconv.ParseInt(totalStr, 10, 64)
 		if f1 != start || l1 != total-1 || t1 != total {
 			t.Fatalf("contentRangeTotal(%q, %d) = %d", h, start, total)
+		}
+	})
+}
+
+// FuzzHTTPObjectURL: the URL an HTTP store requests for a key that passes
+// ValidKey names the store's host, lies under its prefix, and decodes back
+// to exactly prefix + key: no key climbs out of the prefix, reaches
+// another host, or turns into a query or a fragment.
+func FuzzHTTPObjectURL(f *testing.F) {
+	f.Add("fleet/a", "artifacts/hello/1.0.0/linux-amd64/hello")
+	f.Add("", "packages/we?ird #%20name;x/1.0.0+b/package.json")
+	f.Add("p", "a/%2e%2e/b")
+	f.Add("", "@evil.example/x")
+	f.Add("", "a:b//c")
+	f.Fuzz(func(t *testing.T, prefix, key string) {
+		if ValidKey(key) != nil || prefix != "" && ValidKey(prefix) != nil {
+			return
+		}
+		cfg := HTTPConfig{Scheme: "https", Host: "store.example:8443"}
+		if prefix != "" {
+			cfg.Prefix = prefix + "/"
+		}
+		h, err := NewHTTP(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw := h.base + escapeKey(key)
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatalf("key %q under %q: %q does not parse: %v", key, prefix, raw, err)
+		}
+		if u.Host != cfg.Host || u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Path != "/"+cfg.Prefix+key {
+			t.Fatalf("key %q under %q: %q is host %q, path %q, query %q, fragment %q", key, prefix, raw, u.Host, u.Path, u.RawQuery, u.Fragment)
 		}
 	})
 }

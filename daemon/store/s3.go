@@ -2,17 +2,11 @@ package store
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -46,24 +40,13 @@ func NewS3(cfg S3Config) (*S3, error) {
 	if err != nil {
 		return nil, err
 	}
-	tr.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	tr.ResponseHeaderTimeout = 30 * time.Second
-	if cfg.CAFile != "" {
-		pem, err := os.ReadFile(cfg.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("s3 store: ca_file: %w", err)
+	// minio-go's transport takes its proxy from the environment too, but
+	// through http.ProxyFromEnvironment, which reads it once per process.
+	applyTransport(tr)
+	if !cfg.Insecure {
+		if tr.TLSClientConfig, err = tlsConfig("s3 store", cfg.CAFile); err != nil {
+			return nil, err
 		}
-		pool, err := x509.SystemCertPool()
-		if err != nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("s3 store: ca_file %s holds no PEM certificates", cfg.CAFile)
-		}
-		if tr.TLSClientConfig == nil {
-			tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-		}
-		tr.TLSClientConfig.RootCAs = pool
 	}
 	client, err := minio.New(cfg.Endpoint, &minio.Options{
 		Creds:      credentialChain(),
@@ -163,8 +146,9 @@ func (s *S3) Open(ctx context.Context, key string, opts OpenOptions) (io.ReadClo
 	}
 	info := Info{Key: key, Size: oi.Size, ETag: oi.ETag, ModTime: oi.LastModified}
 	if opts.Offset > 0 {
-		// A server that ignores Range answers 200 with the whole object;
-		// appending that to a partial file would corrupt it silently.
+		// A server that ignores Range answers 200 with the whole object
+		// (ErrRangeIgnored); appending that to a partial file would
+		// corrupt it silently.
 		total, err := contentRangeTotal(hdr.Get("Content-Range"), opts.Offset)
 		if err != nil {
 			body.Close()
@@ -177,35 +161,6 @@ func (s *S3) Open(ctx context.Context, key string, opts OpenOptions) (io.ReadClo
 		return nil, info, fmt.Errorf("%s: %s: %w", s, key, ErrChanged)
 	}
 	return &exactReader{r: body, c: body, left: info.Size - opts.Offset, key: key}, info, nil
-}
-
-// contentRangeTotal checks "bytes START-END/TOTAL" against the requested
-// start and returns TOTAL.
-func contentRangeTotal(h string, start int64) (int64, error) {
-	rest, ok := strings.CutPrefix(h, "bytes ")
-	if !ok {
-		return 0, fmt.Errorf("no Content-Range in the answer (server ignored Range)")
-	}
-	span, totalStr, ok := strings.Cut(rest, "/")
-	if !ok {
-		return 0, fmt.Errorf("malformed Content-Range %q", h)
-	}
-	first, last, ok := strings.Cut(span, "-")
-	if !ok {
-		return 0, fmt.Errorf("malformed Content-Range %q", h)
-	}
-	f, err1 := strconv.ParseInt(first, 10, 64)
-	l, err2 := strconv.ParseInt(last, 10, 64)
-	total, err3 := strconv.ParseInt(totalStr, 10, 64)
-	if err := errors.Join(err1, err2, err3); err != nil {
-		return 0, fmt.Errorf("malformed Content-Range %q", h)
-	}
-	// total > start: a ranged read is only made for bytes that remain,
-	// and it keeps total-1 from overflowing (a negative total).
-	if f != start || total <= start || l != total-1 {
-		return 0, fmt.Errorf("Content-Range %q does not answer bytes=%d-", h, start)
-	}
-	return total, nil
 }
 
 func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) (Info, error) {

@@ -1,13 +1,16 @@
 // Package store is addond's view of object storage: a small interface that
 // opens objects for streaming (with size, ETag, ranged and conditional
-// reads) and writes them, with two backends — S3-compatible storage through
-// minio-go, and a plain directory laid out like a bucket for air-gapped
-// sites and the demo.
+// reads) and writes them, with three backends — S3-compatible storage
+// through minio-go, a plain directory laid out like a bucket for air-gapped
+// sites and the demo, and a read-only tree served over HTTP(S) by any web
+// server or CDN, for sites whose agents may only reach a web proxy.
 //
 // Object keys come from assignment documents, which are hostile input: every
 // key is checked by ValidKey before it reaches a backend, and the directory
 // backend additionally resolves keys through os.Root so that no key and no
-// symlink inside the tree can name a file outside it.
+// symlink inside the tree can name a file outside it. The servers are
+// hostile too: the network backends believe no length, range or ETag they
+// cannot check, and never read past the size an answer states.
 package store
 
 import (
@@ -31,6 +34,13 @@ var (
 	ErrChanged = errors.New("object changed (ETag mismatch)")
 	// ErrInvalidKey: the key is not a safe relative object name.
 	ErrInvalidKey = errors.New("invalid object key")
+	// ErrRangeIgnored: a ranged read (OpenOptions.Offset > 0) was answered
+	// with the whole object. Nothing of it was returned; a resumed download
+	// starts again from zero.
+	ErrRangeIgnored = errors.New("server ignored Range (answered with the whole object)")
+	// ErrReadOnly: the store cannot be written (http:// and https://
+	// stores). Its messages name the store.
+	ErrReadOnly = errors.New("store is read-only")
 )
 
 // Info describes an object.
@@ -78,11 +88,30 @@ type Store interface {
 	String() string
 }
 
+// ReadOnly reports whether s can only be read (an http:// or https://
+// store): its Put, PutIfMatch, Delete and List fail with ErrReadOnly.
+func ReadOnly(s Store) bool {
+	ro, ok := s.(interface{ ReadOnly() bool })
+	return ok && ro.ReadOnly()
+}
+
+// Writable is nil for a store that can be written and, for a read-only one,
+// an ErrReadOnly that names it: what publish, assign and rollout check
+// before they do anything.
+func Writable(s Store) error {
+	if ReadOnly(s) {
+		return fmt.Errorf("%s: %w (http:// and https:// stores are for agents to read; write with an s3:// or file:// URL of the same tree)", s, ErrReadOnly)
+	}
+	return nil
+}
+
 // Open parses a store URL (DESIGN.md, "Contract: store URLs") and returns
 // the store:
 //
 //	s3://BUCKET[/PREFIX]?endpoint=HOST:PORT[&region=R][&insecure=true][&ca_file=PATH]
 //	file:///ABS/DIR
+//	https://HOST[:PORT][/PREFIX][?ca_file=PATH]   (read-only)
+//	http://HOST[:PORT][/PREFIX]                   (read-only)
 func Open(rawURL string) (Store, error) {
 	u, err := ParseURL(rawURL)
 	if err != nil {
@@ -91,6 +120,8 @@ func Open(rawURL string) (Store, error) {
 	switch u.Scheme {
 	case "file":
 		return NewDir(u.Path)
+	case "http", "https":
+		return NewHTTP(u.HTTP)
 	default:
 		return NewS3(u.S3)
 	}
@@ -98,9 +129,18 @@ func Open(rawURL string) (Store, error) {
 
 // URL is a parsed store URL.
 type URL struct {
-	Scheme string // "s3" or "file"
+	Scheme string // "s3", "file", "http" or "https"
 	Path   string // file: the absolute directory
 	S3     S3Config
+	HTTP   HTTPConfig
+}
+
+// HTTPConfig is everything needed to read a tree from a web server.
+type HTTPConfig struct {
+	Scheme string // "http" or "https"
+	Host   string // host[:port], as in the URL
+	Prefix string // "" or "a/b/" (always ends in /)
+	CAFile string // https: extra roots for TLS
 }
 
 // S3Config is everything needed to reach a bucket.
@@ -176,11 +216,53 @@ func ParseURL(raw string) (URL, error) {
 			return URL{}, fmt.Errorf("store URL %q: endpoint %q must be HOST:PORT", raw, c.Endpoint)
 		}
 		return URL{Scheme: "s3", S3: c}, nil
+	case "http", "https":
+		return parseHTTPURL(raw, u)
 	case "":
-		return URL{}, fmt.Errorf("store URL %q: missing scheme (s3:// or file://)", raw)
+		return URL{}, fmt.Errorf("store URL %q: missing scheme (s3://, file://, https:// or http://)", raw)
 	default:
-		return URL{}, fmt.Errorf("store URL %q: unsupported scheme %q (s3:// or file://)", raw, u.Scheme)
+		return URL{}, fmt.Errorf("store URL %q: unsupported scheme %q (s3://, file://, https:// or http://)", raw, u.Scheme)
 	}
+}
+
+// parseHTTPURL checks https://HOST[:PORT][/PREFIX][?ca_file=PATH] and
+// http://HOST[:PORT][/PREFIX].
+func parseHTTPURL(raw string, u *url.URL) (URL, error) {
+	c := HTTPConfig{Scheme: u.Scheme, Host: u.Host}
+	switch {
+	case u.Opaque != "" || u.Hostname() == "":
+		return URL{}, fmt.Errorf("store URL %q: missing host (%s://HOST[:PORT][/PREFIX])", raw, u.Scheme)
+	case u.User != nil:
+		return URL{}, fmt.Errorf("store URL %q: credentials do not belong in the URL (an http(s) store is read without them)", raw)
+	case u.Fragment != "" || strings.Contains(raw, "#"):
+		return URL{}, fmt.Errorf("store URL %q: a fragment means nothing here", raw)
+	case strings.ContainsAny(u.Host, "/?#@ \\") || u.Port() != "" && strings.TrimLeft(u.Port(), "0123456789") != "":
+		return URL{}, fmt.Errorf("store URL %q: host %q must be HOST[:PORT]", raw, u.Host)
+	}
+	if p := strings.Trim(u.Path, "/"); p != "" {
+		if err := ValidKey(p); err != nil {
+			return URL{}, fmt.Errorf("store URL %q: prefix: %w", raw, err)
+		}
+		c.Prefix = p + "/"
+	}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return URL{}, fmt.Errorf("store URL %q: query: %w", raw, err)
+	}
+	for k, v := range q {
+		switch {
+		case len(v) != 1:
+			return URL{}, fmt.Errorf("store URL %q: %s given %d times", raw, k, len(v))
+		case k != "ca_file":
+			return URL{}, fmt.Errorf("store URL %q: unknown parameter %q", raw, k)
+		case u.Scheme != "https":
+			return URL{}, fmt.Errorf("store URL %q: ca_file is for https:// stores", raw)
+		case v[0] == "":
+			return URL{}, fmt.Errorf("store URL %q: ca_file wants the path of a PEM file", raw)
+		}
+		c.CAFile = v[0]
+	}
+	return URL{Scheme: u.Scheme, HTTP: c}, nil
 }
 
 // ValidKey reports whether key is a safe relative object name: at most 1024

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -283,7 +284,7 @@ func TestParseURL(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{
-		"", "addons", "http://x", "file://relative/dir", "file:///srv?x=1", "s3://?endpoint=a:1",
+		"", "addons", "ftp://x", "file://relative/dir", "file:///srv?x=1", "s3://?endpoint=a:1",
 		"s3://b", "s3://b?endpoint=a:1&bogus=1", "s3://b?endpoint=a:1&insecure=maybe",
 		"s3://key:secret@b?endpoint=a:1", "s3://b/../x?endpoint=a:1", "s3://b?endpoint=a/b",
 		"s3://b?endpoint=a:1&endpoint=b:2",
@@ -295,7 +296,8 @@ func TestParseURL(t *testing.T) {
 }
 
 func FuzzParseURL(f *testing.F) {
-	for _, s := range []string{"file:///srv/addons", "s3://addons/p?endpoint=127.0.0.1:9000&insecure=true", "s3://b?endpoint=a:1&region=r&ca_file=/x"} {
+	for _, s := range []string{"file:///srv/addons", "s3://addons/p?endpoint=127.0.0.1:9000&insecure=true", "s3://b?endpoint=a:1&region=r&ca_file=/x",
+		"https://cdn.example:8443/fleet/a?ca_file=/etc/ca.pem", "http://127.0.0.1:8080", "http://[::1]/p/", "https://u@h/", "http://h?ca_file=/x", "https://h/a/../b"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -314,6 +316,26 @@ func FuzzParseURL(f *testing.F) {
 			}
 			if u.S3.Prefix != "" && ValidKey(strings.TrimSuffix(u.S3.Prefix, "/")) != nil {
 				t.Fatalf("ParseURL(%q) accepted prefix %q", s, u.S3.Prefix)
+			}
+		case "http", "https":
+			c := u.HTTP
+			if c.Scheme != u.Scheme || c.Host == "" || c.CAFile != "" && c.Scheme != "https" {
+				t.Fatalf("ParseURL(%q) accepted %+v", s, c)
+			}
+			if c.Prefix != "" && ValidKey(strings.TrimSuffix(c.Prefix, "/")) != nil {
+				t.Fatalf("ParseURL(%q) accepted prefix %q", s, c.Prefix)
+			}
+			if pu, err := url.Parse(s); err != nil || pu.User != nil || pu.Host != c.Host {
+				t.Fatalf("ParseURL(%q) accepted %+v: userinfo or another host", s, c)
+			}
+			if c.CAFile == "" {
+				h, err := NewHTTP(c)
+				if err != nil {
+					t.Fatalf("ParseURL(%q) accepted %+v, NewHTTP refused it: %v", s, c, err)
+				}
+				if strings.Contains(h.String(), "@") {
+					t.Fatalf("String() = %q", h.String())
+				}
 			}
 		default:
 			t.Fatalf("ParseURL(%q) returned scheme %q", s, u.Scheme)
