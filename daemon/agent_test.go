@@ -641,6 +641,21 @@ func TestResumeAndETagChange(t *testing.T) {
 				t.Fatalf("%d Stat calls: the body's GET tells size and ETag, no HEAD is needed", counting.stats)
 			}
 		})
+		t.Run("server ignores Range", func(t *testing.T) {
+			os.RemoveAll(filepath.Join(f.root, "addons/hello"))
+			os.WriteFile(part, content[:1<<20], 0o600)
+			os.WriteFile(part+".json", meta, 0o600)
+			counting := &countingStore{Store: rangeIgnoringStore{f.st}}
+			a := f.open()
+			a.setDeliverer(func(o delivery.Options) delivery.Options {
+				return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
+			})
+			rep, _ := a.Stage(context.Background())
+			a.Close()
+			if !rep.Converged() || !slices.Equal(counting.offsets, []int64{1 << 20, 0}) || !bytes.Equal(f.binary("hello"), content) {
+				t.Fatalf("reads at %v, errors %v; want a refused resume, then one read from 0", counting.offsets, rep.Errors())
+			}
+		})
 		t.Run("interrupted run keeps its partial", func(t *testing.T) {
 			os.RemoveAll(filepath.Join(f.root, "addons/hello"))
 			os.Remove(part)

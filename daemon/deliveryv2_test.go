@@ -387,3 +387,43 @@ func TestDownloadRateLimit(t *testing.T) {
 		t.Fatalf("%.0f bytes/s under a limit of %d: want within [0.75, 1.10] × the limit", got, limit)
 	}
 }
+
+// On S3 the document carries its signature in its own metadata: the agent
+// reads no .sig, and a metadata signature that does not verify refuses the
+// document even beside a valid .sig.
+func TestDocumentSignatureInMetadata(t *testing.T) {
+	f := newFixture(t, "s3")
+	content := randomBytes(1000)
+	f.publish("hello", "1.0.0", content)
+	f.assign("hello@1.0.0")
+	key := "agents/edge-01/assignments.json"
+	counting := &keyCountingStore{Store: f.st}
+	a := f.open()
+	a.setSource(counting)
+	rep, err := a.Stage(context.Background())
+	a.Close()
+	if err != nil || !rep.Converged() || f.current("hello") != "1.0.0" {
+		t.Fatalf("stage: %v %v %v", err, rep.DocumentErr, rep.Errors())
+	}
+	if n := counting.opens(key + ".sig"); n != 0 || counting.opens(key) != 1 {
+		t.Fatalf("read the document %d times and its .sig %d times, want 1 and 0", counting.opens(key), n)
+	}
+
+	// A document whose metadata signature is not its own: refused,
+	// although the .sig beside it verifies.
+	f.publish("hello", "2.0.0", randomBytes(1000))
+	f.assign("hello@2.0.0")
+	ctx := context.Background()
+	raw, info, err := store.ReadSmall(ctx, f.st, key, 1<<20, store.OpenOptions{})
+	if err != nil || info.Signature == "" {
+		t.Fatalf("assign wrote no metadata signature: %v", err)
+	}
+	other := hex.EncodeToString(ed25519.Sign(f.priv, []byte("another document")))
+	if _, err := f.st.(store.SignedPutter).PutIfMatchSigned(ctx, key, bytes.NewReader(raw), int64(len(raw)), info.ETag, other); err != nil {
+		t.Fatal(err)
+	}
+	rep = f.stage()
+	if rep.DocumentErr == nil || !strings.Contains(rep.DocumentErr.Error(), "signature") || f.current("hello") != "1.0.0" {
+		t.Fatalf("a metadata signature of another document: %v, current %q", rep.DocumentErr, f.current("hello"))
+	}
+}

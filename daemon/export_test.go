@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"github.com/addond/addond/daemon/delivery"
+	"github.com/addond/addond/daemon/source"
 	"github.com/addond/addond/daemon/store"
 )
 
@@ -24,5 +25,12 @@ func (a *Agent) useStore(st store.Store) {
 func (a *Agent) setDeliverer(fn func(keys delivery.Options) delivery.Options) {
 	a.withEnv(func(e *env) {
 		e.del = delivery.New(fn(delivery.Options{Keys: e.keys}))
+	})
+}
+
+// setSource makes a read its document through st.
+func (a *Agent) setSource(st store.Store) {
+	a.withEnv(func(e *env) {
+		e.src = &source.Store{Store: st, Key: e.cfg.Assignments.StoreKey}
 	})
 }

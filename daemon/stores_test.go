@@ -107,3 +107,15 @@ func cutAt(ref string) (string, string, bool) {
 	}
 	return ref, "", false
 }
+
+// rangeIgnoringStore is a store behind a server that ignores Range: a
+// ranged read fails with ErrRangeIgnored, as the S3 and HTTP stores report
+// it.
+type rangeIgnoringStore struct{ store.Store }
+
+func (r rangeIgnoringStore) Open(ctx context.Context, key string, o store.OpenOptions) (io.ReadCloser, store.Info, error) {
+	if o.Offset > 0 {
+		return nil, store.Info{}, fmt.Errorf("%s: ranged read: %w", key, store.ErrRangeIgnored)
+	}
+	return r.Store.Open(ctx, key, o)
+}

@@ -80,7 +80,7 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 		info = store.Info{Key: art.ObjectKey, Size: prev.Size, ETag: prev.ETag}
 	case off > 0:
 		rc, info, err = d.open(ctx, art.ObjectKey, store.OpenOptions{Offset: off, IfMatch: prev.ETag})
-		if errors.Is(err, store.ErrChanged) {
+		if errors.Is(err, store.ErrChanged) || errors.Is(err, store.ErrRangeIgnored) {
 			return "", 0, fmt.Errorf("%w: %v", errRestart, err)
 		}
 	default:
@@ -304,7 +304,7 @@ func (d *Deliverer) fetchBody(ctx context.Context, spec assignment.Spec, part st
 		} else {
 			rc, _, err = d.opts.Store.Open(ctx, art.ObjectKey, store.OpenOptions{Offset: off, IfMatch: info.ETag})
 		}
-		if errors.Is(err, store.ErrChanged) {
+		if errors.Is(err, store.ErrChanged) || errors.Is(err, store.ErrRangeIgnored) {
 			return fmt.Errorf("%w: %v", errRestart, err)
 		}
 		if err == nil {
@@ -346,7 +346,7 @@ func (d *Deliverer) fetchBody(ctx context.Context, spec assignment.Spec, part st
 func (d *Deliverer) open(ctx context.Context, key string, opts store.OpenOptions) (io.ReadCloser, store.Info, error) {
 	for attempt := 0; ; attempt++ {
 		rc, info, err := d.opts.Store.Open(ctx, key, opts)
-		if err == nil || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalidKey) || errors.Is(err, store.ErrChanged) ||
+		if err == nil || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalidKey) || errors.Is(err, store.ErrChanged) || errors.Is(err, store.ErrRangeIgnored) ||
 			attempt >= d.opts.Retries || ctx.Err() != nil {
 			return rc, info, err
 		}

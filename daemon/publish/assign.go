@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"slices"
@@ -296,7 +297,9 @@ func Retarget(a assignment.Addon, pkg SignedPackage) (assignment.Addon, error) {
 
 // WriteSigned writes a document at key on the condition that the object is
 // still etag ("" : absent; store.ErrChanged otherwise, nothing written),
-// then its .sig (or, without a key, removes a stale one).
+// then its .sig (or, without a key, removes a stale one). On a store that
+// keeps metadata (S3) the signature is also in the document's own
+// metadata, written with it; readers that find it there need no .sig.
 //
 // The two are separate objects, so writers in quick succession can leave
 // an older writer's .sig beside a newer document; readers refuse such a
@@ -306,7 +309,21 @@ func Retarget(a assignment.Addon, pkg SignedPackage) (assignment.Addon, error) {
 // longer matches. A condition that fails because this very write already
 // landed (a PUT retried after its answer was lost) counts as written.
 func WriteSigned(ctx context.Context, st store.Store, key string, body []byte, etag string, priv ed25519.PrivateKey) (store.Info, error) {
-	info, err := st.PutIfMatch(ctx, key, bytes.NewReader(body), int64(len(body)), etag)
+	var sig []byte
+	if priv != nil {
+		sig = []byte(hex.EncodeToString(ed25519.Sign(priv, body)) + "\n")
+	}
+	put := st.PutIfMatch
+	if sp, ok := st.(store.SignedPutter); ok && priv != nil {
+		// The signature rides in the document's own metadata as well:
+		// agents then need one request, and it can never be another
+		// document's. The .sig is still written, for stores and readers
+		// without metadata.
+		put = func(ctx context.Context, key string, r io.Reader, size int64, ifMatch string) (store.Info, error) {
+			return sp.PutIfMatchSigned(ctx, key, r, size, ifMatch, string(bytes.TrimSpace(sig)))
+		}
+	}
+	info, err := put(ctx, key, bytes.NewReader(body), int64(len(body)), etag)
 	if errors.Is(err, store.ErrChanged) {
 		cur, cinfo, rerr := store.ReadSmall(ctx, st, key, int64(len(body))+1, store.OpenOptions{})
 		if rerr != nil || !bytes.Equal(cur, body) {
@@ -319,7 +336,6 @@ func WriteSigned(ctx context.Context, st store.Store, key string, body []byte, e
 	if priv == nil {
 		return info, st.Delete(ctx, key+".sig")
 	}
-	sig := []byte(hex.EncodeToString(ed25519.Sign(priv, body)) + "\n")
 	for attempt := 1; ; attempt++ {
 		if _, err := st.Put(ctx, key+".sig", bytes.NewReader(sig), int64(len(sig))); err != nil {
 			if attempt == 3 || ctx.Err() != nil {

@@ -199,7 +199,7 @@ func (h *HTTP) answer(resp *http.Response, key string, opts OpenOptions) (Info, 
 		// The code, not the server's text: that reaches terminals.
 		return Info{}, fail("%d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
 	}
-	info := Info{Key: key, ETag: resp.Header.Get("ETag")}
+	info := Info{Key: key, ETag: resp.Header.Get("ETag"), Signature: resp.Header.Get(SignatureHeader)}
 	if len(info.ETag) > maxETag {
 		return Info{}, fail("ETag of %d bytes", len(info.ETag))
 	}

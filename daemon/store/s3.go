@@ -144,7 +144,7 @@ func (s *S3) Open(ctx context.Context, key string, opts OpenOptions) (io.ReadClo
 	if err != nil {
 		return nil, Info{}, s.mapErr(key, err)
 	}
-	info := Info{Key: key, Size: oi.Size, ETag: oi.ETag, ModTime: oi.LastModified}
+	info := Info{Key: key, Size: oi.Size, ETag: oi.ETag, ModTime: oi.LastModified, Signature: hdr.Get(SignatureHeader)}
 	if opts.Offset > 0 {
 		// A server that ignores Range answers 200 with the whole object
 		// (ErrRangeIgnored); appending that to a partial file would
@@ -170,10 +170,20 @@ func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) (Info
 // PutIfMatch sends If-Match (If-None-Match: * for "") with a single PUT:
 // the server decides, so the condition holds across writers anywhere.
 func (s *S3) PutIfMatch(ctx context.Context, key string, r io.Reader, size int64, ifMatch string) (Info, error) {
+	return s.putIfMatch(ctx, key, r, size, ifMatch, nil)
+}
+
+// PutIfMatchSigned is PutIfMatch with sig in the object's metadata
+// (SignatureHeader), written with it in the one PUT.
+func (s *S3) PutIfMatchSigned(ctx context.Context, key string, r io.Reader, size int64, ifMatch, sig string) (Info, error) {
+	return s.putIfMatch(ctx, key, r, size, ifMatch, map[string]string{"addond-signature": sig})
+}
+
+func (s *S3) putIfMatch(ctx context.Context, key string, r io.Reader, size int64, ifMatch string, meta map[string]string) (Info, error) {
 	if size < 0 || size > conditionalMax {
 		return Info{}, fmt.Errorf("%s: %s: a conditional write takes a known size up to %d bytes, not %d", s, key, conditionalMax, size)
 	}
-	var o minio.PutObjectOptions
+	o := minio.PutObjectOptions{UserMetadata: meta}
 	if ifMatch == "" {
 		o.SetMatchETagExcept("*")
 	} else {

@@ -49,6 +49,25 @@ type Info struct {
 	Size    int64 // the whole object's size, also for ranged reads
 	ETag    string
 	ModTime time.Time
+	// Signature is the object's addond-signature metadata (SignatureHeader)
+	// as a read returned it: the hex signature its writer put on it,
+	// atomically with its bytes. "" when the backend keeps no metadata
+	// (a directory) or the writer put none. Hostile input like the bytes.
+	Signature string
+}
+
+// SignatureHeader carries an object's signature in its metadata: S3 user
+// metadata "addond-signature", which S3, MinIO and a CDN in front of them
+// return with the object.
+const SignatureHeader = "X-Amz-Meta-Addond-Signature"
+
+// SignedPutter is a store that can write a signature into an object's
+// metadata together with its bytes (S3): a reader then has both from one
+// request, and never a document beside another document's signature.
+type SignedPutter interface {
+	// PutIfMatchSigned is PutIfMatch that also sets the object's
+	// SignatureHeader metadata to sig.
+	PutIfMatchSigned(ctx context.Context, key string, r io.Reader, size int64, ifMatch, sig string) (Info, error)
 }
 
 // OpenOptions make a read conditional or ranged.
