@@ -109,7 +109,7 @@ type runner struct {
 	etag  string // of the progress record as last written
 	trust *signing.Keyring
 	pkg   publish.SignedPackage // the version's, verified once
-	logMu sync.Mutex          // o.Log is called from the writers too
+	logMu sync.Mutex            // o.Log is called from the writers too
 }
 
 // log passes one line to o.Log, one at a time.
