@@ -263,9 +263,12 @@ func TestRolloutWaves(t *testing.T) {
 				if h.Version != "2.0.0" || h.Artifacts["linux/amd64"].SHA256 == old.Artifacts["linux/amd64"].SHA256 || !reflect.DeepEqual(h.Args, old.Args) {
 					t.Fatalf("%s: hello %+v", a, h)
 				}
-				h.Version, h.Artifacts, h.BinaryPath = old.Version, old.Artifacts, old.BinaryPath
+				if p, _, err := assignment.VerifyPackage(nil, "hello", "2.0.0", h.PackageJSON, []byte(h.PackageSig)); err != nil || p.Version != "2.0.0" {
+					t.Fatalf("%s: the embedded package is not 2.0.0's: %v", a, err)
+				}
+				h.Version, h.Artifacts, h.BinaryPath, h.PackageJSON, h.PackageSig = old.Version, old.Artifacts, old.BinaryPath, old.PackageJSON, old.PackageSig
 				if !reflect.DeepEqual(h, old) || !reflect.DeepEqual(d.Addons[entry(d, "other")], b.Addons[entry(b, "other")]) {
-					t.Fatalf("%s: fields other than the version and artifacts changed:\n%+v\n%+v", a, h, old)
+					t.Fatalf("%s: fields other than the version, artifacts and package changed:\n%+v\n%+v", a, h, old)
 				}
 			}
 			// The record is there; running it again is refused, resuming
