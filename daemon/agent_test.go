@@ -550,12 +550,7 @@ func TestResumeAndETagChange(t *testing.T) {
 			os.Remove(part)
 			os.Remove(part + ".json")
 			counting := &countingStore{Store: f.st}
-			a := f.open()
-			a.setDeliverer(func(o delivery.Options) delivery.Options {
-				return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
-			})
-			rep, err := a.Stage(context.Background())
-			a.Close()
+			rep, err := f.stageWith(delivery.Options{Store: counting})
 			if err != nil || !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
 				t.Fatalf("fresh: %v %v", err, rep.Errors())
 			}
@@ -568,12 +563,7 @@ func TestResumeAndETagChange(t *testing.T) {
 			os.WriteFile(part, content, 0o600)
 			os.WriteFile(part+".json", meta, 0o600)
 			counting := &countingStore{Store: f.st}
-			a := f.open()
-			a.setDeliverer(func(o delivery.Options) delivery.Options {
-				return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
-			})
-			rep, err := a.Stage(context.Background())
-			a.Close()
+			rep, err := f.stageWith(delivery.Options{Store: counting})
 			if err != nil || !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
 				t.Fatalf("whole partial: %v %v", err, rep.Errors())
 			}
@@ -586,12 +576,7 @@ func TestResumeAndETagChange(t *testing.T) {
 			os.WriteFile(part, content[:1<<20], 0o600)
 			os.WriteFile(part+".json", meta, 0o600)
 			counting := &countingStore{Store: f.st}
-			a := f.open()
-			a.setDeliverer(func(o delivery.Options) delivery.Options {
-				return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
-			})
-			rep, err := a.Stage(context.Background())
-			a.Close()
+			rep, err := f.stageWith(delivery.Options{Store: counting})
 			if err != nil || !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
 				t.Fatalf("resume: %v %v", err, rep.Errors())
 			}
@@ -605,12 +590,7 @@ func TestResumeAndETagChange(t *testing.T) {
 			os.WriteFile(part, junk, 0o600)
 			os.WriteFile(part+".json", meta, 0o600)
 			counting := &countingStore{Store: f.st}
-			a := f.open()
-			a.setDeliverer(func(o delivery.Options) delivery.Options {
-				return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
-			})
-			rep, _ := a.Stage(context.Background())
-			a.Close()
+			rep, _ := f.stageWith(delivery.Options{Store: counting})
 			if !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
 				t.Fatalf("corrupt partial: %v", rep.Errors())
 			}
@@ -624,12 +604,7 @@ func TestResumeAndETagChange(t *testing.T) {
 			stale, _ := json.Marshal(map[string]any{"object_key": art.ObjectKey, "sha256": art.SHA256, "etag": "stale-etag", "size": info.Size})
 			os.WriteFile(part+".json", stale, 0o600)
 			counting := &countingStore{Store: f.st}
-			a := f.open()
-			a.setDeliverer(func(o delivery.Options) delivery.Options {
-				return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
-			})
-			rep, _ := a.Stage(context.Background())
-			a.Close()
+			rep, _ := f.stageWith(delivery.Options{Store: counting})
 			// The resume asks for the rest on If-Match of the stale ETag; the
 			// server refuses it, and not a byte of the changed object is
 			// appended: the download starts again from 0.
@@ -646,12 +621,7 @@ func TestResumeAndETagChange(t *testing.T) {
 			os.WriteFile(part, content[:1<<20], 0o600)
 			os.WriteFile(part+".json", meta, 0o600)
 			counting := &countingStore{Store: rangeIgnoringStore{f.st}}
-			a := f.open()
-			a.setDeliverer(func(o delivery.Options) delivery.Options {
-				return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
-			})
-			rep, _ := a.Stage(context.Background())
-			a.Close()
+			rep, _ := f.stageWith(delivery.Options{Store: counting})
 			if !rep.Converged() || !slices.Equal(counting.offsets, []int64{1 << 20, 0}) || !bytes.Equal(f.binary("hello"), content) {
 				t.Fatalf("reads at %v, errors %v; want a refused resume, then one read from 0", counting.offsets, rep.Errors())
 			}
@@ -661,12 +631,7 @@ func TestResumeAndETagChange(t *testing.T) {
 			os.Remove(part)
 			os.Remove(part + ".json")
 			s := &breakingStore{Store: f.st, breakAfter: 1 << 20}
-			a := f.open()
-			a.setDeliverer(func(o delivery.Options) delivery.Options {
-				return delivery.Options{Root: f.root, Store: s, Keys: o.Keys, RequireSignatures: true, MinFree: 1, Retries: 0}
-			})
-			rep, _ := a.Stage(context.Background())
-			a.Close()
+			rep, _ := f.stageWith(delivery.Options{Store: s, Retries: 0})
 			if r := reportFor(t, rep, "hello"); r.Err == nil || !strings.Contains(r.Err.Error(), "kept to resume") {
 				t.Fatalf("interrupted download: %v", r.Err)
 			}
@@ -674,12 +639,7 @@ func TestResumeAndETagChange(t *testing.T) {
 				t.Fatalf("partial after an interrupted run: %v, want 1 MiB kept", err)
 			}
 			counting := &countingStore{Store: f.st}
-			a = f.open()
-			a.setDeliverer(func(o delivery.Options) delivery.Options {
-				return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
-			})
-			rep, _ = a.Stage(context.Background())
-			a.Close()
+			rep, _ = f.stageWith(delivery.Options{Store: counting})
 			if !rep.Converged() || counting.offsets[0] != 1<<20 || !bytes.Equal(f.binary("hello"), content) {
 				t.Fatalf("next run: reads at %v, errors %v; want a resume from 1 MiB", counting.offsets, rep.Errors())
 			}
@@ -696,12 +656,7 @@ func TestResumeAndETagChange(t *testing.T) {
 			s := &breakingStore{Store: f.st, breakAfter: 1 << 20, onBreak: func() {
 				f.st.Put(context.Background(), art.ObjectKey, bytes.NewReader(replaced), int64(len(replaced)))
 			}}
-			a := f.open()
-			a.setDeliverer(func(o delivery.Options) delivery.Options {
-				return delivery.Options{Root: f.root, Store: s, Keys: o.Keys, RequireSignatures: true, MinFree: 1, Retries: 3, Sleep: func(context.Context, time.Duration) error { return nil }}
-			})
-			rep, _ := a.Stage(context.Background())
-			a.Close()
+			rep, _ := f.stageWith(delivery.Options{Store: s, Retries: 3, Sleep: func(context.Context, time.Duration) error { return nil }})
 			r := reportFor(t, rep, "hello")
 			if r.Err == nil || !strings.Contains(r.Err.Error(), "sha256 mismatch") {
 				t.Fatalf("replaced object: %v, want a verification failure", r.Err)

@@ -78,12 +78,7 @@ func TestPackagePinsTheArtifact(t *testing.T) {
 		// package serves, the store's is not read again.
 		os.RemoveAll(filepath.Join(f.root, "addons/hello/versions"))
 		counting := &keyCountingStore{Store: f.st}
-		ag := f.open()
-		ag.setDeliverer(func(o delivery.Options) delivery.Options {
-			return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
-		})
-		rep2, err := ag.Stage(context.Background())
-		ag.Close()
+		rep2, err := f.stageWith(delivery.Options{Store: counting})
 		if err != nil || !rep2.Converged() {
 			t.Fatalf("restage: %v %v", err, rep2.Errors())
 		}
@@ -104,12 +99,7 @@ func TestEmbeddedPackageNeedsNoRequest(t *testing.T) {
 			t.Fatalf("assign embedded no package: %+v", doc.Addons)
 		}
 		counting := &keyCountingStore{Store: f.st}
-		a := f.open()
-		a.setDeliverer(func(o delivery.Options) delivery.Options {
-			return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
-		})
-		rep, err := a.Stage(context.Background())
-		a.Close()
+		rep, err := f.stageWith(delivery.Options{Store: counting})
 		if err != nil || !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
 			t.Fatalf("stage: %v %v", err, rep.Errors())
 		}
@@ -238,12 +228,7 @@ func TestZstdArtifact(t *testing.T) {
 		}
 		f.assign("hello@1.0.0")
 		counting := &countingStore{Store: f.st}
-		a := f.open()
-		a.setDeliverer(func(o delivery.Options) delivery.Options {
-			return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
-		})
-		rep, err := a.Stage(context.Background())
-		a.Close()
+		rep, err := f.stageWith(delivery.Options{Store: counting})
 		if err != nil || !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
 			t.Fatalf("compressed artifact: %v %v", err, rep.Errors())
 		}
@@ -269,12 +254,7 @@ func TestZstdResume(t *testing.T) {
 	f.assign("hello@1.0.0")
 	cut := art.StoredSize / 2
 	s := &breakingStore{Store: f.st, breakAfter: cut}
-	a := f.open()
-	a.setDeliverer(func(o delivery.Options) delivery.Options {
-		return delivery.Options{Root: f.root, Store: s, Keys: o.Keys, RequireSignatures: true, MinFree: 1, Retries: 0}
-	})
-	rep, _ := a.Stage(context.Background())
-	a.Close()
+	rep, _ := f.stageWith(delivery.Options{Store: s, Retries: 0})
 	if r := reportFor(t, rep, "hello"); r.Err == nil || !strings.Contains(r.Err.Error(), "kept to resume") {
 		t.Fatalf("interrupted: %v", r.Err)
 	}
@@ -286,12 +266,7 @@ func TestZstdResume(t *testing.T) {
 		t.Fatal("the decoded output of an interrupted run was kept")
 	}
 	counting := &countingStore{Store: f.st}
-	a = f.open()
-	a.setDeliverer(func(o delivery.Options) delivery.Options {
-		return delivery.Options{Root: f.root, Store: counting, Keys: o.Keys, RequireSignatures: true, MinFree: 1}
-	})
-	rep, _ = a.Stage(context.Background())
-	a.Close()
+	rep, _ = f.stageWith(delivery.Options{Store: counting})
 	if !rep.Converged() || !slices.Equal(counting.offsets, []int64{cut}) || !bytes.Equal(f.binary("hello"), content) {
 		t.Fatalf("resume: reads at %v, errors %v; want one read from %d", counting.offsets, rep.Errors(), cut)
 	}

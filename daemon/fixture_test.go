@@ -19,6 +19,7 @@ import (
 
 	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/config"
+	"github.com/addond/addond/daemon/delivery"
 	"github.com/addond/addond/daemon/publish"
 	"github.com/addond/addond/daemon/signing"
 	"github.com/addond/addond/daemon/store"
@@ -259,4 +260,21 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// stageWith stages once, as a fresh agent whose delivery runs with o
+// (o.Store usually wraps f.st) and the fixture's root, keys and
+// signature policy.
+func (f *fixture) stageWith(o delivery.Options) (*Report, error) {
+	f.t.Helper()
+	a := f.open()
+	defer a.Close()
+	a.setDeliverer(func(base delivery.Options) delivery.Options {
+		o.Root, o.Keys, o.RequireSignatures = f.root, base.Keys, true
+		if o.MinFree == 0 {
+			o.MinFree = 1
+		}
+		return o
+	})
+	return a.Stage(context.Background())
 }

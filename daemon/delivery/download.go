@@ -216,13 +216,14 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 		}
 		return fail("verify", false, fmt.Errorf("object %s: %w", art.ObjectKey, verr))
 	}
-	if err := f.Sync(); err != nil {
-		return fail("fetch", true, err)
-	}
+	// What is installed must be on disk: the partial itself, or what it
+	// decompressed to (the compressed bytes are removed at install).
 	if compressed {
 		if err := syncFile(bin); err != nil {
 			return fail("fetch", true, err)
 		}
+	} else if err := f.Sync(); err != nil {
+		return fail("fetch", true, err)
 	}
 	keep = true
 	return bin, n, nil

@@ -219,6 +219,9 @@ func moduleDir() string {
 	return dir
 }
 
+// slowLink is the download_rate_limit of the slow-link rows: 100 Mbit/s.
+const slowLink = 100e6 / 8
+
 // realBinary is a Go binary of this build, published as it is: what
 // zstd does to real add-ons.
 type realBinary struct{ id, name, path string }
@@ -236,11 +239,11 @@ func realBinaries(addondBin string) []realBinary {
 // addond stage on the small one, and addond stage of each real binary,
 // plain and compressed.
 func (b *bench) methods(big, origin, small *artifact, reals []*artifact) ([]*method, error) {
-	stage := func(slug, name string, a *artifact) (*method, error) {
+	stage := func(slug, name string, a *artifact, rateLimit int64) (*method, error) {
 		// The runtime root is the run's (fresh, empty) output directory.
 		dir := b.outDir(slug)
 		cfg := filepath.Join(b.tmp, "config-"+slug+".json")
-		if err := b.writeConfig(cfg, a, dir); err != nil {
+		if err := b.writeConfig(cfg, a, dir, rateLimit); err != nil {
 			return nil, err
 		}
 		current := filepath.Join(dir, "addons", a.addonID, "current")
@@ -275,15 +278,15 @@ func (b *bench) methods(big, origin, small *artifact, reals []*artifact) ([]*met
 			output: func(dir string) string { return filepath.Join(dir, big.binary) },
 		}
 	}
-	addond, err := stage("addond", "addond stage", big)
+	addond, err := stage("addond", "addond stage", big, 0)
 	if err != nil {
 		return nil, err
 	}
-	addondOrigin, err := stage("addond-origin", "addond stage, origin mode (Ed25519 over the bytes)", origin)
+	addondOrigin, err := stage("addond-origin", "addond stage, origin mode (Ed25519 over the bytes)", origin, 0)
 	if err != nil {
 		return nil, err
 	}
-	addondSmall, err := stage("addond-small", "addond stage ("+byteSize(small.size).String()+")", small)
+	addondSmall, err := stage("addond-small", "addond stage ("+byteSize(small.size).String()+")", small, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -300,11 +303,20 @@ func (b *bench) methods(big, origin, small *artifact, reals []*artifact) ([]*met
 		if a.compression != "" {
 			name = fmt.Sprintf("addond stage (%s, %.1f MB %s", strings.TrimSuffix(a.addonID, "-zst"), float64(a.storedSize)/1e6, a.compression)
 		}
-		m, err := stage("addond-"+a.addonID, name+")", a)
+		m, err := stage("addond-"+a.addonID, name+")", a, 0)
 		if err != nil {
 			return nil, err
 		}
 		ms = append(ms, m)
+		// The same over a 100 Mbit/s link (download_rate_limit), where
+		// the bytes on the wire, not the CPU, take the time.
+		if strings.HasPrefix(a.addonID, "addond") {
+			m, err := stage("addond-"+a.addonID+"-slow", name+", 100 Mbit/s)", a, slowLink)
+			if err != nil {
+				return nil, err
+			}
+			ms = append(ms, m)
+		}
 	}
 	return ms, nil
 }

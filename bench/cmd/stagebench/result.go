@@ -67,7 +67,6 @@ func newResult(o options, methods []*method, rssFloor int64, reals []*artifact) 
 	add("addond stage / floor (median CPU time)", by["addond"].cpu.Seconds()/by["floor"].cpu.Seconds(), 1.5)
 	ratio("addond", "addond stage", "nomad-way", "nomad", 0.6)
 	ratio("addond", "addond stage", "origin-way", "origin", 0.3)
-	ratio("addond-origin", "addond stage, origin mode", "floor", "floor", 1.4)
 	for _, a := range reals {
 		if a.compression == "" {
 			continue
@@ -82,6 +81,10 @@ func newResult(o options, methods []*method, rssFloor int64, reals []*artifact) 
 		add(fmt.Sprintf("%s: bytes on the wire, zstd / plain", plain), float64(a.storedSize)/float64(size), 0.50)
 		add(fmt.Sprintf("%s: addond stage, zstd / plain (median wall time)", plain),
 			by["addond-"+a.addonID].median.Seconds()/by["addond-"+plain].median.Seconds(), 1.0)
+		if slow, ok := by["addond-"+a.addonID+"-slow"]; ok {
+			add(fmt.Sprintf("%s: addond stage over 100 Mbit/s, zstd / plain (median wall time)", plain),
+				slow.median.Seconds()/by["addond-"+plain+"-slow"].median.Seconds(), 1.0)
+		}
 	}
 	big, small := by["addond"].rss, by["addond-small"].rss
 	diff := mib(big - small)

@@ -155,7 +155,7 @@ func (b *bench) assignOrigin(ctx context.Context, a *artifact, addonID, agentID 
 
 // writeConfig writes the addond config, at path, of an agent that is
 // assigned a and stages into runtimeRoot.
-func (b *bench) writeConfig(path string, a *artifact, runtimeRoot string) error {
+func (b *bench) writeConfig(path string, a *artifact, runtimeRoot string, rateLimit int64) error {
 	cfg := map[string]any{
 		"agent_id":     a.agentID,
 		"runtime_root": runtimeRoot,
@@ -166,6 +166,9 @@ func (b *bench) writeConfig(path string, a *artifact, runtimeRoot string) error 
 			"require_signatures": true,
 		},
 		"min_free_bytes": 1 << 20,
+	}
+	if rateLimit > 0 {
+		cfg["download_rate_limit"] = rateLimit
 	}
 	data, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
