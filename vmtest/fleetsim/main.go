@@ -105,7 +105,7 @@ func main() {
 	flag.IntVar(&f.artifact, "artifact", 1<<20, "the add-on's artifact size in bytes")
 	flag.StringVar(&f.waves, "waves", "1,10,100", "the rollouts' --waves")
 	flag.StringVar(&f.out, "json", "", "also write the results as JSON to this file")
-	flag.IntVar(&f.maxRate, "max-rate", 300, "a second good rollout runs under this --max-rate (changes per minute; 0: none)")
+	flag.IntVar(&f.maxRate, "max-rate", 800, "a second good rollout runs under this --max-rate (changes per minute; 0: none)")
 	flag.StringVar(&f.addonctl, "addonctl", "bin/addonctl", "the addonctl binary that reads the fleet's status")
 	flag.StringVar(&f.root, "root", "", "where the agents' runtime roots go (default: a temporary directory, removed)")
 	flag.Parse()
@@ -576,7 +576,8 @@ func (s *sim) rollout(ctx context.Context, version string, maxRate int, backTo s
 			rf.RolledBackSeconds = max(rf.RolledBackSeconds, back.Sub(ch).Seconds())
 		}
 	}
-	rf.RollbackBound = (s.f.poll + s.f.probation).String()
+	// One poll is up to 1.2 × poll_interval (the loop's ±20 % jitter).
+	rf.RollbackBound = (s.f.poll*6/5 + s.f.probation).String()
 	rf.BackTo = backTo
 	return rf, nil
 }
@@ -965,7 +966,7 @@ type rolloutFigures struct {
 	CanariesBackSeconds float64 `json:"canaries_back_seconds,omitempty"`
 	// RolledBackSeconds: the longest any canary ran the bad version,
 	// from its document's change to the old version started again;
-	// RollbackBound one poll + probation.
+	// RollbackBound: one poll (with its jitter) + probation.
 	RolledBackSeconds float64 `json:"rolled_back_seconds,omitempty"`
 	RollbackBound     string  `json:"rollback_bound,omitempty"`
 	BackTo            string  `json:"back_to,omitempty"`
@@ -1025,7 +1026,7 @@ func (r *results) print(out io.Writer) {
 	}
 	if b := r.BadRollout; b != nil {
 		p("rollout of the bad %s: %s after %.0f s, canary %d; agents that ever ran it: %d", b.Version, b.State, b.Seconds, b.Canary, b.AgentsThatRanIt)
-		p("  every canary rolled back within %.0f s of its document's change (bound: poll + probation = %s); back on %s, promoted, documents reverted, %.0f s after the halt",
+		p("  every canary rolled back within %.0f s of its document's change (bound: one poll, with its jitter, + probation = %s); back on %s, promoted, documents reverted, %.0f s after the halt",
 			b.RolledBackSeconds, b.RollbackBound, b.BackTo, b.CanariesBackSeconds)
 	}
 	if fs := r.FleetStatus; fs != nil {
