@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -401,4 +403,141 @@ func TestDocumentSignatureInMetadata(t *testing.T) {
 	if rep.DocumentErr == nil || !strings.Contains(rep.DocumentErr.Error(), "signature") || f.current("hello") != "1.0.0" {
 		t.Fatalf("a metadata signature of another document: %v, current %q", rep.DocumentErr, f.current("hello"))
 	}
+}
+
+// mutingStore serves the first artifact body's first bytes, then
+// nothing until it is closed (a server that stops mid-body).
+type mutingStore struct {
+	store.Store
+	stalled atomic.Bool
+}
+
+func (s *mutingStore) Open(ctx context.Context, key string, o store.OpenOptions) (io.ReadCloser, store.Info, error) {
+	rc, info, err := s.Store.Open(ctx, key, o)
+	if err != nil || !strings.HasPrefix(key, "artifacts/") || !s.stalled.CompareAndSwap(false, true) {
+		return rc, info, err
+	}
+	return &mutingReader{rc: rc, left: 64 << 10, closed: make(chan struct{})}, info, nil
+}
+
+type mutingReader struct {
+	rc     io.ReadCloser
+	left   int
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (r *mutingReader) Read(p []byte) (int, error) {
+	if r.left <= 0 {
+		<-r.closed
+		return 0, errors.New("read on closed body")
+	}
+	p = p[:min(len(p), r.left)]
+	n, err := r.rc.Read(p)
+	r.left -= n
+	return n, err
+}
+
+func (r *mutingReader) Close() error {
+	r.once.Do(func() { close(r.closed) })
+	return r.rc.Close()
+}
+
+// A body that stops mid-way is given up after the stall timeout and the
+// download resumes where it stopped; it never holds the staging for good.
+func TestStalledBodyIsGivenUp(t *testing.T) {
+	f := newFixture(t, "s3")
+	content := randomBytes(1 << 20)
+	f.publish("hello", "1.0.0", content)
+	f.assign("hello@1.0.0")
+	start := time.Now()
+	counting := &countingStore{Store: &mutingStore{Store: f.st}}
+	rep, err := f.stageWith(delivery.Options{Store: counting, Retries: 2, StallTimeout: 300 * time.Millisecond,
+		Sleep: func(context.Context, time.Duration) error { return nil }})
+	if err != nil || !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
+		t.Fatalf("stalled body: %v %v", err, rep.Errors())
+	}
+	if !slices.Equal(counting.offsets, []int64{0, 64 << 10}) || time.Since(start) > 20*time.Second {
+		t.Fatalf("reads at %v after %v, want a stalled read then a resume from 64 KiB", counting.offsets, time.Since(start))
+	}
+}
+
+// tmp/ is hostile (an add-on of the agent's uid may write it): links put
+// where the pass will write are never written through, a partial that is
+// another file's name is not resumed, and a forged "whole" partial only
+// makes the download start again.
+func TestHostileTmp(t *testing.T) {
+	f := newFixture(t, "file")
+	content := compressible(2 << 20)
+	f.publishZstd("hello", "1.0.0", content)
+	f.assign("hello@1.0.0")
+	tmp := filepath.Join(f.root, "tmp")
+	part := filepath.Join(tmp, "hello@1.0.0.part")
+	reset := func() {
+		os.RemoveAll(f.root)
+		os.MkdirAll(tmp, 0o700)
+	}
+	staged := func(t *testing.T) os.FileInfo {
+		t.Helper()
+		rep := f.stage()
+		if !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
+			t.Fatalf("stage: %v", rep.Errors())
+		}
+		fi, err := os.Lstat(filepath.Join(f.root, "addons/hello/versions/1.0.0/hello"))
+		if err != nil || !fi.Mode().IsRegular() {
+			t.Fatalf("staged binary: %v %v, want a regular file", fi.Mode(), err)
+		}
+		return fi
+	}
+	victim := filepath.Join(t.TempDir(), "victim")
+	for _, name := range []string{".part.out", ".part.json", ".part"} {
+		t.Run("symlink at "+name, func(t *testing.T) {
+			reset()
+			os.WriteFile(victim, []byte("victim"), 0o600)
+			os.Symlink(victim, part+strings.TrimPrefix(name, ".part"))
+			staged(t)
+			if got, _ := os.ReadFile(victim); string(got) != "victim" {
+				t.Fatalf("written through the link: %q", got)
+			}
+			if fi, _ := os.Stat(victim); fi.Mode().Perm() != 0o600 {
+				t.Fatalf("the link's target was made %v", fi.Mode().Perm())
+			}
+		})
+	}
+	t.Run("partial that is another file's name", func(t *testing.T) {
+		reset()
+		art := f.pkgArtifact("hello", "1.0.0")
+		data, _, _ := store.ReadSmall(context.Background(), f.st, art.ObjectKey, 1<<30, store.OpenOptions{})
+		info, _ := f.st.Stat(context.Background(), art.ObjectKey)
+		os.WriteFile(victim, data[:1000], 0o600)
+		os.Link(victim, part)
+		meta, _ := json.Marshal(map[string]any{"object_key": art.ObjectKey, "sha256": art.SHA256, "etag": info.ETag, "size": info.Size})
+		os.WriteFile(part+".json", meta, 0o600)
+		fi := staged(t)
+		vi, _ := os.Stat(victim)
+		if os.SameFile(fi, vi) {
+			t.Fatal("the staged binary is the hard-linked file")
+		}
+		if got, _ := os.ReadFile(victim); !bytes.Equal(got, data[:1000]) {
+			t.Fatal("the other name's bytes were written")
+		}
+	})
+	t.Run("forged whole partial", func(t *testing.T) {
+		reset()
+		art := f.pkgArtifact("hello", "1.0.0")
+		os.WriteFile(part, []byte("0123456789"), 0o600)
+		meta, _ := json.Marshal(map[string]any{"object_key": art.ObjectKey, "sha256": art.SHA256, "etag": "x", "size": 10})
+		os.WriteFile(part+".json", meta, 0o600)
+		staged(t)
+	})
+}
+
+// pkgArtifact is this platform's artifact entry of id@version's package.
+func (f *fixture) pkgArtifact(id, version string) assignment.Artifact {
+	f.t.Helper()
+	pkg, _, _, err := assignment.FetchPackage(context.Background(), f.st, nil, id, version)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return pkg.Artifacts[f.platform.String()]
 }

@@ -180,7 +180,7 @@ func (a *Agent) resolve(ctx context.Context, e *env, ad assignment.Addon, pinned
 	}
 	if err == nil && spec.Enabled && spec.NeedsPackage() {
 		var pkg *assignment.Package
-		if pkg, _, _, err = e.del.SignedPackage(ctx, spec.AddonID, spec.Version); err == nil {
+		if pkg, err = e.del.Package(ctx, spec.AddonID, spec.Version); err == nil {
 			spec, err = spec.WithPackage(pkg, a.platform)
 		}
 	}

@@ -36,6 +36,9 @@ type Options struct {
 	Retries           int   // retries of one download after a transient failure
 	MinFree           int64 // bytes to leave free beyond the artifact
 	RateLimit         int64 // bytes per second for all downloads together; 0: unlimited
+	// StallTimeout gives up a body that sends nothing for this long (the
+	// download is retried); 0: DefaultStallTimeout.
+	StallTimeout time.Duration
 	Log               *slog.Logger
 	// Sleep waits between retries; tests replace it. Default: a timer.
 	Sleep func(ctx context.Context, d time.Duration) error
@@ -92,6 +95,9 @@ func New(o Options) *Deliverer {
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = DefaultStallTimeout
 	}
 	if o.Sleep == nil {
 		o.Sleep = func(ctx context.Context, d time.Duration) error {
@@ -182,9 +188,6 @@ func (d *Deliverer) Stage(ctx context.Context, spec assignment.Spec) (_ Staged, 
 	if d.opts.Platform == (assignment.Platform{}) {
 		d.opts.Platform = assignment.Host()
 	}
-	// One partial download per add-on: another version's is of a version
-	// no longer wanted.
-	d.discardPartials(spec.AddonID, func(v string) bool { return v != spec.Version })
 	st, err := d.State(spec.AddonID)
 	if err != nil {
 		return fail("stage", true, err)
@@ -220,6 +223,9 @@ func (d *Deliverer) Stage(ctx context.Context, spec assignment.Spec) (_ Staged, 
 	if err != nil {
 		return fail("verify", false, err)
 	}
+	// One partial download per add-on: another version's is of a version
+	// no longer wanted (this one is accepted now).
+	d.discardPartials(spec.AddonID, func(v string) bool { return v != spec.Version })
 
 	// A file at the final path without a record: a crash between the
 	// rename and the record. Check it locally rather than download again.
@@ -273,7 +279,15 @@ func (d *Deliverer) install(spec assignment.Spec, file, bin string) error {
 	if err := os.MkdirAll(vdir, 0o755); err != nil {
 		return err
 	}
-	if err := os.Chmod(file, 0o755); err != nil {
+	// Made executable through the very file the pass wrote: never through
+	// a link put in its place.
+	f, err := openOwn(file, os.O_RDONLY)
+	if err != nil {
+		return err
+	}
+	err = f.Chmod(0o755)
+	f.Close()
+	if err != nil {
 		return err
 	}
 	if err := os.Rename(file, bin); err != nil {

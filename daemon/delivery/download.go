@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -96,9 +97,18 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 	}()
 	stored, compressed := art.Stored()
 	if stored > 0 && info.Size != stored {
-		return fail("verify", false, fmt.Errorf("object %s is %d bytes, the assignment says %d", art.ObjectKey, info.Size, stored))
+		err := fmt.Errorf("object %s is %d bytes, the assignment says %d", art.ObjectKey, info.Size, stored)
+		if off > 0 {
+			// The size came from what was kept beside the partial (or
+			// the object changed since): start again, from the store.
+			return "", 0, fmt.Errorf("%w: %v", errRestart, err)
+		}
+		return fail("verify", false, err)
 	}
 	f, err := openPart(part, partMeta{ObjectKey: art.ObjectKey, SHA256: art.SHA256, ETag: info.ETag, Size: info.Size}, off)
+	if err != nil && off > 0 {
+		return "", 0, fmt.Errorf("%w: %v", errRestart, err) // not a partial of ours: start afresh
+	}
 	if err != nil {
 		return fail("fetch", true, err)
 	}
@@ -134,7 +144,8 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 	)
 	if compressed {
 		bin = part + ".out"
-		out, err := os.OpenFile(bin, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+		os.Remove(bin)
+		out, err := createNew(bin)
 		if err != nil {
 			return fail("fetch", true, err)
 		}
@@ -249,7 +260,7 @@ func resumable(part string, art *assignment.Artifact, fresh bool) (partMeta, int
 	if !ok || m.ObjectKey != art.ObjectKey || m.SHA256 != art.SHA256 || m.ETag == "" || m.Size <= 0 {
 		return partMeta{}, 0
 	}
-	fi, err := os.Stat(part)
+	fi, err := os.Lstat(part)
 	if err != nil || !fi.Mode().IsRegular() || fi.Size() > m.Size {
 		return partMeta{}, 0
 	}
@@ -257,24 +268,48 @@ func resumable(part string, art *assignment.Artifact, fresh bool) (partMeta, int
 }
 
 // openPart opens the partial download part for the object meta
-// describes. From off 0 it starts afresh: the file is emptied and meta
-// written beside it.
+// describes. From off 0 it starts afresh: whatever was at the path goes,
+// and a new file is created (never through a link), with meta written
+// beside it. A resume opens the file only if it is still a regular file of
+// ours with one link (never through a link either).
 func openPart(part string, meta partMeta, off int64) (*os.File, error) {
-	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if off == 0 {
-		err = f.Truncate(0)
-		if err == nil {
-			err = writeMeta(part, meta)
-		}
+	if off > 0 {
+		f, err := openOwn(part, os.O_RDWR)
 		if err != nil {
+			return nil, err
+		}
+		return f, nil
+	}
+	os.Remove(part)
+	f, err := createNew(part)
+	if err == nil {
+		if err = writeMeta(part, meta); err != nil {
 			f.Close()
 			os.Remove(part)
 			os.Remove(part + ".json")
 			return nil, err
 		}
+	}
+	return f, err
+}
+
+// createNew creates path as a new file of 0600: never an existing one,
+// never through a symlink (tmp/ is hostile).
+func createNew(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+}
+
+// openOwn opens path, not through a link, and only if it is a regular
+// file with a single link: not a name for another file's bytes.
+func openOwn(path string, flag int) (*os.File, error) {
+	f, err := os.OpenFile(path, flag|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG || st.Nlink != 1 {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file with one link", path)
 	}
 	return f, nil
 }
@@ -309,6 +344,7 @@ func (d *Deliverer) fetchBody(ctx context.Context, spec assignment.Spec, part st
 			return fmt.Errorf("%w: %v", errRestart, err)
 		}
 		if err == nil {
+			rc = guard(rc, d.opts.StallTimeout)
 			off, err = p.feed(d.limited(ctx, store.ContextReader(ctx, rc)), off, false)
 			rc.Close()
 			if err == nil && off < info.Size {
@@ -383,5 +419,11 @@ func readMeta(part string) (partMeta, bool) {
 
 func writeMeta(part string, m partMeta) error {
 	data, _ := json.Marshal(m)
-	return os.WriteFile(part+".json", data, 0o600)
+	os.Remove(part + ".json")
+	f, err := createNew(part + ".json")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	return errors.Join(err, f.Close())
 }

@@ -76,6 +76,14 @@ func (d *Deliverer) SignedPackage(ctx context.Context, id, version string) (*ass
 	return pkg, raw, sigFile, nil
 }
 
+// Package is id@version's verified package, as SignedPackage finds it,
+// without keeping it: for deciding about a version (an operator's pin)
+// before it is staged.
+func (d *Deliverer) Package(ctx context.Context, id, version string) (*assignment.Package, error) {
+	pkg, _, _, _, err := d.signedPackage(ctx, id, version)
+	return pkg, err
+}
+
 // signedPackage is SignedPackage that leaves keeping a fetched package to
 // the caller: keep writes it beside the add-on's state (a no-op when it
 // came from there). Staging keeps it only once the version is staged, so

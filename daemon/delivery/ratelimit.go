@@ -2,7 +2,10 @@ package delivery
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/time/rate"
 )
@@ -45,4 +48,42 @@ func (d *Deliverer) limited(ctx context.Context, r io.Reader) io.Reader {
 		return r
 	}
 	return &limitedReader{ctx: ctx, r: r, lim: d.rate}
+}
+
+// DefaultStallTimeout is how long a body may send nothing before it is
+// given up (and the download retried from where it stopped).
+const DefaultStallTimeout = time.Minute
+
+// stallGuard closes a body that sends nothing for d: a server that stops
+// mid-body never holds a download (and its slot) for good.
+type stallGuard struct {
+	rc      io.ReadCloser
+	d       time.Duration
+	t       *time.Timer
+	stalled atomic.Bool
+}
+
+func guard(rc io.ReadCloser, d time.Duration) *stallGuard {
+	g := &stallGuard{rc: rc, d: d}
+	g.t = time.AfterFunc(d, func() {
+		g.stalled.Store(true)
+		rc.Close()
+	})
+	return g
+}
+
+func (g *stallGuard) Read(p []byte) (int, error) {
+	n, err := g.rc.Read(p)
+	if n > 0 {
+		g.t.Reset(g.d)
+	}
+	if err != nil && g.stalled.Load() {
+		err = fmt.Errorf("no data for %s: %w", g.d, err)
+	}
+	return n, err
+}
+
+func (g *stallGuard) Close() error {
+	g.t.Stop()
+	return g.rc.Close()
 }

@@ -47,7 +47,13 @@ type Store struct {
 	Key   string
 }
 
+// FetchTimeout bounds one fetch of the document and its signature: a
+// store that stops answering never holds up the polls after it.
+const FetchTimeout = 2 * time.Minute
+
 func (s *Store) Fetch(ctx context.Context, since string) (*Fetched, error) {
+	ctx, cancel := context.WithTimeout(ctx, FetchTimeout)
+	defer cancel()
 	raw, info, err := store.ReadSmall(ctx, s.Store, s.Key, assignment.MaxDocumentSize, store.OpenOptions{IfNoneMatch: since})
 	if errors.Is(err, store.ErrNotModified) {
 		return nil, ErrUnchanged
