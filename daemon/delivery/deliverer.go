@@ -39,7 +39,7 @@ type Options struct {
 	// StallTimeout gives up a body that sends nothing for this long (the
 	// download is retried); 0: DefaultStallTimeout.
 	StallTimeout time.Duration
-	Log               *slog.Logger
+	Log          *slog.Logger
 	// Sleep waits between retries; tests replace it. Default: a timer.
 	Sleep func(ctx context.Context, d time.Duration) error
 }
