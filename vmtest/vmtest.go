@@ -7,6 +7,7 @@
 package vmtest
 
 import (
+	"net"
 	"os"
 	"runtime"
 	"testing"
@@ -50,6 +51,41 @@ func Goroutines(t testing.TB, n int) {
 		if time.Now().After(deadline) {
 			buf := make([]byte, 1<<20)
 			t.Fatalf("%d goroutines, want at most %d:\n%s", runtime.NumGoroutine(), n, buf[:runtime.Stack(buf, true)])
+		}
+	}
+}
+
+// FreePort is a TCP port on 127.0.0.1 that was free a moment ago, for a
+// server a test starts.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// WaitListening waits until addr accepts connections, for a server
+// process whose Wait result arrives on exited (and is put back for its
+// cleanup). t fails when the process exits first or timeout passes;
+// report says what to print with the failure (its configuration, its
+// logs).
+func WaitListening(t testing.TB, name, addr string, timeout time.Duration, exited chan error, report func() string) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); ; time.Sleep(20 * time.Millisecond) {
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("%s exited: %v\n%s", name, err, report())
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not listening on %s after %v\n%s", name, addr, timeout, report())
 		}
 	}
 }

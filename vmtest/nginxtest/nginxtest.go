@@ -11,7 +11,6 @@ package nginxtest
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,7 +58,7 @@ func Start(t testing.TB, o Options) *Server {
 		t.Fatalf("%s -V: %v\n%s", bin, err, version)
 	}
 	dir := t.TempDir()
-	port, err := freePort()
+	port, err := vmtest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,26 +110,12 @@ http {
 		s.cmd.Process.Kill()
 		<-exited
 	})
-	logs := func() string {
+	vmtest.WaitListening(t, "nginx", s.Addr, 20*time.Second, exited, func() string {
 		a, _ := os.ReadFile(filepath.Join(dir, "stderr"))
 		b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-		return string(a) + string(b)
-	}
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("nginx exited: %v\nconfig:\n%s\nlog:\n%s", err, conf, logs())
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", s.Addr, time.Second); err == nil {
-			c.Close()
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nginx not listening on %s after 20s\nlog:\n%s", s.Addr, logs())
-		}
-	}
+		return "config:\n" + conf + "\nlog:\n" + string(a) + string(b)
+	})
+	return s
 }
 
 // Requests is the access log: one line per request answered,
@@ -139,13 +124,4 @@ http {
 func (s *Server) Requests() []string {
 	data, _ := os.ReadFile(s.AccessLog)
 	return strings.FieldsFunc(string(data), func(r rune) bool { return r == '\n' })
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -13,7 +13,6 @@ package squidtest
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -78,7 +77,7 @@ func Start(t testing.TB, hosts map[string]string) *Proxy {
 	if err := os.WriteFile(filepath.Join(dir, "hosts"), []byte(hostsFile.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	port, err := freePort()
+	port, err := vmtest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,26 +115,12 @@ http_access deny all
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-exited
 	})
-	logs := func() string {
+	vmtest.WaitListening(t, "squid", addr, 30*time.Second, exited, func() string {
 		a, _ := os.ReadFile(filepath.Join(dir, "stderr"))
 		b, _ := os.ReadFile(filepath.Join(dir, "cache.log"))
-		return string(a) + string(b)
-	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("squid exited: %v\nconfig:\n%s\nlog:\n%s", err, conf, logs())
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			return p
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("squid not listening on %s after 30s\nlog:\n%s", addr, logs())
-		}
-	}
+		return "config:\n" + conf + "\nlog:\n" + string(a) + string(b)
+	})
+	return p
 }
 
 // Requests is the access log, one line per request the proxy handled
@@ -144,13 +129,4 @@ http_access deny all
 func (p *Proxy) Requests() []string {
 	data, _ := os.ReadFile(p.AccessLog)
 	return strings.FieldsFunc(string(data), func(r rune) bool { return r == '\n' })
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
