@@ -28,29 +28,6 @@ import (
 	"github.com/addond/addond/daemon/store"
 )
 
-// keyCountingStore counts the Opens of each key.
-type keyCountingStore struct {
-	store.Store
-	mu sync.Mutex
-	n  map[string]int
-}
-
-func (c *keyCountingStore) Open(ctx context.Context, key string, o store.OpenOptions) (io.ReadCloser, store.Info, error) {
-	c.mu.Lock()
-	if c.n == nil {
-		c.n = map[string]int{}
-	}
-	c.n[key]++
-	c.mu.Unlock()
-	return c.Store.Open(ctx, key, o)
-}
-
-func (c *keyCountingStore) opens(key string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.n[key]
-}
-
 // Verify once (DESIGN.md, "Delivery v2"): an artifact the publisher's
 // package names needs no signature of its own in the document; the
 // package is fetched once per version and kept beside the add-on's state.
@@ -79,7 +56,7 @@ func TestPackagePinsTheArtifact(t *testing.T) {
 		// The same version again with its staged copy gone: the kept
 		// package serves, the store's is not read again.
 		os.RemoveAll(filepath.Join(f.root, "addons/hello/versions"))
-		counting := &keyCountingStore{Store: f.st}
+		counting := &countingStore{Store: f.st}
 		rep2, err := f.stageWith(delivery.Options{Store: counting})
 		if err != nil || !rep2.Converged() {
 			t.Fatalf("restage: %v %v", err, rep2.Errors())
@@ -100,7 +77,7 @@ func TestEmbeddedPackageNeedsNoRequest(t *testing.T) {
 		if len(doc.Addons) != 1 || len(doc.Addons[0].PackageJSON) == 0 || doc.Addons[0].PackageSig == "" {
 			t.Fatalf("assign embedded no package: %+v", doc.Addons)
 		}
-		counting := &keyCountingStore{Store: f.st}
+		counting := &countingStore{Store: f.st}
 		rep, err := f.stageWith(delivery.Options{Store: counting})
 		if err != nil || !rep.Converged() || !bytes.Equal(f.binary("hello"), content) {
 			t.Fatalf("stage: %v %v", err, rep.Errors())
@@ -374,7 +351,7 @@ func TestDocumentSignatureInMetadata(t *testing.T) {
 	f.publish("hello", "1.0.0", content)
 	f.assign("hello@1.0.0")
 	key := "agents/edge-01/assignments.json"
-	counting := &keyCountingStore{Store: f.st}
+	counting := &countingStore{Store: f.st}
 	a := f.open()
 	a.setSource(counting)
 	rep, err := a.Stage(context.Background())

@@ -14,34 +14,46 @@ import (
 	"github.com/addond/addond/daemon/store"
 )
 
-// countingStore records the offset of every Open of an artifact in a real store.
+// countingStore counts the Opens of every key of a real store, and records
+// the offset of every Open of an artifact and whether it was refused as
+// changed.
 type countingStore struct {
 	store.Store
 	mu      sync.Mutex
-	offsets []int64 // every Open's offset
-	changed []bool  // every Open's answer was ErrChanged
-	stats   int     // Stat calls (a HEAD on S3)
+	byKey   map[string]int
+	offsets []int64 // every artifact Open's offset
+	changed []bool  // every artifact Open's answer was ErrChanged
+	stats   int     // artifact Stat calls (a HEAD on S3)
 }
 
 func (c *countingStore) Open(ctx context.Context, key string, o store.OpenOptions) (io.ReadCloser, store.Info, error) {
 	rc, info, err := c.Store.Open(ctx, key, o)
-	if !strings.HasPrefix(key, "artifacts/") {
-		return rc, info, err // documents and packages are not counted
-	}
 	c.mu.Lock()
-	c.offsets = append(c.offsets, o.Offset)
-	c.changed = append(c.changed, errors.Is(err, store.ErrChanged))
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	if c.byKey == nil {
+		c.byKey = map[string]int{}
+	}
+	c.byKey[key]++
+	if strings.HasPrefix(key, "artifacts/") {
+		c.offsets = append(c.offsets, o.Offset)
+		c.changed = append(c.changed, errors.Is(err, store.ErrChanged))
+	}
 	return rc, info, err
 }
 
-func (c *countingStore) Stat(ctx context.Context, key string) (store.Info, error) {
-	if !strings.HasPrefix(key, "artifacts/") {
-		return c.Store.Stat(ctx, key)
-	}
+// opens is how often key was opened.
+func (c *countingStore) opens(key string) int {
 	c.mu.Lock()
-	c.stats++
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	return c.byKey[key]
+}
+
+func (c *countingStore) Stat(ctx context.Context, key string) (store.Info, error) {
+	if strings.HasPrefix(key, "artifacts/") {
+		c.mu.Lock()
+		c.stats++
+		c.mu.Unlock()
+	}
 	return c.Store.Stat(ctx, key)
 }
 

@@ -99,6 +99,9 @@ func New(o Options) *Deliverer {
 	if o.StallTimeout <= 0 {
 		o.StallTimeout = DefaultStallTimeout
 	}
+	if o.Platform == (assignment.Platform{}) {
+		o.Platform = assignment.Host()
+	}
 	if o.Sleep == nil {
 		o.Sleep = func(ctx context.Context, d time.Duration) error {
 			t := time.NewTimer(d)
@@ -184,9 +187,6 @@ func (d *Deliverer) Stage(ctx context.Context, spec assignment.Spec) (_ Staged, 
 	art := spec.Artifact
 	if art == nil {
 		return fail("resolve", false, errors.New("no artifact reference for this platform"))
-	}
-	if d.opts.Platform == (assignment.Platform{}) {
-		d.opts.Platform = assignment.Host()
 	}
 	st, err := d.State(spec.AddonID)
 	if err != nil {

@@ -141,11 +141,12 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 	var (
 		storedSum hash.Hash
 		unz       *unzstd
+		out       *os.File // what a compressed object decompresses to
 	)
 	if compressed {
 		bin = part + ".out"
 		os.Remove(bin)
-		out, err := createNew(bin)
+		out, err = createNew(bin)
 		if err != nil {
 			return fail("fetch", true, err)
 		}
@@ -230,7 +231,7 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 	// What is installed must be on disk: the partial itself, or what it
 	// decompressed to (the compressed bytes are removed at install).
 	if compressed {
-		if err := syncFile(bin); err != nil {
+		if err := out.Sync(); err != nil {
 			return fail("fetch", true, err)
 		}
 	} else if err := f.Sync(); err != nil {
@@ -238,15 +239,6 @@ func (d *Deliverer) downloadOnce(ctx context.Context, spec assignment.Spec, part
 	}
 	keep = true
 	return bin, n, nil
-}
-
-func syncFile(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 // resumable is the partial download of art kept in part, and where to
