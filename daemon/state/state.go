@@ -183,6 +183,11 @@ func readJSON(path string, v any) error {
 	if err := json.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
+	// What loads must save again: JSON that decodes to a value encoding
+	// refuses (a time with a zone offset of 24 hours or more) is corrupt.
+	if _, err := json.Marshal(v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
 	return nil
 }
 
