@@ -37,7 +37,7 @@ func ParsePolicy(data []byte) (Set, error) {
 		}
 		c, err := Parse(text)
 		if err != nil {
-			return 0, fmt.Errorf("policy line %d: %w", line, err)
+			return 0, &LineError{Line: line, Err: err}
 		}
 		s = s.Add(c)
 	}
@@ -46,3 +46,12 @@ func ParsePolicy(data []byte) (Set, error) {
 	}
 	return s, nil
 }
+
+// LineError is an error on one line of a policy file.
+type LineError struct {
+	Line int // 1-based
+	Err  error
+}
+
+func (e *LineError) Error() string { return fmt.Sprintf("policy line %d: %v", e.Line, e.Err) }
+func (e *LineError) Unwrap() error { return e.Err }

@@ -16,6 +16,7 @@ import (
 	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/config"
 	"github.com/addond/addond/daemon/delivery"
+	"github.com/addond/addond/daemon/logging"
 	"github.com/addond/addond/daemon/reconcile"
 	"github.com/addond/addond/daemon/signing"
 	"github.com/addond/addond/daemon/source"
@@ -31,6 +32,9 @@ type Options struct {
 	// PrivilegedRoot is where addond-updater puts capped copies (zero:
 	// its default, /var/lib/addond-privileged).
 	PrivilegedRoot string
+	// Addons, when set, is kept up to date with every add-on's active
+	// version and unit, for the log handler (logging.New).
+	Addons *logging.Addons
 }
 
 // env is what a config makes: the trust keys, the store, the assignment

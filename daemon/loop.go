@@ -12,9 +12,11 @@ import (
 	"github.com/addond/addond/daemon/assignment"
 	"github.com/addond/addond/daemon/config"
 	"github.com/addond/addond/daemon/delivery"
+	"github.com/addond/addond/daemon/logging"
 	"github.com/addond/addond/daemon/reconcile"
 	"github.com/addond/addond/daemon/state"
 	"github.com/addond/addond/supervisors"
+	"github.com/addond/addond/supervisors/systemd"
 )
 
 // The loop drives a reconcile.Core: it moves inputs in and executes the
@@ -456,6 +458,9 @@ func (l *loop) publish() {
 	l.status, l.owned, l.helpers = st, owned, helpers
 	l.mu.Unlock()
 	l.metrics.observe(st)
+	if l.a.opts.Addons != nil {
+		l.a.opts.Addons.Set(logAddons(st.Addons, l.a.cfg().Systemd.Manager))
+	}
 	if l.reporter != nil {
 		l.reporter.offer(st)
 	}
@@ -541,4 +546,22 @@ func (e *env) supSpec(spec assignment.Spec) supervisors.Spec {
 		s.Resources = &supervisors.Resources{CPUMaxPercent: res.CPUMaxPercent, MemoryMaxBytes: res.MemoryMaxBytes, MemoryHighBytes: res.MemoryHighBytes, TasksMax: res.TasksMax}
 	}
 	return s
+}
+
+// logAddons is what the log handler adds to an entry about an add-on that
+// does not say itself: its active (else wanted) version and the unit it
+// runs as (none for in-agent features, or without a systemd manager).
+func logAddons(addons []AddonStatus, manager string) map[string]logging.Addon {
+	m := make(map[string]logging.Addon, len(addons))
+	for _, a := range addons {
+		la := logging.Addon{Version: a.ActiveVersion}
+		if la.Version == "" {
+			la.Version = a.Version
+		}
+		if manager != "none" && a.Supervision != assignment.SupervisionConfigToggle && a.Supervision != assignment.SupervisionEphemeralHelper {
+			la.Unit = systemd.ServiceName(a.AddonID)
+		}
+		m[a.AddonID] = la
+	}
+	return m
 }

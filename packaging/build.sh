@@ -36,8 +36,9 @@ mkdir -p "$OUT" "$BUILD/share" "$BUILD/pingsweep"
 
 # Tools, from their own module.
 "$GO" -C packaging/tools build -o "$BUILD/tools/" \
-	github.com/goreleaser/nfpm/v2/cmd/nfpm ./cmd/cobraman ./cmd/golicenses
+	github.com/goreleaser/nfpm/v2/cmd/nfpm github.com/google/go-licenses/v2 ./cmd/cobraman
 NFPM=$BUILD/tools/nfpm
+GO_LICENSES=$BUILD/tools/go-licenses
 
 # Binaries: static Go (no cgo), built as position-independent executables
 # (the kernel loads them at a random address; lintian refuses static
@@ -80,16 +81,27 @@ top=$(sed -n '1s/^addond (\([^)]*\)).*/\1/p' packaging/files/changelog)
 } | gzip -9n >"$BUILD/share/changelog.gz"
 
 # copyright: the project's, with the Go modules in the binaries and their
-# licenses.
-copyright() { # OUT BINARY...
-	local out=$1
-	shift
+# licenses, from go-licenses; the license texts and NOTICE files of those
+# modules go to licenses/, one directory per module. A module whose license
+# go-licenses cannot classify, or one that it rates forbidden, stops the
+# build.
+copyright() { # OUT LICENSES PACKAGE...
+	local out=$1 saved=$2
+	shift 2
+	GOOS=linux GOARCH=${first} "$GO_LICENSES" check --ignore github.com/addond/addond \
+		--disallowed_types=forbidden,unknown "$@" 2>"$BUILD/go-licenses.log" ||
+		{ cat "$BUILD/go-licenses.log" >&2; exit 1; }
 	local mods
-	mods=$("$BUILD/tools/golicenses" -strict -modcache "$("$GO" env GOMODCACHE)" -prefix " " "$@")
+	mods=$(GOOS=linux GOARCH=${first} "$GO_LICENSES" report --ignore github.com/addond/addond \
+		--template packaging/files/copyright-modules.tpl "$@" 2>>"$BUILD/go-licenses.log" | sort -u)
 	awk -v mods="$mods" '$0 == " @GO_MODULES@" {print mods; next} {print}' packaging/files/copyright >"$out"
+	rm -rf "$saved"
+	GOOS=linux GOARCH=${first} "$GO_LICENSES" save --ignore github.com/addond/addond --save_path "$saved" \
+		"$@" 2>>"$BUILD/go-licenses.log"
+	chmod -R u=rwX,go=rX "$saved"
 }
 first=${ARCHES%% *}
-copyright "$BUILD/share/copyright" "$BUILD/$first/addond" "$BUILD/$first/addonctl" "$BUILD/$first/addond-updater"
+copyright "$BUILD/share/copyright" "$BUILD/share/licenses" ./cmd/addond ./cmd/addonctl ./cmd/addond-updater
 
 for arch in $ARCHES; do
 	for format in $FORMATS; do
@@ -99,13 +111,13 @@ for arch in $ARCHES; do
 done
 
 # The pingsweep add-on, from the add-on template, at addond's version.
-copyright "$BUILD/pingsweep/copyright" "$BUILD/$first/pingsweep"
+copyright "$BUILD/pingsweep/copyright" "$BUILD/pingsweep/licenses" ./sdk/examples/pingsweep
 for arch in $ARCHES; do
 	for format in $FORMATS; do
 		NFPM=$NFPM packaging/addon-template/build.sh --name pingsweep --version "$PKG_VERSION" \
 			--arch "$arch" --format "$format" --binary "$BUILD/$arch/pingsweep" \
 			--summary "ICMP ping sweeper (example addond add-on)" \
-			--copyright "$BUILD/pingsweep/copyright" --maintainer "$MAINTAINER" --out "$OUT"
+			--copyright "$BUILD/pingsweep/copyright" --licenses "$BUILD/pingsweep/licenses" --maintainer "$MAINTAINER" --out "$OUT"
 	done
 done
 ls -l "$OUT"/*"$PKG_VERSION"*

@@ -298,6 +298,9 @@ func installPurge(t *testing.T) {
 			sh(t, "journalctl --no-pager -o short-monotonic -u addond.service | tail -30"))
 	}
 
+	badReload(t)
+	journalFields(t, host)
+
 	// Remove: addond, its updater and the add-on's unit stop; the user,
 	// lingering, the state and the configuration stay.
 	t.Log(sh(t, "dpkg -r addond-addon-pingsweep addond"))
@@ -442,4 +445,100 @@ func TestInstallChroot(t *testing.T) {
 			t.Errorf("after purge %s: %v", p, err)
 		}
 	}
+}
+
+// journalFields: addond writes native journal entries. A version that
+// crash-loops is rolled back, and that is an error: `journalctl -u addond
+// -p err` shows it, with the add-on's id, version and unit as fields, and
+// nothing of lower priority; `journalctl ADDON_ID=sweep` shows the
+// add-on's story, every entry with its version and unit.
+func journalFields(t *testing.T, host string) {
+	t.Helper()
+	sh(t, `printf '#!/bin/sh\necho "sweep 1.1.0: crashing" >&2\nexit 3\n' >/root/crash && chmod 755 /root/crash`)
+	sh(t, "addonctl publish --store file:///srv/store --key /root/keys/signing.key --id sweep --version 1.1.0 "+
+		"--supervision systemd_service --binary-name pingsweep linux/amd64=/root/crash")
+	sh(t, "addonctl assign --store file:///srv/store --key /root/keys/signing.key --agent "+host+" --addon sweep@1.1.0")
+	sh(t, "addonctl reconcile")
+	type entry map[string]any
+	entries := func(args string) []entry {
+		out := sh(t, "journalctl --no-pager -o json "+args)
+		var es []entry
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			if line == "" {
+				continue
+			}
+			var e entry
+			if err := json.Unmarshal([]byte(line), &e); err != nil {
+				t.Fatalf("journalctl -o json: %v: %q", err, line)
+			}
+			es = append(es, e)
+		}
+		return es
+	}
+	field := func(e entry, k string) string { s, _ := e[k].(string); return s }
+	var rollback entry
+	waitFor(t, "the rollback of sweep 1.1.0 in `journalctl -u addond -p err`", 60*time.Second, func() (string, bool) {
+		errs := entries("-u addond.service -p err")
+		for _, e := range errs {
+			if field(e, "MESSAGE") == "rolling back" {
+				rollback = e
+			}
+		}
+		return fmt.Sprint(errs), rollback != nil
+	})
+	for k, want := range map[string]string{"PRIORITY": "3", "ADDON_ID": "sweep", "ADDON_VERSION": "1.1.0", "UNIT": "addond-sweep.service",
+		"_SYSTEMD_UNIT": "addond.service", "SYSLOG_IDENTIFIER": "addond"} {
+		if got := field(rollback, k); got != want {
+			t.Errorf("the rollback's entry: %s=%q, want %q (%v)", k, got, want, rollback)
+		}
+	}
+	for _, e := range entries("-u addond.service -p err") {
+		if p := field(e, "PRIORITY"); p > "3" {
+			t.Errorf("-p err shows priority %s: %v", p, e)
+		}
+	}
+	waitFor(t, "sweep back on 1.0.0", 60*time.Second, func() (string, bool) {
+		st := addonctlStatus(t)
+		return fmt.Sprintf("%+v", st.Addons), len(st.Addons) == 1 && st.Addons[0].State == "rolled_back" && st.Addons[0].Health == "healthy"
+	})
+	story := entries("ADDON_ID=sweep")
+	var messages []string
+	for _, e := range story {
+		messages = append(messages, field(e, "MESSAGE")+"@"+field(e, "ADDON_VERSION"))
+		if field(e, "ADDON_VERSION") == "" || field(e, "UNIT") == "" || field(e, "_SYSTEMD_UNIT") != "addond.service" {
+			t.Errorf("an entry of sweep's story without its version or unit: %v", e)
+		}
+	}
+	joined := strings.Join(messages, "\n")
+	for _, want := range []string{"promoted@1.0.0", "rolling back@1.1.0"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("journalctl ADDON_ID=sweep has no %q:\n%s", want, joined)
+		}
+	}
+	t.Logf("journalctl ADDON_ID=sweep: %d entries:\n%s", len(story), joined)
+}
+
+// badReload: a config that does not check fails `systemctl reload` — the
+// unit's ExecReload runs `addond check-config` first — with the error's
+// file, line and column in the journal, and addond runs on with the
+// config it has.
+func badReload(t *testing.T) {
+	t.Helper()
+	pid := props(t, "systemctl", "addond.service", "MainPID")["MainPID"]
+	before := addonctlStatus(t)
+	sh(t, `cp /etc/addond/addond.json /root/addond.json.good && printf '{\n  "agent_id": "x",\n  "probation": "4 s"\n}\n' >/etc/addond/addond.json`)
+	if out, ok := try("systemctl reload addond.service"); ok {
+		t.Errorf("systemctl reload took a bad config: %s", out)
+	}
+	waitFor(t, "check-config's error in the journal", 30*time.Second, func() (string, bool) {
+		out, _ := try("journalctl --no-pager -o cat -u addond.service -p err")
+		return out, strings.Contains(out, `/etc/addond/addond.json:3:3: key "probation"`)
+	})
+	if p := props(t, "systemctl", "addond.service", "MainPID", "ActiveState"); p["MainPID"] != pid || p["ActiveState"] != "active" {
+		t.Errorf("after a bad reload addond.service is %v (MainPID was %s)", p, pid)
+	}
+	if st := addonctlStatus(t); fmt.Sprint(st.Addons) != fmt.Sprint(before.Addons) || !st.Ready {
+		t.Errorf("after a bad reload: %+v, was %+v", st, before)
+	}
+	sh(t, "cp /root/addond.json.good /etc/addond/addond.json && addond check-config && systemctl reload addond.service")
 }

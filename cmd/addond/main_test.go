@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -275,5 +276,41 @@ func TestCrashConsistency(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestCheckConfigCLI: `addond check-config` exits 0 on a good config and 1
+// on a bad one, one FILE:LINE:COLUMN line per error on stderr; with its
+// stderr the journal's stream ($JOURNAL_STREAM names it) each line has
+// the "<3>" prefix that makes it an entry of priority err.
+func TestCheckConfigCLI(t *testing.T) {
+	e := newEnv(t, "file")
+	if r := e.exec(nil, "addond", "check-config", "--config", e.config); r.code != 0 || r.stdout != e.config+": valid\n" || r.stderr != "" {
+		t.Fatalf("a good config: %+v", r)
+	}
+	bad := filepath.Join(e.dir, "bad.json")
+	os.WriteFile(bad, []byte("{\n  \"agent_id\": \"edge-01\",\n  \"poll_interval\": 30\n}\n"), 0o644)
+	r := e.exec(nil, "addond", "check-config", "--config", bad)
+	if want := bad + `:3:3: key "poll_interval": want a duration string like "30s"` + "\n"; r.code != 1 || r.stderr != want || r.stdout != "" {
+		t.Fatalf("a bad config: %+v\nwant stderr %q", r, want)
+	}
+
+	// Under the journal: stderr is a pipe whose device and inode
+	// $JOURNAL_STREAM names.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	var st syscall.Stat_t
+	syscall.Fstat(int(pw.Fd()), &st)
+	cmd := exec.Command(filepath.Join(bin, "addond"), "check-config", "--config", bad)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("JOURNAL_STREAM=%d:%d", st.Dev, st.Ino))
+	cmd.Stderr = pw
+	err = cmd.Run()
+	pw.Close()
+	out, _ := io.ReadAll(pr)
+	if cmd.ProcessState.ExitCode() != 1 || !strings.HasPrefix(string(out), "<3>"+bad+":3:3: ") {
+		t.Fatalf("under the journal: %v, stderr %q", err, out)
 	}
 }

@@ -104,6 +104,12 @@ func (e *env) startDaemon(t *testing.T, notify *notifySocket) *daemonProc {
 	return d
 }
 
+// logText is what addond has logged so far.
+func (d *daemonProc) logText() string {
+	b, _ := os.ReadFile(d.log.Name())
+	return string(b)
+}
+
 func (d *daemonProc) stop(t *testing.T) {
 	if d.cmd.ProcessState != nil {
 		return
@@ -425,6 +431,33 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	})
 	d.cmd.Process.Signal(syscall.SIGHUP)
 	d.waitAddon(t, "hello", 15*time.Second, "disabled by the reloaded config", func(a daemon.AddonStatus) bool { return a.State == "disabled" })
+
+	// A bad config: the reload is refused and the running config stays —
+	// the overrides it named still apply, after a reconcile too.
+	good, _ := os.ReadFile(e.config)
+	os.WriteFile(e.config, []byte(`{"agent_id": "edge-01", "runtime_root": "relative/root"}`), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(d.logText(), "SIGHUP: config not reloaded") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no refusal of the bad config logged:\n%s", d.logText())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := d.client.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if a := d.waitAddon(t, "hello", 5*time.Second, "still disabled", func(a daemon.AddonStatus) bool { return a.State == "disabled" }); a.Version != "1.1.0" {
+		t.Errorf("after a bad reload: %+v", a)
+	}
+	if err := d.cmd.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("addond exited on a bad config: %v", err)
+	}
+	// Fixed: taken on the next SIGHUP.
+	os.WriteFile(e.config, good, 0o644)
+	os.WriteFile(ov, []byte(`{"addons":[]}`), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.waitAddon(t, "hello", 15*time.Second, "running again once the config is good", runningHealthy("1.1.0"))
 }
 
 // TestReconcileLeavesUnchangedAlone: a reconcile touches only what

@@ -115,7 +115,7 @@ func (c *Core) rollback(ar *addon, reason string) {
 	d.probation = nil
 	c.persist(ar.id)
 	c.emit(Count{Metric: MetricRollbacks, Label: ar.id})
-	c.log(slog.LevelWarn, "rolling back", "addon_id", ar.id, "version", p.Version, "to", p.Previous, "reason", reason)
+	c.log(slog.LevelError, "rolling back", "addon_id", ar.id, "version", p.Version, "to", p.Previous, "reason", reason)
 	if lkg := d.lkg; p.Previous == "" || lkg == nil || lkg.Version != p.Previous {
 		c.stop(ar)
 		c.set(ar, StateFailed, reason)

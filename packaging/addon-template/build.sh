@@ -4,8 +4,12 @@
 #
 #   packaging/addon-template/build.sh --name pingsweep --version 1.0.0 \
 #       --arch amd64 --format deb --binary bin/pingsweep \
-#       --summary "ICMP ping sweeper" --copyright COPYRIGHT --out dist
+#       --summary "ICMP ping sweeper" --copyright COPYRIGHT \
+#       [--licenses DIR] --out dist
 #
+# --licenses: the license texts and NOTICE files of what the binary bundles
+# (`go-licenses save` writes such a directory), shipped under
+# /usr/share/doc/addond-addon-NAME/licenses/.
 # The binary lands at /usr/libexec/addond-addons/NAME/NAME (root:root 0755),
 # a README naming the assignment to use in /usr/share/doc/addond-addon-NAME/.
 # nfpm is $NFPM, else built from packaging/tools.
@@ -14,10 +18,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 usage() {
 	echo "usage: $0 --name NAME --version VERSION --arch ARCH --binary FILE --copyright FILE --out DIR" \
-		"[--format deb|rpm] [--summary TEXT] [--maintainer 'NAME <EMAIL>']" >&2
+		"[--format deb|rpm] [--summary TEXT] [--maintainer 'NAME <EMAIL>'] [--licenses DIR]" >&2
 	exit 2
 }
-name= version= arch= binary= copyright= out= format=deb
+name= version= arch= binary= copyright= out= format=deb licenses=
 summary= maintainer="addond maintainers <maintainers@addond.invalid>"
 while [ $# -gt 0 ]; do
 	[ $# -ge 2 ] || usage
@@ -27,6 +31,7 @@ while [ $# -gt 0 ]; do
 	--arch) arch=$2 ;;
 	--binary) binary=$2 ;;
 	--copyright) copyright=$2 ;;
+	--licenses) licenses=$2 ;;
 	--out) out=$2 ;;
 	--format) format=$2 ;;
 	--summary) summary=$2 ;;
@@ -50,7 +55,11 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(date +%s)}
 
 stage=$(mktemp -d "${TMPDIR:-/tmp}/addond-addon.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
-mkdir -p "$stage/bin" "$stage/doc"
+mkdir -p "$stage/bin" "$stage/doc/licenses"
+if [ -n "$licenses" ]; then
+	cp -R "$licenses/." "$stage/doc/licenses/"
+	chmod -R u=rwX,go=rX "$stage/doc/licenses"
+fi
 install -m 0755 "$binary" "$stage/bin/$name"
 install -m 0644 "$copyright" "$stage/doc/copyright"
 binary_path=/usr/libexec/addond-addons/$name/$name
