@@ -104,7 +104,8 @@ printf '$ addond run --config %s &   (log: %s)\n' "$DEMO/run.json" "$DEMO/addond
 "$BIN/addond" run --config "$DEMO/run.json" >"$DEMO/addond.log" 2>&1 &
 ADDOND_PID=$!
 trap 'kill $ADDOND_PID 2>/dev/null || true; wait $ADDOND_PID 2>/dev/null || true; rm -rf "$DEMO"' EXIT
-status() { "$BIN/addonctl" status --socket "$DEMO/addond.sock"; }
+# addonctl status exits 1 while an add-on is not running and healthy.
+status() { "$BIN/addonctl" status --socket "$DEMO/addond.sock" || [ $? -eq 1 ]; }
 wait_for() { # wait_for PATTERN: until addonctl status matches
 	for _ in $(seq 1 150); do
 		if status 2>/dev/null | grep -Eq "$1"; then return 0; fi

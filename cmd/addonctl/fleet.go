@@ -21,8 +21,9 @@ import (
 
 func newFleet() *cobra.Command {
 	c := &cobra.Command{
-		Use:   "fleet",
-		Short: "The fleet, as its agents report it to the store",
+		Use:     "fleet",
+		Example: `  addonctl fleet status --store 's3://addons?endpoint=minio.example:9000'`,
+		Short:   "The fleet, as its agents report it to the store",
 	}
 	c.AddCommand(newFleetStatus(), newFleetPolicy())
 	return c

@@ -18,7 +18,9 @@ import (
 func newKeygen() *cobra.Command {
 	var out string
 	c := &cobra.Command{
-		Use:   "keygen --out DIR",
+		Use: "keygen --out DIR",
+		Example: `  addonctl keygen --out /root/keys
+  install -m 0644 /root/keys/signing.pub /etc/addond/trust.d/publisher.pub`,
 		Short: "Create an Ed25519 signing key pair (DIR/signing.key, DIR/signing.pub)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -70,9 +72,10 @@ func writeExclusive(path string, data []byte, perm os.FileMode) error {
 func newSign() *cobra.Command {
 	var keyPath string
 	c := &cobra.Command{
-		Use:   "sign --key KEY FILE",
-		Short: "Print the hex Ed25519 signature of FILE's bytes",
-		Args:  cobra.ExactArgs(1),
+		Use:     "sign --key KEY FILE",
+		Example: `  addonctl sign --key /root/keys/signing.key bin/pingsweep`,
+		Short:   "Print the hex Ed25519 signature of FILE's bytes",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			priv, err := signing.LoadPrivateKey(keyPath)
 			if err != nil {
@@ -112,7 +115,9 @@ func newSign() *cobra.Command {
 func newVerify() *cobra.Command {
 	var keyPath, sumHex, sigArg string
 	c := &cobra.Command{
-		Use:   "verify --key PUB --sha256 HEX [--signature SIG] FILE",
+		Use: "verify --key PUB --sha256 HEX [--signature SIG] FILE",
+		Example: `  addonctl verify --key signing.pub --sha256 "$(sha256sum pingsweep | cut -d' ' -f1)" \\
+    --signature "$(addonctl sign --key signing.key pingsweep)" pingsweep`,
 		Short: "Check a file's sha256 and Ed25519 signature offline",
 		Long: `verify streams FILE once through SHA-256 and Ed25519 verification. SIG is
 the signature in hex or base64, or the path of a .sig file.`,

@@ -20,8 +20,12 @@ func main() {
 	err := newRoot().ExecuteContext(ctx)
 	stop()
 	var ee exitError
+	var ew exitErrorWith
 	switch {
 	case err == nil:
+	case errors.As(err, &ew):
+		fmt.Fprintln(os.Stderr, "addonctl:", err)
+		os.Exit(ew.code)
 	case errors.As(err, &ee):
 		os.Exit(ee.code)
 	default:

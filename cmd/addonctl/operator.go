@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -13,6 +14,8 @@ import (
 
 	"github.com/addond/addond/daemon"
 	"github.com/addond/addond/daemon/config"
+	"github.com/addond/addond/daemon/reconcile"
+	"github.com/addond/addond/supervisors"
 	"github.com/addond/addond/supervisors/helper"
 )
 
@@ -48,21 +51,33 @@ func newStatus() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "status [--json]",
 		Short: "Show every add-on: state, health, desired and active version",
-		Args:  cobra.NoArgs,
+		Long: `status shows every add-on addond knows: its state and health, the version
+wanted and the one active, since when, and its last error.
+
+Exit status: 0 when every enabled add-on is running and healthy; 1 when any
+is not (starting, degraded, unhealthy, failed, rolled back, circuit open…)
+or the assignment document has expired; 2 when addond cannot be reached.`,
+		Example: `  addonctl status
+  addonctl status --json | jq '.addons[] | select(.health != "healthy")'
+  addonctl status >/dev/null || echo "an add-on needs attention"`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cl, err := sf.client()
 			if err != nil {
-				return err
+				return unreachable(err)
 			}
 			st, err := cl.Status(cmd.Context())
 			if err != nil {
-				return err
+				return unreachable(err)
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				if err := enc.Encode(st); err != nil {
+					return err
+				}
+				return notWell(cmd, st)
 			}
 			ready := "ready"
 			if !st.Ready {
@@ -82,12 +97,50 @@ func newStatus() *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.AddonID, a.State, a.Health, dash(a.Version), dash(active),
 					a.Since.Local().Format(time.DateTime), truncate(a.LastError, 80))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			return notWell(cmd, st)
 		},
 	}
 	sf.add(c)
 	c.Flags().BoolVar(&asJSON, "json", false, "print /v1/status as JSON")
 	return c
+}
+
+// unreachable: addond could not be asked; status exits 2.
+func unreachable(err error) error {
+	return fmt.Errorf("%w (exit status 2: addond cannot be reached)", exitErrorWith{exitError{2}, err})
+}
+
+// exitErrorWith is an exit status that prints its cause.
+type exitErrorWith struct {
+	exitError
+	err error
+}
+
+func (e exitErrorWith) Error() string { return e.err.Error() }
+func (e exitErrorWith) Unwrap() error { return e.err }
+
+// notWell is status's exit: nil when every enabled add-on is running and
+// healthy and the document has not expired; else exit status 1, with the
+// add-ons that are not on stderr.
+func notWell(cmd *cobra.Command, st *daemon.Status) error {
+	var bad []string
+	if st.DocumentExpired {
+		bad = append(bad, "the assignment document has expired")
+	}
+	for _, a := range st.Addons {
+		if a.State == reconcile.StateDisabled || a.State == reconcile.StateRunning && a.Health == supervisors.HealthHealthy {
+			continue
+		}
+		bad = append(bad, fmt.Sprintf("%s is %s, %s", a.AddonID, a.State, a.Health))
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	fmt.Fprintln(cmd.ErrOrStderr(), "addonctl: not every add-on is running and healthy: "+strings.Join(bad, "; "))
+	return exitError{1}
 }
 
 // staleness is the header's note when the assignment document in use is
@@ -139,9 +192,10 @@ func truncate(s string, n int) string {
 func newReconcile() *cobra.Command {
 	var sf socketFlags
 	c := &cobra.Command{
-		Use:   "reconcile",
-		Short: "Ask addond to reconcile now",
-		Args:  cobra.NoArgs,
+		Use:     "reconcile",
+		Example: `  addonctl reconcile`,
+		Short:   "Ask addond to reconcile now",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cl, err := sf.client()
 			if err != nil {
@@ -157,9 +211,10 @@ func newReconcile() *cobra.Command {
 func newRetry() *cobra.Command {
 	var sf socketFlags
 	c := &cobra.Command{
-		Use:   "retry ID",
-		Short: "Forget an add-on's failed versions and try the assigned one again",
-		Args:  cobra.ExactArgs(1),
+		Use:     "retry ID",
+		Example: `  addonctl retry pingsweep`,
+		Short:   "Forget an add-on's failed versions and try the assigned one again",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, err := sf.client()
 			if err != nil {
@@ -175,8 +230,9 @@ func newRetry() *cobra.Command {
 func newRunHelper() *cobra.Command {
 	var sf socketFlags
 	c := &cobra.Command{
-		Use:   "run-helper ID [-- ARGS...]",
-		Short: "Run an ephemeral helper; print its output and exit with its status",
+		Use:     "run-helper ID [-- ARGS...]",
+		Example: `  addonctl run-helper inventory -- --format json`,
+		Short:   "Run an ephemeral helper; print its output and exit with its status",
 		Long: `Runs the ephemeral helper ID once, as a transient unit in addond's manager,
 with ARGS after its assigned arguments. Prints its stdout on stdout and its
 stderr on stderr (each bounded; a note on stderr says when output was cut)

@@ -16,7 +16,10 @@ import (
 
 func newOverride() *cobra.Command {
 	c := &cobra.Command{
-		Use:   "override",
+		Use: "override",
+		Example: `  addonctl override set pingsweep --enabled=false
+  addonctl override show
+  addonctl override clear pingsweep`,
 		Short: "Edit the local overrides file (addons.local.json) and reconcile",
 		Long: `override edits the local_overrides file named in addond's config: each entry
 patches only the fields it names onto the pushed assignment with the same
@@ -81,7 +84,9 @@ func newOverrideSet() *cobra.Command {
 		configFile  string
 	)
 	c := &cobra.Command{
-		Use:   "set ID [--enabled=BOOL] [--version V] [--supervision S] [--arg ARG]... [--config-json FILE]",
+		Use: "set ID [--enabled=BOOL] [--version V] [--supervision S] [--arg ARG]... [--config-json FILE]",
+		Example: `  addonctl override set pingsweep --enabled=false
+  addonctl override set pingsweep --version 1.2.0 --arg --interval=30s`,
 		Short: "Patch fields of one add-on",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
@@ -148,9 +153,10 @@ func newOverrideSet() *cobra.Command {
 func newOverrideClear() *cobra.Command {
 	var sf socketFlags
 	c := &cobra.Command{
-		Use:   "clear ID",
-		Short: "Remove one add-on's override",
-		Args:  cobra.ExactArgs(1),
+		Use:     "clear ID",
+		Example: `  addonctl override clear pingsweep`,
+		Short:   "Remove one add-on's override",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			path, ov, err := overridesFile(&sf)
 			if err != nil {
@@ -170,9 +176,10 @@ func newOverrideClear() *cobra.Command {
 func newOverrideShow() *cobra.Command {
 	var sf socketFlags
 	c := &cobra.Command{
-		Use:   "show",
-		Short: "Print the local overrides",
-		Args:  cobra.NoArgs,
+		Use:     "show",
+		Example: `  addonctl override show`,
+		Short:   "Print the local overrides",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			path, ov, err := overridesFile(&sf)
 			if err != nil {

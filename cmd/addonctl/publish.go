@@ -31,7 +31,10 @@ func newPublish() *cobra.Command {
 		compress                                                string
 	)
 	c := &cobra.Command{
-		Use:   "publish --store URL --key KEY --id ID --version VER [flags] OS/ARCH=PATH...",
+		Use: "publish --store URL --key KEY --id ID --version VER [flags] OS/ARCH=PATH...",
+		Example: `  addonctl publish --store 's3://addons?endpoint=minio.example:9000' --key signing.key \\
+    --id pingsweep --version 1.2.0 --compress zstd \\
+    linux/amd64=dist/amd64/pingsweep linux/arm64=dist/arm64/pingsweep`,
 		Short: "Sign and upload an add-on's artifacts and write its signed package.json",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -106,7 +109,11 @@ func newAssign() *cobra.Command {
 		expires                                                               time.Duration
 	)
 	c := &cobra.Command{
-		Use:   "assign --store URL --agent AGENT [--key KEY] --addon ID@VERSION... [flags]",
+		Use: "assign --store URL --agent AGENT [--key KEY] --addon ID@VERSION... [flags]",
+		Example: `  # Change one add-on on one host, keeping the others:
+  addonctl assign --store "$STORE" --key signing.key --agent edge-01 --merge --addon pingsweep@1.2.0
+  # See what a change would do, write nothing:
+  addonctl assign --store "$STORE" --key signing.key --agent edge-01 --remove inventory --dry-run`,
 		Short: "Write an agent's (signed) assignment document from published packages",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -1,7 +1,11 @@
 package main
 
 import (
+	"fmt"
+
 	"github.com/spf13/cobra"
+
+	"github.com/addond/addond/daemon"
 )
 
 func newRoot() *cobra.Command {
@@ -10,7 +14,9 @@ func newRoot() *cobra.Command {
 		Short:         "Publish, assign and operate addond add-ons",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       daemon.Version,
 	}
+	root.SetVersionTemplate("addonctl {{.Version}}\n")
 	root.AddGroup(
 		&cobra.Group{ID: "operator", Title: "Operator commands:"},
 		&cobra.Group{ID: "publisher", Title: "Publisher commands:"},
@@ -23,5 +29,15 @@ func newRoot() *cobra.Command {
 		c.GroupID = "publisher"
 		root.AddCommand(c)
 	}
+	version := &cobra.Command{
+		Use:     "version",
+		Short:   "Print the version",
+		Example: "  addonctl version",
+		Args:    cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintln(cmd.OutOrStdout(), "addonctl", daemon.Version)
+		},
+	}
+	root.AddCommand(version)
 	return root
 }

@@ -229,6 +229,14 @@ func TestRunRollback(t *testing.T) {
 
 	d, notify := e.startReady(t)
 	first := d.waitAddon(t, "hello", 15*time.Second, "running 1.0.0", runningHealthy("1.0.0"))
+	// addonctl status's exit status: 0 when all is well, 1 when an add-on
+	// is not (below), 2 when addond cannot be reached.
+	if r := e.exec(nil, "addonctl", "status", "--socket", d.socket); r.code != 0 || !strings.Contains(r.stdout, "hello") {
+		t.Errorf("addonctl status, all running and healthy: %+v", r)
+	}
+	if r := e.exec(nil, "addonctl", "status", "--socket", filepath.Join(e.dir, "nobody.sock")); r.code != 2 || !strings.Contains(r.stderr, "cannot be reached") {
+		t.Errorf("addonctl status, no addond: %+v", r)
+	}
 
 	e.assignWithConfig("hello@1.1.0", "hello", `{"health":"unhealthy"}`)
 	if err := d.client.Reconcile(context.Background()); err != nil {
@@ -242,6 +250,12 @@ func TestRunRollback(t *testing.T) {
 	}
 	if target, _ := os.Readlink(filepath.Join(e.root, "addons/hello/current")); target != "versions/1.0.0" {
 		t.Fatalf("current -> %s after rollback, want versions/1.0.0", target)
+	}
+	for _, args := range [][]string{{"status"}, {"status", "--json"}} {
+		r := e.exec(nil, "addonctl", append(args, "--socket", d.socket)...)
+		if r.code != 1 || !strings.Contains(r.stderr, "hello is rolled_back, healthy") || !strings.Contains(r.stdout, "rolled_back") {
+			t.Errorf("addonctl %v after a rollback: %+v", args, r)
+		}
 	}
 	var st struct {
 		Failed map[string]struct{ Reason string } `json:"failed"`
