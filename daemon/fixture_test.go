@@ -106,7 +106,7 @@ func (f *fixture) assign(refs ...string) *assignment.Document {
 	if err != nil {
 		f.t.Fatalf("assign %v: %v", refs, err)
 	}
-	return doc
+	return doc.Document
 }
 
 // putDoc writes an arbitrary document, signed with the fixture's key when

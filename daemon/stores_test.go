@@ -108,7 +108,11 @@ func publishAssignDisabled(f *fixture, refs ...string) (*assignment.Document, er
 		id, _, _ := cutAt(r)
 		disable[id] = true
 	}
-	return publish.Assign(context.Background(), publish.AssignOptions{Store: f.st, AgentID: "edge-01", Key: f.priv, Addons: refs, Disable: disable})
+	res, err := publish.Assign(context.Background(), publish.AssignOptions{Store: f.st, AgentID: "edge-01", Key: f.priv, Addons: refs, Disable: disable})
+	if err != nil {
+		return nil, err
+	}
+	return res.Document, nil
 }
 
 func cutAt(ref string) (string, string, bool) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -58,6 +59,7 @@ func newPublish() *cobra.Command {
 				Store: st, Key: priv, AddonID: id, Version: version, Supervision: supervision,
 				OSCapabilities: caps, BinaryName: binaryName, Files: files, AllowDowngrade: allowDowngrade,
 				Compress: compress,
+				Warn:     func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), "addonctl: warning:", s) },
 			}
 			if term.IsTerminal(int(os.Stderr.Fd())) {
 				opts.Progress = func(name string, size int64) io.Writer {
@@ -105,8 +107,9 @@ func newAssign() *cobra.Command {
 		storeURL, agent, keyPath, platform                                    string
 		trust                                                                 []string
 		addons, supervision, schedule, args, configs, timeouts, helperCallers []string
-		disable, allowDowngrade                                               []string
+		disable, allowDowngrade, remove                                       []string
 		expires                                                               time.Duration
+		merge, dryRun                                                         bool
 	)
 	c := &cobra.Command{
 		Use: "assign --store URL --agent AGENT [--key KEY] --addon ID@VERSION... [flags]",
@@ -115,14 +118,26 @@ func newAssign() *cobra.Command {
   # See what a change would do, write nothing:
   addonctl assign --store "$STORE" --key signing.key --agent edge-01 --remove inventory --dry-run`,
 		Short: "Write an agent's (signed) assignment document from published packages",
-		Args:  cobra.NoArgs,
+		Long: `assign writes agents/AGENT/assignments.json from published, signed packages:
+one entry per --addon, with a serial one above the current document's.
+
+Without --merge the document holds exactly the --addon add-ons: any other
+add-on of the current document is removed from the host. --merge keeps them;
+--remove ID drops one (and implies --merge). Every assign prints what it
+changes, add-on by add-on (+ added, ~ changed, - removed); --dry-run prints
+that and writes nothing.
+
+The write is conditional on the current document (its ETag): when another
+assign or a rollout wrote in between, nothing is written and assign says so;
+run it again.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := openWritable(storeURL)
 			if err != nil {
 				return err
 			}
 			o := publish.AssignOptions{
-				Store: st, AgentID: agent, Addons: addons,
+				Store: st, AgentID: agent, Addons: addons, Merge: merge, Remove: remove, DryRun: dryRun,
 				Warn: func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), "addonctl: warning:", s) },
 			}
 			if keyPath != "" {
@@ -161,16 +176,31 @@ func newAssign() *cobra.Command {
 				return err
 			}
 			o.Disable, o.AllowDowngrade, o.Expires = set(disable), set(allowDowngrade), expires
-			doc, err := publish.Assign(cmd.Context(), o)
+			if len(addons) == 0 && len(remove) == 0 {
+				return errors.New("nothing to assign: give --addon ID@VERSION (or --remove ID)")
+			}
+			res, err := publish.Assign(cmd.Context(), o)
 			if err != nil {
 				return err
 			}
+			out := cmd.OutOrStdout()
+			for _, ch := range res.Changes {
+				fmt.Fprintln(out, ch)
+			}
+			if len(res.Changes) == 0 {
+				fmt.Fprintln(out, "no add-on changes")
+			}
+			doc := res.Document
 			signed := "unsigned"
 			if o.Key != nil {
 				signed = "signed"
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s serial %d config_version %s (%s, %d add-ons)\n",
-				publish.AssignmentsKey(agent), doc.Serial, doc.ConfigVersion[:16], signed, len(doc.Addons))
+			verb := "wrote"
+			if !res.Written {
+				verb = "dry run: would write"
+			}
+			fmt.Fprintf(out, "%s %s serial %d config_version %s (%s, %d add-ons)\n",
+				verb, publish.AssignmentsKey(agent), doc.Serial, doc.ConfigVersion[:16], signed, len(doc.Addons))
 			return nil
 		},
 	}
@@ -190,7 +220,10 @@ func newAssign() *cobra.Command {
 	f.StringArrayVar(&disable, "disable", nil, "ID (assigned but disabled)")
 	f.StringArrayVar(&allowDowngrade, "allow-downgrade", nil, "ID")
 	f.DurationVar(&expires, "expires", 0, "the document expires this long after it is written (e.g. 72h): past it agents apply nothing of it and say EXPIRED")
-	for _, n := range []string{"store", "agent", "addon"} {
+	f.BoolVar(&merge, "merge", false, "keep the current document's add-ons that --addon does not name")
+	f.StringArrayVar(&remove, "remove", nil, "ID: drop this add-on from the current document (repeatable; implies --merge)")
+	f.BoolVar(&dryRun, "dry-run", false, "print the changes, write nothing")
+	for _, n := range []string{"store", "agent"} {
 		c.MarkFlagRequired(n)
 	}
 	return c

@@ -41,17 +41,52 @@ type AssignOptions struct {
 	// Expires: the document expires this long after it is written (0:
 	// never).
 	Expires time.Duration
+	// Merge keeps the current document's add-ons that Addons does not
+	// name (in their order, entries unchanged); Addons replace or add.
+	Merge bool
+	// Remove drops these add-ons from the current document; it implies
+	// Merge. Each must be in the current document.
+	Remove []string
+	// DryRun builds the document and its changes and writes nothing.
+	DryRun bool
 	// Warn receives non-fatal notes (packages whose signatures could not
 	// be checked).
 	Warn func(string)
+}
+
+// Assigned is what Assign wrote (or, on a dry run, would write).
+type Assigned struct {
+	*assignment.Document
+	Changes []Change // against the current document, by add-on id
+	Written bool
+}
+
+// Change is how one add-on's entry differs between the current document
+// and the new one.
+type Change struct {
+	AddonID string
+	Kind    string   // "added", "removed", "changed"
+	Fields  []string // changed: the entry's fields that differ, e.g. "version 1.1.0 → 1.2.0", "config_json"
+}
+
+func (c Change) String() string {
+	sign := map[string]string{"added": "+", "removed": "-", "changed": "~"}[c.Kind]
+	s := sign + " " + c.AddonID
+	if len(c.Fields) > 0 {
+		s += ": " + strings.Join(c.Fields, ", ")
+	}
+	return s
 }
 
 // AssignmentsKey is where an agent's document lives.
 func AssignmentsKey(agent string) string { return "agents/" + agent + "/assignments.json" }
 
 // Assign builds, signs and writes agents/<agent>/assignments.json with a
-// serial one above the previous document's.
-func Assign(ctx context.Context, o AssignOptions) (*assignment.Document, error) {
+// serial one above the current document's, on the condition that the
+// current document is still the one it read (concurrent writers never
+// reuse a serial or lose a change). With Merge or Remove the current
+// document's other add-ons stay; with DryRun nothing is written.
+func Assign(ctx context.Context, o AssignOptions) (*Assigned, error) {
 	if err := store.Writable(o.Store); err != nil {
 		return nil, err
 	}
@@ -62,8 +97,13 @@ func Assign(ctx context.Context, o AssignOptions) (*assignment.Document, error) 
 	if trust.Len() == 0 && o.Key != nil {
 		trust = signing.NewKeyring(o.Key.Public().(ed25519.PublicKey))
 	}
+	key := AssignmentsKey(o.AgentID)
+	prev, etag, err := current(ctx, o.Store, key)
+	if err != nil {
+		return nil, err
+	}
 	known := map[string]bool{}
-	doc := assignment.Document{AgentID: o.AgentID, Addons: []assignment.Addon{}}
+	named := []assignment.Addon{}
 	for _, ref := range o.Addons {
 		id, version, ok := strings.Cut(ref, "@")
 		if !ok {
@@ -77,24 +117,41 @@ func Assign(ctx context.Context, o AssignOptions) (*assignment.Document, error) 
 		if err != nil {
 			return nil, err
 		}
-		doc.Addons = append(doc.Addons, a)
+		named = append(named, a)
 	}
 	if err := o.checkNamed(known); err != nil {
 		return nil, err
 	}
-	key := AssignmentsKey(o.AgentID)
-	serial, etag, err := nextSerial(ctx, o.Store, key)
-	if err != nil {
-		return nil, err
+	doc := assignment.Document{AgentID: o.AgentID, Addons: named}
+	if o.Merge || len(o.Remove) > 0 {
+		if doc.Addons, err = merge(prev, named, o.Remove); err != nil {
+			return nil, err
+		}
+		if prev != nil && o.Expires == 0 {
+			doc.Expires = prev.Expires // merging keeps the document's expiry
+		}
 	}
-	doc.Serial = serial
+	doc.Serial = 1
+	if prev != nil {
+		if prev.Serial >= assignment.MaxSerial {
+			return nil, fmt.Errorf("previous document %s has serial %d: no serial above it is allowed (at most 2^53); refusing to wrap", key, prev.Serial)
+		}
+		doc.Serial = prev.Serial + 1
+	}
 	if o.Expires > 0 {
 		exp := time.Now().Add(o.Expires).UTC().Truncate(time.Second)
 		doc.Expires = &exp
 	}
+	if doc.Expires != nil && !doc.Expires.After(time.Now()) && o.Warn != nil {
+		o.Warn(fmt.Sprintf("the document expired at %s: agents will apply nothing of it (give --expires)", doc.Expires.Format(time.RFC3339)))
+	}
 	doc.ConfigVersion, err = assignment.ComputeConfigVersion(doc)
 	if err != nil {
 		return nil, err
+	}
+	res := &Assigned{Document: &doc, Changes: changes(prev, &doc)}
+	if o.DryRun {
+		return res, nil
 	}
 	body, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
@@ -110,7 +167,146 @@ func Assign(ctx context.Context, o AssignOptions) (*assignment.Document, error) 
 		}
 		return nil, err
 	}
-	return &doc, nil
+	res.Written = true
+	return res, nil
+}
+
+// merge is the current document's add-ons with named ones replacing (in
+// place) or added (at the end), and those in remove dropped.
+func merge(prev *assignment.Document, named []assignment.Addon, remove []string) ([]assignment.Addon, error) {
+	var cur []assignment.Addon
+	if prev != nil {
+		cur = prev.Addons
+	}
+	in := map[string]bool{}
+	for _, a := range cur {
+		in[a.AddonID] = true
+	}
+	drop := map[string]bool{}
+	for _, id := range remove {
+		if !in[id] {
+			return nil, fmt.Errorf("--remove %s: the current document has no add-on %q", id, id)
+		}
+		drop[id] = true
+	}
+	byID := map[string]assignment.Addon{}
+	for _, a := range named {
+		if drop[a.AddonID] {
+			return nil, fmt.Errorf("add-on %s is both in --addon and --remove", a.AddonID)
+		}
+		byID[a.AddonID] = a
+	}
+	out := []assignment.Addon{}
+	for _, a := range cur {
+		switch n, ok := byID[a.AddonID]; {
+		case drop[a.AddonID]:
+		case ok:
+			out = append(out, n)
+			delete(byID, a.AddonID)
+		default:
+			out = append(out, a)
+		}
+	}
+	for _, a := range named {
+		if _, left := byID[a.AddonID]; left {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// changes lists how next differs from prev, add-on by add-on: in next's
+// order the added and changed, then the removed.
+func changes(prev, next *assignment.Document) []Change {
+	old := map[string]assignment.Addon{}
+	if prev != nil {
+		for _, a := range prev.Addons {
+			old[a.AddonID] = a
+		}
+	}
+	var cs []Change
+	seen := map[string]bool{}
+	for _, a := range next.Addons {
+		seen[a.AddonID] = true
+		p, ok := old[a.AddonID]
+		if !ok {
+			cs = append(cs, Change{AddonID: a.AddonID, Kind: "added", Fields: []string{"version " + a.Version}})
+			continue
+		}
+		if f := entryDiff(p, a); len(f) > 0 {
+			cs = append(cs, Change{AddonID: a.AddonID, Kind: "changed", Fields: f})
+		}
+	}
+	if prev != nil {
+		for _, a := range prev.Addons {
+			if !seen[a.AddonID] {
+				cs = append(cs, Change{AddonID: a.AddonID, Kind: "removed", Fields: []string{"version " + a.Version}})
+			}
+		}
+	}
+	return cs
+}
+
+// entryDiff names the fields of an entry that differ; short scalar ones
+// with their old and new values.
+func entryDiff(a, b assignment.Addon) []string {
+	var ma, mb map[string]json.RawMessage
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	json.Unmarshal(ja, &ma)
+	json.Unmarshal(jb, &mb)
+	keys := slices.Sorted(maps.Keys(mb))
+	for k := range ma {
+		if _, ok := mb[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	var out []string
+	versionChanged := a.Version != b.Version
+	for _, k := range keys {
+		va, vb := ma[k], mb[k]
+		if jsonEqual(va, vb) || versionChanged && fromPackage[k] {
+			continue
+		}
+		if scalar(va) && scalar(vb) {
+			out = append(out, fmt.Sprintf("%s %s → %s", k, shown(va), shown(vb)))
+		} else {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// fromPackage are an entry's fields that follow from its version's
+// package: a new version changes them all, and saying so adds nothing.
+var fromPackage = map[string]bool{
+	"artifacts": true, "package_json": true, "package_sig": true, "binary_path": true,
+	"artifact_object_key": true, "artifact_sha256": true, "artifact_signature": true, "artifact_key_id": true, "artifact_size": true,
+}
+
+// jsonEqual compares two JSON values ignoring layout.
+func jsonEqual(a, b json.RawMessage) bool {
+	var ca, cb bytes.Buffer
+	if json.Compact(&ca, a) != nil || json.Compact(&cb, b) != nil {
+		return bytes.Equal(a, b)
+	}
+	return bytes.Equal(ca.Bytes(), cb.Bytes())
+}
+
+func scalar(v json.RawMessage) bool {
+	return len(v) == 0 || len(v) <= 64 && v[0] != '{' && v[0] != '['
+}
+
+func shown(v json.RawMessage) string {
+	if len(v) == 0 {
+		return "(none)"
+	}
+	var s string
+	if json.Unmarshal(v, &s) == nil {
+		return s
+	}
+	return string(v)
 }
 
 // checkNamed refuses a per-add-on flag that names an add-on not among
@@ -145,28 +341,21 @@ func (o AssignOptions) checkNamed(known map[string]bool) error {
 	return nil
 }
 
-// nextSerial is one above the serial of the document at key (1 if there
-// is none), refusing to go past assignment.MaxSerial, and the ETag of that
-// document ("": none).
-func nextSerial(ctx context.Context, st store.Store, key string) (uint64, string, error) {
-	var serial uint64
+// current reads the document at key (nil: there is none) and its ETag
+// ("": none), which the write is conditional on.
+func current(ctx context.Context, st store.Store, key string) (*assignment.Document, string, error) {
 	prev, info, err := store.ReadSmall(ctx, st, key, assignment.MaxDocumentSize, store.OpenOptions{})
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		info = store.Info{}
+		return nil, "", nil
 	case err != nil:
-		return 0, "", fmt.Errorf("previous document: %w", err)
-	default:
-		p, err := assignment.Parse(prev)
-		if err != nil {
-			return 0, "", fmt.Errorf("previous document %s does not parse (%v); its serial is unknown, fix or delete it", key, err)
-		}
-		serial = p.Serial
+		return nil, "", fmt.Errorf("previous document: %w", err)
 	}
-	if serial >= assignment.MaxSerial {
-		return 0, "", fmt.Errorf("previous document %s has serial %d: no serial above it is allowed (at most 2^53); refusing to wrap", key, serial)
+	p, err := assignment.Parse(prev)
+	if err != nil {
+		return nil, "", fmt.Errorf("previous document %s does not parse (%v); its serial is unknown, fix or delete it", key, err)
 	}
-	return serial + 1, info.ETag, nil
+	return p, info.ETag, nil
 }
 
 func addonFromPackage(ctx context.Context, o AssignOptions, trust *signing.Keyring, id, version string) (assignment.Addon, error) {

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -62,6 +63,8 @@ type PublishOptions struct {
 	Compress string
 	// Progress, when set, wraps each upload's byte stream (a progress bar).
 	Progress func(name string, size int64) io.Writer
+	// Warn, when set, is told of uploads that failed and are retried.
+	Warn func(string)
 }
 
 var capRe = regexp.MustCompile(`^cap_[a-z_]{2,32}$`)
@@ -144,12 +147,14 @@ func Publish(ctx context.Context, o PublishOptions) (*assignment.Package, error)
 	return pkg, nil
 }
 
-// uploadSigned signs a file with pure Ed25519 and uploads it on the way:
-// pass 1 reads it for the nonce (and a SHA-256), pass 2 streams it to the
-// store through the challenge hash and a second SHA-256. Should the file
-// change between the passes, the digests differ: the upload is deleted and
-// no signature leaves this function (signing two messages with one nonce
-// would leak the key).
+// uploadSigned signs a file with pure Ed25519 (two passes: the nonce,
+// then the challenge hash; each pass also takes a SHA-256, and compressed,
+// pass 2 writes the zstd stream to a temporary file), then uploads it —
+// or its zstd stream — with retries, hashing what it sends. Should the
+// file change between the passes or before the upload, the digests
+// differ: the upload is deleted and no signature leaves this function
+// (signing two messages with one nonce would leak the key, and agents
+// would refuse the bytes).
 func uploadSigned(ctx context.Context, o PublishOptions, path, key string) (assignment.Artifact, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -165,8 +170,6 @@ func uploadSigned(ctx context.Context, o PublishOptions, path, key string) (assi
 	}
 	size := fi.Size()
 	sum1, sum2 := sha256.New(), sha256.New()
-	// Compressed, pass 2 also writes the zstd stream to a temporary file,
-	// which is uploaded once its size is known.
 	var zst *os.File
 	if o.Compress != "" {
 		if zst, err = os.CreateTemp("", "addonctl-publish-*.zst"); err != nil {
@@ -185,36 +188,74 @@ func uploadSigned(ctx context.Context, o PublishOptions, path, key string) (assi
 		if zst != nil {
 			return compress(zst, io.TeeReader(r, sink))
 		}
-		if o.Progress != nil {
-			sink = io.MultiWriter(sink, o.Progress(filepath.Base(path), size))
-		}
-		_, err := o.Store.Put(ctx, key, io.TeeReader(r, sink), size)
+		_, err := io.Copy(sink, r)
 		return err
 	})
 	if err != nil {
 		return assignment.Artifact{}, err
 	}
-	if !bytes.Equal(sum1.Sum(nil), sum2.Sum(nil)) {
-		o.Store.Delete(ctx, key)
-		return assignment.Artifact{}, errors.New("file changed while it was being published; upload removed, nothing signed")
+	digest := sum2.Sum(nil)
+	if !bytes.Equal(sum1.Sum(nil), digest) {
+		return assignment.Artifact{}, errors.New("file changed while it was being signed; nothing uploaded, nothing signed")
 	}
-	art := assignment.Artifact{ObjectKey: key, SHA256: hex.EncodeToString(sum2.Sum(nil)), Size: size, Signature: hex.EncodeToString(sig)}
+	art := assignment.Artifact{ObjectKey: key, SHA256: hex.EncodeToString(digest), Size: size, Signature: hex.EncodeToString(sig)}
+	src, srcSize, name := io.ReaderAt(f), size, filepath.Base(path)
 	if zst != nil {
-		stored, err := zst.Seek(0, io.SeekEnd)
-		if err != nil {
+		if srcSize, err = zst.Seek(0, io.SeekEnd); err != nil {
 			return assignment.Artifact{}, err
 		}
-		storedSum := sha256.New()
-		var sink io.Writer = storedSum
-		if o.Progress != nil {
-			sink = io.MultiWriter(sink, o.Progress(filepath.Base(path)+".zst", stored))
-		}
-		if _, err := o.Store.Put(ctx, key, io.TeeReader(io.NewSectionReader(zst, 0, stored), sink), stored); err != nil {
-			return assignment.Artifact{}, err
-		}
-		art.Compression, art.StoredSHA256, art.StoredSize = assignment.CompressionZstd, hex.EncodeToString(storedSum.Sum(nil)), stored
+		src, name = zst, name+".zst"
+	}
+	sent, err := putRetried(ctx, o, key, src, srcSize, name)
+	if err != nil {
+		return assignment.Artifact{}, err
+	}
+	if zst == nil && !bytes.Equal(sent, digest) {
+		o.Store.Delete(ctx, key)
+		return assignment.Artifact{}, errors.New("file changed between signing and upload; upload removed, nothing signed")
+	}
+	if zst != nil {
+		art.Compression, art.StoredSHA256, art.StoredSize = assignment.CompressionZstd, hex.EncodeToString(sent), srcSize
 	}
 	return art, nil
+}
+
+// Upload retries: a publisher's link may drop; each attempt sends the
+// whole object again (the store keeps no partial object), after a backoff
+// that doubles from uploadBackoff.
+var (
+	uploadAttempts = 5
+	uploadBackoff  = time.Second
+)
+
+// putRetried uploads size bytes of src at key, up to uploadAttempts times
+// on failures other than cancellation, and returns the SHA-256 of what the
+// successful attempt sent.
+func putRetried(ctx context.Context, o PublishOptions, key string, src io.ReaderAt, size int64, name string) ([]byte, error) {
+	wait := uploadBackoff
+	for attempt := 1; ; attempt++ {
+		sum := sha256.New()
+		var sink io.Writer = sum
+		if o.Progress != nil {
+			sink = io.MultiWriter(sum, o.Progress(name, size))
+		}
+		_, err := o.Store.Put(ctx, key, io.TeeReader(io.NewSectionReader(src, 0, size), sink), size)
+		if err == nil {
+			return sum.Sum(nil), nil
+		}
+		if attempt == uploadAttempts || ctx.Err() != nil {
+			return nil, fmt.Errorf("upload %s (attempt %d of %d): %w", key, attempt, uploadAttempts, err)
+		}
+		if o.Warn != nil {
+			o.Warn(fmt.Sprintf("upload %s failed (attempt %d of %d), retrying in %v: %v", key, attempt, uploadAttempts, wait, err))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
 }
 
 // compress writes r to w as one zstd stream, at the encoder's best

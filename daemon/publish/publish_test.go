@@ -74,7 +74,7 @@ func TestPublishAndAssign(t *testing.T) {
 		strings.Join(a.Args, " ") != "-b -a" || string(a.ConfigJSON) != `{"targets":["127.0.0.1"]}` || !a.IsEnabled() {
 		t.Fatalf("document = %+v", doc)
 	}
-	if cv, _ := assignment.ComputeConfigVersion(*doc); cv != doc.ConfigVersion {
+	if cv, _ := assignment.ComputeConfigVersion(*doc.Document); cv != doc.ConfigVersion {
 		t.Fatalf("config_version %s, recomputed %s", doc.ConfigVersion, cv)
 	}
 	// Serial increments; an unsigned document removes the stale .sig.
