@@ -21,7 +21,7 @@ func newRoot() *cobra.Command {
 		&cobra.Group{ID: "operator", Title: "Operator commands:"},
 		&cobra.Group{ID: "publisher", Title: "Publisher commands:"},
 	)
-	for _, c := range []*cobra.Command{newStatus(), newReconcile(), newRetry(), newRunHelper(), newOverride(), newFleet()} {
+	for _, c := range []*cobra.Command{newStatus(), newReconcile(), newRetry(), newRunHelper(), newOverride(), newDiagnostics(), newFleet()} {
 		c.GroupID = "operator"
 		root.AddCommand(c)
 	}
