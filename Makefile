@@ -31,14 +31,16 @@ demo: build
 
 # Host packages the tests use (idempotent; needs root, as CI has). nginx
 # and squid are for the http(s) store's tests, which start their own on
-# free ports: the services the packages start are stopped and disabled.
+# free ports; prometheus is for promtool, which checks and unit-tests the
+# alert rules of packaging/monitoring: the services the packages start are
+# stopped and disabled.
 deps:
-	@missing=""; for p in openssl util-linux systemd-container mmdebstrap libcap2-bin rpm lintian qemu-system-x86 e2fsprogs gcc libc6-dev nginx-light squid; do \
+	@missing=""; for p in openssl util-linux systemd-container mmdebstrap libcap2-bin rpm lintian qemu-system-x86 e2fsprogs gcc libc6-dev nginx-light squid prometheus; do \
 		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-		for s in nginx squid; do case " $$missing " in *" $$s"*) systemctl disable --now $$s >/dev/null 2>&1 || true;; esac; done; \
+		for s in nginx squid prometheus; do case " $$missing " in *" $$s"*) systemctl disable --now $$s >/dev/null 2>&1 || true;; esac; done; \
 	fi
 
 minio: $(MINIO_BIN)

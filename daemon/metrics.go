@@ -15,7 +15,11 @@ import (
 // metrics are addond's Prometheus metrics, on their own registry.
 type metrics struct {
 	reg               *prometheus.Registry
+	all               []prometheus.Collector // everything reg serves
 	state             *prometheus.GaugeVec
+	health            *prometheus.GaugeVec
+	fresh             prometheus.Gauge
+	checkedAt         prometheus.Gauge
 	restarts          *prometheus.GaugeVec
 	rollbacks         *prometheus.CounterVec
 	deliveryBytes     prometheus.Counter
@@ -36,6 +40,15 @@ func newMetrics() *metrics {
 		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "addond_addon_state", Help: "1 for each add-on's current state.",
 		}, []string{"addon_id", "state"}),
+		health: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "addond_addon_health", Help: "1 for each add-on's current health (healthy, degraded, unhealthy, unknown).",
+		}, []string{"addon_id", "health"}),
+		fresh: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "addond_assignment_fresh", Help: "1 while the assignment document in use is confirmed by its source at the last poll; 0 while addond runs on a cached one (store down, refused, replayed).",
+		}),
+		checkedAt: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "addond_assignment_last_checked_timestamp_seconds", Help: "When the assignment source last answered (Unix time; 0: not since addond started).",
+		}),
 		restarts: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "addond_addon_restarts", Help: "Restarts of the running version of each add-on.",
 		}, []string{"addon_id"}),
@@ -74,8 +87,9 @@ func newMetrics() *metrics {
 			Name: "addond_assignment_replays_total", Help: "Assignment documents refused as replays (a lower serial, or the last serial with other content), once per distinct document.",
 		}),
 	}
-	m.reg.MustRegister(m.state, m.restarts, m.rollbacks, m.deliveryBytes, m.deliveryFailures, m.reconcile, m.downgradesRefused, m.replays, m.downloads, m.expired, m.reports, m.reportedAt, m.reportsOn,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.all = []prometheus.Collector{m.state, m.health, m.fresh, m.checkedAt, m.restarts, m.rollbacks, m.deliveryBytes, m.deliveryFailures, m.reconcile, m.downgradesRefused, m.replays, m.downloads, m.expired, m.reports, m.reportedAt, m.reportsOn,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
+	m.reg.MustRegister(m.all...)
 	return m
 }
 
@@ -109,9 +123,15 @@ func (m *metrics) count(c reconcile.Count) {
 // observe sets the state gauges from a status snapshot.
 func (m *metrics) observe(st Status) {
 	m.state.Reset()
+	m.health.Reset()
 	m.restarts.Reset()
+	m.fresh.Set(boolGauge(st.DocumentFresh))
+	if t := st.DocumentCheckedAt; t != nil {
+		m.checkedAt.Set(float64(t.Unix()))
+	}
 	for _, a := range st.Addons {
 		m.state.WithLabelValues(a.AddonID, string(a.State)).Set(1)
+		m.health.WithLabelValues(a.AddonID, string(a.Health)).Set(1)
 		m.restarts.WithLabelValues(a.AddonID).Set(float64(a.Restarts))
 	}
 }
