@@ -36,7 +36,7 @@ mkdir -p "$OUT" "$BUILD/share" "$BUILD/pingsweep"
 
 # Tools, from their own module.
 "$GO" -C packaging/tools build -o "$BUILD/tools/" \
-	github.com/goreleaser/nfpm/v2/cmd/nfpm github.com/google/go-licenses/v2 ./cmd/cobraman
+	github.com/goreleaser/nfpm/v2/cmd/nfpm github.com/google/go-licenses/v2
 NFPM=$BUILD/tools/nfpm
 GO_LICENSES=$BUILD/tools/go-licenses
 
@@ -50,24 +50,20 @@ for arch in $ARCHES; do
 		-o "$BUILD/$arch/" ./cmd/addond ./cmd/addonctl ./cmd/addond-updater ./sdk/examples/pingsweep
 done
 
-# Man pages and completions come from running the binaries: ones for this
-# machine.
-HOST=$BUILD/$("$GO" env GOHOSTARCH)
-if [ "$("$GO" env GOHOSTOS)" != linux ] || [ ! -x "$HOST/addonctl" ]; then
-	HOST=$BUILD/host
-	CGO_ENABLED=0 "$GO" build -trimpath -ldflags "$LDFLAGS" -o "$HOST/" ./cmd/addond ./cmd/addonctl ./cmd/addond-updater
-fi
+# Completions come from running addonctl, one for this machine; man pages
+# from generator builds of the three binaries (-tags manpages: a hidden
+# __man command, cobra's doc package over the binary's own command tree;
+# the shipped binaries have neither), one page per command.
+HOST=$BUILD/host
+CGO_ENABLED=0 "$GO" build -trimpath -tags manpages -ldflags "$LDFLAGS" -o "$HOST/" ./cmd/addond ./cmd/addonctl ./cmd/addond-updater
 "$HOST/addonctl" completion bash >"$BUILD/share/addonctl.bash"
 "$HOST/addonctl" completion zsh >"$BUILD/share/_addonctl"
 "$HOST/addonctl" completion fish >"$BUILD/share/addonctl.fish"
-man() { # NAME SECTION SEE-ALSO
-	"$BUILD/tools/cobraman" -section "$2" -date "$DATE_DAY" -source "addond $VERSION" -manual "addond manual" \
-		-see-also "$3" -o "$BUILD/share/$1.$2" "$HOST/$1"
-	gzip -9nf "$BUILD/share/$1.$2"
-}
-man addonctl 1 "addond(8),addond-updater(8)"
-man addond 8 "addonctl(1),addond-updater(8),systemd.exec(5)"
-man addond-updater 8 "addond(8),capabilities(7),setcap(8)"
+mkdir -p "$BUILD/share/man1" "$BUILD/share/man8"
+for b in addonctl:1 addond:8 addond-updater:8; do
+	"$HOST/${b%%:*}" __man --dir "$BUILD/share/man${b##*:}" --date "$DATE_DAY" --source "addond $VERSION" --manual "addond manual"
+done
+gzip -9n "$BUILD"/share/man1/*.1 "$BUILD"/share/man8/*.8
 
 # changelog: packaging/files/changelog, with an entry for this version on
 # top when it is not a release the file has.
@@ -98,6 +94,10 @@ copyright() { # OUT LICENSES PACKAGE...
 	rm -rf "$saved"
 	GOOS=linux GOARCH=${first} "$GO_LICENSES" save --ignore github.com/addond/addond --save_path "$saved" \
 		"$@" 2>>"$BUILD/go-licenses.log"
+	# go-licenses keeps the whole source of a module under a reciprocal
+	# license (MPL-2.0: go-plugin, yamux), as that license asks; its VCS
+	# files and empty files are no documentation.
+	find "$saved" -mindepth 1 \( -name '.*' -o -empty \) -prune -exec rm -rf {} +
 	chmod -R u=rwX,go=rX "$saved"
 }
 first=${ARCHES%% *}

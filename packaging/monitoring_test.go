@@ -34,8 +34,8 @@ func TestDashboard(t *testing.T) {
 		UID    string `json:"uid"`
 		Title  string `json:"title"`
 		Panels []struct {
-			ID      int    `json:"id"`
-			Title   string `json:"title"`
+			ID      int                       `json:"id"`
+			Title   string                    `json:"title"`
 			GridPos *struct{ X, Y, W, H int } `json:"gridPos"`
 			Targets []struct {
 				Expr string `json:"expr"`

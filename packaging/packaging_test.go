@@ -124,20 +124,22 @@ func TestPackageFiles(t *testing.T) {
 // addondFiles is every file in the addond packages, with its mode; the
 // owner is root:root throughout. zsh's completion directory differs.
 var addondFiles = map[string]string{
-	"/etc/addond/addond.json":                        "-rw-r--r--",
-	"/etc/addond/capabilities.allow":                 "-rw-r--r--",
-	"/etc/addond/credentials/s3":                     "-rw-------", // root's alone: addond gets it as a systemd credential
-	"/usr/bin/addond":                                "-rwx--x--x", // execute-only: non-dumpable from exec
-	"/usr/bin/addonctl":                              "-rwxr-xr-x",
-	"/usr/libexec/addond/addond-updater":             "-rwxr-xr-x",
-	"/usr/lib/systemd/system/addond.service":         "-rw-r--r--",
-	"/usr/lib/systemd/system/addond-updater.socket":  "-rw-r--r--",
-	"/usr/lib/systemd/system/addond-updater.service": "-rw-r--r--",
-	"/usr/lib/sysusers.d/addond.conf":                "-rw-r--r--",
-	"/usr/lib/tmpfiles.d/addond.conf":                "-rw-r--r--",
-	"/usr/share/doc/addond/copyright":                "-rw-r--r--",
-	"/usr/share/doc/addond/changelog.gz":             "-rw-r--r--",
-	"/usr/share/doc/addond/NOTICE":                   "-rw-r--r--",
+	"/etc/addond/addond.json":                                "-rw-r--r--",
+	"/etc/addond/capabilities.allow":                         "-rw-r--r--",
+	"/etc/addond/credentials/s3":                             "-rw-------", // root's alone: addond gets it as a systemd credential
+	"/usr/bin/addond":                                        "-rwx--x--x", // execute-only: non-dumpable from exec
+	"/usr/bin/addonctl":                                      "-rwxr-xr-x",
+	"/usr/libexec/addond/addond-updater":                     "-rwxr-xr-x",
+	"/usr/lib/systemd/system/addond.service":                 "-rw-r--r--",
+	"/usr/lib/systemd/system/addond-updater.socket":          "-rw-r--r--",
+	"/usr/lib/systemd/system/addond-updater.service":         "-rw-r--r--",
+	"/usr/lib/sysusers.d/addond.conf":                        "-rw-r--r--",
+	"/usr/lib/tmpfiles.d/addond.conf":                        "-rw-r--r--",
+	"/usr/share/doc/addond/copyright":                        "-rw-r--r--",
+	"/usr/share/doc/addond/changelog.gz":                     "-rw-r--r--",
+	"/usr/share/doc/addond/NOTICE":                           "-rw-r--r--",
+	"/usr/share/doc/addond/monitoring/addond-alerts.yml":     "-rw-r--r--",
+	"/usr/share/doc/addond/monitoring/addond-dashboard.json": "-rw-r--r--",
 	// A few of the license texts and NOTICE files go-licenses saves; every
 	// file under licenses/ is 0644 (licensed below).
 	"/usr/share/doc/addond/licenses/github.com/spf13/cobra/LICENSE.txt":   "-rw-r--r--",
@@ -145,19 +147,35 @@ var addondFiles = map[string]string{
 	"/usr/share/doc/addond/licenses/google.golang.org/grpc/LICENSE":       "-rw-r--r--",
 	"/usr/share/doc/addond/licenses/google.golang.org/grpc/NOTICE.txt":    "-rw-r--r--",
 	"/usr/share/doc/addond/licenses/github.com/minio/minio-go/v7/LICENSE": "-rw-r--r--",
-	"/usr/share/man/man1/addonctl.1.gz":                                   "-rw-r--r--",
-	"/usr/share/man/man8/addond.8.gz":                                     "-rw-r--r--",
-	"/usr/share/man/man8/addond-updater.8.gz":                             "-rw-r--r--",
-	"/usr/share/bash-completion/completions/addonctl":                     "-rw-r--r--",
-	"/usr/share/fish/vendor_completions.d/addonctl.fish":                  "-rw-r--r--",
+	// Some of the man pages, one per command; every page is 0644
+	// (licensed below).
+	"/usr/share/man/man1/addonctl.1.gz":                  "-rw-r--r--",
+	"/usr/share/man/man1/addonctl-status.1.gz":           "-rw-r--r--",
+	"/usr/share/man/man1/addonctl-assign.1.gz":           "-rw-r--r--",
+	"/usr/share/man/man8/addond.8.gz":                    "-rw-r--r--",
+	"/usr/share/man/man8/addond-run.8.gz":                "-rw-r--r--",
+	"/usr/share/man/man8/addond-check-config.8.gz":       "-rw-r--r--",
+	"/usr/share/man/man8/addond-updater.8.gz":            "-rw-r--r--",
+	"/usr/share/man/man8/addond-updater-serve.8.gz":      "-rw-r--r--",
+	"/usr/share/bash-completion/completions/addonctl":    "-rw-r--r--",
+	"/usr/share/fish/vendor_completions.d/addonctl.fish": "-rw-r--r--",
 }
 
-// licensed: a license text or NOTICE file of a bundled module, which the
-// package lists need not name one by one (the set follows go.mod); doc is
-// the package's documentation directory.
+// licensed: a license text or NOTICE file of a bundled module, or a man
+// page, which the package lists need not name one by one (the set follows
+// go.mod and the command tree); doc is the package's documentation
+// directory.
 func licensed(doc, path, mode string) bool {
-	return strings.HasPrefix(path, doc+"/licenses/") && mode == "-rw-r--r--"
+	if mode != "-rw-r--r--" {
+		return false
+	}
+	if doc == "/usr/share/doc/addond" && (manPage.MatchString(path)) {
+		return true
+	}
+	return strings.HasPrefix(path, doc+"/licenses/")
 }
+
+var manPage = regexp.MustCompile(`^/usr/share/man/(man1/addonctl(-[a-z-]+)?\.1|man8/addond(-[a-z-]+)?\.8)\.gz$`)
 
 var conffiles = []string{"/etc/addond/addond.json", "/etc/addond/capabilities.allow", "/etc/addond/credentials/s3"}
 
@@ -467,9 +485,9 @@ func gunzip(t *testing.T, path string) string {
 	return string(data)
 }
 
-// TestManPagesAndCompletions: addonctl(1) has a section for every
-// subcommand addonctl's own completion lists, naming each of its flags;
-// the pages format without warnings; the completions are cobra's for each
+// TestManPagesAndCompletions: every command addonctl's own completion
+// lists has its page, addonctl-<command>.1, naming each of its flags; every
+// page formats without warnings; the completions are cobra's for each
 // shell.
 func TestManPagesAndCompletions(t *testing.T) {
 	if _, ok := machines[runtime.GOARCH]; !ok || runtime.GOOS != "linux" {
@@ -477,8 +495,6 @@ func TestManPagesAndCompletions(t *testing.T) {
 	}
 	root := extract(t, filepath.Join(dist(t), debs[runtime.GOARCH]))
 	addonctl := filepath.Join(root, "usr/bin/addonctl")
-	page := gunzip(t, filepath.Join(root, "usr/share/man/man1/addonctl.1.gz"))
-	roff := func(s string) string { return strings.ReplaceAll(s, "-", `\-`) }
 
 	// complete returns the names `addonctl __complete ARGS... PREFIX`
 	// offers (cobra's hidden completion entry point, as the shells call it).
@@ -494,43 +510,41 @@ func TestManPagesAndCompletions(t *testing.T) {
 		}
 		return names
 	}
-	sections := map[string]string{}
-	for _, s := range strings.Split(page, "\n.SS ")[1:] {
-		title, body, _ := strings.Cut(s, "\n")
-		body, _, _ = strings.Cut(body, "\n.SH ")
-		sections[strings.Trim(title, `"`)] = body
-	}
 	var walk func(path []string)
 	seen := 0
 	walk = func(path []string) {
 		for _, name := range complete(append(path, "")...) {
-			if strings.HasPrefix(name, "-") || name == "help" {
-				continue // a required flag of a leaf command; help
+			if strings.HasPrefix(name, "-") || name == "help" || name == "completion" {
+				continue // a required flag of a leaf command; help; the shipped completions
 			}
 			sub := append(slices.Clone(path), name)
-			title := roff("addonctl " + strings.Join(sub, " "))
-			body, ok := sections[title]
-			if !ok {
-				t.Errorf("addonctl(1) has no section %q", title)
+			file := "usr/share/man/man1/addonctl-" + strings.Join(sub, "-") + ".1.gz"
+			if _, err := os.Stat(filepath.Join(root, file)); err != nil {
+				t.Errorf("no page for addonctl %s: %v", strings.Join(sub, " "), err)
 				continue
 			}
+			page := gunzip(t, filepath.Join(root, file))
 			seen++
 			for _, flag := range complete(append(sub, "--")...) {
-				if flag != "--help" && !strings.Contains(body, ".B "+roff(flag)+" ") && !strings.Contains(body, ".B "+roff(flag)+"\n") {
-					t.Errorf("addonctl(1), %q: flag %s missing", title, flag)
+				if flag != "--help" && !strings.Contains(page, `\fB`+flag+`\fP`) {
+					t.Errorf("%s: flag %s missing", file, flag)
 				}
 			}
 			walk(sub)
 		}
 	}
 	walk(nil)
-	if seen < 13 { // 10 commands, override's 3 (and completion's shells)
-		t.Errorf("addonctl(1): only %d command sections checked:\n%s", seen, page)
+	if seen < 19 { // 12 commands and 7 subcommands
+		t.Errorf("only %d command pages checked", seen)
 	}
 
+	pages, _ := filepath.Glob(filepath.Join(root, "usr/share/man/man[18]/*.gz"))
+	if len(pages) < 28 {
+		t.Errorf("%d man pages: %v", len(pages), pages)
+	}
 	if _, err := exec.LookPath("man"); err == nil {
-		for _, p := range []string{"man1/addonctl.1.gz", "man8/addond.8.gz", "man8/addond-updater.8.gz"} {
-			cmd := exec.Command("man", "--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z", filepath.Join(root, "usr/share/man", p))
+		for _, p := range pages {
+			cmd := exec.Command("man", "--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z", p)
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
 			if err := cmd.Run(); err != nil || stderr.Len() > 0 {

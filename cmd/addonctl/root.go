@@ -39,5 +39,11 @@ func newRoot() *cobra.Command {
 		},
 	}
 	root.AddCommand(version)
+	for _, extra := range extraCommands {
+		root.AddCommand(extra(root))
+	}
 	return root
 }
+
+// extraCommands are added to the root by files built with tags (man.go).
+var extraCommands []func(root *cobra.Command) *cobra.Command

@@ -75,6 +75,9 @@ func newRoot() *cobra.Command {
 		Use: "version", Short: "Print the version", Args: cobra.NoArgs,
 		Run: func(*cobra.Command, []string) { fmt.Println("addond-updater", capabilities.Version) },
 	})
+	for _, extra := range extraCommands {
+		root.AddCommand(extra(root))
+	}
 	return root
 }
 
@@ -197,3 +200,6 @@ func newApply() *cobra.Command {
 	}
 	return c
 }
+
+// extraCommands are added to the root by files built with tags (man.go).
+var extraCommands []func(root *cobra.Command) *cobra.Command

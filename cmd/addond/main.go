@@ -115,6 +115,9 @@ reload, so a bad config never replaces a running good one.`,
 	}
 	check.Flags().StringVar(&checkCfg, "config", config.DefaultPath, "config file")
 	root.AddCommand(run, stage, check, version)
+	for _, extra := range extraCommands {
+		root.AddCommand(extra(root))
+	}
 	return root
 }
 
@@ -257,3 +260,6 @@ func sdNotify(state string) error {
 	_, err = conn.Write([]byte(state))
 	return err
 }
+
+// extraCommands are added to the root by files built with tags (man.go).
+var extraCommands []func(root *cobra.Command) *cobra.Command
