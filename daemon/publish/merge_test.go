@@ -87,14 +87,13 @@ func TestAssignMergeRemoveDryRun(t *testing.T) {
 	}
 
 	// Dry run: the changes, nothing written.
-	before := read()
 	o = base
 	o.Remove, o.Addons, o.DryRun = []string{"inv"}, []string{"sweep@1.1.0", "extra@1.0.0"}, true
 	if _, err := Assign(ctx, o); err == nil || !strings.Contains(err.Error(), "extra") {
 		t.Fatalf("a dry run with an unpublished add-on: %v", err)
 	}
 	publishAll(t, st, base, bin, []string{"extra"}, "1.0.0")
-	before = read()
+	before := read()
 	if res, err = Assign(ctx, o); err != nil {
 		t.Fatal(err)
 	}
