@@ -133,6 +133,31 @@ func (b *Bundle) Close() error {
 	return err
 }
 
+// Read returns the members of a bundle, by name: for a reader of one (a
+// test, a support tool).
+func Read(r io.Reader) (map[string]string, error) {
+	zr, err := gzip.NewReader(r)
+	if err != nil {
+		return nil, err
+	}
+	members := map[string]string{}
+	tr := tar.NewReader(zr)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return members, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		data, err := io.ReadAll(io.LimitReader(tr, 64<<20))
+		if err != nil {
+			return nil, err
+		}
+		members[h.Name] = string(data)
+	}
+}
+
 // Sources is what Collect gathers from; each field may be empty.
 type Sources struct {
 	ConfigPath  string

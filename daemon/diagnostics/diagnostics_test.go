@@ -1,12 +1,9 @@
 package diagnostics
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,22 +89,9 @@ func TestCollect(t *testing.T) {
 	if err != nil || b.Close() != nil {
 		t.Fatal(err)
 	}
-	members := map[string]string{}
-	zr, err := gzip.NewReader(&buf)
+	members, err := Read(&buf)
 	if err != nil {
 		t.Fatal(err)
-	}
-	tr := tar.NewReader(zr)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, _ := io.ReadAll(tr)
-		members[h.Name] = string(data)
 	}
 	for _, m := range []string{"versions.txt", "status.json", "trust.txt", "state/tree.txt", "state/state/assignments.json", "state/addons/hello/state.json", "echo.txt", "absent.txt", "INDEX.txt"} {
 		if _, ok := members[m]; !ok {
