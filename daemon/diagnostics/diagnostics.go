@@ -28,6 +28,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -224,10 +225,23 @@ func Collect(ctx context.Context, b *Bundle, src Sources) error {
 		for _, id := range src.AddonIDs {
 			files = append(files, "addons/"+id+"/state.json")
 		}
+		// The runtime root is writable by addond's uid, which add-ons
+		// share: a file there may be a link to anything root can read, or
+		// a FIFO. Read through an os.Root (nothing outside the runtime
+		// root), regular files only, bounded.
+		r, rerr := os.OpenRoot(root)
 		for _, f := range files {
-			if err := add("state/"+f, func() ([]byte, error) { return redactFile(filepath.Join(root, f)) }); err != nil {
+			if err := add("state/"+f, func() ([]byte, error) {
+				if rerr != nil {
+					return nil, rerr
+				}
+				return redactOK(readRegular(r, f))
+			}); err != nil {
 				return err
 			}
+		}
+		if r != nil {
+			r.Close()
 		}
 	}
 	for _, name := range sortedKeys(src.Commands) {
@@ -251,6 +265,30 @@ func redactOK(data []byte, err error) ([]byte, error) {
 		return nil, err
 	}
 	return Redact(data), nil
+}
+
+// maxFile bounds what one member may read.
+const maxFile = 16 << 20
+
+// readRegular reads name in r: a regular file of at most maxFile bytes,
+// opened without blocking (a FIFO planted there is refused, not waited on).
+func readRegular(r *os.Root, name string) ([]byte, error) {
+	f, err := r.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%v)", name, fi.Mode().Type())
+	}
+	if fi.Size() > maxFile {
+		return nil, fmt.Errorf("%s: %d bytes, more than %d", name, fi.Size(), maxFile)
+	}
+	return io.ReadAll(io.LimitReader(f, maxFile))
 }
 
 func redactFile(path string) ([]byte, error) {

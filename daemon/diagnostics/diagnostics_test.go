@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -103,5 +104,47 @@ func TestCollect(t *testing.T) {
 	}
 	if !strings.Contains(members["INDEX.txt"], "state/state/agent.json") || !strings.Contains(members["INDEX.txt"], "MISSING") {
 		t.Errorf("the index does not say what is missing:\n%s", members["INDEX.txt"])
+	}
+}
+
+// TestCollectRefusesPlantedFiles: the runtime root is writable by the uid
+// add-ons share; what an add-on plants there — a link to a file outside
+// it, a FIFO — is not followed, not waited on, and said missing.
+func TestCollectRefusesPlantedFiles(t *testing.T) {
+	root := t.TempDir()
+	outside := filepath.Join(t.TempDir(), "secret.json")
+	os.WriteFile(outside, []byte(`{"note": "OUTSIDE-SECRET"}`), 0o600)
+	os.MkdirAll(filepath.Join(root, "state"), 0o700)
+	os.MkdirAll(filepath.Join(root, "addons/hello"), 0o700)
+	os.Symlink(outside, filepath.Join(root, "state/agent.json"))
+	if err := syscall.Mkfifo(filepath.Join(root, "addons/hello/state.json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	b := NewBundle(&buf, time.Unix(0, 0))
+	done := make(chan error, 1)
+	go func() { done <- Collect(context.Background(), b, Sources{RuntimeRoot: root, AddonIDs: []string{"hello"}}) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Collect hangs on a FIFO in the runtime root")
+	}
+	b.Close()
+	members, err := Read(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range members {
+		if strings.Contains(data, "OUTSIDE-SECRET") {
+			t.Errorf("%s holds the file a planted link points to", name)
+		}
+	}
+	for _, want := range []string{"state/state/agent.json", "MISSING", "state/addons/hello/state.json", "not a regular file"} {
+		if !strings.Contains(members["INDEX.txt"], want) {
+			t.Errorf("the index lacks %q:\n%s", want, members["INDEX.txt"])
+		}
 	}
 }
