@@ -123,7 +123,9 @@ func TestCollectRefusesPlantedFiles(t *testing.T) {
 	var buf bytes.Buffer
 	b := NewBundle(&buf, time.Unix(0, 0))
 	done := make(chan error, 1)
-	go func() { done <- Collect(context.Background(), b, Sources{RuntimeRoot: root, AddonIDs: []string{"hello"}}) }()
+	go func() {
+		done <- Collect(context.Background(), b, Sources{RuntimeRoot: root, AddonIDs: []string{"hello"}})
+	}()
 	select {
 	case err := <-done:
 		if err != nil {
