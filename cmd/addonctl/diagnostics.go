@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/user"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -73,6 +74,14 @@ as root to include the journal and the units.`,
 	return c
 }
 
+// unitProperties are the unit properties a bundle takes: state, results,
+// restarts, resources, where the unit comes from. Not Environment= or
+// ExecStart= (an operator's drop-in may hold a proxy password; an
+// add-on's arguments are the publisher's).
+const unitProperties = "Id,Description,LoadState,ActiveState,SubState,Result,MainPID,ExecMainStatus,ExecMainCode," +
+	"NRestarts,ActiveEnterTimestamp,InactiveEnterTimestamp,StateChangeTimestamp,FragmentPath,DropInPaths,UnitFileState," +
+	"User,MemoryCurrent,MemoryMax,MemoryHigh,CPUUsageNSec,TasksCurrent,TasksMax,NotifyAccess,WatchdogUSec,StatusText"
+
 // sources finds what the bundle is made of: the config (when it can be
 // read), and through it the runtime root, trust keys, policy, overrides
 // and manager; the add-ons from the status (else the runtime root).
@@ -82,7 +91,7 @@ func sources(ctx context.Context, sf *socketFlags) diagnostics.Sources {
 		Commands: map[string][]string{
 			"system/os-release.txt": {"cat", "/etc/os-release"},
 			"system/uname.txt":      {"uname", "-a"},
-			"units/addond.txt":      {"systemctl", "show", "--no-pager", "addond.service", "addond-updater.socket", "addond-updater.service"},
+			"units/addond.txt":      {"systemctl", "show", "--no-pager", "-p", unitProperties, "addond.service", "addond-updater.socket", "addond-updater.service"},
 			"logs/addond.txt":       {"journalctl", "--no-pager", "-o", "short-iso-precise", "-n", "1000", "-u", "addond.service", "-u", "addond-updater.service"},
 		},
 	}
@@ -135,12 +144,30 @@ func sources(ctx context.Context, sf *socketFlags) diagnostics.Sources {
 	}
 	if cfg.Systemd.Manager != "none" {
 		src.Commands["units/addons-list.txt"] = append(append([]string{}, systemctl...), "list-units", "--all", "--no-pager", "addond-*")
-		src.Commands["units/addons-show.txt"] = append(append([]string{}, systemctl...), "show", "--no-pager", "addond-*")
+		src.Commands["units/addons-show.txt"] = append(append([]string{}, systemctl...), "show", "--no-pager", "-p", unitProperties, "addond-*")
+	}
+	// Capped add-ons run in the system manager whatever addond's is.
+	src.Commands["units/capped-show.txt"] = []string{"systemctl", "show", "--no-pager", "-p", unitProperties, "addond-*"}
+	// Journal matches only from addond's uid (anyone can send ADDON_ID=
+	// or run a user unit of that name), or from the system manager.
+	uid := ""
+	if u, err := user.Lookup(cfg.Systemd.AddonUser); err == nil {
+		uid = u.Uid
 	}
 	for _, id := range ids {
 		// What addond said about it, and what it wrote itself.
-		src.Commands["logs/addon-"+id+".txt"] = []string{"journalctl", "--no-pager", "-o", "short-iso-precise", "-n", "500",
-			"ADDON_ID=" + id, "+", unitField + "=" + systemd.ServiceName(id)}
+		argv := []string{"journalctl", "--no-pager", "-o", "short-iso-precise", "-n", "500", "ADDON_ID=" + id}
+		if uid != "" {
+			argv = append(argv, "_UID="+uid)
+		}
+		argv = append(argv, "+", unitField+"="+systemd.ServiceName(id))
+		if uid != "" {
+			argv = append(argv, "_UID="+uid)
+		}
+		if unitField != "_SYSTEMD_UNIT" {
+			argv = append(argv, "+", "_SYSTEMD_UNIT="+systemd.ServiceName(id))
+		}
+		src.Commands["logs/addon-"+id+".txt"] = argv
 	}
 	return src
 }

@@ -55,8 +55,9 @@ func newStatus() *cobra.Command {
 wanted and the one active, since when, and its last error.
 
 Exit status: 0 when every enabled add-on is running and healthy; 1 when any
-is not (starting, degraded, unhealthy, failed, rolled back, circuit open…)
-or the assignment document has expired; 2 when addond cannot be reached.`,
+is not (starting, degraded, unhealthy, failed, rolled back, circuit open…),
+the assignment document has expired, or addond is still starting; 2 when
+addond cannot be reached.`,
 		Example: `  addonctl status
   addonctl status --json | jq '.addons[] | select(.health != "healthy")'
   addonctl status >/dev/null || echo "an add-on needs attention"`,
@@ -127,6 +128,9 @@ func (e exitErrorWith) Unwrap() error { return e.err }
 // add-ons that are not on stderr.
 func notWell(cmd *cobra.Command, st *daemon.Status) error {
 	var bad []string
+	if !st.Ready {
+		bad = append(bad, "addond is starting (not ready)")
+	}
 	if st.DocumentExpired {
 		bad = append(bad, "the assignment document has expired")
 	}

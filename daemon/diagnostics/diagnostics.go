@@ -35,6 +35,13 @@ import (
 // Redacted replaces a secret value.
 const Redacted = "<redacted>"
 
+// blanked: keys whose whole value is blanked, however spelled (JSON
+// decoders match field names case-insensitively): an add-on's
+// configuration and its arguments.
+func blanked(k string) bool {
+	return strings.EqualFold(k, "config_json") || strings.EqualFold(k, "args")
+}
+
 // secretKey matches keys whose values are secrets, wherever they are.
 var secretKey = regexp.MustCompile(`(?i)(secret|passw|token|credential|private|api_?key|access_?key|auth|cookie|session)`)
 
@@ -63,7 +70,7 @@ func redact(v any, secret bool) any {
 	switch t := v.(type) {
 	case map[string]any:
 		for k, e := range t {
-			t[k] = redact(e, secret || k == "config_json" || secretKey.MatchString(k))
+			t[k] = redact(e, secret || secretKey.MatchString(k) || blanked(k))
 		}
 		return t
 	case []any:
@@ -85,7 +92,20 @@ func redact(v any, secret bool) any {
 	}
 }
 
-var userinfo = regexp.MustCompile(`://[^/@\s]*:[^/@\s]*@`)
+// userinfo is a URL's user and password, up to its last "@" before the
+// path.
+var userinfo = regexp.MustCompile(`://[^/\s]*@`)
+
+// secretAssign is a secret-named KEY=VALUE or KEY: VALUE in text.
+var secretAssign = regexp.MustCompile(`(?i)\b([a-z0-9_.-]*(?:secret|passw|token|credential|api_?key|access_?key|auth)[a-z0-9_.-]*)(\s*[=:]\s*)("[^"]*"|'[^']*'|\S+)`)
+
+// RedactText blanks what looks like a secret in text that is not JSON (a
+// command's output, log lines): URL passwords and secret-named
+// assignments.
+func RedactText(text string) string {
+	text = userinfo.ReplaceAllString(text, "://"+Redacted+"@")
+	return secretAssign.ReplaceAllString(text, "${1}${2}"+Redacted)
+}
 
 // Bundle is a .tar.gz being written: files by name, each added once.
 type Bundle struct {
@@ -249,7 +269,7 @@ func Collect(ctx context.Context, b *Bundle, src Sources) error {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		out, err := exec.CommandContext(cctx, argv[0], argv[1:]...).CombinedOutput()
 		cancel()
-		text := "$ " + strings.Join(argv, " ") + "\n" + string(out)
+		text := "$ " + strings.Join(argv, " ") + "\n" + RedactText(string(out))
 		if err != nil {
 			text += fmt.Sprintf("\n(%v)\n", err)
 		}
@@ -273,6 +293,15 @@ const maxFile = 16 << 20
 // readRegular reads name in r: a regular file of at most maxFile bytes,
 // opened without blocking (a FIFO planted there is refused, not waited on).
 func readRegular(r *os.Root, name string) ([]byte, error) {
+	// Not through a link, even one that stays in the root (to an
+	// add-on's config file, say): the file itself, the one opened.
+	li, err := r.Lstat(name)
+	if err != nil {
+		return nil, err
+	}
+	if !li.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%v)", name, li.Mode().Type())
+	}
 	f, err := r.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
@@ -282,8 +311,8 @@ func readRegular(r *os.Root, name string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%v)", name, fi.Mode().Type())
+	if !os.SameFile(li, fi) {
+		return nil, fmt.Errorf("%s changed while it was opened", name)
 	}
 	if fi.Size() > maxFile {
 		return nil, fmt.Errorf("%s: %d bytes, more than %d", name, fi.Size(), maxFile)
@@ -328,10 +357,15 @@ func trust(paths []string) []byte {
 }
 
 // tree lists the runtime root: names, sizes, modes, link targets — no
-// contents.
+// contents; an add-on's own data/ directory is counted, not listed, and
+// the listing stops at maxTree lines.
 func tree(root string) ([]byte, error) {
 	var lines []string
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if len(lines) >= maxTree {
+			lines = append(lines, fmt.Sprintf("… (stopped at %d entries)", maxTree))
+			return filepath.SkipAll
+		}
 		if err != nil {
 			lines = append(lines, fmt.Sprintf("%s: %v", p, err))
 			return nil
@@ -346,11 +380,18 @@ func tree(root string) ([]byte, error) {
 				line += " -> " + t
 			}
 		}
+		if d.IsDir() && d.Name() == "data" && filepath.Base(filepath.Dir(filepath.Dir(p))) == "addons" {
+			entries, _ := os.ReadDir(p)
+			lines = append(lines, fmt.Sprintf("%s (%d entries, not listed: the add-on's own)", line, len(entries)))
+			return filepath.SkipDir
+		}
 		lines = append(lines, line)
 		return nil
 	})
 	return []byte(strings.Join(lines, "\n") + "\n"), err
 }
+
+const maxTree = 5000
 
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))

@@ -32,6 +32,28 @@ func TestRedact(t *testing.T) {
 	if got := string(Redact([]byte("password=x\n"))); strings.Contains(got, "x") {
 		t.Errorf("not JSON: %q", got)
 	}
+	// However spelled, and the arguments too; any URL userinfo.
+	out = string(Redact([]byte(`{"Config_JSON": {"a": "s2"}, "ARGS": ["--password", "s3"], "u": "https://TOKEN4@github.com/x", "v": "https://u:p@ss5@h/p"}`)))
+	for _, secret := range []string{"s2", "s3", "TOKEN4", "ss5"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("%s survived:\n%s", secret, out)
+		}
+	}
+}
+
+func TestRedactText(t *testing.T) {
+	in := `Environment=HTTPS_PROXY=http://ops:hunter2@proxy:3128 AWS_SECRET_ACCESS_KEY=abc123
+msg="connecting" password: "two words" api_key='k3' Authorization: Bearer-xyz token=t9
+unit addond-hello.service started, pid 42`
+	out := RedactText(in)
+	for _, secret := range []string{"hunter2", "abc123", "two words", "k3", "Bearer-xyz", "t9"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("%s survived:\n%s", secret, out)
+		}
+	}
+	if !strings.Contains(out, "unit addond-hello.service started, pid 42") || !strings.Contains(out, "AWS_SECRET_ACCESS_KEY=<redacted>") {
+		t.Errorf("too much went:\n%s", out)
+	}
 }
 
 // FuzzRedact: whatever comes in, what goes out is JSON (or the marker

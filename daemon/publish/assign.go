@@ -98,10 +98,11 @@ func Assign(ctx context.Context, o AssignOptions) (*Assigned, error) {
 		trust = signing.NewKeyring(o.Key.Public().(ed25519.PublicKey))
 	}
 	key := AssignmentsKey(o.AgentID)
-	prev, etag, err := current(ctx, o.Store, key)
+	prev, prevRaw, prevInfo, err := current(ctx, o.Store, key)
 	if err != nil {
 		return nil, err
 	}
+	etag := prevInfo.ETag
 	known := map[string]bool{}
 	named := []assignment.Addon{}
 	for _, ref := range o.Addons {
@@ -124,6 +125,30 @@ func Assign(ctx context.Context, o AssignOptions) (*Assigned, error) {
 	}
 	doc := assignment.Document{AgentID: o.AgentID, Addons: named}
 	if o.Merge || len(o.Remove) > 0 {
+		// Its entries go into a document signed with o.Key: they must be
+		// ones a trusted key signed for this agent, not whatever someone
+		// with write access to the store left there.
+		// A directory store's .sig is a second object: right after
+		// another writer's document it may still be the one before. Read
+		// the pair again a few times before calling it unsigned.
+		for attempt := 1; ; attempt++ {
+			err := vouched(ctx, o, trust, key, prev, prevRaw, prevInfo.Signature)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, errUnvouched) || attempt == 10 {
+				return nil, err
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+			if prev, prevRaw, prevInfo, err = current(ctx, o.Store, key); err != nil {
+				return nil, err
+			}
+			etag = prevInfo.ETag
+		}
 		if doc.Addons, err = merge(prev, named, o.Remove); err != nil {
 			return nil, err
 		}
@@ -341,21 +366,60 @@ func (o AssignOptions) checkNamed(known map[string]bool) error {
 	return nil
 }
 
-// current reads the document at key (nil: there is none) and its ETag
-// ("": none), which the write is conditional on.
-func current(ctx context.Context, st store.Store, key string) (*assignment.Document, string, error) {
+// vouched checks that prev, the document a merge builds on, is this
+// agent's and — when the new one is signed — signed by o.Key or a key of
+// trust (its .sig).
+func vouched(ctx context.Context, o AssignOptions, trust *signing.Keyring, key string, prev *assignment.Document, raw []byte, metaSig string) error {
+	if prev == nil {
+		return nil
+	}
+	if prev.AgentID != o.AgentID {
+		return fmt.Errorf("the current %s names agent %q: not merged into (write it whole, without --merge)", key, prev.AgentID)
+	}
+	if o.Key == nil {
+		return nil
+	}
+	// On S3 the signature written with the document, in its metadata;
+	// else its .sig.
+	sigData := []byte(metaSig)
+	if metaSig == "" {
+		var err error
+		if sigData, _, err = store.ReadSmall(ctx, o.Store, key+".sig", 1024, store.OpenOptions{}); err != nil {
+			return fmt.Errorf("the current %s has no signature to check before its entries are signed again (%v): not merged into; write it whole, without --merge: %w", key, err, errUnvouched)
+		}
+	}
+	sig, err := signing.ParseSigFile(sigData)
+	if err == nil {
+		err = signing.NewKeyring(o.Key.Public().(ed25519.PublicKey)).VerifyBytes("", raw, sig)
+		if err != nil && trust.Len() > 0 {
+			err = trust.VerifyBytes("", raw, sig)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("the current %s does not verify under --key or --trust (%v): its entries are not signed again; write it whole, without --merge: %w", key, err, errUnvouched)
+	}
+	return nil
+}
+
+// errUnvouched: the document a merge would build on is not signed by a
+// trusted key.
+var errUnvouched = errors.New("unvouched document")
+
+// current reads the document at key (nil: there is none), its bytes and
+// its ETag ("": none), which the write is conditional on.
+func current(ctx context.Context, st store.Store, key string) (*assignment.Document, []byte, store.Info, error) {
 	prev, info, err := store.ReadSmall(ctx, st, key, assignment.MaxDocumentSize, store.OpenOptions{})
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return nil, "", nil
+		return nil, nil, store.Info{}, nil
 	case err != nil:
-		return nil, "", fmt.Errorf("previous document: %w", err)
+		return nil, nil, store.Info{}, fmt.Errorf("previous document: %w", err)
 	}
 	p, err := assignment.Parse(prev)
 	if err != nil {
-		return nil, "", fmt.Errorf("previous document %s does not parse (%v); its serial is unknown, fix or delete it", key, err)
+		return nil, nil, store.Info{}, fmt.Errorf("previous document %s does not parse (%v); its serial is unknown, fix or delete it", key, err)
 	}
-	return p, info.ETag, nil
+	return p, prev, info, nil
 }
 
 func addonFromPackage(ctx context.Context, o AssignOptions, trust *signing.Keyring, id, version string) (assignment.Addon, error) {

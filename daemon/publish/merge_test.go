@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -134,6 +135,23 @@ func TestAssignMergeRemoveDryRun(t *testing.T) {
 		t.Fatal("a refused assign wrote the document")
 	}
 
+	// A document someone with write access to the store (and no key)
+	// left there: --merge and --remove do not sign its entries again.
+	forged := regexp.MustCompile(`"serial": \d+`).ReplaceAllString(read(), `"serial": 1000`)
+	if forged == read() {
+		t.Fatal("nothing to forge")
+	}
+	os.WriteFile(doc, []byte(forged), 0o644)
+	for _, c := range []AssignOptions{{Merge: true, Addons: []string{"inv@1.1.0"}}, {Remove: []string{"sweep"}}} {
+		c.Store, c.AgentID, c.Key = st, "a", priv
+		if _, err := Assign(ctx, c); err == nil || !strings.Contains(err.Error(), "does not verify") {
+			t.Errorf("merging into a forged document: %v", err)
+		}
+		if read() != forged {
+			t.Fatal("a merge into a forged document wrote")
+		}
+	}
+
 	// Without --merge: exactly the named add-ons, and the removal is said.
 	o = base
 	o.Addons = []string{"hello@1.1.0"}
@@ -191,7 +209,7 @@ func TestConcurrentMergesLoseNothing(t *testing.T) {
 				})
 			}
 			wg.Wait()
-			prev, _, err := current(ctx, st, AssignmentsKey("a"))
+			prev, _, _, err := current(ctx, st, AssignmentsKey("a"))
 			if err != nil {
 				t.Fatal(err)
 			}
