@@ -14,12 +14,14 @@
 package logging
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	slogjournal "github.com/systemd/slog-journal"
@@ -98,7 +100,26 @@ func Journal(level slog.Leveler, addons *Addons) (slog.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &addonHandler{next: h, addons: addons}, nil
+	return newAddonHandler(h, addons), nil
+}
+
+// newAddonHandler wraps next (the journal's) with the add-on fields and
+// the logfmt MESSAGE.
+func newAddonHandler(next slog.Handler, addons *Addons) *addonHandler {
+	buf := &lockedBuffer{}
+	text := slog.NewTextHandler(&buf.b, &slog.HandlerOptions{Level: slog.LevelDebug, ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+		if len(groups) == 0 && (a.Key == slog.TimeKey || a.Key == slog.LevelKey || a.Key == slog.MessageKey) {
+			return slog.Attr{}
+		}
+		return a
+	}})
+	return &addonHandler{next: next, addons: addons, text: text, textBuf: buf}
+}
+
+// lockedBuffer is the text handler's output, one entry at a time.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
 }
 
 // journalKey makes an attribute's key a journal field name; one that
@@ -141,11 +162,17 @@ func fieldName(k string) string {
 type addonHandler struct {
 	next   slog.Handler
 	addons *Addons
+	// text renders an entry's attributes as logfmt for its MESSAGE (what
+	// `journalctl` shows and `--grep` searches); textBuf is its output.
+	text    slog.Handler
+	textBuf *lockedBuffer
 	// What WithAttrs was given, of the keys that matter here.
 	id, version, unit string
 	// grouped: the record's attributes are in a group (WithGroup), not
 	// the entry's own.
 	grouped bool
+	// hasAttrs: WithAttrs gave attributes (the text handler holds them).
+	hasAttrs bool
 }
 
 func (h *addonHandler) Enabled(ctx context.Context, l slog.Level) bool {
@@ -168,6 +195,21 @@ func (h *addonHandler) Handle(ctx context.Context, r slog.Record) error {
 		}
 		return true
 	})
+	// MESSAGE keeps the attributes in text too: the journal's default
+	// view, and `journalctl --grep`, show only MESSAGE.
+	if h.text != nil && (r.NumAttrs() > 0 || h.hasAttrs) {
+		h.textBuf.mu.Lock()
+		h.textBuf.b.Reset()
+		plain := slog.NewRecord(r.Time, r.Level, "", r.PC)
+		r.Attrs(func(a slog.Attr) bool { plain.AddAttrs(a); return true })
+		if h.text.Handle(ctx, plain) == nil {
+			if t := strings.TrimSpace(h.textBuf.b.String()); t != "" {
+				r = r.Clone()
+				r.Message += " " + t
+			}
+		}
+		h.textBuf.mu.Unlock()
+	}
 	if id == "" {
 		return h.next.Handle(ctx, r)
 	}
@@ -201,6 +243,9 @@ func (h *addonHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 		}
 	}
 	h2.next = h.next.WithAttrs(attrs)
+	if h.text != nil && len(attrs) > 0 {
+		h2.text, h2.hasAttrs = h.text.WithAttrs(attrs), true
+	}
 	return &h2
 }
 
@@ -212,5 +257,8 @@ func (h *addonHandler) WithGroup(name string) slog.Handler {
 	}
 	h2 := *h
 	h2.next, h2.grouped = h.next.WithGroup(name), true
+	if h.text != nil {
+		h2.text = h.text.WithGroup(name)
+	}
 	return &h2
 }

@@ -89,7 +89,7 @@ func TestAddonFields(t *testing.T) {
 		"hello": {Version: "1.0.0", Unit: "addond-hello.service"},
 		"flag":  {Version: "2.0.0"},
 	})
-	log := slog.New(&addonHandler{next: capture{recs: &recs}, addons: addons})
+	log := slog.New(newAddonHandler(capture{recs: &recs}, addons))
 	log.Info("config reloaded")
 	log.Info("promoted", "addon_id", "hello")
 	log.Warn("rolling back", "addon_id", "hello", "version", "1.1.0")
@@ -113,6 +113,21 @@ func TestAddonFields(t *testing.T) {
 	for i, w := range want {
 		if fmt.Sprint(recs[i].attrs) != fmt.Sprint(w) {
 			t.Errorf("%q: attributes %v, want %v", recs[i].msg, recs[i].attrs, w)
+		}
+	}
+	// MESSAGE carries the attributes as text (the journal's default view
+	// and --grep see only it), the ones it was given, not those added.
+	for i, msg := range []string{
+		"config reloaded",
+		"promoted addon_id=hello",
+		"rolling back addon_id=hello version=1.1.0",
+		"helper run started addon_id=hello unit=addond-hello.run-1.service",
+		"feature on addon_id=flag",
+		"removing add-on addon_id=gone",
+		"grouped g.addon_id=hello",
+	} {
+		if recs[i].msg != msg {
+			t.Errorf("MESSAGE %q, want %q", recs[i].msg, msg)
 		}
 	}
 	var nilAddons *Addons
