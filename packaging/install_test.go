@@ -510,7 +510,12 @@ func journalFields(t *testing.T, host string) {
 	}
 	waitFor(t, "sweep back on 1.0.0", 60*time.Second, func() (string, bool) {
 		st := addonctlStatus(t)
-		return fmt.Sprintf("%+v", st.Addons), len(st.Addons) == 1 && st.Addons[0].State == "rolled_back" && st.Addons[0].Health == "healthy"
+		ok := len(st.Addons) == 1 && st.Addons[0].State == "rolled_back" && st.Addons[0].Health == "healthy"
+		if !ok {
+			out, _ := try("addonctl status; journalctl --no-pager -o cat -n 30 ADDON_ID=sweep")
+			return out, false
+		}
+		return "", true
 	})
 	story := entries("ADDON_ID=sweep")
 	var messages []string

@@ -272,8 +272,13 @@ var cases = []struct {
 		h.stageDone("a@1.1.0")
 		h.started("a", nil)
 		h.at(2 * time.Minute).step(Tick{})
+		// As a unit backend tells it: the old version starting, then up.
+		h.event("a@1.0.0", supervisors.StateStarting, unknown)
+		h.want("a", StateRolledBack, "1.0.0", unknown)
 		h.event("a@1.0.0", supervisors.StateRunning, healthy)
-		h.want("a", StateRolledBack, "1.0.0", healthy)
+		if a := h.want("a", StateRolledBack, "1.0.0", healthy); !strings.Contains(a.LastError, "not healthy within the 1m0s probation") {
+			h.t.Fatalf("the rollback's reason is gone: %+v", a)
+		}
 		if s := h.c.Summary(); !strings.HasPrefix(s, "1/1 add-ons running") {
 			h.t.Fatalf("summary %q", s)
 		}

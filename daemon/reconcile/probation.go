@@ -23,8 +23,9 @@ func (c *Core) event(e supervisors.Event) {
 		ar.failure = e.Reason
 	}
 	// A rolled-back add-on running its previous version stays rolled_back
-	// (with the reason) while it runs.
-	if ar.state != StateRolledBack || e.State != supervisors.StateRunning {
+	// (with the reason) while it starts and runs: a unit backend tells of
+	// the start too, and that must not wipe the rollback and its reason.
+	if ar.state != StateRolledBack || e.State != supervisors.StateRunning && e.State != supervisors.StateStarting {
 		c.set(ar, fromBackend(e.State), e.Reason)
 	}
 	healthy := e.State == supervisors.StateRunning && e.Health == supervisors.HealthHealthy
