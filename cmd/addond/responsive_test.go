@@ -107,10 +107,18 @@ func TestLoopNeverWaitsForABackend(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	t.Logf("%d status requests during the hang: median %v, max %v; reconcile answered in %v, SIGHUP to READY in %v",
-		len(lat), lat[len(lat)/2], lat[len(lat)-1], reconcileTook, reloadTook)
-	if max := lat[len(lat)-1]; max > 100*time.Millisecond {
-		t.Errorf("a status request took %v while a sidecar hung in its handshake, want at most 100ms", max)
+	t.Logf("%d status requests during the hang: median %v, 90th percentile %v, max %v; reconcile answered in %v, SIGHUP to READY in %v",
+		len(lat), lat[len(lat)/2], lat[len(lat)*9/10], lat[len(lat)-1], reconcileTook, reloadTook)
+	// A loop that waited for the hung handshake would hold a request for
+	// seconds (the handshake times out after 10). One request in hundreds
+	// may still wait out a scheduling or GC pause on a busy machine (CI saw
+	// 128 ms beside the race detector and a VM under TCG): the bound on the
+	// slowest is 1 s, well under the hang, and the bulk must be quick.
+	if max := lat[len(lat)-1]; max > time.Second {
+		t.Errorf("a status request took %v while a sidecar hung in its handshake, want at most 1s", max)
+	}
+	if p90 := lat[len(lat)*9/10]; p90 > 100*time.Millisecond {
+		t.Errorf("90th percentile of status requests %v while a sidecar hung, want at most 100ms", p90)
 	}
 	if hangStarting == 0 {
 		t.Fatal("the hanging sidecar was never seen starting: the test proved nothing")
