@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -124,6 +125,9 @@ func (a *Agent) configure(cfg *config.Config) error {
 		if docKeys, err = signing.LoadKeyring(cfg.Trust.AssignmentKeys); err != nil {
 			return fmt.Errorf("trust.assignment_keys: %w", err)
 		}
+		if err := separateRoles(keys, docKeys); err != nil {
+			return err
+		}
 	}
 	var st store.Store
 	if cfg.Store != "" {
@@ -139,6 +143,16 @@ func (a *Agent) configure(cfg *config.Config) error {
 		src = &source.File{Path: cfg.Assignments.File}
 	}
 	a.env.Store(&env{cfg: cfg, keys: keys, docKeys: docKeys, store: st, src: src, del: a.deliverer(cfg, keys, st)})
+	return nil
+}
+
+// separateRoles refuses a key that is both a package key and an assignment
+// key: with it, one signer could still vouch for both what runs where and
+// the bytes, which the separate roles are there to prevent.
+func separateRoles(keys, docKeys *signing.Keyring) error {
+	if shared := keys.Shared(docKeys); len(shared) > 0 {
+		return fmt.Errorf("trust: key %s is in both trust.public_keys and trust.assignment_keys: the roles are not separate; give each role its own key", strings.Join(shared, ", "))
+	}
 	return nil
 }
 

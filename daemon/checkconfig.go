@@ -37,11 +37,16 @@ func CheckConfig(path string) []error {
 		return config.Locate(path, data, fmt.Errorf("key %q: %w", key, err))
 	}
 	var errs []error
-	if _, err := signing.LoadKeyring(cfg.Trust.PublicKeys); err != nil {
+	keys, err := signing.LoadKeyring(cfg.Trust.PublicKeys)
+	if err != nil {
 		errs = append(errs, at("trust.public_keys", err))
 	}
 	if len(cfg.Trust.AssignmentKeys) > 0 {
-		if _, err := signing.LoadKeyring(cfg.Trust.AssignmentKeys); err != nil {
+		docKeys, err := signing.LoadKeyring(cfg.Trust.AssignmentKeys)
+		if err == nil {
+			err = separateRoles(keys, docKeys)
+		}
+		if err != nil {
 			errs = append(errs, at("trust.assignment_keys", err))
 		}
 	}

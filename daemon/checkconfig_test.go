@@ -59,6 +59,8 @@ func TestCheckConfig(t *testing.T) {
 		{name: "syntax", config: "{\n  \"agent_id\": \"edge-01\",,\n}", want: []string{"CFG:2:25: invalid JSON"}},
 		{name: "bad key file", config: strings.Replace(good, "signing.pub", "garbage.pub", 1),
 			want: []string{`CFG:6:13: key "trust.public_keys": `}},
+		{name: "a key in both roles", config: strings.Replace(good, `"trust": {`, fmt.Sprintf(`"trust": {"assignment_keys": [%q], `, filepath.Join(dir, "signing.pub")), 1),
+			want: []string{`CFG:6:13: key "trust.assignment_keys": trust: key `}},
 		{name: "bad store", config: strings.Replace(good, "file:///srv/store", "ftp://x/y", 1),
 			want: []string{`CFG:4:3: key "store": `}},
 		{name: "bad overrides", overrides: "{\"addons\": [\n  {\"addon_id\": \"pingsweep\", \"enabld\": false}]}",

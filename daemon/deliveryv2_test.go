@@ -124,6 +124,14 @@ func TestAssignmentKeysSeparateTheRoles(t *testing.T) {
 		t.Fatalf("a document signed by the assignment key: %v %v", rep.DocumentErr, rep.Errors())
 	}
 
+	// A key in both roles is refused when the config is taken: the roles
+	// would not be separate.
+	f.cfg.Trust.AssignmentKeys = []string{cpDir, f.keyDir}
+	if _, err := Open(f.cfg, Options{}); err == nil || !strings.Contains(err.Error(), "in both trust.public_keys and trust.assignment_keys") {
+		t.Fatalf("a key in both roles: %v", err)
+	}
+	f.cfg.Trust.AssignmentKeys = []string{cpDir}
+
 	// A package signed by the control plane's key is not the publisher's.
 	pkg2 := f.publish("hello", "2.0.0", randomBytes(1000))
 	pkgKey := assignment.PackageKey("hello", "2.0.0")

@@ -111,6 +111,20 @@ type Keyring struct {
 	unscoped []string
 }
 
+// Shared lists the ids of keys that are in both kr and other.
+func (kr *Keyring) Shared(other *Keyring) []string {
+	if kr == nil || other == nil {
+		return nil
+	}
+	var ids []string
+	for _, id := range kr.ids {
+		if _, ok := other.byID[id]; ok {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
 // ErrUnknownKey is returned when a signature names a key id that is not
 // trusted, or when no key at all is trusted.
 var ErrUnknownKey = errors.New("no trusted key")
