@@ -109,15 +109,17 @@ func sources(ctx context.Context, sf *socketFlags) diagnostics.Sources {
 	src.TrustKeys = append(append([]string{}, cfg.Trust.PublicKeys...), cfg.Trust.AssignmentKeys...)
 
 	var ids []string
+	// One status, asked once: the bundle's status.json, addond's version
+	// and the add-ons whose state and logs are gathered.
 	if cl, err := sf.client(); err == nil {
-		src.Status = func(ctx context.Context) ([]byte, error) {
-			st, err := cl.Status(ctx)
+		st, err := cl.Status(ctx)
+		src.Status = func(context.Context) ([]byte, error) {
 			if err != nil {
 				return nil, err
 			}
 			return json.Marshal(st)
 		}
-		if st, err := cl.Status(ctx); err == nil {
+		if err == nil {
 			src.Versions["addond"] = st.Version
 			for _, a := range st.Addons {
 				ids = append(ids, a.AddonID)

@@ -22,11 +22,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -208,7 +209,7 @@ func Collect(ctx context.Context, b *Bundle, src Sources) error {
 		return b.Add(name, data)
 	}
 	var vers []string
-	for _, k := range sortedKeys(src.Versions) {
+	for _, k := range slices.Sorted(maps.Keys(src.Versions)) {
 		vers = append(vers, k+": "+src.Versions[k])
 	}
 	if err := b.Add("versions.txt", []byte(strings.Join(vers, "\n")+"\n")); err != nil {
@@ -264,7 +265,7 @@ func Collect(ctx context.Context, b *Bundle, src Sources) error {
 			r.Close()
 		}
 	}
-	for _, name := range sortedKeys(src.Commands) {
+	for _, name := range slices.Sorted(maps.Keys(src.Commands)) {
 		argv := src.Commands[name]
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		out, err := exec.CommandContext(cctx, argv[0], argv[1:]...).CombinedOutput()
@@ -392,12 +393,3 @@ func tree(root string) ([]byte, error) {
 }
 
 const maxTree = 5000
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}

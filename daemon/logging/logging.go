@@ -181,34 +181,13 @@ func (h *addonHandler) Enabled(ctx context.Context, l slog.Level) bool {
 
 func (h *addonHandler) Handle(ctx context.Context, r slog.Record) error {
 	id, version, unit := h.id, h.version, h.unit
-	r.Attrs(func(a slog.Attr) bool {
-		if h.grouped {
-			return false
-		}
-		switch a.Key {
-		case KeyAddon:
-			id = a.Value.String()
-		case KeyVersion:
-			version = a.Value.String()
-		case KeyUnit:
-			unit = a.Value.String()
-		}
-		return true
-	})
+	if !h.grouped {
+		r.Attrs(func(a slog.Attr) bool { note(a, &id, &version, &unit); return true })
+	}
 	// MESSAGE keeps the attributes in text too: the journal's default
 	// view, and `journalctl --grep`, show only MESSAGE.
-	if h.text != nil && (r.NumAttrs() > 0 || h.hasAttrs) {
-		h.textBuf.mu.Lock()
-		h.textBuf.b.Reset()
-		plain := slog.NewRecord(r.Time, r.Level, "", r.PC)
-		r.Attrs(func(a slog.Attr) bool { plain.AddAttrs(a); return true })
-		if h.text.Handle(ctx, plain) == nil {
-			if t := strings.TrimSpace(h.textBuf.b.String()); t != "" {
-				r = r.Clone()
-				r.Message += " " + t
-			}
-		}
-		h.textBuf.mu.Unlock()
+	if r.NumAttrs() > 0 || h.hasAttrs {
+		r.Message += h.logfmt(ctx, r)
 	}
 	if id == "" {
 		return h.next.Handle(ctx, r)
@@ -227,23 +206,42 @@ func (h *addonHandler) Handle(ctx context.Context, r slog.Record) error {
 	return h.next.Handle(ctx, r)
 }
 
+// logfmt is r's attributes (and those of WithAttrs) as " key=value…",
+// the text handler's rendering without time, level and message.
+func (h *addonHandler) logfmt(ctx context.Context, r slog.Record) string {
+	h.textBuf.mu.Lock()
+	defer h.textBuf.mu.Unlock()
+	h.textBuf.b.Reset()
+	if h.text.Handle(ctx, r) != nil {
+		return ""
+	}
+	if t := strings.TrimSpace(h.textBuf.b.String()); t != "" {
+		return " " + t
+	}
+	return ""
+}
+
+// note takes an attribute that names the add-on, its version or its unit.
+func note(a slog.Attr, id, version, unit *string) {
+	switch a.Key {
+	case KeyAddon:
+		*id = a.Value.String()
+	case KeyVersion:
+		*version = a.Value.String()
+	case KeyUnit:
+		*unit = a.Value.String()
+	}
+}
+
 func (h *addonHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 	h2 := *h
-	for _, a := range attrs {
-		if h.grouped {
-			break
-		}
-		switch a.Key {
-		case KeyAddon:
-			h2.id = a.Value.String()
-		case KeyVersion:
-			h2.version = a.Value.String()
-		case KeyUnit:
-			h2.unit = a.Value.String()
+	if !h.grouped {
+		for _, a := range attrs {
+			note(a, &h2.id, &h2.version, &h2.unit)
 		}
 	}
 	h2.next = h.next.WithAttrs(attrs)
-	if h.text != nil && len(attrs) > 0 {
+	if len(attrs) > 0 {
 		h2.text, h2.hasAttrs = h.text.WithAttrs(attrs), true
 	}
 	return &h2
@@ -256,9 +254,6 @@ func (h *addonHandler) WithGroup(name string) slog.Handler {
 		return h
 	}
 	h2 := *h
-	h2.next, h2.grouped = h.next.WithGroup(name), true
-	if h.text != nil {
-		h2.text = h.text.WithGroup(name)
-	}
+	h2.next, h2.grouped, h2.text = h.next.WithGroup(name), true, h.text.WithGroup(name)
 	return &h2
 }
