@@ -31,6 +31,7 @@ import (
 
 	"github.com/addond/addond/sdk"
 	"github.com/addond/addond/supervisors"
+	"github.com/addond/addond/supervisors/systemd"
 )
 
 // Options tune a Backend. Zero values take the defaults of the origin
@@ -125,6 +126,9 @@ func (b *Backend) Start(ctx context.Context, spec supervisors.Spec) error {
 		return err
 	}
 	log := b.opts.Log.With("addon_id", spec.AddonID)
+	if b.opts.Units != nil {
+		log = log.With("unit", systemd.ServiceName(spec.AddonID))
+	}
 	inst := &instance{Handle: supervisors.NewHandle(spec.AddonID, supervisors.LogState(log), b.opts.Notify), b: b, id: spec.AddonID, log: log}
 	return b.addons.Start(ctx, inst, func(first chan<- error) { inst.run(spec, first) })
 }

@@ -195,6 +195,14 @@ func TestUnits(t *testing.T) {
 		if !strings.Contains(logs.String(), "reattached") {
 			t.Fatalf("no reattachment logged:\n%s", logs)
 		}
+		// Before the daemon's loop has published anything (as right after a
+		// restart), the state lines name the unit themselves: the journal's
+		// UNIT field comes from them.
+		for _, line := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(line, `msg="add-on state"`) && !strings.Contains(line, "unit=addond-hello.service") {
+				t.Fatalf("a state line without its unit: %s", line)
+			}
+		}
 		if u2 := readUnit(t, "addond-hello.service"); u2.InvocationID != unit.InvocationID {
 			t.Fatal("the unit was restarted")
 		}

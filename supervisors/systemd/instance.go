@@ -124,7 +124,9 @@ func (b *Backend) Start(ctx context.Context, spec supervisors.Spec) error {
 	if err := b.driver.Check(spec); err != nil {
 		return err
 	}
-	log := b.Opts.Log.With("addon_id", spec.AddonID, "model", b.driver.Model())
+	// The unit is named on every line, so that the journal's UNIT field is
+	// there before the loop has published what it knows (after a restart).
+	log := b.Opts.Log.With("addon_id", spec.AddonID, "model", b.driver.Model(), "unit", ServiceName(spec.AddonID))
 	inst := &instance{Handle: supervisors.NewHandle(spec.AddonID, supervisors.LogState(log), b.Opts.Notify), b: b, id: spec.AddonID, log: log}
 	return b.addons.Start(ctx, inst, func(first chan<- error) { inst.run(spec, first) })
 }
