@@ -75,6 +75,7 @@ func (a *Agent) Run(ctx context.Context, o RunOptions) error {
 	// (os_package, compiled_in) have no last-known-good and start only
 	// with it; it runs after every authoritative one.
 	l.step(l.recover())
+	l.publish() // not ready yet; the log handler learns the add-ons' versions and units
 	srv, err := l.serveStatus()
 	if err != nil {
 		return err
