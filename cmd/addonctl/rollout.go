@@ -3,10 +3,12 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/addond/addond/daemon/rollout"
 	"github.com/addond/addond/daemon/signing"
@@ -44,6 +46,10 @@ Documents are written signed, with serial + 1, on the condition that nobody
 wrote them meanwhile (a concurrent change is read again, never overwritten).
 Progress is kept in rollouts/ID/VERSION.json: --resume continues a rollout
 whose command was interrupted, or a halted one under a higher --max-failures.
+
+One line per event is printed on standard output; when standard error is a
+terminal, a bar of the current wave (its agents decided, changed, promoted
+and failed) is drawn beneath the lines there.
 
 Exit status: 0 every agent promoted, 3 halted, 1 any other error.`,
 		Example: `  addonctl rollout --store "$STORE" --key signing.key --addon hello@1.2.0 --all --canary 1 --waves 10%,50%,100%
@@ -83,8 +89,11 @@ Exit status: 0 every agent promoted, 3 halted, 1 any other error.`,
 				}
 			}
 			out := cmd.OutOrStdout()
-			o.Log = func(line string) { fmt.Fprintf(out, "%s %s\n", time.Now().Format(time.TimeOnly), printable(line)) }
+			view := newRolloutView(out, cmd.ErrOrStderr(), term.IsTerminal(int(os.Stderr.Fd())))
+			o.Log, o.Progress = view.line, view.progress
+			view.start(200 * time.Millisecond)
 			p, err := rollout.Run(cmd.Context(), o)
+			view.close()
 			if p != nil {
 				fmt.Fprintf(out, "progress: %s (%s)\n", rollout.ProgressKey(id, version), p.State)
 			}

@@ -42,6 +42,23 @@ type Options struct {
 	// Log receives one line per event (an agent changed, promoted,
 	// failed, a wave begun …).
 	Log func(string)
+	// Progress, when set, receives where the rollout stands whenever that
+	// may have changed (for a progress display; it is called from one
+	// goroutine and should return at once).
+	Progress func(Stand)
+}
+
+// Stand is where a rollout stands: the wave being written or judged, and
+// that wave's agents by their status.
+type Stand struct {
+	Wave, Waves int    // the wave, from 1, of Waves
+	Name        string // "wave 1/3 (canary)"
+	Agents      int    // in the wave
+	// The wave's agents by status. Reverted ones count as failed when
+	// they failed, else as changed.
+	Waiting, Changed, Promoted, Failed int
+	Done                               int // promoted in all the waves
+	Total                              int // agents in all the waves
 }
 
 // ErrHalted: more agents failed than MaxFailures; no further agent was
@@ -110,6 +127,44 @@ type runner struct {
 	trust *signing.Keyring
 	pkg   publish.SignedPackage // the version's, verified once
 	logMu sync.Mutex            // o.Log is called from the writers too
+	cur   int                   // the wave being written or judged
+}
+
+// show passes where the rollout stands to o.Progress. Only the goroutine
+// that owns the progress record calls it.
+func (r *runner) show() {
+	if r.o.Progress == nil || r.cur >= len(r.p.Waves) {
+		return
+	}
+	wave := r.p.Waves[r.cur]
+	s := Stand{Wave: r.cur + 1, Waves: len(r.p.Waves), Name: r.waveName(r.cur), Agents: len(wave), Total: len(r.p.Agents)}
+	for _, a := range wave {
+		switch r.p.Agents[a].Status {
+		case StatusWaiting:
+			s.Waiting++
+		case StatusChanged:
+			s.Changed++
+		case StatusPromoted:
+			s.Promoted++
+		case StatusFailed:
+			s.Failed++
+		}
+	}
+	for _, ap := range r.p.Agents {
+		if ap.Status == StatusPromoted {
+			s.Done++
+		}
+	}
+	r.o.Progress(s)
+}
+
+// waveName is how wave w (from 0) is named in the log.
+func (r *runner) waveName(w int) string {
+	name := fmt.Sprintf("wave %d/%d", w+1, len(r.p.Waves))
+	if w == 0 && r.o.Canary > 0 {
+		name += " (canary)"
+	}
+	return name
 }
 
 // log passes one line to o.Log, one at a time.
@@ -313,11 +368,10 @@ func (r *runner) assignedAgents(ctx context.Context) ([]string, error) {
 // wave changes the documents of a wave's agents, then waits for their
 // verdicts.
 func (r *runner) wave(ctx context.Context, w int, wave []string) error {
-	name := fmt.Sprintf("wave %d/%d", w+1, len(r.p.Waves))
-	if w == 0 && r.o.Canary > 0 {
-		name += " (canary)"
-	}
+	name := r.waveName(w)
+	r.cur = w
 	r.log(fmt.Sprintf("%s: %d agents", name, len(wave)))
+	r.show()
 	if err := r.prepare(ctx, wave); err != nil {
 		return err
 	}
@@ -329,6 +383,7 @@ func (r *runner) wave(ctx context.Context, w int, wave []string) error {
 			return err
 		}
 		pending, decided := r.judgeWave(ctx, wave)
+		r.show()
 		if decided {
 			if err := r.save(ctx); err != nil {
 				return err
@@ -485,6 +540,7 @@ func (r *runner) write(ctx context.Context, wave []string) error {
 		case <-done:
 			// Stopped at the top of the loop.
 		}
+		r.show()
 		if saveNow || halting == nil && dirty && time.Since(saved) >= saveEvery {
 			if err := r.save(ctx); err != nil {
 				settle(false)
@@ -495,6 +551,7 @@ func (r *runner) write(ctx context.Context, wave []string) error {
 	}
 	settle(true)
 	check()
+	r.show()
 	if halting != nil {
 		return r.halt(ctx, halting)
 	}

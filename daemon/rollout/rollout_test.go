@@ -129,7 +129,7 @@ func newWorld(t *testing.T, kind string, n int) *world {
 	w := &world{t: t, st: st, key: key, silent: map[string]bool{}}
 	bin := filepath.Join(t.TempDir(), "hello")
 	ctx := context.Background()
-	for _, p := range []string{"hello@1.0.0", "hello@2.0.0", "hello@3.0.0", "other@1.0.0"} {
+	for _, p := range []string{"hello@1.0.0", "hello@2.0.0", "hello@3.0.0", "other@1.0.0", "other@2.0.0"} {
 		id, v, _ := strings.Cut(p, "@")
 		os.WriteFile(bin, []byte("binary of "+p), 0o755)
 		if _, err := publish.Publish(ctx, publish.PublishOptions{Store: st, Key: key, AddonID: id, Version: v,
@@ -242,10 +242,13 @@ func TestRolloutWaves(t *testing.T) {
 			for _, a := range w.agents {
 				before[a] = w.doc(a)
 			}
-			p, err := w.run(context.Background(), Options{Version: "2.0.0", All: true, Canary: 1, Waves: []int{50, 100}})
+			var stands []Stand
+			p, err := w.run(context.Background(), Options{Version: "2.0.0", All: true, Canary: 1, Waves: []int{50, 100},
+				Progress: func(s Stand) { stands = append(stands, s) }})
 			if err != nil {
 				t.Fatalf("%v\n%s", err, strings.Join(w.log, "\n"))
 			}
+			checkStands(t, stands, []int{1, 4, 5})
 			if p.State != "done" || len(p.Waves) != 3 || len(p.Waves[0]) != 1 || len(p.Waves[1]) != 4 {
 				t.Fatalf("progress %+v", p)
 			}
@@ -290,9 +293,14 @@ func TestRolloutHalts(t *testing.T) {
 	for _, revert := range []bool{false, true} {
 		t.Run(fmt.Sprintf("revert=%v", revert), func(t *testing.T) {
 			w := newWorld(t, "file", 5)
-			p, err := w.run(context.Background(), Options{Version: "3.0.0", Agents: w.agents, Canary: 1, Waves: []int{100}, RevertOnHalt: revert})
+			var last Stand
+			p, err := w.run(context.Background(), Options{Version: "3.0.0", Agents: w.agents, Canary: 1, Waves: []int{100}, RevertOnHalt: revert,
+				Progress: func(s Stand) { last = s }})
 			if !errors.Is(err, ErrHalted) || p.State != "halted" {
 				t.Fatalf("%v, %+v\n%s", err, p, strings.Join(w.log, "\n"))
+			}
+			if want := (Stand{Wave: 1, Waves: 2, Name: "wave 1/2 (canary)", Agents: 1, Failed: 1, Total: 5}); last != want {
+				t.Fatalf("progress shown last: %+v, want %+v", last, want)
 			}
 			canary := p.Agents["edge-01"]
 			if canary.Status != StatusFailed || !strings.Contains(canary.Reason, "rolled_back: not healthy within") || canary.Reverted != revert {
@@ -933,4 +941,126 @@ func TestRolloutSaveFailsMidWave(t *testing.T) {
 		buf := make([]byte, 1<<20)
 		t.Fatalf("%d goroutines after the rollout returned, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
+}
+
+// checkStands: what a progress display was shown adds up, moves forward
+// only, and ends every wave with its agents promoted.
+func checkStands(t *testing.T, stands []Stand, sizes []int) {
+	t.Helper()
+	if len(stands) == 0 {
+		t.Fatal("no progress shown")
+	}
+	total := 0
+	for _, n := range sizes {
+		total += n
+	}
+	prev := Stand{Wave: 1}
+	for i, s := range stands {
+		if s.Waiting+s.Changed+s.Promoted+s.Failed != s.Agents || s.Waves != len(sizes) || s.Agents != sizes[s.Wave-1] ||
+			s.Total != total || s.Wave < prev.Wave || s.Done < prev.Done || !strings.HasPrefix(s.Name, fmt.Sprintf("wave %d/%d", s.Wave, s.Waves)) {
+			t.Fatalf("stand %d: %+v after %+v", i, s, prev)
+		}
+		if s.Wave > prev.Wave && (prev.Promoted != prev.Agents || s.Wave != prev.Wave+1) {
+			t.Fatalf("wave %d shown after %+v", s.Wave, prev)
+		}
+		if s.Wave == prev.Wave && s.Promoted+s.Failed < prev.Promoted+prev.Failed {
+			t.Fatalf("stand %d: decided agents went back: %+v after %+v", i, s, prev)
+		}
+		prev = s
+	}
+	if last := stands[len(stands)-1]; last.Wave != len(sizes) || last.Promoted != last.Agents || last.Done != last.Total {
+		t.Fatalf("last stand %+v", last)
+	}
+	if first := stands[0]; first.Wave != 1 || first.Waiting != first.Agents {
+		t.Fatalf("first stand %+v", first)
+	}
+}
+
+// TestConcurrentRolloutsOfTwoAddons: rollouts of two add-ons run at once
+// on the same agents, on both stores, their writes of the canary's
+// document made to cross. Every document ends with both changes: neither rollout
+// lost the other's, and each raised the serial once.
+func TestConcurrentRolloutsOfTwoAddons(t *testing.T) {
+	for _, kind := range []string{"file", "s3"} {
+		t.Run(kind, func(t *testing.T) {
+			w := newWorld(t, kind, 6)
+			before := map[string]*assignment.Document{}
+			for _, a := range w.agents {
+				before[a] = w.doc(a)
+			}
+			st := &crossingWrites{Store: w.st, key: publish.AssignmentsKey(w.agents[0])}
+			ctx := context.Background()
+			simCtx, stop := context.WithCancel(ctx)
+			simulated := make(chan struct{})
+			go func() { w.simulate(simCtx); close(simulated) }()
+			var (
+				wg      sync.WaitGroup
+				errs    = make([]error, 2)
+				crossed atomic.Int32
+			)
+			for i, id := range []string{"hello", "other"} {
+				wg.Go(func() {
+					_, errs[i] = Run(ctx, Options{Store: st, Key: w.key, AddonID: id, Version: "2.0.0", Agents: w.agents,
+						Canary: 1, Waves: []int{100}, Wait: 20 * time.Second, Poll: 20 * time.Millisecond,
+						Log: func(s string) {
+							if strings.Contains(s, "changed while it was being rewritten") {
+								crossed.Add(1)
+							}
+						}})
+				})
+			}
+			wg.Wait()
+			stop()
+			<-simulated
+			for i, err := range errs {
+				if err != nil {
+					t.Fatalf("rollout %d: %v", i, err)
+				}
+			}
+			if crossed.Load() == 0 {
+				t.Fatal("the two rollouts' writes never crossed: the test proves nothing")
+			}
+			for _, a := range w.agents {
+				b, d := before[a], w.doc(a)
+				h, o := helloOf(d), d.Addons[entry(d, "other")]
+				if h.Version != "2.0.0" || o.Version != "2.0.0" || d.Serial != b.Serial+2 || !reflect.DeepEqual(h.Args, helloOf(b).Args) {
+					t.Fatalf("%s: serial %d -> %d, hello %s %v, other %s: want both at 2.0.0, two changes", a, b.Serial, d.Serial, h.Version, h.Args, o.Version)
+				}
+			}
+			t.Logf("%d writes crossed and were read again", crossed.Load())
+		})
+	}
+}
+
+// crossingWrites holds the first conditional write of the first agent's
+// document until a second writer writes it too: both read the document
+// before either wrote it, so one of them must find it changed.
+type crossingWrites struct {
+	store.Store
+	key     string
+	mu      sync.Mutex
+	first   chan struct{}
+	crossed bool
+}
+
+func (s *crossingWrites) PutIfMatch(ctx context.Context, key string, body io.Reader, size int64, ifMatch string) (store.Info, error) {
+	if key == s.key {
+		s.mu.Lock()
+		switch {
+		case s.first == nil:
+			s.first = make(chan struct{})
+			s.mu.Unlock()
+			select {
+			case <-s.first:
+			case <-time.After(20 * time.Second): // the test then fails: nothing crossed
+			}
+		case !s.crossed:
+			s.crossed = true
+			close(s.first)
+			s.mu.Unlock()
+		default:
+			s.mu.Unlock()
+		}
+	}
+	return s.Store.PutIfMatch(ctx, key, body, size, ifMatch)
 }
