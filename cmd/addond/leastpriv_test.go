@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -147,5 +149,64 @@ func TestFleetLeastPrivilege(t *testing.T) {
 	// What it may write, it may: its own report.
 	if err := put("agents/edge-01/status.json"); err != nil {
 		t.Fatalf("edge-01's identity writing its own report: %v", err)
+	}
+}
+
+// TestReportDeniedByPolicy: an agent whose identity may read what it
+// runs but not write its report (the bucket policy denies it) runs, updates
+// and promotes its add-ons as if reports were taken; the refusals are
+// counted, logged, and write nothing.
+func TestReportDeniedByPolicy(t *testing.T) {
+	e := newEnv(t, "s3")
+	srv := miniotest.Require(t)
+	e.publishFile("hello", "1.0.0", filepath.Join(bin, "hello"))
+	e.publishFile("hello", "1.1.0", filepath.Join(bin, "hello"))
+	e.assignWithConfig("hello@1.0.0", "hello", `{}`)
+
+	var policy struct {
+		Version   string
+		Statement []map[string]any
+	}
+	if err := json.Unmarshal([]byte(e.run("addonctl", "fleet", "policy", "--store", e.storeURL, "--agent", "edge-01")), &policy); err != nil {
+		t.Fatal(err)
+	}
+	policy.Statement = slices.DeleteFunc(policy.Statement, func(s map[string]any) bool { return s["Sid"] == "WriteOwnReport" })
+	if len(policy.Statement) != 1 {
+		t.Fatalf("policy without its report statement: %+v", policy)
+	}
+	readOnly, _ := json.Marshal(policy)
+	id := agentIdentity(t, srv, string(readOnly))
+
+	publisher := e.extraEnv
+	e.extraEnv = []string{"AWS_ACCESS_KEY_ID=" + id.AccessKeyID, "AWS_SECRET_ACCESS_KEY=" + id.SecretAccessKey, "AWS_SESSION_TOKEN=" + id.SessionToken,
+		"MINIO_ACCESS_KEY=", "MINIO_SECRET_KEY=", "MINIO_ROOT_USER=", "MINIO_ROOT_PASSWORD="}
+	metrics := arFreeAddr(t)
+	e.extra = map[string]any{"report": map[string]string{"min_interval": "1s"}, "metrics_address": metrics, "poll_interval": "1s", "probation": "2s"}
+	d, _ := e.startReady(t)
+	e.extraEnv = publisher
+	d.waitAddon(t, "hello", 30*time.Second, "running 1.0.0", runningHealthy("1.0.0"))
+
+	e.assignWithConfig("hello@1.1.0", "hello", `{}`)
+	if st := d.waitAddon(t, "hello", 30*time.Second, "1.1.0 promoted", runningHealthy("1.1.0")); st.Probation {
+		eventually(t, 30*time.Second, "1.1.0 off probation", func() bool {
+			st, err := d.client.Status(context.Background())
+			return err == nil && len(st.Addons) == 1 && !st.Addons[0].Probation && st.Addons[0].ActiveVersion == "1.1.0"
+		})
+	}
+	eventually(t, 10*time.Second, "the refused report writes counted", func() bool {
+		return strings.Contains(arMetrics(t, metrics), `addond_report_writes_total{result="error"}`)
+	})
+	if m := grepLines(arMetrics(t, metrics), "addond_report_writes_total"); strings.Contains(m, `result="ok"`) {
+		t.Fatalf("a report write succeeded against a policy that denies it:\n%s", m)
+	}
+	if !d.logged("retrying with backoff") || !strings.Contains(d.logText(), "Access Denied") {
+		t.Fatalf("the refusal was not logged with its reason:\n%s", d.logText())
+	}
+	st, err := store.Open(e.storeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Stat(context.Background(), fleet.ReportKey("edge-01")); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a report was written: %v", err)
 	}
 }
