@@ -23,7 +23,7 @@ all: build
 
 build:
 	$(GOBUILD) -o bin/ $(addprefix ./cmd/,$(BINARIES))
-	$(GOBUILD) -o bin/examples/ $(addprefix ./sdk/examples/,$(EXAMPLES))
+	$(GOBUILD) -o bin/examples/ $(addprefix github.com/addond/addond/sdk/examples/,$(EXAMPLES))
 
 # The main job on the embedded default: a file:// store in a temp dir.
 demo: build
@@ -64,11 +64,14 @@ $(MINIO_BIN):
 TEST_LOG  ?= $(TEST_CACHE)/test.json
 RACE_PKGS := ./cmd/addond ./packaging ./cmd/... ./daemon/... ./supervisors/...
 RACE_PLAIN := github.com/addond/addond/supervisors/service github.com/addond/addond/supervisors/timer
+# The add-on SDK is its own module (sdk/go.mod); its tests run in the plain
+# run, built against this module's dependencies through the replace.
+SDK_PKGS   := github.com/addond/addond/sdk/...
 test: deps build minio
 	@set -o pipefail; sum=$$(mktemp); runs=$$(mktemp -d); mkdir -p $(dir $(TEST_LOG)); \
 	export ADDOND_TEST_STRICT=1 ADDOND_MINIO_BIN=$(MINIO_BIN); \
 	race=$$($(GO) list $(RACE_PKGS) | grep -vxF $(addprefix -e ,$(RACE_PLAIN))); \
-	plain=$$($(GO) list ./vmtest/vm ./... | grep -vxF "$$race"); \
+	plain=$$($(GO) list ./vmtest/vm ./... $(SDK_PKGS) | grep -vxF "$$race"); \
 	$(GO) test -json -count=1 -timeout 30m -p 1 $$plain >$$runs/plain.json 2>&1 & pid=$$!; \
 	$(GO) test -race -json -count=1 -timeout 30m -p 1 $$race >$$runs/race.json 2>&1; \
 	wait $$pid; cat $$runs/plain.json $$runs/race.json | tee $(TEST_LOG) | \
@@ -131,7 +134,7 @@ soak: deps build minio
 
 # Unit tests only (no MinIO needed; S3 tests skip with the reason).
 unit:
-	$(GO) test ./...
+	$(GO) test ./... $(SDK_PKGS)
 
 # The fleet-scale simulation (issue 14; docs/FLEET.md has the figures):
 # FLEETSIM_AGENTS agents, each the daemon's code with an in-memory
@@ -186,8 +189,11 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+	cd sdk && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 	cd bench && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 	$(GO) vet -tags manpages ./cmd/... ./internal/manpage
+	$(GO) mod tidy -diff && cd sdk && $(GO) mod tidy -diff
+	@cmp -s LICENSE sdk/LICENSE || { echo "sdk/LICENSE differs from LICENSE"; exit 1; }
 
 # deb and rpm packages for amd64 and arm64, and the pingsweep add-on's from
 # the add-on template, into dist/ (packaging/README.md). nfpm and the man

@@ -102,3 +102,5 @@ require (
 )
 
 replace github.com/addond/addond => ../
+
+replace github.com/addond/addond/sdk => ../sdk

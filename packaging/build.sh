@@ -47,7 +47,7 @@ LDFLAGS="-s -w -bindnow -X github.com/addond/addond/daemon.Version=$VERSION -X g
 for arch in $ARCHES; do
 	echo "packaging: building linux/$arch binaries"
 	CGO_ENABLED=0 GOOS=linux GOARCH=$arch "$GO" build -trimpath -buildmode=pie -ldflags "$LDFLAGS" \
-		-o "$BUILD/$arch/" ./cmd/addond ./cmd/addonctl ./cmd/addond-updater ./sdk/examples/pingsweep
+		-o "$BUILD/$arch/" ./cmd/addond ./cmd/addonctl ./cmd/addond-updater github.com/addond/addond/sdk/examples/pingsweep
 done
 
 # Completions come from running addonctl, one for this machine; man pages
@@ -111,7 +111,7 @@ for arch in $ARCHES; do
 done
 
 # The pingsweep add-on, from the add-on template, at addond's version.
-copyright "$BUILD/pingsweep/copyright" "$BUILD/pingsweep/licenses" ./sdk/examples/pingsweep
+copyright "$BUILD/pingsweep/copyright" "$BUILD/pingsweep/licenses" github.com/addond/addond/sdk/examples/pingsweep
 for arch in $ARCHES; do
 	for format in $FORMATS; do
 		NFPM=$NFPM packaging/addon-template/build.sh --name pingsweep --version "$PKG_VERSION" \

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs every fuzz target of the main module, each for FUZZTIME with
+# Runs every fuzz target of the repository's modules (the agent's and the
+# add-on SDK's: `go test -fuzz` takes only a main module's packages, so each
+# is built from its own module), each for FUZZTIME with
 # FUZZPARALLEL workers (FUZZJOBS targets at a time), and prints a markdown
 # table of the runs at the end. Each package's instrumented test binary is
 # built once and run from the package directory, so that a crasher lands
@@ -12,7 +14,8 @@
 #   FUZZMINIMIZE  -test.fuzzminimizetime (200x): Go's default of 60s per
 #                 new corpus entry would spend most of a short run
 #                 minimizing, and some of these binaries minimize slowly
-#   FUZZPKGS      packages to fuzz, in this order (./...)
+#   FUZZMODS      module directories, in this order (". sdk")
+#   FUZZPKGS      packages to fuzz in each module, in this order (./...)
 #   FUZZMATCH     only targets whose name matches this extended regexp (.)
 #   FUZZREPORT    also write the table to this file
 #
@@ -25,6 +28,7 @@ FUZZTIME=${FUZZTIME:-3m}
 FUZZPARALLEL=${FUZZPARALLEL:-1}
 FUZZJOBS=${FUZZJOBS:-1}
 FUZZMINIMIZE=${FUZZMINIMIZE:-200x}
+FUZZMODS=${FUZZMODS:-. sdk}
 FUZZPKGS=${FUZZPKGS:-./...}
 FUZZMATCH=${FUZZMATCH:-.}
 FUZZREPORT=${FUZZREPORT:-}
@@ -48,16 +52,18 @@ trap stop INT TERM
 
 start=$SECONDS
 failed=0
-dirs=() pkgs=() targets=() bins=() rows=() t0s=()
+dirs=() mods=() pkgs=() targets=() bins=() rows=() t0s=()
 
-# The targets, in package order.
-# shellcheck disable=SC2086
-while read -r dir pkg; do
-	for t in $(grep -hoE '^func Fuzz[A-Za-z0-9_]+\(f \*testing\.F\)' "$dir"/*_test.go 2>/dev/null |
-		sed -E 's/^func (Fuzz[A-Za-z0-9_]+).*/\1/' | grep -E -- "$FUZZMATCH" | sort); do
-		dirs+=("$dir") pkgs+=("$pkg") targets+=("$t") bins+=("$work/$(tr / _ <<<"$pkg").test") rows+=("")
-	done
-done < <($GO list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.Dir}} {{.ImportPath}}{{end}}' $FUZZPKGS)
+# The targets, in module and package order.
+for mod in $FUZZMODS; do
+	# shellcheck disable=SC2086
+	while read -r dir pkg; do
+		for t in $(grep -hoE '^func Fuzz[A-Za-z0-9_]+\(f \*testing\.F\)' "$dir"/*_test.go 2>/dev/null |
+			sed -E 's/^func (Fuzz[A-Za-z0-9_]+).*/\1/' | grep -E -- "$FUZZMATCH" | sort); do
+			dirs+=("$dir") mods+=("$mod") pkgs+=("$pkg") targets+=("$t") bins+=("$work/$(tr / _ <<<"$pkg").test") rows+=("")
+		done
+	done < <($GO list -C "$mod" -f '{{if or .TestGoFiles .XTestGoFiles}}{{.Dir}} {{.ImportPath}}{{end}}' $FUZZPKGS)
+done
 
 short() { echo "${1#github.com/addond/addond/}"; }
 
@@ -111,7 +117,7 @@ for i in "${!targets[@]}"; do
 	*)
 		echo "== build $(short "$pkg")"
 		built="$built $pkg"
-		if ! $GO test -c -fuzz=. -o "$bin" "$pkg" >"$work/build.log" 2>&1; then
+		if ! $GO test -C "${mods[$i]}" -c -fuzz=. -o "$bin" "$pkg" >"$work/build.log" 2>&1; then
 			cat "$work/build.log" >&2
 			failed=1
 			rm -f "$bin"

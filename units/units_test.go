@@ -68,7 +68,7 @@ func TestUnitsInMachine(t *testing.T) {
 	bin := t.TempDir()
 	build := exec.Command("go", "build", "-trimpath", "-o", bin+"/",
 		"./cmd/addond", "./cmd/addonctl", "./cmd/addond-updater",
-		"./sdk/examples/pingsweep", "./sdk/examples/hello", "./sdk/examples/probe")
+		"github.com/addond/addond/sdk/examples/pingsweep", "github.com/addond/addond/sdk/examples/hello", "github.com/addond/addond/sdk/examples/probe")
 	build.Dir = ".."
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {

@@ -50,10 +50,10 @@ func TestMain(m *testing.M) {
 	for _, b := range [][]string{
 		addond,
 		{"build", "-o", filepath.Join(dir, "addonctl"), "../addonctl"},
-		{"build", "-o", filepath.Join(dir, "hello"), "../../sdk/examples/hello"},
-		{"build", "-o", filepath.Join(dir, "probe"), "../../sdk/examples/probe"},
-		{"build", "-o", filepath.Join(dir, "ticker"), "../../sdk/examples/ticker"},
-		{"build", "-o", filepath.Join(dir, "pingsweep"), "../../sdk/examples/pingsweep"},
+		{"build", "-o", filepath.Join(dir, "hello"), "github.com/addond/addond/sdk/examples/hello"},
+		{"build", "-o", filepath.Join(dir, "probe"), "github.com/addond/addond/sdk/examples/probe"},
+		{"build", "-o", filepath.Join(dir, "ticker"), "github.com/addond/addond/sdk/examples/ticker"},
+		{"build", "-o", filepath.Join(dir, "pingsweep"), "github.com/addond/addond/sdk/examples/pingsweep"},
 		{"build", "-o", filepath.Join(dir, "addond-updater"), "../addond-updater"},
 		{"build", "-o", filepath.Join(dir, "capprobe"), "../../vmtest/capprobe"},
 	} {

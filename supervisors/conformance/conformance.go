@@ -59,7 +59,7 @@ func BuildExamples(t testing.TB, root string, names ...string) map[string]string
 	out := map[string]string{}
 	for _, n := range names {
 		bin := filepath.Join(dir, n)
-		cmd := exec.Command("go", "build", "-o", bin, "./sdk/examples/"+n)
+		cmd := exec.Command("go", "build", "-o", bin, "github.com/addond/addond/sdk/examples/"+n)
 		cmd.Dir = root
 		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("build %s: %v\n%s", n, err, b)

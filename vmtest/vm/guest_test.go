@@ -120,7 +120,7 @@ func buildExamples(t *testing.T) []string {
 		tmpDirs = append(tmpDirs, examplesDir)
 		args := []string{"build", "-trimpath", "-o", examplesDir + "/"}
 		for _, e := range examples {
-			args = append(args, "./sdk/examples/"+e)
+			args = append(args, "github.com/addond/addond/sdk/examples/"+e)
 		}
 		cmd := exec.Command("go", args...)
 		cmd.Dir = "../.."
