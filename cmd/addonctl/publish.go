@@ -37,7 +37,15 @@ func newPublish() *cobra.Command {
     --id pingsweep --version 1.2.0 --compress zstd \\
     linux/amd64=dist/amd64/pingsweep linux/arm64=dist/arm64/pingsweep`,
 		Short: "Sign and upload an add-on's artifacts and write its signed package.json",
-		Args:  cobra.MinimumNArgs(1),
+		Long: `Signs each OS/ARCH=PATH file (Ed25519), uploads it to
+artifacts/ID/VERSION/OS-ARCH/NAME (with --compress zstd, as NAME.zst), and
+writes packages/ID/VERSION/package.json and its .sig naming every artifact's
+digest, size and signature. No package is written until every upload is in
+the store; a failed upload is tried again (5 attempts, backoff from 1s).
+On S3 an artifact of 64 MiB or more is a multipart upload with a SHA-256
+per part: a retry, or the next run of the same command after this one was
+killed, sends only the parts the store does not have.`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := openWritable(storeURL)
 			if err != nil {
@@ -60,6 +68,7 @@ func newPublish() *cobra.Command {
 				OSCapabilities: caps, BinaryName: binaryName, Files: files, AllowDowngrade: allowDowngrade,
 				Compress: compress,
 				Warn:     func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), "addonctl: warning:", s) },
+				Note:     func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), "addonctl:", s) },
 			}
 			if term.IsTerminal(int(os.Stderr.Fd())) {
 				opts.Progress = func(name string, size int64) io.Writer {

@@ -2,6 +2,7 @@ package publish
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -296,6 +297,79 @@ func TestPublishRetriesUploads(t *testing.T) {
 	for _, p := range []string{"packages/hello/3.0.0/package.json", "artifacts/hello/3.0.0/linux-amd64/pingsweep"} {
 		if _, err := os.Stat(filepath.Join(dir, p)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s left behind: %v", p, err)
+		}
+	}
+}
+
+// cutAfter cancels its context once more than n bytes went through it.
+type cutAfter struct {
+	n      int64
+	cancel context.CancelFunc
+}
+
+func (c *cutAfter) Write(p []byte) (int, error) {
+	if c.n -= int64(len(p)); c.n < 0 {
+		c.cancel()
+	}
+	return len(p), nil
+}
+
+// TestPublishResumesAcrossRuns, on the real MinIO: a publish of a large
+// file cut in its upload (the command killed, the link gone) writes no
+// package; the next run of the same publish sends only the parts the
+// store lacks, says so, and the object is what the package signs —
+// plain, and zstd (whose stream is the same from run to run).
+func TestPublishResumesAcrossRuns(t *testing.T) {
+	defer func(m, p int64) { resumableMin, store.PartSize = m, p }(resumableMin, store.PartSize)
+	resumableMin, store.PartSize = 10<<20, 5<<20
+	uploadBackoff = time.Millisecond
+	st, err := store.Open(miniotest.Require(t).NewBucket(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, priv, _ := setup(t)
+	big := filepath.Join(t.TempDir(), "big")
+	data := make([]byte, 4*store.PartSize+4321)
+	rand.Read(data)
+	os.WriteFile(big, data, 0o755)
+	ctx := context.Background()
+	for _, compress := range []string{"", assignment.CompressionZstd} {
+		opts := PublishOptions{Store: st, Key: priv, AddonID: "big", Version: "1.0.0" + map[string]string{"": "", "zstd": "-z"}[compress],
+			Compress: compress, Files: []File{{assignment.Platform{OS: "linux", Arch: "amd64"}, big}}}
+
+		cut, cancel := context.WithCancel(ctx)
+		first := opts
+		first.Progress = func(string, int64) io.Writer { return &cutAfter{n: 2 * store.PartSize, cancel: cancel} }
+		if _, err := Publish(cut, first); !errors.Is(err, context.Canceled) {
+			t.Fatalf("compress %q: the cut publish: %v", compress, err)
+		}
+		if _, err := st.Stat(ctx, assignment.PackageKey("big", opts.Version)); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("compress %q: a package was written for a cut upload: %v", compress, err)
+		}
+
+		var notes []string
+		opts.Note = func(s string) { notes = append(notes, s) }
+		pkg, err := Publish(ctx, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(notes) != 1 || !strings.Contains(notes[0], fmt.Sprintf("resumed: %d of", 2*store.PartSize)) {
+			t.Fatalf("compress %q: notes %q, want two parts kept", compress, notes)
+		}
+		art := pkg.Artifacts["linux/amd64"]
+		want := art.SHA256
+		if compress != "" {
+			want = art.StoredSHA256
+		}
+		r, _, err := st.Open(ctx, art.ObjectKey, store.OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.New()
+		io.Copy(h, r)
+		r.Close()
+		if got := fmt.Sprintf("%x", h.Sum(nil)); got != want {
+			t.Fatalf("compress %q: the stored object's sha256 %s, the package signs %s", compress, got, want)
 		}
 	}
 }

@@ -65,6 +65,8 @@ type PublishOptions struct {
 	Progress func(name string, size int64) io.Writer
 	// Warn, when set, is told of uploads that failed and are retried.
 	Warn func(string)
+	// Note, when set, is told of uploads resumed from an earlier run.
+	Note func(string)
 }
 
 var capRe = regexp.MustCompile(`^cap_[a-z_]{2,32}$`)
@@ -221,11 +223,14 @@ func uploadSigned(ctx context.Context, o PublishOptions, path, key string) (assi
 }
 
 // Upload retries: a publisher's link may drop; each attempt sends the
-// whole object again (the store keeps no partial object), after a backoff
-// that doubles from uploadBackoff.
+// whole object again after a backoff that doubles from uploadBackoff —
+// except an object of resumableMin bytes or more on a store that can
+// resume (S3), whose attempts, and the next run's, send only the parts
+// the store does not have yet.
 var (
 	uploadAttempts = 5
 	uploadBackoff  = time.Second
+	resumableMin   = int64(64 << 20)
 )
 
 // putRetried uploads size bytes of src at key, up to uploadAttempts times
@@ -239,7 +244,16 @@ func putRetried(ctx context.Context, o PublishOptions, key string, src io.Reader
 		if o.Progress != nil {
 			sink = io.MultiWriter(sum, o.Progress(name, size))
 		}
-		_, err := o.Store.Put(ctx, key, io.TeeReader(io.NewSectionReader(src, 0, size), sink), size)
+		var err error
+		if rs, ok := o.Store.(store.Resumable); ok && size >= resumableMin {
+			var kept int64
+			_, kept, err = rs.PutResumable(ctx, key, src, size, sink)
+			if kept > 0 && o.Note != nil {
+				o.Note(fmt.Sprintf("upload %s resumed: %d of %d bytes were already in the store", key, kept, size))
+			}
+		} else {
+			_, err = o.Store.Put(ctx, key, io.TeeReader(io.NewSectionReader(src, 0, size), sink), size)
+		}
 		if err == nil {
 			return sum.Sum(nil), nil
 		}

@@ -1,0 +1,135 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/minio/minio-go/v7"
+)
+
+// Resumable is a store that can finish a large write an earlier writer
+// left unfinished, rather than start it again (S3's multipart uploads).
+type Resumable interface {
+	// PutResumable writes size bytes of src at key. A write of key that
+	// an earlier run left unfinished is resumed: the parts it sent whose
+	// SHA-256 is that of src's same part are kept, the others sent. sent
+	// receives every byte of src in order, kept or sent, and is what the
+	// object holds once PutResumable returns nil; kept is how many bytes
+	// were already in the store. Readers never see a partial object.
+	PutResumable(ctx context.Context, key string, src io.ReaderAt, size int64, sent io.Writer) (info Info, kept int64, err error)
+}
+
+var _ Resumable = (*S3)(nil)
+
+// The parts of a resumable upload: PartSize each (the last smaller), more
+// for an object that would need over maxParts of them.
+var PartSize int64 = 16 << 20
+
+const (
+	maxParts       = 10000 // S3's
+	checksumAlgo   = "SHA256"
+	checksumHeader = "X-Amz-Checksum-Sha256"
+)
+
+// PutResumable is a multipart upload whose every part carries its SHA-256
+// (x-amz-checksum-sha256: the store checks it on arrival and lists it
+// back), so that a later run knows, part by part, what it need not send
+// again. An unfinished upload of the key without those checksums is not
+// resumed; unfinished uploads are left to the bucket's lifecycle rule
+// (AbortIncompleteMultipartUpload), as any S3 client's are.
+func (s *S3) PutResumable(ctx context.Context, key string, src io.ReaderAt, size int64, sent io.Writer) (Info, int64, error) {
+	obj, err := s.object(key)
+	if err != nil {
+		return Info{}, 0, err
+	}
+	partSize := max(PartSize, (size+maxParts-1)/maxParts)
+	id, have, err := s.unfinished(ctx, obj)
+	if err != nil {
+		return Info{}, 0, s.mapErr(key, err)
+	}
+	if id == "" {
+		id, err = s.core.NewMultipartUpload(ctx, s.cfg.Bucket, obj, minio.PutObjectOptions{
+			ContentType:  "application/octet-stream",
+			UserMetadata: map[string]string{"X-Amz-Checksum-Algorithm": checksumAlgo},
+		})
+		if err != nil {
+			return Info{}, 0, s.mapErr(key, err)
+		}
+	}
+	var (
+		parts []minio.CompletePart
+		kept  int64
+		buf   = make([]byte, min(partSize, size))
+	)
+	for n, off := 1, int64(0); n == 1 || off < size; n, off = n+1, off+partSize {
+		part := buf[:min(partSize, size-off)]
+		if _, err := io.ReadFull(io.NewSectionReader(src, off, int64(len(part))), part); err != nil {
+			return Info{}, kept, fmt.Errorf("%s: %s: part %d: %w", s, key, n, err)
+		}
+		sum := sha256.Sum256(part)
+		b64 := base64.StdEncoding.EncodeToString(sum[:])
+		if _, err := sent.Write(part); err != nil {
+			return Info{}, kept, err
+		}
+		if p, ok := have[n]; ok && p.Size == int64(len(part)) && p.ChecksumSHA256 == b64 {
+			parts = append(parts, minio.CompletePart{PartNumber: n, ETag: p.ETag, ChecksumSHA256: b64})
+			kept += p.Size
+			continue
+		}
+		p, err := s.core.PutObjectPart(ctx, s.cfg.Bucket, obj, id, n, bytes.NewReader(part), int64(len(part)), minio.PutObjectPartOptions{
+			Sha256Hex:    hex.EncodeToString(sum[:]),
+			CustomHeader: http.Header{checksumHeader: {b64}},
+		})
+		if err != nil {
+			return Info{}, kept, s.mapErr(key, fmt.Errorf("part %d: %w", n, err))
+		}
+		parts = append(parts, minio.CompletePart{PartNumber: n, ETag: p.ETag, ChecksumSHA256: b64})
+	}
+	ui, err := s.core.CompleteMultipartUpload(ctx, s.cfg.Bucket, obj, id, parts, minio.PutObjectOptions{})
+	if err != nil {
+		return Info{}, kept, s.mapErr(key, err)
+	}
+	return Info{Key: key, Size: size, ETag: ui.ETag, ModTime: ui.LastModified}, kept, nil
+}
+
+// unfinished finds the latest unfinished upload of obj whose parts carry
+// SHA-256 checksums, and its parts by number; "" when there is none.
+func (s *S3) unfinished(ctx context.Context, obj string) (string, map[int]minio.ObjectPart, error) {
+	res, err := s.core.ListMultipartUploads(ctx, s.cfg.Bucket, obj, "", "", "", 1000)
+	if err != nil {
+		return "", nil, err
+	}
+	var latest *minio.ObjectMultipartInfo
+	for i, u := range res.Uploads {
+		if u.Key == obj && (latest == nil || u.Initiated.After(latest.Initiated)) {
+			latest = &res.Uploads[i]
+		}
+	}
+	if latest == nil {
+		return "", nil, nil
+	}
+	parts := map[int]minio.ObjectPart{}
+	for marker := 0; ; {
+		lp, err := s.core.ListObjectParts(ctx, s.cfg.Bucket, obj, latest.UploadID, marker, 1000)
+		if err != nil {
+			return "", nil, err
+		}
+		if lp.ChecksumAlgorithm != checksumAlgo {
+			return "", nil, nil // not one of these uploads
+		}
+		for _, p := range lp.ObjectParts {
+			parts[p.PartNumber] = p
+		}
+		if !lp.IsTruncated {
+			break
+		}
+		marker = lp.NextPartNumberMarker
+	}
+	return latest.UploadID, parts, nil
+}
