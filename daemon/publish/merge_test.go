@@ -373,3 +373,26 @@ func TestPublishResumesAcrossRuns(t *testing.T) {
 		}
 	}
 }
+
+// TestPublishStopsWhenDenied, on the real MinIO: credentials the store
+// refuses fail the upload at once — ErrDenied, no retries, no warnings —
+// and no package is written.
+func TestPublishStopsWhenDenied(t *testing.T) {
+	uploadBackoff = time.Second // a retry would show in the time taken
+	url := miniotest.Require(t).NewBucket(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", "nobody")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+	st, err := store.Open(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, priv, bin := setup(t)
+	var warnings []string
+	start := time.Now()
+	_, err = Publish(context.Background(), PublishOptions{Store: st, Key: priv, AddonID: "hello", Version: "1.0.0",
+		Warn: func(s string) { warnings = append(warnings, s) }, Files: []File{{assignment.Platform{OS: "linux", Arch: "amd64"}, bin}}})
+	if !errors.Is(err, store.ErrDenied) || !strings.Contains(err.Error(), "attempt 1 of 5") || len(warnings) != 0 || time.Since(start) > 900*time.Millisecond {
+		t.Fatalf("publish with refused credentials: %v after %v, warnings %q", err, time.Since(start), warnings)
+	}
+	t.Log(err)
+}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -257,7 +258,7 @@ func putRetried(ctx context.Context, o PublishOptions, key string, src io.Reader
 		if err == nil {
 			return sum.Sum(nil), nil
 		}
-		if attempt == uploadAttempts || ctx.Err() != nil {
+		if attempt == uploadAttempts || ctx.Err() != nil || permanent(err) {
 			return nil, fmt.Errorf("upload %s (attempt %d of %d): %w", key, attempt, uploadAttempts, err)
 		}
 		if o.Warn != nil {
@@ -270,6 +271,13 @@ func putRetried(ctx context.Context, o PublishOptions, key string, src io.Reader
 		}
 		wait *= 2
 	}
+}
+
+// permanent: an upload error that another attempt cannot mend — the store
+// refused the credentials or the request, or cannot be written at all.
+func permanent(err error) bool {
+	return errors.Is(err, store.ErrDenied) || errors.Is(err, fs.ErrPermission) ||
+		errors.Is(err, store.ErrReadOnly) || errors.Is(err, store.ErrInvalidKey)
 }
 
 // compress writes r to w as one zstd stream, at the encoder's best

@@ -85,6 +85,8 @@ func (s *S3) mapErr(key string, err error) error {
 		return fmt.Errorf("%s: %s: %w", s, key, ErrChanged)
 	case resp.Code == minio.NoSuchKey || resp.StatusCode == http.StatusNotFound:
 		return fmt.Errorf("%s: %s: %w", s, key, ErrNotFound)
+	case resp.StatusCode == http.StatusForbidden:
+		return fmt.Errorf("%s: %s: %w (%w)", s, key, err, ErrDenied)
 	}
 	return fmt.Errorf("%s: %s: %w", s, key, err)
 }

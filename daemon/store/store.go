@@ -41,6 +41,10 @@ var (
 	// ErrReadOnly: the store cannot be written (http:// and https://
 	// stores). Its messages name the store.
 	ErrReadOnly = errors.New("store is read-only")
+	// ErrDenied: the store refused the credentials or the request (S3's
+	// 403: access denied, an unknown key id, a bad signature). Trying
+	// again does not help.
+	ErrDenied = errors.New("refused by the store")
 )
 
 // Info describes an object.
