@@ -64,15 +64,16 @@ $(MINIO_BIN):
 TEST_LOG  ?= $(TEST_CACHE)/test.json
 RACE_PKGS := ./cmd/addond ./packaging ./cmd/... ./daemon/... ./supervisors/...
 RACE_PLAIN := github.com/addond/addond/supervisors/service github.com/addond/addond/supervisors/timer
-# The add-on SDK is its own module (sdk/go.mod); its tests run in the plain
-# run, built against this module's dependencies through the replace.
-SDK_PKGS   := github.com/addond/addond/sdk/...
+# The add-on SDK is its own module (sdk/go.mod): its tests run in the plain
+# run, from that module, against its own dependencies, as an add-on
+# author's would.
 test: deps build minio
 	@set -o pipefail; sum=$$(mktemp); runs=$$(mktemp -d); mkdir -p $(dir $(TEST_LOG)); \
 	export ADDOND_TEST_STRICT=1 ADDOND_MINIO_BIN=$(MINIO_BIN); \
 	race=$$($(GO) list $(RACE_PKGS) | grep -vxF $(addprefix -e ,$(RACE_PLAIN))); \
-	plain=$$($(GO) list ./vmtest/vm ./... $(SDK_PKGS) | grep -vxF "$$race"); \
-	$(GO) test -json -count=1 -timeout 30m -p 1 $$plain >$$runs/plain.json 2>&1 & pid=$$!; \
+	plain=$$($(GO) list ./vmtest/vm ./... | grep -vxF "$$race"); \
+	{ $(GO) test -json -count=1 -timeout 30m -p 1 $$plain; \
+	  $(GO) test -C sdk -json -count=1 -timeout 10m -p 1 ./...; } >$$runs/plain.json 2>&1 & pid=$$!; \
 	$(GO) test -race -json -count=1 -timeout 30m -p 1 $$race >$$runs/race.json 2>&1; \
 	wait $$pid; cat $$runs/plain.json $$runs/race.json | tee $(TEST_LOG) | \
 		$(GO) run ./vmtest/testsum -strict -slowest 10 | tee $$sum | sed '$$d'; \
@@ -134,7 +135,7 @@ soak: deps build minio
 
 # Unit tests only (no MinIO needed; S3 tests skip with the reason).
 unit:
-	$(GO) test ./... $(SDK_PKGS)
+	$(GO) test ./... && $(GO) test -C sdk ./...
 
 # The fleet-scale simulation (issue 14; docs/FLEET.md has the figures):
 # FLEETSIM_AGENTS agents, each the daemon's code with an in-memory

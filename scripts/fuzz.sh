@@ -56,13 +56,25 @@ dirs=() mods=() pkgs=() targets=() bins=() rows=() t0s=()
 
 # The targets, in module and package order.
 for mod in $FUZZMODS; do
+	# A module that cannot be listed, or has no target where every target
+	# was asked for, fails the run: it must not pass by fuzzing nothing.
 	# shellcheck disable=SC2086
+	if ! listing=$($GO list -C "$mod" -f '{{if or .TestGoFiles .XTestGoFiles}}{{.Dir}} {{.ImportPath}}{{end}}' $FUZZPKGS); then
+		echo "fuzz: go list in module $mod failed" >&2
+		exit 1
+	fi
+	before=${#targets[@]}
 	while read -r dir pkg; do
+		[ -n "$dir" ] || continue
 		for t in $(grep -hoE '^func Fuzz[A-Za-z0-9_]+\(f \*testing\.F\)' "$dir"/*_test.go 2>/dev/null |
 			sed -E 's/^func (Fuzz[A-Za-z0-9_]+).*/\1/' | grep -E -- "$FUZZMATCH" | sort); do
 			dirs+=("$dir") mods+=("$mod") pkgs+=("$pkg") targets+=("$t") bins+=("$work/$(tr / _ <<<"$pkg").test") rows+=("")
 		done
-	done < <($GO list -C "$mod" -f '{{if or .TestGoFiles .XTestGoFiles}}{{.Dir}} {{.ImportPath}}{{end}}' $FUZZPKGS)
+	done <<<"$listing"
+	if [ "$FUZZMATCH" = . ] && [ "$FUZZPKGS" = ./... ] && [ "${#targets[@]}" = "$before" ]; then
+		echo "fuzz: module $mod has no fuzz target" >&2
+		exit 1
+	fi
 done
 
 short() { echo "${1#github.com/addond/addond/}"; }

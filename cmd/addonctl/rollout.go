@@ -48,8 +48,8 @@ Progress is kept in rollouts/ID/VERSION.json: --resume continues a rollout
 whose command was interrupted, or a halted one under a higher --max-failures.
 
 One line per event is printed on standard output; when standard error is a
-terminal, a bar of the current wave (its agents decided, changed, promoted
-and failed) is drawn beneath the lines there.
+terminal, a bar of the current wave (its agents promoted, failed, and
+pending a verdict) is drawn beneath the lines there.
 
 Exit status: 0 every agent promoted, 3 halted, 1 any other error.`,
 		Example: `  addonctl rollout --store "$STORE" --key signing.key --addon hello@1.2.0 --all --canary 1 --waves 10%,50%,100%

@@ -13,7 +13,8 @@ import (
 
 // rolloutView shows a rollout: one timestamped line per event on out and,
 // when errw is a terminal, a bar of the current wave beneath them (its
-// agents decided of all, and how many changed, promoted and failed). The
+// agents decided of all: promoted, failed, and pending: changed, not yet
+// judged). The
 // rollout tells the view where it stands as often as that changes; the bar
 // is drawn from the latest of it a few times a second, and cleared before
 // each line and at the end.
@@ -92,9 +93,9 @@ func (v *rolloutView) draw() {
 		v.clear()
 		v.bar = progressbar.NewOptions(s.Agents,
 			progressbar.OptionSetWriter(v.errw),
-			progressbar.OptionSetWidth(24),
+			progressbar.OptionSetWidth(24), // narrowed to fit the terminal
 			progressbar.OptionShowCount(),
-			progressbar.OptionSetElapsedTime(true),
+			progressbar.OptionSetElapsedTime(false),
 			progressbar.OptionSetPredictTime(false),
 			progressbar.OptionThrottle(0), // drawn at the view's pace
 			progressbar.OptionClearOnFinish(),
@@ -104,8 +105,9 @@ func (v *rolloutView) draw() {
 	if v.bar == nil {
 		return
 	}
-	v.bar.Describe(fmt.Sprintf("%s: %d changed, %d promoted, %d failed (all waves: %d/%d promoted)",
-		s.Name, s.Changed+s.Promoted+s.Failed, s.Promoted, s.Failed, s.Done, s.Total))
+	// Short enough for 80 columns with the bar's own figures: the lines
+	// above say the rest.
+	v.bar.Describe(fmt.Sprintf("%s: %d promoted, %d failed, %d pending", s.Name, s.Promoted, s.Failed, s.Changed))
 	v.bar.Set(s.Promoted + s.Failed)
 }
 

@@ -33,6 +33,7 @@ var PartSize int64 = 16 << 20
 
 const (
 	maxParts       = 10000 // S3's
+	maxPages       = maxParts/1000 + 1
 	checksumAlgo   = "SHA256"
 	checksumHeader = "X-Amz-Checksum-Sha256"
 )
@@ -66,6 +67,7 @@ func (s *S3) PutResumable(ctx context.Context, key string, src io.ReaderAt, size
 		parts []minio.CompletePart
 		kept  int64
 		buf   = make([]byte, min(partSize, size))
+		sums  = sha256.New() // of the parts' digests: the composite checksum
 	)
 	for n, off := 1, int64(0); n == 1 || off < size; n, off = n+1, off+partSize {
 		part := buf[:min(partSize, size-off)]
@@ -73,6 +75,7 @@ func (s *S3) PutResumable(ctx context.Context, key string, src io.ReaderAt, size
 			return Info{}, kept, fmt.Errorf("%s: %s: part %d: %w", s, key, n, err)
 		}
 		sum := sha256.Sum256(part)
+		sums.Write(sum[:])
 		b64 := base64.StdEncoding.EncodeToString(sum[:])
 		if _, err := sent.Write(part); err != nil {
 			return Info{}, kept, err
@@ -95,27 +98,47 @@ func (s *S3) PutResumable(ctx context.Context, key string, src io.ReaderAt, size
 	if err != nil {
 		return Info{}, kept, s.mapErr(key, err)
 	}
+	// The store says what it assembled: the SHA-256 of the parts' SHA-256s
+	// ("-N" for N parts), which must be the source's, kept parts included.
+	composite := fmt.Sprintf("%s-%d", base64.StdEncoding.EncodeToString(sums.Sum(nil)), len(parts))
+	if ui.ChecksumSHA256 != composite {
+		return Info{}, kept, fmt.Errorf("%s: %s: the store assembled parts whose checksum is %q, not the source's %q", s, key, ui.ChecksumSHA256, composite)
+	}
 	return Info{Key: key, Size: size, ETag: ui.ETag, ModTime: ui.LastModified}, kept, nil
 }
 
 // unfinished finds the latest unfinished upload of obj whose parts carry
 // SHA-256 checksums, and its parts by number; "" when there is none.
+//
+// The listings are the store's word, and the store is not trusted: pages
+// are followed only while their markers move forward, and at most
+// maxPages of them; what a kept part claims is checked when the upload
+// completes.
 func (s *S3) unfinished(ctx context.Context, obj string) (string, map[int]minio.ObjectPart, error) {
-	res, err := s.core.ListMultipartUploads(ctx, s.cfg.Bucket, obj, "", "", "", 1000)
-	if err != nil {
-		return "", nil, err
-	}
-	var latest *minio.ObjectMultipartInfo
-	for i, u := range res.Uploads {
-		if u.Key == obj && (latest == nil || u.Initiated.After(latest.Initiated)) {
-			latest = &res.Uploads[i]
+	var latest minio.ObjectMultipartInfo
+	keyMarker, idMarker := "", ""
+	for page := 0; page < maxPages; page++ {
+		res, err := s.core.ListMultipartUploads(ctx, s.cfg.Bucket, obj, keyMarker, idMarker, "", 1000)
+		if err != nil {
+			return "", nil, err
 		}
+		for _, u := range res.Uploads {
+			if u.Key == obj && (latest.UploadID == "" || u.Initiated.After(latest.Initiated)) {
+				latest = u
+			}
+		}
+		// Uploads are listed by key, then by upload: past obj's, done.
+		if !res.IsTruncated || res.NextKeyMarker != obj || res.NextUploadIDMarker == "" ||
+			(keyMarker == res.NextKeyMarker && idMarker >= res.NextUploadIDMarker) {
+			break
+		}
+		keyMarker, idMarker = res.NextKeyMarker, res.NextUploadIDMarker
 	}
-	if latest == nil {
+	if latest.UploadID == "" {
 		return "", nil, nil
 	}
 	parts := map[int]minio.ObjectPart{}
-	for marker := 0; ; {
+	for page, marker := 0, 0; page < maxPages; page++ {
 		lp, err := s.core.ListObjectParts(ctx, s.cfg.Bucket, obj, latest.UploadID, marker, 1000)
 		if err != nil {
 			return "", nil, err
@@ -124,9 +147,11 @@ func (s *S3) unfinished(ctx context.Context, obj string) (string, map[int]minio.
 			return "", nil, nil // not one of these uploads
 		}
 		for _, p := range lp.ObjectParts {
-			parts[p.PartNumber] = p
+			if p.PartNumber >= 1 && p.PartNumber <= maxParts {
+				parts[p.PartNumber] = p
+			}
 		}
-		if !lp.IsTruncated {
+		if !lp.IsTruncated || lp.NextPartNumberMarker <= marker {
 			break
 		}
 		marker = lp.NextPartNumberMarker

@@ -122,7 +122,7 @@ func TestSDKModuleStandsAlone(t *testing.T) {
 			t.Errorf("sdk/go.mod requires %s: the SDK must not pull the agent into an add-on", r.Mod.Path)
 		}
 	}
-	pkgs := list(t, filepath.Join("..", "..", "sdk"), "./...")
+	pkgs := list(t, filepath.Join("..", "..", "sdk"), "-test", "./...")
 	for _, p := range pkgs {
 		if p.Module != nil && p.Module.Path != module+"/sdk" && strings.HasPrefix(p.Module.Path, module) {
 			t.Errorf("an add-on built on the SDK links %s (module %s)", p.ImportPath, p.Module.Path)
@@ -130,5 +130,26 @@ func TestSDKModuleStandsAlone(t *testing.T) {
 	}
 	if _, ok := pkgs[module+"/sdk/examples/hello"]; !ok {
 		t.Fatal("the SDK's own listing has no examples/hello: not the SDK module")
+	}
+}
+
+// TestModulesTidy: both modules' go.mod and go.sum are what `go mod tidy`
+// makes them (an SDK that builds here only through the agent's module
+// would not build for an add-on author), and the SDK module carries the
+// repository's licence unchanged.
+func TestModulesTidy(t *testing.T) {
+	for _, dir := range []string{"../..", "../../sdk"} {
+		cmd := exec.Command("go", "mod", "tidy", "-diff")
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("%s: go mod tidy -diff: %v\n%s", dir, err, out)
+		}
+	}
+	root, err := os.ReadFile("../../LICENSE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sdk, err := os.ReadFile("../../sdk/LICENSE"); err != nil || string(sdk) != string(root) {
+		t.Errorf("sdk/LICENSE is not the repository's LICENSE (%v)", err)
 	}
 }

@@ -150,13 +150,13 @@ func (i *instance) launchUnit(spec supervisors.Spec) (*proc, error) {
 	default:
 		p, err := i.reattach(spec, fp, st)
 		if err == nil {
-			i.log.Info("reattached to the running sidecar unit", "unit", st.Unit, "pid", st.PID)
+			i.log.Info("reattached to the running sidecar unit", "pid", st.PID)
 			return p, nil
 		}
 		if errors.Is(err, systemd.ErrNoManager) {
 			return nil, err // keep the data: try again once the manager is back
 		}
-		i.log.Warn("cannot reattach to the sidecar unit; starting it afresh", "unit", st.Unit, "reason", err)
+		i.log.Warn("cannot reattach to the sidecar unit; starting it afresh", "reason", err)
 		os.Remove(u.ReattachFile(spec.AddonID))
 		u.removeSocketDir(spec.AddonID, filepath.Dir(st.Addr))
 		// Starting afresh stops the old unit first.

@@ -185,7 +185,7 @@ func (i *instance) ensure(spec supervisors.Spec, replace bool, mem *Memory) erro
 		return fmt.Errorf("addon %q: %w", spec.AddonID, err)
 	}
 	if !replace && u.Up() && DescriptionFingerprint(u.Description) == fp {
-		i.log.Info("adopted the running unit", "unit", u.Name, "pid", u.MainPID)
+		i.log.Info("adopted the running unit", "systemd_unit", u.Name, "pid", u.MainPID)
 		return nil
 	}
 	for _, unit := range units {
@@ -336,9 +336,9 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 			i.Emit(e)
 			if why := mem.Recreate; why != "" {
 				mem.Recreate = ""
-				i.log.Warn("re-creating the add-on's units: "+why, "unit", u.Name)
+				i.log.Warn("re-creating the add-on's units: "+why, "systemd_unit", u.Name)
 				if err := apply(true); err == nil {
-					i.log.Info("re-armed timer", "unit", u.Name)
+					i.log.Info("re-armed timer", "systemd_unit", u.Name)
 				}
 			}
 		}
