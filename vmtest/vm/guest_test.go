@@ -386,7 +386,9 @@ func (p *publisher) assign(t testing.TB, args ...string) {
 }
 
 // withResources rewrites the assignment document (file store only) with
-// resource limits for some add-ons, and signs it again.
+// resource limits for some add-ons, as the next serial (the agent may have
+// applied the one it builds on already: the same serial with other content
+// is refused as a replay), and signs it again.
 func (p *publisher) withResources(t testing.TB, res map[string]assignment.Resources) {
 	t.Helper()
 	path := strings.TrimPrefix(p.store, "file://") + "/agents/" + agentID + "/assignments.json"
@@ -403,6 +405,7 @@ func (p *publisher) withResources(t testing.TB, res map[string]assignment.Resour
 			doc.Addons[i].Resources = &r
 		}
 	}
+	doc.Serial++
 	if doc.ConfigVersion, err = assignment.ComputeConfigVersion(doc); err != nil {
 		t.Fatal(err)
 	}
