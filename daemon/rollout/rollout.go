@@ -849,23 +849,61 @@ func (r *runner) writeSigned(ctx context.Context, key string, body []byte, etag 
 	return publish.WriteSigned(wctx, r.o.Store, key, body, etag, r.o.Key)
 }
 
-// readDoc reads agent a's document and checks its signature.
+// readDoc reads agent a's document and checks it (readDocOnce), again
+// while its .sig may be lagging a concurrent writer's document.
 func (r *runner) readDoc(ctx context.Context, a string) (*assignment.Document, string, error) {
 	key := publish.AssignmentsKey(a)
+	for attempt := 1; ; attempt++ {
+		doc, etag, err := r.readDocOnce(ctx, a, key)
+		if !errors.Is(err, errSigLag) || attempt == sigLagAttempts {
+			return doc, etag, err
+		}
+		// Another writer's document and its .sig are two objects: one
+		// read may fall between them. Read both again before failing it.
+		select {
+		case <-ctx.Done():
+			return nil, "", ctx.Err()
+		case <-time.After(sigLagWait):
+		}
+	}
+}
+
+// errSigLag: a document whose .sig does not verify it, which another
+// writer's next write may be about to mend.
+var errSigLag = errors.New("its signature does not verify the document")
+
+// A document's .sig may lag a concurrent writer's document for about one
+// write: it is read again sigLagAttempts times, sigLagWait apart.
+const (
+	sigLagAttempts = 10
+	sigLagWait     = 100 * time.Millisecond
+)
+
+// readDocOnce reads agent a's document and checks it: signed by the
+// rollout's keys — through the signature in its own metadata where the
+// store keeps one (S3: written with the document in one PUT), else its
+// .sig — and this agent's.
+func (r *runner) readDocOnce(ctx context.Context, a, key string) (*assignment.Document, string, error) {
 	raw, info, err := store.ReadSmall(ctx, r.o.Store, key, assignment.MaxDocumentSize, store.OpenOptions{})
 	if err != nil {
 		return nil, "", fmt.Errorf("its document: %w", err)
 	}
-	sigData, _, err := store.ReadSmall(ctx, r.o.Store, key+".sig", 1024, store.OpenOptions{})
-	if err != nil {
-		return nil, "", fmt.Errorf("its document's signature: %w", err)
+	sigData, fromMeta := []byte(info.Signature), info.Signature != ""
+	if !fromMeta {
+		if sigData, _, err = store.ReadSmall(ctx, r.o.Store, key+".sig", 1024, store.OpenOptions{}); err != nil {
+			return nil, "", fmt.Errorf("its document's signature: %w", err)
+		}
 	}
 	sig, err := signing.ParseSigFile(sigData)
-	if err != nil {
-		return nil, "", fmt.Errorf("its document's signature: %w", err)
+	if err == nil {
+		err = r.trust.VerifyBytes("", raw, sig)
 	}
-	if err := r.trust.VerifyBytes("", raw, sig); err != nil {
-		return nil, "", fmt.Errorf("its document (%s) does not verify under the rollout's keys: %w", key, err)
+	if err != nil {
+		err = fmt.Errorf("its document (%s) does not verify under the rollout's keys: %w", key, err)
+		if !fromMeta {
+			err = fmt.Errorf("%w (%w)", err, errSigLag)
+		}
+		return nil, "", err
 	}
 	doc, err := assignment.Parse(raw)
 	if err != nil {

@@ -1003,6 +1003,7 @@ func TestConcurrentRolloutsOfTwoAddons(t *testing.T) {
 					_, errs[i] = Run(ctx, Options{Store: st, Key: w.key, AddonID: id, Version: "2.0.0", Agents: w.agents,
 						Canary: 1, Waves: []int{100}, Wait: 20 * time.Second, Poll: 20 * time.Millisecond,
 						Log: func(s string) {
+							t.Logf("%s: %s", id, s)
 							if strings.Contains(s, "changed while it was being rewritten") {
 								crossed.Add(1)
 							}
