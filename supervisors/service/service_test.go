@@ -373,6 +373,62 @@ func TestInMachine(t *testing.T) {
 	// when it talks through the user bus (dbus-daemon stays, systemd
 	// leaves and rejoins it) and through systemd's private socket (the
 	// connection itself dies).
+	t.Run("a manager reached late adopts the running unit and reports it", func(t *testing.T) {
+		// addond restarted while the manager is not reachable yet (its
+		// socket appears later: here a symlink made after the start): the
+		// unit that kept running is adopted, not restarted, and reported
+		// running and healthy though nothing about it changes again.
+		root, err := os.MkdirTemp("/var/lib/addond", "root-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := func(m *systemd.Manager, notify supervisors.Notify) systemd.Options {
+			return systemd.Options{Manager: m, Paths: systemd.Paths{RuntimeRoot: root}, Notify: notify,
+				Log:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
+				RestartDelay: 50 * time.Millisecond, StartLimitBurst: 3, StartLimitInterval: 10 * time.Second, StableAfter: 200 * time.Millisecond,
+				BreakerCooldown: 500 * time.Millisecond, JobTimeout: 10 * time.Second}
+		}
+		ctx := context.Background()
+		spec := supervisors.Spec{AddonID: "late", Version: "1.0.0", Binary: hello}
+		rec := conformance.NewRecorder()
+		b1 := New(opts(m, rec.Notify))
+		if err := b1.Start(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		first := rec.WaitFor(t, "late", 20*time.Second, "running and healthy", func(e supervisors.Event) bool {
+			return e.State == supervisors.StateRunning && e.Health == supervisors.HealthHealthy
+		})
+		b1.Close(ctx) // the unit keeps running, as when addond stops
+
+		bus := fmt.Sprintf("/run/user/%d/bus", os.Getuid())
+		link := filepath.Join(t.TempDir(), "bus")
+		if _, err := os.Stat(bus); err != nil {
+			bus = fmt.Sprintf("/run/user/%d/systemd/private", os.Getuid())
+			link = filepath.Join(t.TempDir(), "systemd", "private")
+			os.MkdirAll(filepath.Dir(link), 0o755)
+		}
+		late := systemd.NewManager(systemd.Target{UID: os.Getuid(), Bus: "unix:path=" + link}, nil)
+		defer late.Close()
+		rec2 := conformance.NewRecorder()
+		b2 := New(opts(late, rec2.Notify))
+		defer b2.Stop(ctx, "late")
+		if err := b2.Start(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		rec2.WaitFor(t, "late", 10*time.Second, "waiting for the manager", func(e supervisors.Event) bool {
+			return e.State == supervisors.StateStarting && strings.Contains(e.Reason, "waiting for the systemd manager")
+		})
+		if err := os.Symlink(bus, link); err != nil {
+			t.Fatal(err)
+		}
+		e := rec2.WaitFor(t, "late", 30*time.Second, "running and healthy once the manager is reached", func(e supervisors.Event) bool {
+			return e.State == supervisors.StateRunning && e.Health == supervisors.HealthHealthy
+		})
+		if e.PID != first.PID {
+			t.Fatalf("the unit was restarted: pid %d, was %d", e.PID, first.PID)
+		}
+	})
+
 	t.Run("manager reexec is survived", func(t *testing.T) {
 		private := fmt.Sprintf("unix:path=/run/user/%d/systemd/private", os.Getuid())
 		for _, c := range []struct {

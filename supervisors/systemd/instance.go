@@ -292,7 +292,12 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 		case <-retry.C:
 			waiting = false
 			starting("")
-			apply(true)
+			// After a wait for the manager the units may be running as
+			// they should: adopt them rather than restart them, and look
+			// at what was adopted (nothing about it may change again).
+			if adopt := noManager; apply(!adopt) == nil && adopt {
+				watch.poke()
+			}
 		case <-watch.C:
 			if !b.Opts.Manager.Connected() {
 				continue // the reconnect pokes the watch again
@@ -310,7 +315,9 @@ func (i *instance) run(spec supervisors.Spec, first chan<- error) {
 			}
 			if noManager {
 				retry.Stop()
-				apply(false)
+				if apply(false) == nil {
+					watch.poke() // observe the units adopted or made
+				}
 				continue
 			}
 			if !u.Exists() || u.ActiveState == "inactive" || DescriptionFingerprint(u.Description) != Fingerprint(b.driver.Model(), spec) {
