@@ -380,9 +380,11 @@ func TestClockJump(t *testing.T) {
 			})
 			switch {
 			case err != nil && id == "svc":
-				t.Errorf("SERVICE NOT HEALTHY after addond adopted it with the wall clock behind the unit's start: %v — "+
-					"supervisors/service/service.go Observe measures up = time.Since(ActiveEnterTimestamp), a wall-clock time, "+
-					"which is negative after a backward jump, so the add-on waits for its StableAfter for as long as the clock went back", err)
+				// Its up time must come from the monotonic clock: on the
+				// wall clock it is negative here, and StableAfter would
+				// wait as long as the clock went back.
+				t.Errorf("SERVICE NOT HEALTHY within a minute after addond adopted it with the wall clock behind the unit's start: %v", err)
+				diagnose(t)
 			case err != nil:
 				t.Errorf("%s not running and healthy within a minute of the restart: %v", id, err)
 			default:
@@ -528,13 +530,21 @@ func holdTickerRun(t testing.TB) (release func() int) {
 	if err := unix.Stat(ticksFile, &st); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Rename(ticksFile, held); err != nil {
+	// The ticks file keeps a second name, and a FIFO made aside takes
+	// its place in one rename: a run that fires in between appends to
+	// the same inode (moving the file away first let such a run create
+	// a fresh one, and mkfifo failed with EEXIST: fresh-clone CI run).
+	if err := os.Link(ticksFile, held); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Mkfifo(ticksFile, 0o600); err != nil {
+	fifo := ticksFile + ".fifo"
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chown(ticksFile, int(st.Uid), int(st.Gid)); err != nil {
+	if err := os.Chown(fifo, int(st.Uid), int(st.Gid)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(fifo, ticksFile); err != nil {
 		t.Fatal(err)
 	}
 	start := monoNow(t)
