@@ -82,7 +82,7 @@ func FetchPackage(ctx context.Context, st store.Store, keys *signing.Keyring, id
 	if err != nil {
 		return nil, nil, nil, &ReadError{err}
 	}
-	sigFile, _, err := store.ReadSmall(ctx, st, key+".sig", 1024, store.OpenOptions{})
+	sigFile, _, err := store.ReadSmall(ctx, st, key+".sig", store.MaxSigSize, store.OpenOptions{})
 	if err != nil {
 		return nil, nil, nil, &ReadError{fmt.Errorf("package signature: %w", err)}
 	}

@@ -128,26 +128,19 @@ func Assign(ctx context.Context, o AssignOptions) (*Assigned, error) {
 		// Its entries go into a document signed with o.Key: they must be
 		// ones a trusted key signed for this agent, not whatever someone
 		// with write access to the store left there.
-		// A directory store's .sig is a second object: right after
-		// another writer's document it may still be the one before. Read
-		// the pair again a few times before calling it unsigned.
-		for attempt := 1; ; attempt++ {
-			err := vouched(ctx, o, trust, key, prev, prevRaw, prevInfo.Signature)
-			if err == nil {
-				break
+		reread := false
+		err := RereadWhileSigLags(ctx, func() error {
+			if reread {
+				if prev, prevRaw, prevInfo, err = current(ctx, o.Store, key); err != nil {
+					return err
+				}
+				etag = prevInfo.ETag
 			}
-			if !errors.Is(err, errUnvouched) || attempt == 10 {
-				return nil, err
-			}
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(100 * time.Millisecond):
-			}
-			if prev, prevRaw, prevInfo, err = current(ctx, o.Store, key); err != nil {
-				return nil, err
-			}
-			etag = prevInfo.ETag
+			reread = true
+			return vouched(ctx, o, trust, key, prev, prevRaw, prevInfo)
+		})
+		if err != nil {
+			return nil, err
 		}
 		if doc.Addons, err = merge(prev, named, o.Remove); err != nil {
 			return nil, err
@@ -369,7 +362,7 @@ func (o AssignOptions) checkNamed(known map[string]bool) error {
 // vouched checks that prev, the document a merge builds on, is this
 // agent's and — when the new one is signed — signed by o.Key or a key of
 // trust (its .sig).
-func vouched(ctx context.Context, o AssignOptions, trust *signing.Keyring, key string, prev *assignment.Document, raw []byte, metaSig string) error {
+func vouched(ctx context.Context, o AssignOptions, trust *signing.Keyring, key string, prev *assignment.Document, raw []byte, info store.Info) error {
 	if prev == nil {
 		return nil
 	}
@@ -379,14 +372,9 @@ func vouched(ctx context.Context, o AssignOptions, trust *signing.Keyring, key s
 	if o.Key == nil {
 		return nil
 	}
-	// On S3 the signature written with the document, in its metadata;
-	// else its .sig.
-	sigData := []byte(metaSig)
-	if metaSig == "" {
-		var err error
-		if sigData, _, err = store.ReadSmall(ctx, o.Store, key+".sig", 1024, store.OpenOptions{}); err != nil {
-			return fmt.Errorf("the current %s has no signature to check before its entries are signed again (%v): not merged into; write it whole, without --merge: %w", key, err, errUnvouched)
-		}
+	sigData, inMeta, err := store.Signature(ctx, o.Store, key, info)
+	if err != nil {
+		return fmt.Errorf("the current %s has no signature to check before its entries are signed again (%v): not merged into; write it whole, without --merge: %w", key, err, ErrSigLag)
 	}
 	sig, err := signing.ParseSigFile(sigData)
 	if err == nil {
@@ -396,14 +384,14 @@ func vouched(ctx context.Context, o AssignOptions, trust *signing.Keyring, key s
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("the current %s does not verify under --key or --trust (%v): its entries are not signed again; write it whole, without --merge: %w", key, err, errUnvouched)
+		err = fmt.Errorf("the current %s does not verify under --key or --trust (%v): its entries are not signed again; write it whole, without --merge", key, err)
+		if !inMeta {
+			err = fmt.Errorf("%w (%w)", err, ErrSigLag)
+		}
+		return err
 	}
 	return nil
 }
-
-// errUnvouched: the document a merge would build on is not signed by a
-// trusted key.
-var errUnvouched = errors.New("unvouched document")
 
 // current reads the document at key (nil: there is none), its bytes and
 // its ETag ("": none), which the write is conditional on.
@@ -548,6 +536,36 @@ func Retarget(a assignment.Addon, pkg SignedPackage) (assignment.Addon, error) {
 	return out, nil
 }
 
+// ErrSigLag marks a document whose .sig does not verify it (or is not
+// there yet). The two are separate objects: a read that falls between a
+// concurrent writer's document and its .sig gets the old signature with
+// the new document, and the writer's next write mends the pair.
+var ErrSigLag = errors.New("its .sig may lag the document")
+
+// A pair is read again sigLagAttempts times, sigLagWait apart: about one
+// write of the .sig, several times over.
+const (
+	sigLagAttempts = 10
+	sigLagWait     = 100 * time.Millisecond
+)
+
+// RereadWhileSigLags calls read, which reads a document and its signature
+// and checks them, again while it fails with ErrSigLag: up to
+// sigLagAttempts times in all, before the last error stands.
+func RereadWhileSigLags(ctx context.Context, read func() error) error {
+	for attempt := 1; ; attempt++ {
+		err := read()
+		if !errors.Is(err, ErrSigLag) || attempt == sigLagAttempts {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(sigLagWait):
+		}
+	}
+}
+
 // WriteSigned writes a document at key on the condition that the object is
 // still etag ("" : absent; store.ErrChanged otherwise, nothing written),
 // then its .sig (or, without a key, removes a stale one). On a store that
@@ -601,7 +619,7 @@ func WriteSigned(ctx context.Context, st store.Store, key string, body []byte, e
 		if err != nil || !bytes.Equal(cur, body) {
 			return info, nil // a newer document stands: its writer signs it
 		}
-		if got, _, err := store.ReadSmall(ctx, st, key+".sig", 1024, store.OpenOptions{}); err == nil && bytes.Equal(got, sig) || attempt == 3 {
+		if got, _, err := store.ReadSmall(ctx, st, key+".sig", store.MaxSigSize, store.OpenOptions{}); err == nil && bytes.Equal(got, sig) || attempt == 3 {
 			return info, nil
 		}
 	}

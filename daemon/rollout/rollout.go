@@ -238,7 +238,7 @@ func (r *runner) load(ctx context.Context) error {
 	case err == nil && !o.Resume:
 		return fmt.Errorf("a rollout of %s@%s is already recorded in %s: --resume continues it", o.AddonID, o.Version, key)
 	case err == nil:
-		p, err := r.verifyRecord(ctx, key, data)
+		p, err := r.verifyRecord(ctx, key, data, info)
 		if err != nil {
 			return err
 		}
@@ -299,8 +299,8 @@ func (r *runner) load(ctx context.Context) error {
 // under the rollout's keys (the record names the entries a revert writes
 // and the agents a resume changes, and the store is not trusted with
 // either), and its shape must be this rollout's.
-func (r *runner) verifyRecord(ctx context.Context, key string, data []byte) (*Progress, error) {
-	sigData, _, err := store.ReadSmall(ctx, r.o.Store, key+".sig", 1024, store.OpenOptions{})
+func (r *runner) verifyRecord(ctx context.Context, key string, data []byte, info store.Info) (*Progress, error) {
+	sigData, _, err := store.Signature(ctx, r.o.Store, key, info)
 	if err != nil {
 		return nil, fmt.Errorf("%s's signature: %w", key, err)
 	}
@@ -850,34 +850,15 @@ func (r *runner) writeSigned(ctx context.Context, key string, body []byte, etag 
 }
 
 // readDoc reads agent a's document and checks it (readDocOnce), again
-// while its .sig may be lagging a concurrent writer's document.
-func (r *runner) readDoc(ctx context.Context, a string) (*assignment.Document, string, error) {
+// while its .sig may lag a concurrent writer's document.
+func (r *runner) readDoc(ctx context.Context, a string) (doc *assignment.Document, etag string, err error) {
 	key := publish.AssignmentsKey(a)
-	for attempt := 1; ; attempt++ {
-		doc, etag, err := r.readDocOnce(ctx, a, key)
-		if !errors.Is(err, errSigLag) || attempt == sigLagAttempts {
-			return doc, etag, err
-		}
-		// Another writer's document and its .sig are two objects: one
-		// read may fall between them. Read both again before failing it.
-		select {
-		case <-ctx.Done():
-			return nil, "", ctx.Err()
-		case <-time.After(sigLagWait):
-		}
-	}
+	err = publish.RereadWhileSigLags(ctx, func() error {
+		doc, etag, err = r.readDocOnce(ctx, a, key)
+		return err
+	})
+	return doc, etag, err
 }
-
-// errSigLag: a document whose .sig does not verify it, which another
-// writer's next write may be about to mend.
-var errSigLag = errors.New("its signature does not verify the document")
-
-// A document's .sig may lag a concurrent writer's document for about one
-// write: it is read again sigLagAttempts times, sigLagWait apart.
-const (
-	sigLagAttempts = 10
-	sigLagWait     = 100 * time.Millisecond
-)
 
 // readDocOnce reads agent a's document and checks it: signed by the
 // rollout's keys — through the signature in its own metadata where the
@@ -888,11 +869,9 @@ func (r *runner) readDocOnce(ctx context.Context, a, key string) (*assignment.Do
 	if err != nil {
 		return nil, "", fmt.Errorf("its document: %w", err)
 	}
-	sigData, fromMeta := []byte(info.Signature), info.Signature != ""
-	if !fromMeta {
-		if sigData, _, err = store.ReadSmall(ctx, r.o.Store, key+".sig", 1024, store.OpenOptions{}); err != nil {
-			return nil, "", fmt.Errorf("its document's signature: %w", err)
-		}
+	sigData, inMeta, err := store.Signature(ctx, r.o.Store, key, info)
+	if err != nil {
+		return nil, "", fmt.Errorf("its document's signature: %w", err)
 	}
 	sig, err := signing.ParseSigFile(sigData)
 	if err == nil {
@@ -900,8 +879,8 @@ func (r *runner) readDocOnce(ctx context.Context, a, key string) (*assignment.Do
 	}
 	if err != nil {
 		err = fmt.Errorf("its document (%s) does not verify under the rollout's keys: %w", key, err)
-		if !fromMeta {
-			err = fmt.Errorf("%w (%w)", err, errSigLag)
+		if !inMeta {
+			err = fmt.Errorf("%w (%w)", err, publish.ErrSigLag)
 		}
 		return nil, "", err
 	}

@@ -61,13 +61,10 @@ func (s *Store) Fetch(ctx context.Context, since string) (*Fetched, error) {
 	if err != nil {
 		return nil, fmt.Errorf("assignments %s: %w", s.Key, err)
 	}
-	if info.Signature != "" {
-		// Signed in the object's metadata, atomically with its bytes:
-		// no request for the .sig, and never another document's. It is
-		// what decides, verified like a .sig file.
-		return &Fetched{Raw: raw, Sig: []byte(info.Signature + "\n"), Token: info.ETag, Origin: s.Store.String() + "/" + s.Key, Remote: true}, nil
-	}
-	sig, _, err := store.ReadSmall(ctx, s.Store, s.Key+".sig", 1024, store.OpenOptions{})
+	// The signature in the object's metadata, written atomically with
+	// its bytes, where there is one: no request for the .sig, and never
+	// another document's. It is what decides, verified like a .sig file.
+	sig, _, err := store.Signature(ctx, s.Store, s.Key, info)
 	if errors.Is(err, store.ErrNotFound) {
 		sig, err = nil, nil
 	}

@@ -323,6 +323,23 @@ func validPrefix(prefix string) error {
 	return ValidKey(strings.TrimSuffix(prefix, "/"))
 }
 
+// MaxSigSize bounds a .sig object: one hex-encoded ed25519 signature and
+// a newline, with room to spare.
+const MaxSigSize = 1024
+
+// Signature returns the signature that goes with the object at key, read
+// as info: the one in the object's own metadata where the store keeps one
+// (S3: written in the same PUT, so never another version's), else the
+// .sig object beside it, a second read that a concurrent writer's next
+// write may not have reached yet (inMeta false).
+func Signature(ctx context.Context, s Store, key string, info Info) (sig []byte, inMeta bool, err error) {
+	if info.Signature != "" {
+		return []byte(info.Signature + "\n"), true, nil
+	}
+	sig, _, err = ReadSmall(ctx, s, key+".sig", MaxSigSize, OpenOptions{})
+	return sig, false, err
+}
+
 // ReadSmall reads a whole small object (documents, signatures), refusing
 // objects larger than limit before reading them.
 func ReadSmall(ctx context.Context, s Store, key string, limit int64, opts OpenOptions) ([]byte, Info, error) {

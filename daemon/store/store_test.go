@@ -386,3 +386,63 @@ func TestDirConditionalPutLockHeld(t *testing.T) {
 		t.Fatalf("after the lock was released: %v", err)
 	}
 }
+
+// TestSignature: on S3 the signature comes from the object's own metadata
+// and no .sig is read (a stale one beside it does not matter); on a
+// directory, and for an S3 object written without one, from the .sig.
+func TestSignature(t *testing.T) {
+	ctx := context.Background()
+	srv := miniotest.Require(t)
+	s3, err := Open(srv.NewBucket(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := Open("file://" + t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(s Store, key, body string) {
+		t.Helper()
+		if _, err := s.Put(ctx, key, strings.NewReader(body), int64(len(body))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(s Store, key string) Info {
+		t.Helper()
+		_, info, err := ReadSmall(ctx, s, key, 1<<10, OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info
+	}
+	check := func(what string, s Store, key, wantSig string, wantMeta bool) {
+		t.Helper()
+		sig, inMeta, err := Signature(ctx, s, key, read(s, key))
+		if err != nil || string(sig) != wantSig || inMeta != wantMeta {
+			t.Errorf("%s: Signature = %q, in metadata %v, %v; want %q, %v", what, sig, inMeta, err, wantSig, wantMeta)
+		}
+	}
+
+	sp := s3.(SignedPutter)
+	if _, err := sp.PutIfMatchSigned(ctx, "doc", strings.NewReader("body"), 4, "", "aabb"); err != nil {
+		t.Fatal(err)
+	}
+	put(s3, "doc.sig", "stale\n")
+	check("S3, signed in its metadata", s3, "doc", "aabb\n", true)
+	put(s3, "plain", "body")
+	put(s3, "plain.sig", "ccdd\n")
+	check("S3, no signature in its metadata", s3, "plain", "ccdd\n", false)
+	put(dir, "doc", "body")
+	put(dir, "doc.sig", "eeff\n")
+	check("directory", dir, "doc", "eeff\n", false)
+
+	put(dir, "unsigned", "body")
+	if _, _, err := Signature(ctx, dir, "unsigned", read(dir, "unsigned")); !errors.Is(err, ErrNotFound) {
+		t.Errorf("no .sig: %v, want ErrNotFound", err)
+	}
+	put(dir, "big", "body")
+	put(dir, "big.sig", strings.Repeat("a", MaxSigSize+1))
+	if sig, _, err := Signature(ctx, dir, "big", read(dir, "big")); err == nil {
+		t.Errorf("a .sig over %d bytes was read: %d bytes", MaxSigSize, len(sig))
+	}
+}
