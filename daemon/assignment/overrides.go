@@ -2,8 +2,11 @@ package assignment
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"reflect"
+	"slices"
 	"strings"
 )
 
@@ -55,34 +58,58 @@ func ParseOverrides(data []byte) (*Overrides, error) {
 	o := &Overrides{}
 	seen := map[string]bool{}
 	for i, fields := range raw.Addons {
+		at := func(key string, err error) error {
+			return &KeyError{Path: fmt.Sprintf("addons.%d%s", i, key), Err: err}
+		}
 		var id string
 		if err := json.Unmarshal(fields["addon_id"], &id); err != nil {
-			return nil, fmt.Errorf("overrides: entry %d: addon_id missing or not a string", i)
+			key := ""
+			if _, ok := fields["addon_id"]; ok {
+				key = ".addon_id"
+			}
+			return nil, at(key, fmt.Errorf("overrides: entry %d: addon_id missing or not a string", i))
 		}
 		if err := ValidAddonID(id); err != nil {
-			return nil, fmt.Errorf("overrides: entry %d: %w", i, err)
+			return nil, at(".addon_id", fmt.Errorf("overrides: entry %d: %w", i, err))
 		}
 		if seen[id] {
-			return nil, fmt.Errorf("overrides: addon_id %q listed twice", id)
+			return nil, at(".addon_id", fmt.Errorf("overrides: addon_id %q listed twice", id))
 		}
 		seen[id] = true
 		delete(fields, "addon_id")
-		for k := range fields {
+		for _, k := range slices.Sorted(maps.Keys(fields)) {
 			if !addonFields[k] {
-				return nil, fmt.Errorf("overrides: addon %q: unknown field %q", id, k)
+				return nil, at("."+k, fmt.Errorf("overrides: addon %q: unknown field %q", id, k))
 			}
 		}
 		// Type-check the patch against the add-on schema.
 		var probe Addon
 		if b, err := json.Marshal(fields); err != nil {
-			return nil, fmt.Errorf("overrides: addon %q: %w", id, err)
+			return nil, at("", fmt.Errorf("overrides: addon %q: %w", id, err))
 		} else if err := json.Unmarshal(b, &probe); err != nil {
-			return nil, fmt.Errorf("overrides: addon %q: %w", id, err)
+			key := ""
+			var te *json.UnmarshalTypeError
+			if errors.As(err, &te) && te.Field != "" {
+				key = "." + te.Field
+			}
+			return nil, at(key, fmt.Errorf("overrides: addon %q: %w", id, err))
 		}
 		o.entries = append(o.entries, override{id: id, fields: fields})
 	}
 	return o, nil
 }
+
+// KeyError is an error about one key of a JSON file, named by its path
+// from the top ("addons.2.probation"; an array's element by its index):
+// `addond check-config` places it there (config.Locate).
+type KeyError struct {
+	Path string
+	Err  error
+}
+
+func (e *KeyError) Error() string   { return e.Err.Error() }
+func (e *KeyError) Unwrap() error   { return e.Err }
+func (e *KeyError) KeyPath() string { return e.Path }
 
 // Len is the number of entries.
 func (o *Overrides) Len() int {

@@ -32,7 +32,8 @@ var keyRe = regexp.MustCompile(`(?:^|[ :])(?:key|field) "([^"]+)"`)
 // Locate places err, an error Parse (or another strict JSON decoder that
 // names keys the same way) returned for data, at its line and column in
 // path: a syntax or type error where the decoder stopped, an error about
-// a key where that key is, else the first byte.
+// a key where that key is (an error with a KeyPath() method names the
+// whole path, e.g. assignment.KeyError), else the first byte.
 func Locate(path string, data []byte, err error) *PosError {
 	pe := &PosError{Path: path, Line: 1, Col: 1, Err: err}
 	var se *json.SyntaxError
@@ -48,10 +49,16 @@ func Locate(path string, data []byte, err error) *PosError {
 	}
 	key := ""
 	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) {
+	var kp interface{ KeyPath() string }
+	switch {
+	case errors.As(err, &kp):
+		key = kp.KeyPath()
+	case errors.As(err, &te):
 		key = te.Field
-	} else if m := keyRe.FindStringSubmatch(err.Error()); m != nil {
-		key = m[1]
+	default:
+		if m := keyRe.FindStringSubmatch(err.Error()); m != nil {
+			key = m[1]
+		}
 	}
 	if key != "" {
 		if off, ok := keyOffset(data, key); ok {
