@@ -82,11 +82,12 @@ func ParseOverrides(data []byte) (*Overrides, error) {
 				return nil, at("."+k, fmt.Errorf("overrides: addon %q: unknown field %q", id, k))
 			}
 		}
-		// Type-check the patch against the add-on schema.
+		// Type-check the patch against the add-on schema, nested keys
+		// included (resources.memroy_max is as much a typo).
 		var probe Addon
 		if b, err := json.Marshal(fields); err != nil {
 			return nil, at("", fmt.Errorf("overrides: addon %q: %w", id, err))
-		} else if err := json.Unmarshal(b, &probe); err != nil {
+		} else if err := decodeStrictTrailing(b, &probe, true); err != nil {
 			key := ""
 			var te *json.UnmarshalTypeError
 			if errors.As(err, &te) && te.Field != "" {

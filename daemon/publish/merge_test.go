@@ -1,12 +1,14 @@
 package publish
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -371,6 +373,46 @@ func TestPublishResumesAcrossRuns(t *testing.T) {
 		if got := fmt.Sprintf("%x", h.Sum(nil)); got != want {
 			t.Fatalf("compress %q: the stored object's sha256 %s, the package signs %s", compress, got, want)
 		}
+	}
+}
+
+// TestPublishWithoutPartChecksums, on the real MinIO behind a proxy that
+// drops the part checksums from its answers (a store that keeps none): a
+// large artifact is uploaded in one piece instead, in the same attempt —
+// a note says so, nothing warns — and the stored object is the one the
+// package signs.
+func TestPublishWithoutPartChecksums(t *testing.T) {
+	defer func(m, p int64) { resumableMin, store.PartSize = m, p }(resumableMin, store.PartSize)
+	resumableMin, store.PartSize = 10<<20, 5<<20
+	srv := miniotest.Require(t)
+	st, err := store.Open(srv.Through(t, srv.NewBucket(t), func(r *http.Response) error {
+		if r.Request.URL.Query().Has("partNumber") {
+			r.Header.Del("X-Amz-Checksum-Sha256")
+		}
+		return nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, priv, _ := setup(t)
+	big := filepath.Join(t.TempDir(), "big")
+	data := make([]byte, 3*store.PartSize)
+	rand.Read(data)
+	os.WriteFile(big, data, 0o755)
+	var notes, warnings []string
+	pkg, err := Publish(context.Background(), PublishOptions{Store: st, Key: priv, AddonID: "big", Version: "1.0.0",
+		Note: func(s string) { notes = append(notes, s) }, Warn: func(s string) { warnings = append(warnings, s) },
+		Files: []File{{assignment.Platform{OS: "linux", Arch: "amd64"}, big}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(notes) != 1 || !strings.Contains(notes[0], "uploading it in one piece") || len(warnings) != 0 {
+		t.Fatalf("notes %q, warnings %q; want one note of the upload in one piece", notes, warnings)
+	}
+	art := pkg.Artifacts["linux/amd64"]
+	got, _, err := store.ReadSmall(context.Background(), st, art.ObjectKey, int64(len(data)), store.OpenOptions{})
+	if sum := sha256.Sum256(got); err != nil || fmt.Sprintf("%x", sum) != art.SHA256 || !bytes.Equal(got, data) {
+		t.Fatalf("the stored object is not the one the package signs: %v", err)
 	}
 }
 

@@ -239,24 +239,37 @@ var (
 // successful attempt sent.
 func putRetried(ctx context.Context, o PublishOptions, key string, src io.ReaderAt, size int64, name string) ([]byte, error) {
 	wait := uploadBackoff
+	rs, resumable := o.Store.(store.Resumable)
+	resumable = resumable && size >= resumableMin
 	for attempt := 1; ; attempt++ {
-		sum := sha256.New()
-		var sink io.Writer = sum
-		if o.Progress != nil {
-			sink = io.MultiWriter(sum, o.Progress(name, size))
-		}
-		var err error
-		if rs, ok := o.Store.(store.Resumable); ok && size >= resumableMin {
-			var kept int64
-			_, kept, err = rs.PutResumable(ctx, key, src, size, sink)
-			if kept > 0 && o.Note != nil {
-				o.Note(fmt.Sprintf("upload %s resumed: %d of %d bytes were already in the store", key, kept, size))
+		put := func() ([]byte, error) {
+			sum := sha256.New()
+			var sink io.Writer = sum
+			if o.Progress != nil {
+				sink = io.MultiWriter(sum, o.Progress(name, size))
 			}
-		} else {
-			_, err = o.Store.Put(ctx, key, io.TeeReader(io.NewSectionReader(src, 0, size), sink), size)
+			if resumable {
+				_, kept, err := rs.PutResumable(ctx, key, src, size, sink)
+				if kept > 0 && o.Note != nil {
+					o.Note(fmt.Sprintf("upload %s resumed: %d of %d bytes were already in the store", key, kept, size))
+				}
+				return sum.Sum(nil), err
+			}
+			_, err := o.Store.Put(ctx, key, io.TeeReader(io.NewSectionReader(src, 0, size), sink), size)
+			return sum.Sum(nil), err
+		}
+		sum, err := put()
+		if errors.Is(err, store.ErrNotResumable) {
+			// The store keeps no part checksums: a plain upload, now and
+			// in the attempts after it.
+			if o.Note != nil {
+				o.Note(fmt.Sprintf("upload %s: %v; uploading it in one piece", key, err))
+			}
+			resumable = false
+			sum, err = put()
 		}
 		if err == nil {
-			return sum.Sum(nil), nil
+			return sum, nil
 		}
 		if attempt == uploadAttempts || ctx.Err() != nil || permanent(err) {
 			return nil, fmt.Errorf("upload %s (attempt %d of %d): %w", key, attempt, uploadAttempts, err)

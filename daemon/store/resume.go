@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 )
@@ -22,6 +23,7 @@ type Resumable interface {
 	// receives every byte of src in order, kept or sent, and is what the
 	// object holds once PutResumable returns nil; kept is how many bytes
 	// were already in the store. Readers never see a partial object.
+	// ErrNotResumable: this store cannot (nothing was written at key).
 	PutResumable(ctx context.Context, key string, src io.ReaderAt, size int64, sent io.Writer) (info Info, kept int64, err error)
 }
 
@@ -52,7 +54,14 @@ func (s *S3) PutResumable(ctx context.Context, key string, src io.ReaderAt, size
 	partSize := max(PartSize, (size+maxParts-1)/maxParts)
 	id, have, err := s.unfinished(ctx, obj)
 	if err != nil {
-		return Info{}, 0, s.mapErr(key, err)
+		// Listing uploads is a permission of its own
+		// (s3:ListBucketMultipartUploads, s3:ListMultipartUploadParts),
+		// which an identity that may write need not have: without it
+		// there is nothing to resume, and the upload starts anew.
+		if code := minio.ToErrorResponse(err).StatusCode; code != http.StatusForbidden && code != http.StatusNotImplemented {
+			return Info{}, 0, s.mapErr(key, err)
+		}
+		id, have = "", nil
 	}
 	if id == "" {
 		id, err = s.core.NewMultipartUpload(ctx, s.cfg.Bucket, obj, minio.PutObjectOptions{
@@ -90,7 +99,18 @@ func (s *S3) PutResumable(ctx context.Context, key string, src io.ReaderAt, size
 			CustomHeader: http.Header{checksumHeader: {b64}},
 		})
 		if err != nil {
-			return Info{}, kept, s.mapErr(key, fmt.Errorf("part %d: %w", n, err))
+			return Info{}, kept, fmt.Errorf("part %d: %w", n, s.mapErr(key, err))
+		}
+		// The store echoes the checksum it checked and keeps: without one
+		// a later run could not tell which parts to keep, and a store
+		// that kept another has the part wrong. Either way the upload is
+		// not completed (the object at key stays as it was).
+		if p.ChecksumSHA256 != b64 {
+			s.abort(obj, id)
+			if p.ChecksumSHA256 == "" {
+				return Info{}, kept, fmt.Errorf("%s: %s: %w", s, key, ErrNotResumable)
+			}
+			return Info{}, kept, fmt.Errorf("%s: %s: part %d: the store kept checksum %q, not the part's %q", s, key, n, p.ChecksumSHA256, b64)
 		}
 		parts = append(parts, minio.CompletePart{PartNumber: n, ETag: p.ETag, ChecksumSHA256: b64})
 	}
@@ -107,16 +127,26 @@ func (s *S3) PutResumable(ctx context.Context, key string, src io.ReaderAt, size
 	return Info{Key: key, Size: size, ETag: ui.ETag, ModTime: ui.LastModified}, kept, nil
 }
 
+// abort ends an upload that must not complete, with a context of its own:
+// the caller's may be what ended it. Failing, it leaves the parts to the
+// bucket's lifecycle rule, as any unfinished upload.
+func (s *S3) abort(obj, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s.core.AbortMultipartUpload(ctx, s.cfg.Bucket, obj, id)
+}
+
 // unfinished finds the latest unfinished upload of obj whose parts carry
 // SHA-256 checksums, and its parts by number; "" when there is none.
 //
 // The listings are the store's word, and the store is not trusted: pages
-// are followed only while their markers move forward, and at most
-// maxPages of them; what a kept part claims is checked when the upload
+// are followed only while their markers are new, and at most maxPages of
+// them; what a kept part claims is checked when the upload
 // completes.
 func (s *S3) unfinished(ctx context.Context, obj string) (string, map[int]minio.ObjectPart, error) {
 	var latest minio.ObjectMultipartInfo
 	keyMarker, idMarker := "", ""
+	seen := map[string]bool{} // upload id markers: opaque, so not ordered
 	for page := 0; page < maxPages; page++ {
 		res, err := s.core.ListMultipartUploads(ctx, s.cfg.Bucket, obj, keyMarker, idMarker, "", 1000)
 		if err != nil {
@@ -128,10 +158,10 @@ func (s *S3) unfinished(ctx context.Context, obj string) (string, map[int]minio.
 			}
 		}
 		// Uploads are listed by key, then by upload: past obj's, done.
-		if !res.IsTruncated || res.NextKeyMarker != obj || res.NextUploadIDMarker == "" ||
-			(keyMarker == res.NextKeyMarker && idMarker >= res.NextUploadIDMarker) {
+		if !res.IsTruncated || res.NextKeyMarker != obj || res.NextUploadIDMarker == "" || seen[res.NextUploadIDMarker] {
 			break
 		}
+		seen[res.NextUploadIDMarker] = true
 		keyMarker, idMarker = res.NextKeyMarker, res.NextUploadIDMarker
 	}
 	if latest.UploadID == "" {

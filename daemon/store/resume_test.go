@@ -5,11 +5,16 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
+	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/addond/addond/vmtest/miniotest"
 )
@@ -93,5 +98,127 @@ func TestPutResumable(t *testing.T) {
 	}
 	if _, kept, err := s3.PutResumable(ctx, "artifacts/other", bytes.NewReader(src[:PartSize+1]), PartSize+1, io.Discard); err != nil || kept != 0 {
 		t.Fatalf("beside a foreign upload: kept %d, %v", kept, err)
+	}
+}
+
+// rewritePartChecksums answers the parts of multipart uploads with the
+// checksum rewrite makes of the one the store echoed ("" removes it): a
+// store that keeps none, or another.
+func rewritePartChecksums(rewrite func(string) string) func(*http.Response) error {
+	return func(r *http.Response) error {
+		if r.Request.Method == http.MethodPut && r.Request.URL.Query().Has("partNumber") {
+			if v := rewrite(r.Header.Get(checksumHeader)); v == "" {
+				r.Header.Del(checksumHeader)
+			} else {
+				r.Header.Set(checksumHeader, v)
+			}
+		}
+		return nil
+	}
+}
+
+// TestPutResumableRefusesWithoutPartChecksums, on the real MinIO behind a
+// proxy: a store that echoes no checksum for a part cannot resume the
+// upload (ErrNotResumable), one that echoes another has the part wrong;
+// either way the upload is aborted before it completes: the object at the
+// key stays as it was and no unfinished upload is left.
+func TestPutResumableRefusesWithoutPartChecksums(t *testing.T) {
+	defer func(p int64) { PartSize = p }(PartSize)
+	PartSize = 5 << 20
+	srv := miniotest.Require(t)
+	ctx := context.Background()
+	src := make([]byte, 2*PartSize+1)
+	rand.Read(src)
+	for _, tc := range []struct {
+		name    string
+		rewrite func(string) string
+		want    error
+	}{
+		{"no checksum", func(string) string { return "" }, ErrNotResumable},
+		{"another checksum", func(string) string { return base64.StdEncoding.EncodeToString(make([]byte, 32)) }, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bucketURL := srv.NewBucket(t)
+			direct, err := Open(bucketURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bucket := direct.(*S3).cfg.Bucket
+			old := []byte("the version before")
+			if _, err := direct.Put(ctx, "artifacts/big", bytes.NewReader(old), int64(len(old))); err != nil {
+				t.Fatal(err)
+			}
+			st, err := Open(srv.Through(t, bucketURL, rewritePartChecksums(tc.rewrite)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _, err = st.(*S3).PutResumable(ctx, "artifacts/big", bytes.NewReader(src), int64(len(src)), io.Discard)
+			switch {
+			case err == nil:
+				t.Fatal("the upload completed")
+			case tc.want != nil && !errors.Is(err, tc.want):
+				t.Fatalf("%v, want %v", err, tc.want)
+			case tc.want == nil && (errors.Is(err, ErrNotResumable) || !strings.Contains(err.Error(), "the store kept checksum")):
+				t.Fatalf("%v, want the part's checksum named", err)
+			}
+			t.Log(err)
+			got, _, err := ReadSmall(ctx, direct, "artifacts/big", 1<<10, OpenOptions{})
+			if err != nil || !bytes.Equal(got, old) {
+				t.Fatalf("the object at the key is %q, %v; want the one before", got, err)
+			}
+			uploads, err := direct.(*S3).core.ListMultipartUploads(ctx, bucket, "", "", "", "", 1000)
+			if err != nil || len(uploads.Uploads) != 0 {
+				t.Fatalf("unfinished uploads left: %v %+v", err, uploads.Uploads)
+			}
+		})
+	}
+}
+
+// TestPutResumableWithoutListing, on the real MinIO: an identity that may
+// write objects but not list uploads (its session policy has s3:PutObject
+// and no s3:ListBucketMultipartUploads) still writes, starting anew; its
+// refused listing is not a refused write.
+func TestPutResumableWithoutListing(t *testing.T) {
+	defer func(p int64) { PartSize = p }(PartSize)
+	PartSize = 5 << 20
+	srv := miniotest.Require(t)
+	ctx := context.Background()
+	url := srv.NewBucket(t)
+	admin, err := Open(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bucket := admin.(*S3).cfg.Bucket
+	policy := fmt.Sprintf(`{"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+		"Action": ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"], "Resource": ["arn:aws:s3:::%s/*"]}]}`, bucket)
+	creds, err := credentials.NewSTSAssumeRole("http://"+srv.Endpoint, credentials.STSAssumeRoleOptions{
+		AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Policy: policy, DurationSeconds: 3600,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := creds.GetWithContext(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_ACCESS_KEY_ID", v.AccessKeyID)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", v.SecretAccessKey)
+	t.Setenv("AWS_SESSION_TOKEN", v.SessionToken)
+	st, err := Open(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3 := st.(*S3)
+	if _, err := s3.core.ListMultipartUploads(ctx, bucket, "", "", "", "", 1000); !errors.Is(s3.mapErr("", err), ErrDenied) {
+		t.Fatalf("the identity may list uploads (%v): the test proves nothing", err)
+	}
+	src := make([]byte, 2*PartSize+1)
+	rand.Read(src)
+	if _, kept, err := s3.PutResumable(ctx, "artifacts/big", bytes.NewReader(src), int64(len(src)), io.Discard); err != nil || kept != 0 {
+		t.Fatalf("kept %d, %v", kept, err)
+	}
+	got, _, err := ReadSmall(ctx, admin, "artifacts/big", int64(len(src)), OpenOptions{})
+	if err != nil || !bytes.Equal(got, src) {
+		t.Fatalf("the object is not the source: %v", err)
 	}
 }

@@ -45,6 +45,10 @@ var (
 	// 403: access denied, an unknown key id, a bad signature). Trying
 	// again does not help.
 	ErrDenied = errors.New("refused by the store")
+	// ErrNotResumable: the store does not keep a checksum of each part
+	// of an upload, which a resumable write needs (Resumable). Nothing was
+	// written; a plain Put can write the object.
+	ErrNotResumable = errors.New("the store keeps no part checksums: the write cannot be resumable")
 )
 
 // Info describes an object.

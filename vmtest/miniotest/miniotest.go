@@ -17,6 +17,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -179,6 +182,23 @@ func (s *Server) NewBucket(t testing.TB) string {
 		t.Fatalf("make bucket %s: %v", name, err)
 	}
 	return s.URL(name)
+}
+
+// Through returns the store URL of bucket (a NewBucket URL's) through a
+// reverse proxy in front of this server whose answers modify changes
+// first: a store that answers differently from MinIO. The proxy stops
+// with the test.
+func (s *Server) Through(t testing.TB, bucketURL string, modify func(*http.Response) error) string {
+	t.Helper()
+	target, err := url.Parse("http://" + s.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ModifyResponse = modify
+	ps := httptest.NewServer(rp)
+	t.Cleanup(ps.Close)
+	return strings.Replace(bucketURL, "endpoint="+s.Endpoint, "endpoint="+strings.TrimPrefix(ps.URL, "http://"), 1)
 }
 
 func randHex(n int) string {
