@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -197,9 +198,16 @@ func TestPutResumableWithoutListing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := creds.GetWithContext(nil)
-	if err != nil {
-		t.Fatal(err)
+	// A MinIO just started answers "Server not initialized" until its IAM
+	// is loaded.
+	var v credentials.Value
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if v, err = creds.GetWithContext(nil); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("AssumeRole: %v", err)
+		}
 	}
 	t.Setenv("AWS_ACCESS_KEY_ID", v.AccessKeyID)
 	t.Setenv("AWS_SECRET_ACCESS_KEY", v.SecretAccessKey)
