@@ -73,8 +73,6 @@ func TestCheckConfig(t *testing.T) {
 			want: []string{overrides + `:3:35: overrides: addon "b": json: cannot unmarshal string into Go struct field`}},
 		{name: "an unknown field named like a top-level key", overrides: "{\"addons\": [\n  {\"addon_id\": \"b\", \"addons\": []}]}",
 			want: []string{overrides + `:2:21: overrides: addon "b": unknown field "addons"`}},
-		{name: "an unknown nested key", overrides: "{\"addons\": [\n  {\"addon_id\": \"a\"},\n  {\"addon_id\": \"b\", \"resources\": {\"memroy_max\": 1}}]}",
-			want: []string{overrides + `:3:3: overrides: addon "b": json: unknown field "memroy_max"`}},
 		{name: "an id listed twice", overrides: "{\"addons\": [\n  {\"addon_id\": \"a\"},\n  {\"addon_id\": \"a\"}]}",
 			want: []string{overrides + `:3:4: overrides: addon_id "a" listed twice`}},
 		{name: "an entry without an id", overrides: "{\"addons\": [\n  {\"addon_id\": \"a\"},\n  {\"enabled\": false}]}",

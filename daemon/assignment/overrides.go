@@ -82,12 +82,14 @@ func ParseOverrides(data []byte) (*Overrides, error) {
 				return nil, at("."+k, fmt.Errorf("overrides: addon %q: unknown field %q", id, k))
 			}
 		}
-		// Type-check the patch against the add-on schema, nested keys
-		// included (resources.memroy_max is as much a typo).
+		// Type-check the patch against the add-on schema. (Nested keys
+		// are not checked against it: an unknown one was always ignored,
+		// and refusing it now would make a file that worked malformed,
+		// which the packaged unit's check-config refuses to start on.)
 		var probe Addon
 		if b, err := json.Marshal(fields); err != nil {
 			return nil, at("", fmt.Errorf("overrides: addon %q: %w", id, err))
-		} else if err := decodeStrictTrailing(b, &probe, true); err != nil {
+		} else if err := json.Unmarshal(b, &probe); err != nil {
 			key := ""
 			var te *json.UnmarshalTypeError
 			if errors.As(err, &te) && te.Field != "" {
